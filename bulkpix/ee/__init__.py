@@ -1,0 +1,1 @@
+"""Talking to the Earth Engine REST API: auth, the HTTP client, payload decoding."""

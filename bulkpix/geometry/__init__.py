@@ -1,0 +1,1 @@
+"""Pure pixel-grid geometry and tiling: no aiohttp, zarr or asyncio here."""

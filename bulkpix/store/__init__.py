@@ -1,0 +1,1 @@
+"""The Zarr output store and the record of finished tiles kept inside it."""

@@ -1,0 +1,1 @@
+"""Flow control: the concurrency/rate governor, retries, the worker pool."""
