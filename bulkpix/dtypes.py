@@ -8,11 +8,23 @@ emulated asset's metadata maps back to exactly the dtype it was built from.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-__all__ = ["ee_data_type", "numpy_dtype", "request_bytes_per_pixel"]
+__all__ = ["BandSpec", "ee_data_type", "numpy_dtype", "request_bytes_per_pixel"]
+
+
+@dataclass(frozen=True)
+class BandSpec:
+    """A band as the output stores it: its id and storage dtype."""
+
+    id: str
+    dtype: np.dtype
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "dtype", np.dtype(self.dtype).newbyteorder("="))
 
 _INT_RANGES: dict[str, tuple[int, int]] = {
     "int8": (-128, 127),

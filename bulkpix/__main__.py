@@ -1,0 +1,5 @@
+import sys
+
+from bulkpix.cli import main
+
+sys.exit(main())

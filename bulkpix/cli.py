@@ -1,0 +1,169 @@
+"""``bulkpix run | plan | status | emulator``: a thin shell over the async core.
+
+Exit codes: 0 done; 1 a failure while running (failed tiles, asset not found, access denied);
+2 a bad job file, bad arguments or an output holding another job; 130 interrupted (resumable).
+Bad input prints one line and no traceback unless ``--debug``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from collections.abc import Sequence
+from typing import NoReturn
+
+from rich.console import Console
+
+from bulkpix.errors import BulkpixError, JobError, StoreMismatch
+
+__all__ = ["main"]
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # One line, not argparse's usage block: bad input gets one clear message.
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="bulkpix", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    run = commands.add_parser("run", help="run or resume a job")
+    run.add_argument("job", help="the YAML job file")
+    run.add_argument("--restart", action="store_true", help="discard the old output first")
+    run.add_argument("--quiet", action="store_true", help="no progress bar")
+    run.add_argument("--debug", action="store_true", help="show tracebacks")
+
+    plan = commands.add_parser("plan", help="show the grid and tiles; fetch no pixels")
+    plan.add_argument("job", help="the YAML job file")
+    plan.add_argument("--debug", action="store_true", help="show tracebacks")
+
+    status = commands.add_parser("status", help="finished, failed and missing tiles of an output")
+    status.add_argument("output", help="the output store")
+    status.add_argument("--debug", action="store_true", help="show tracebacks")
+
+    commands.add_parser(
+        "emulator", help="serve the local Earth Engine stand-in", add_help=False
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "emulator":
+        # The emulator's CLI owns its flags; it is imported only when asked for.
+        from bulkpix.emulator.cli import main as emulator_main
+
+        return emulator_main(argv[1:])
+    args = _build_parser().parse_args(argv)
+    err = Console(stderr=True, highlight=False)
+    try:
+        if args.command == "run":
+            return _run(args, err)
+        if args.command == "plan":
+            return _plan(args)
+        return _status(args)
+    except (JobError, StoreMismatch) as exc:
+        if args.debug:
+            raise
+        _fail(exc)
+        return EXIT_USAGE
+    except BulkpixError as exc:
+        if args.debug:
+            raise
+        _fail(exc)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        err.print("bulkpix: interrupted", markup=False)
+        return EXIT_INTERRUPTED
+
+
+def _fail(exc: BaseException) -> None:
+    # Plain print, not rich: one message must stay one line whatever the terminal width.
+    print(f"bulkpix: error: {exc}", file=sys.stderr)
+
+
+def _run(args: argparse.Namespace, err: Console) -> int:
+    from bulkpix.job import load_job
+    from bulkpix.pipeline import RunStats, run_job
+    from bulkpix.progress import live_progress, print_summary
+
+    job = load_job(args.job)
+
+    async def go() -> RunStats:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        main_task = asyncio.current_task()
+        assert main_task is not None
+
+        def on_signal() -> None:
+            if stop.is_set():  # a second Ctrl-C: stop now
+                main_task.cancel()
+            else:
+                err.print(
+                    "\nbulkpix: stopping: finishing the tiles in flight (Ctrl-C again to abort)",
+                    markup=False,
+                )
+                stop.set()
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, on_signal)
+        stats_ready: asyncio.Future[RunStats] = loop.create_future()
+        if args.quiet:
+            return await run_job(job, restart=args.restart, stop=stop, stats_ready=stats_ready)
+        async with live_progress(err, stats_ready):
+            return await run_job(job, restart=args.restart, stop=stop, stats_ready=stats_ready)
+
+    try:
+        stats = asyncio.run(go())
+    except asyncio.CancelledError:
+        err.print(
+            f"bulkpix: aborted; finished tiles are kept. Resume with: bulkpix run {args.job}",
+            markup=False,
+        )
+        return EXIT_INTERRUPTED
+    print_summary(err, stats, job.output)
+    if stats.interrupted:
+        err.print(
+            f"bulkpix: interrupted; {stats.finished}/{stats.total} tiles are saved. "
+            f"Resume with: bulkpix run {args.job}",
+            markup=False,
+        )
+        return EXIT_INTERRUPTED
+    if stats.failed:
+        err.print(
+            f"bulkpix: {stats.failed} tile(s) failed (listed above); rerun "
+            f"`bulkpix run {args.job}` to retry only those",
+            markup=False,
+        )
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from bulkpix.job import load_job
+    from bulkpix.pipeline import plan_job
+    from bulkpix.progress import print_plan
+
+    job = load_job(args.job)
+    plans = asyncio.run(plan_job(job))
+    print_plan(Console(highlight=False), plans)
+    return EXIT_OK
+
+
+def _status(args: argparse.Namespace) -> int:
+    from bulkpix.status import print_status, read_status
+
+    report = asyncio.run(read_status(args.output))
+    print_status(Console(highlight=False), report)
+    return EXIT_OK if report.complete else EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

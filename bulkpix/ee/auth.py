@@ -1,0 +1,265 @@
+"""Token providers: where the ``Authorization`` header comes from.
+
+google-auth does the OAuth work; its refresh is a blocking HTTP call, so it runs in a
+thread (``asyncio.to_thread``), one at a time, ahead of expiry. Nothing here ever puts key
+material or tokens into an exception message or a repr.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import google.auth
+import google.auth.credentials
+import google.auth.exceptions
+import google.auth.transport.requests
+import google.oauth2.credentials
+import google.oauth2.service_account
+
+from bulkpix.errors import JobError, TransportError, Unauthenticated
+
+__all__ = [
+    "EE_SCOPES",
+    "GOOGLE_TOKEN_URI",
+    "GoogleAuth",
+    "NoAuth",
+    "StaticToken",
+    "TokenProvider",
+    "load_credentials",
+]
+
+EE_SCOPES: tuple[str, ...] = (
+    "https://www.googleapis.com/auth/earthengine",
+    "https://www.googleapis.com/auth/cloud-platform",
+)
+GOOGLE_TOKEN_URI = "https://oauth2.googleapis.com/token"
+
+_USER_FIELDS = frozenset({"client_id", "client_secret", "refresh_token"})
+_SERVICE_ACCOUNT_FIELDS = frozenset({"client_email", "private_key", "token_uri"})
+
+
+@runtime_checkable
+class TokenProvider(Protocol):
+    has_credentials: bool  # True when headers() carries a secret (see EEClient's http check)
+
+    async def headers(self) -> dict[str, str]:
+        """``{"Authorization": "Bearer ..."}`` (maybe a quota project too), or ``{}``."""
+        ...
+
+    async def refresh(self) -> None:
+        """Get a new token now (after a 401)."""
+        ...
+
+
+class NoAuth:
+    """No credentials at all (the emulator, public test servers)."""
+
+    has_credentials = False
+
+    async def headers(self) -> dict[str, str]:
+        return {}
+
+    async def refresh(self) -> None:
+        return None
+
+    def __repr__(self) -> str:
+        return "NoAuth()"
+
+
+class StaticToken:
+    """A fixed bearer token (tests, ``BULKPIX_TOKEN``); refresh cannot renew it."""
+
+    has_credentials = True
+
+    def __init__(self, token: str) -> None:
+        if not token:
+            raise ValueError("empty token")
+        self._token = token
+
+    async def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self._token}"}
+
+    async def refresh(self) -> None:
+        return None  # nothing to renew; the caller's retry then fails as Unauthenticated
+
+    def __repr__(self) -> str:
+        return "StaticToken(<redacted>)"
+
+
+def _utcnow() -> datetime:
+    # google-auth keeps expiry as a naive UTC datetime.
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+class GoogleAuth:
+    """google-auth credentials, refreshed off the event loop, ahead of expiry, one at a time."""
+
+    has_credentials = True
+
+    def __init__(
+        self,
+        credentials: google.auth.credentials.Credentials,
+        *,
+        refresh_margin_s: float = 300.0,
+        utcnow: Callable[[], datetime] = _utcnow,
+        project: str | None = None,
+    ) -> None:
+        self.credentials = credentials
+        self.refresh_margin = timedelta(seconds=refresh_margin_s)
+        self.project = project  # the project google.auth.default() found, if any
+        self.refreshes = 0
+        self._utcnow = utcnow
+        self._lock = asyncio.Lock()
+        self._request = google.auth.transport.requests.Request()
+
+    def _needs_refresh(self) -> bool:
+        creds = self.credentials
+        if not creds.token:
+            return True
+        expiry = creds.expiry
+        if expiry is None:
+            return False
+        if expiry.tzinfo is not None:
+            expiry = expiry.astimezone(UTC).replace(tzinfo=None)
+        return self._utcnow() >= expiry - self.refresh_margin
+
+    async def headers(self) -> dict[str, str]:
+        if self._needs_refresh():
+            await self._refresh_if(self._needs_refresh)
+        headers = {"Authorization": f"Bearer {self.credentials.token}"}
+        quota_project = getattr(self.credentials, "quota_project_id", None)
+        if quota_project:
+            headers["X-Goog-User-Project"] = quota_project
+        return headers
+
+    async def refresh(self) -> None:
+        rejected = self.credentials.token
+        # 40 requests rejected with the same token need one new token, not 40.
+        await self._refresh_if(lambda: self.credentials.token == rejected)
+
+    async def _refresh_if(self, still_needed: Callable[[], bool]) -> None:
+        async with self._lock:
+            if not still_needed():
+                return  # another caller refreshed while we waited for the lock
+            try:
+                await asyncio.to_thread(self.credentials.refresh, self._request)
+            except google.auth.exceptions.RefreshError as exc:
+                reason = _short_reason(exc)
+                if getattr(exc, "retryable", False):
+                    raise TransportError(f"token refresh failed: {reason}") from None
+                raise Unauthenticated(f"token refresh failed: {reason}", status=401) from None
+            except google.auth.exceptions.TransportError as exc:
+                raise TransportError(
+                    f"token refresh failed: token endpoint unreachable ({type(exc).__name__})"
+                ) from None
+            self.refreshes += 1
+
+    def __repr__(self) -> str:
+        return f"GoogleAuth({type(self.credentials).__module__}.{type(self.credentials).__name__})"
+
+
+def _short_reason(exc: BaseException) -> str:
+    # RefreshError's first arg is the OAuth error ("invalid_grant: Bad Request"); the
+    # second is the endpoint's whole response, which we leave out.
+    first = exc.args[0] if exc.args else type(exc).__name__
+    return str(first).splitlines()[0][:200] if str(first) else type(exc).__name__
+
+
+def load_credentials(spec: str, *, scopes: Sequence[str] = EE_SCOPES) -> TokenProvider:
+    """``"none"``, ``"default"`` (Application Default Credentials) or a JSON key file path.
+
+    Files: a service-account key, an authorized-user file (gcloud), or the file
+    ``earthengine authenticate`` writes (client_id, client_secret, refresh_token, no type).
+    ``scopes`` apply to service accounts and ADC; user refresh tokens keep the scopes they
+    were granted (asking for more makes the token endpoint refuse the refresh).
+    """
+    if spec == "none":
+        return NoAuth()
+    if spec == "default":
+        return _load_default(scopes)
+    return _load_file(Path(spec).expanduser(), scopes)
+
+
+def _load_default(scopes: Sequence[str]) -> GoogleAuth:
+    try:
+        credentials, project = google.auth.default(scopes=list(scopes))
+    except google.auth.exceptions.DefaultCredentialsError as exc:
+        raise JobError(
+            "no Application Default Credentials found "
+            f"({_short_reason(exc)}); run `gcloud auth application-default login "
+            "--scopes=" + ",".join(scopes) + "`, set GOOGLE_APPLICATION_CREDENTIALS, "
+            "or give a key file path (e.g. ~/.config/earthengine/credentials)"
+        ) from None
+    return GoogleAuth(credentials, project=project)
+
+
+def _load_file(path: Path, scopes: Sequence[str]) -> GoogleAuth:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise JobError(f"credentials file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise JobError(f"credentials file {path} cannot be read ({type(exc).__name__})") from None
+    try:
+        info: Any = json.loads(text)
+    except ValueError:
+        # `from None`: JSONDecodeError keeps the whole document in .doc.
+        raise JobError(f"credentials file {path} is not valid JSON") from None
+    if not isinstance(info, dict):
+        raise JobError(f"credentials file {path} is not a JSON object")
+
+    kind = info.get("type")
+    if kind == "service_account":
+        return GoogleAuth(_service_account(path, info, scopes))
+    if kind == "authorized_user" or (kind is None and info.keys() >= _USER_FIELDS):
+        return GoogleAuth(_user_credentials(path, info))
+    if kind is None:
+        missing = ", ".join(sorted(_USER_FIELDS - info.keys()))
+        raise JobError(
+            f"credentials file {path} has no 'type' and is not an earthengine credentials "
+            f"file (missing {missing})"
+        )
+    label = kind[:40] if isinstance(kind, str) else type(kind).__name__
+    raise JobError(
+        f"credentials file {path} has unsupported type {label!r} "
+        "(expected service_account or authorized_user)"
+    )
+
+
+def _service_account(
+    path: Path, info: dict[str, Any], scopes: Sequence[str]
+) -> google.oauth2.service_account.Credentials:
+    missing = _SERVICE_ACCOUNT_FIELDS - info.keys()
+    if missing:
+        raise JobError(f"service-account key {path} is missing {', '.join(sorted(missing))}")
+    try:
+        return google.oauth2.service_account.Credentials.from_service_account_info(
+            info, scopes=list(scopes)
+        )
+    except (ValueError, TypeError, KeyError) as exc:
+        # Only the class name: parser messages may quote the key.
+        raise JobError(f"service-account key {path} is not usable ({type(exc).__name__})") from None
+
+
+def _user_credentials(path: Path, info: dict[str, Any]) -> google.oauth2.credentials.Credentials:
+    missing = _USER_FIELDS - info.keys()
+    if missing:
+        raise JobError(
+            f"authorized-user credentials {path} are missing {', '.join(sorted(missing))}"
+        )
+    try:
+        credentials = google.oauth2.credentials.Credentials.from_authorized_user_info(info)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise JobError(
+            f"authorized-user credentials {path} are not usable ({type(exc).__name__})"
+        ) from None
+    # from_authorized_user_info always sets Google's endpoint; honour the file's own.
+    token_uri = info.get("token_uri") or GOOGLE_TOKEN_URI
+    if not isinstance(token_uri, str):
+        raise JobError(f"authorized-user credentials {path}: token_uri is not a string")
+    return credentials.with_token_uri(token_uri)

@@ -1,0 +1,69 @@
+"""The emulator's settings: plain dataclasses, read live so tests can change them mid-run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from affine import Affine
+
+__all__ = ["EmulatorConfig", "FaultConfig", "SyntheticAsset"]
+
+
+@dataclass
+class FaultConfig:
+    """Probabilities of injected faults per getPixels call (each draw is seeded per call)."""
+
+    p500: float = 0.0
+    p503: float = 0.0
+    p429: float = 0.0
+    retry_after_share: float = 0.0  # share of injected 429s that carry a Retry-After header
+    retry_after_s: float = 1.0
+    p_reset: float = 0.0  # close the connection before any response
+    p_truncate: float = 0.0  # honest Content-Length, part of the body, then close
+    p_stall: float = 0.0  # headers, then nothing for stall_s seconds
+    stall_s: float = 30.0
+    bandwidth_bps: float | None = None  # pace every getPixels body to this many bytes/s
+
+    def __post_init__(self) -> None:
+        probabilities = (self.p500, self.p503, self.p429, self.p_reset, self.p_truncate,
+                         self.p_stall)
+        if any(p < 0 for p in probabilities) or sum(probabilities) > 1.0 + 1e-9:
+            raise ValueError("fault probabilities must be >= 0 and sum to at most 1")
+        if not 0.0 <= self.retry_after_share <= 1.0:
+            raise ValueError("retry_after_share must be within [0, 1]")
+        if self.bandwidth_bps is not None and self.bandwidth_bps <= 0:
+            raise ValueError("bandwidth_bps must be > 0")
+
+
+@dataclass(frozen=True)
+class SyntheticAsset:
+    """A virtual asset of the synthetic band family; pixels are computed per request."""
+
+    width: int
+    height: int
+    crs: str = "EPSG:32633"
+    transform: Affine = field(default_factory=lambda: Affine(10, 0, 600000, 0, -10, 5200000))
+
+    def __post_init__(self) -> None:
+        if self.width <= 0 or self.height <= 0:
+            raise ValueError("synthetic asset width and height must be > 0")
+
+
+@dataclass
+class EmulatorConfig:
+    """Everything the emulator serves and how it misbehaves."""
+
+    assets: dict[str, list[str]] = field(default_factory=dict)  # name -> raster files
+    synthetic: dict[str, SyntheticAsset] = field(default_factory=dict)
+    forbidden: set[str] = field(default_factory=set)  # names answered with 403
+    token: str | None = None  # when set, a bearer token every API call must carry
+    max_concurrent: int | None = 40
+    max_qps: float | None = 100.0
+    service_base_s: float = 0.0
+    service_per_mb_s: float = 0.0
+    service_jitter: float = 0.1
+    seed: int = 0
+    faults: FaultConfig = field(default_factory=FaultConfig)
+    log_path: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 0

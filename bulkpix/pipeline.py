@@ -1,0 +1,405 @@
+"""The async core: plan every item, then fetch, decode, write and record each tile.
+
+The CLI and the sync API (``bulkpix.run``) are thin shells over ``run_job``. Order matters for
+safety: everything that can refuse a job (the job file, the asset's metadata, the bands, the
+region, an output holding another job) is checked before the store is touched, so bad input
+never leaves a half-made output behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bulkpix.assets import asset_name
+from bulkpix.ee.auth import load_credentials
+from bulkpix.ee.client import EEClient, Timeouts
+from bulkpix.ee.decode import decode_pixels
+from bulkpix.errors import (
+    JobError,
+    PermanentError,
+    RemoteError,
+    RequestTooLarge,
+    RetryableError,
+    StoreError,
+    StoreMismatch,
+)
+from bulkpix.geometry.tiling import Tile, split_tile
+from bulkpix.job import EmulatorSection, Job
+from bulkpix.planning import AssetInfo, ItemPlan, parse_asset, plan_item, request_body
+from bulkpix.store.record import TileRecord, fingerprint_diff
+from bulkpix.store.zarr_store import ItemWriter, open_store
+from bulkpix.transfer.limits import Governor
+from bulkpix.transfer.pool import run_workers
+from bulkpix.transfer.retry import RetryBudget, RetryPolicy, retrying
+
+__all__ = ["ItemStats", "RunStats", "plan_job", "run_job"]
+
+
+@dataclass
+class ItemStats:
+    """Live counters of one item; the progress display polls them."""
+
+    label: str
+    total: int
+    done_before: int = 0  # finished in an earlier run
+    done: int = 0  # finished in this run
+    bytes: int = 0
+    failed: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def finished(self) -> int:
+        return self.done_before + self.done
+
+
+@dataclass
+class RunStats:
+    """Live counters of a whole run."""
+
+    items: list[ItemStats] = field(default_factory=list)
+    requests: int = 0
+    retries: int = 0
+    started: float = field(default_factory=time.monotonic)
+    ended: float | None = None
+    interrupted: bool = False
+    governor: Governor | None = None
+
+    @property
+    def total(self) -> int:
+        return sum(i.total for i in self.items)
+
+    @property
+    def finished(self) -> int:
+        return sum(i.finished for i in self.items)
+
+    @property
+    def bytes(self) -> int:
+        return sum(i.bytes for i in self.items)
+
+    @property
+    def failed(self) -> int:
+        return sum(len(i.failed) for i in self.items)
+
+    @property
+    def elapsed(self) -> float:
+        return (self.ended or time.monotonic()) - self.started
+
+    @property
+    def ok(self) -> bool:
+        return not self.interrupted and self.failed == 0 and self.finished == self.total
+
+
+# --------------------------------------------------------------------------- endpoint
+
+
+@contextlib.asynccontextmanager
+async def _endpoint_url(job: Job) -> AsyncIterator[str]:
+    """The base URL to talk to; ``emulator`` starts the stand-in server in this process."""
+    if job.endpoint != "emulator":
+        yield job.endpoint
+        return
+    # Imported only here: the download path never loads the emulator otherwise.
+    from bulkpix.emulator import EmulatorConfig, SyntheticAsset, run_emulator
+
+    section = job.emulator or EmulatorSection()
+    synthetic = {}
+    for name, size in section.synthetic.items():
+        width, height = (int(v) for v in size.split("x"))
+        synthetic[asset_name(name)] = SyntheticAsset(width=width, height=height)
+    assets = {
+        asset_name(name): [str(_job_path(job, p)) for p in paths]
+        for name, paths in section.assets.items()
+    }
+    config = EmulatorConfig(
+        assets=assets,
+        synthetic=synthetic,
+        max_concurrent=section.max_concurrent,
+        max_qps=section.max_qps,
+        service_base_s=section.service_base_s,
+        service_per_mb_s=section.service_per_mb_s,
+        seed=section.seed,
+    )
+    async with run_emulator(config) as emu:
+        yield emu.url
+
+
+def _job_path(job: Job, path: str) -> Path:
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else job.base_dir / p
+
+
+# --------------------------------------------------------------------------- planning
+
+
+async def _fetch_assets(job: Job, client: EEClient, retry: _Retry) -> dict[str, AssetInfo]:
+    """One GET per distinct asset, for band types and the native grid."""
+    infos: dict[str, AssetInfo] = {}
+    for item in job.resolved_items():
+        name = asset_name(item.asset or "")
+        if name not in infos:
+            metadata = await retry(lambda n=name: client.get_asset(n))
+            infos[name] = parse_asset(metadata, name)
+    return infos
+
+
+def _plan_items(job: Job, infos: dict[str, AssetInfo]) -> list[ItemPlan]:
+    plans = []
+    for index, spec in enumerate(job.resolved_items()):
+        try:
+            plans.append(plan_item(spec, infos[asset_name(spec.asset or "")], job))
+        except JobError as exc:
+            if job.is_batch:
+                raise JobError(f"item {spec.name or index}: {exc}") from None
+            raise
+    return plans
+
+
+async def plan_job(job: Job) -> list[ItemPlan]:
+    """Every item's grid and tiles; one metadata GET per asset, no pixels."""
+    async with _session(job) as (client, retry, _stats):
+        return _plan_items(job, await _fetch_assets(job, client, retry))
+
+
+# --------------------------------------------------------------------------- the run
+
+
+class _Retry:
+    """The run's one retry loop, bound to its policy, budget and counters."""
+
+    def __init__(self, job: Job, stats: RunStats) -> None:
+        self.policy = RetryPolicy(
+            max_attempts=job.retries.max_attempts,
+            base_s=job.retries.backoff_base,
+            cap_s=job.retries.backoff_cap,
+        )
+        self.budget = RetryBudget(job.retries.budget)
+        self.rng = random.Random()
+        self.stats = stats
+
+    def _on_retry(self, exc: BaseException, attempt: int, delay: float) -> None:
+        self.stats.retries += 1
+
+    async def __call__(self, fn):  # type: ignore[no-untyped-def]
+        return await retrying(
+            fn, policy=self.policy, budget=self.budget, rng=self.rng, on_retry=self._on_retry
+        )
+
+
+@contextlib.asynccontextmanager
+async def _session(job: Job) -> AsyncIterator[tuple[EEClient, _Retry, RunStats]]:
+    stats = RunStats()
+    auth = load_credentials(job.credentials_spec)
+    governor = Governor(job.concurrency, job.qps)
+    stats.governor = governor
+    async with _endpoint_url(job) as url:
+        client = EEClient(
+            url,
+            auth=auth,
+            governor=governor,
+            project=job.project,
+            api_version=job.api_version,
+            timeouts=Timeouts(
+                connect_s=job.timeouts.connect,
+                read_s=job.timeouts.read,
+                total_s=job.timeouts.total,
+            ),
+            pool_size=job.concurrency,
+        )
+        async with client:
+            yield client, _Retry(job, stats), stats
+
+
+def _check_output_location(output: str) -> None:
+    """Refuse an output that cannot be ours before anything is written."""
+    if "://" in output:
+        return
+    path = Path(output).expanduser()
+    if path.is_file():
+        raise JobError(f"output {output} is a file, not a Zarr store")
+    if path.is_dir() and any(path.iterdir()) and not (path / "zarr.json").is_file():
+        raise JobError(f"output {output} exists and is not a Zarr store; choose another path")
+    if not path.exists():
+        parent = path.parent if str(path.parent) else Path(".")
+        probe = parent
+        while not probe.exists():
+            probe = probe.parent
+        if probe.is_file():
+            raise JobError(f"output {output}: {probe} is a file, not a directory")
+
+
+async def _check_fingerprints(
+    job: Job, store: object, plans: list[ItemPlan], restart: bool
+) -> None:
+    """An output holding a different job is refused, naming what changed."""
+    if restart:
+        return
+    root = TileRecord(store, "")
+    root_fp = await root.fingerprint()
+    if job.is_batch and root_fp is not None:
+        raise StoreMismatch(
+            f"output {job.output} holds a single-item job, this is a batch; "
+            "use --restart to replace it, or another output"
+        )
+    for plan in plans:
+        old = await TileRecord(store, plan.path).fingerprint()
+        if old is None:
+            continue
+        new = plan.fingerprint(job.compression_level)
+        changes = fingerprint_diff(old, new)
+        if changes:
+            where = f"item {plan.label}" if job.is_batch else "the job"
+            raise StoreMismatch(
+                f"output {job.output} holds a different job ({where} changed: "
+                f"{'; '.join(changes)}); use --restart to discard it, or another output"
+            )
+
+
+async def _open_items(
+    job: Job, store: object, plans: list[ItemPlan], stats: RunStats
+) -> list[tuple[ItemPlan, ItemWriter, TileRecord, set[str]]]:
+    opened = []
+    for plan in plans:
+        record = TileRecord(store, plan.path)
+        fingerprint = plan.fingerprint(job.compression_level)
+        if await record.fingerprint() is None:
+            writer = await ItemWriter.create(
+                store,
+                plan.path,
+                plan.grid,
+                plan.bands,
+                plan.tiles.chunk,
+                attrs={"bulkpix": {"asset": plan.asset, "item": plan.label}},
+                compression_level=job.compression_level,
+                overwrite=True,
+            )
+            await record.write_fingerprint(fingerprint)
+            done: set[str] = set()
+        else:
+            writer = await ItemWriter.open(store, plan.path)
+            done = await record.done_keys()
+            for key in list((await record.failed()).keys()):
+                await record.clear_failed(key)
+        stats.items.append(
+            ItemStats(label=plan.label, total=plan.tiles.n_tiles, done_before=len(done))
+        )
+        opened.append((plan, writer, record, done))
+    return opened
+
+
+async def run_job(
+    job: Job,
+    *,
+    restart: bool = False,
+    stop: asyncio.Event | None = None,
+    stats_ready: asyncio.Future[RunStats] | None = None,
+) -> RunStats:
+    """Run (or resume) a job; returns its counters. ``stop`` asks for a graceful halt."""
+    _check_output_location(job.output)
+    stop = stop or asyncio.Event()
+    async with _session(job) as (client, retry, stats):
+        plans = _plan_items(job, await _fetch_assets(job, client, retry))
+        store = await open_store(job.output)
+        await _check_fingerprints(job, store, plans, restart)
+        if restart:
+            await _clear_store(store)
+        opened = await _open_items(job, store, plans, stats)
+        if stats_ready is not None and not stats_ready.done():
+            stats_ready.set_result(stats)
+        stats.started = time.monotonic()
+
+        def work() -> Iterator[tuple[int, Tile]]:
+            for index, (plan, _w, _r, done) in enumerate(opened):
+                for tile in plan.tiles.tiles():
+                    if tile.key not in done:
+                        yield index, tile
+
+        async def handle(work_item: tuple[int, Tile]) -> None:
+            index, tile = work_item
+            if stop.is_set():
+                return
+            plan, writer, record, _done = opened[index]
+            await _process_tile(client, retry, plan, writer, record, stats.items[index], tile)
+
+        try:
+            await run_workers(work(), handle, workers=job.concurrency, stop=stop)
+        finally:
+            stats.ended = time.monotonic()
+            stats.interrupted = stop.is_set()
+        return stats
+
+
+async def _process_tile(
+    client: EEClient,
+    retry: _Retry,
+    plan: ItemPlan,
+    writer: ItemWriter,
+    record: TileRecord,
+    item_stats: ItemStats,
+    tile: Tile,
+) -> None:
+    """Fetch, decode, write and record one tile; permanent failures are recorded, not raised."""
+    band_ids = plan.band_ids(tile.group)
+    grid = plan.grid.window_grid(tile.window)
+    body = request_body(plan, grid, band_ids)
+    dtypes = [plan.bands[i].dtype for i in plan.tiles.band_groups[tile.group]]
+
+    async def fetch_and_decode():  # type: ignore[no-untyped-def]
+        payload = await client.get_pixels(plan.asset, body)
+        # NPY decodes to views without copying; GeoTIFF decoding is real work.
+        if plan.file_format == "NPY":
+            arrays = decode_pixels(
+                payload, plan.file_format, band_ids, dtypes, tile.window.height, tile.window.width
+            )
+        else:
+            arrays = await asyncio.to_thread(
+                decode_pixels,
+                payload,
+                plan.file_format,
+                band_ids,
+                dtypes,
+                tile.window.height,
+                tile.window.width,
+            )
+        return len(payload), arrays
+
+    try:
+        nbytes, arrays = await retry(fetch_and_decode)
+    except RequestTooLarge as exc:
+        parts = split_tile(tile, plan.tiles.chunk)
+        if len(parts) == 1:
+            await _record_failure(record, item_stats, tile, exc)
+            return
+        item_stats.total += len(parts) - 1
+        for part in parts:
+            await _process_tile(client, retry, plan, writer, record, item_stats, part)
+        return
+    except (PermanentError, RetryableError) as exc:
+        await _record_failure(record, item_stats, tile, exc)
+        return
+    await writer.write_tile(tile.window, arrays)
+    del arrays
+    await record.mark_done(tile.key)
+    item_stats.done += 1
+    item_stats.bytes += nbytes
+
+
+async def _record_failure(
+    record: TileRecord, item_stats: ItemStats, tile: Tile, exc: RemoteError
+) -> None:
+    reason = f"HTTP {exc.status}: {exc.message}" if exc.status else exc.message
+    if isinstance(exc, RetryableError):
+        reason = f"gave up after retries: {reason}"
+    item_stats.failed[tile.key] = reason
+    await record.mark_failed(tile.key, reason)
+
+
+async def _clear_store(store: object) -> None:
+    try:
+        await store.delete_dir("")  # type: ignore[attr-defined]
+    except (OSError, NotImplementedError) as exc:
+        raise StoreError(f"cannot clear the old output: {exc}") from None

@@ -1,0 +1,194 @@
+"""The Governor: one per run, every request to the service (metadata too) goes through it.
+
+Two limits, as the service has two quotas (per project: ~40 requests in flight, ~100 per
+second):
+
+* concurrency, adaptive (AIMD): start at the cap; a 429 halves the limit, at most once per
+  *generation* (the requests granted since the last cut), so one burst of 429s from requests
+  already in flight counts as one signal; successes raise it by one per ``limit`` successes;
+* rate, fixed: an :class:`aiolimiter.AsyncLimiter` of capacity 1 refilled every ``1/qps``
+  seconds. ``AsyncLimiter(qps, 1.0)`` would allow a burst of ``qps`` and then ``qps`` per
+  second on top, i.e. up to ``2*qps - 1`` starts in one 1 s window: exactly what a per-second
+  quota answers with 429. Spacing starts ``1/qps`` apart never exceeds ``qps`` in any window
+  and costs at most ``1/qps`` (10 ms) of latency per request.
+
+A Retry-After from the server pauses new grants until it has passed.
+
+Time: all waiting happens on event-loop timers (aiolimiter uses ``loop.time()`` too), so the
+clock defaults to the running loop's ``time()``; tests drive everything with a virtual-time
+loop. A custom ``clock`` must advance with the loop's timers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from aiolimiter import AsyncLimiter
+
+from bulkpix.errors import QuotaExceeded, RetryableError
+
+__all__ = ["Governor", "GovernorStats"]
+
+
+@dataclass(frozen=True, slots=True)
+class GovernorStats:
+    """A snapshot for progress displays and the run summary."""
+
+    limit: int
+    in_flight: int
+    granted: int  # slots handed out so far
+    throttles: int  # 429s seen
+    cuts: int  # times the limit was cut
+    paused_s: float  # seconds left of a Retry-After pause (0 when not paused)
+
+
+class Governor:
+    """Adaptive concurrency limit plus a fixed request rate, for all traffic of one run."""
+
+    def __init__(
+        self,
+        max_concurrency: int,
+        qps: float,
+        *,
+        min_concurrency: int = 1,
+        clock: Callable[[], float] | None = None,
+        max_pause_s: float = 300.0,
+    ) -> None:
+        if max_concurrency < 1:
+            raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency}")
+        if not 1 <= min_concurrency <= max_concurrency:
+            raise ValueError(
+                f"min_concurrency must be in 1..{max_concurrency}, got {min_concurrency}"
+            )
+        if not (qps > 0 and math.isfinite(qps)):
+            raise ValueError(f"qps must be a positive number, got {qps}")
+        self.max_concurrency = max_concurrency
+        self.min_concurrency = min_concurrency
+        self.qps = qps
+        self.max_pause_s = max_pause_s
+        self._clock = clock
+        self._rate = AsyncLimiter(1, 1.0 / qps)
+        self._limit = max_concurrency
+        self._in_flight = 0
+        self._reserved = 0  # slots waiting for the rate limiter, counted against the limit
+        self._generation = 0  # bumped by every cut
+        self._successes = 0  # of the current generation, since the last increase
+        self._paused_until = -math.inf
+        # Replaced on every notify, so waking never needs a lock and waiting is cancel-safe.
+        self._changed = asyncio.Event()
+        self.granted = 0
+        self.throttles = 0
+        self.cuts = 0
+
+    # -- state for progress and stats ---------------------------------------------------
+    @property
+    def limit(self) -> int:
+        """How many requests may be in flight now (between ``min_concurrency`` and the cap)."""
+        return self._limit
+
+    @property
+    def in_flight(self) -> int:
+        """Slots granted and not yet released."""
+        return self._in_flight
+
+    @property
+    def paused(self) -> bool:
+        return self._now() < self._paused_until
+
+    def stats(self) -> GovernorStats:
+        return GovernorStats(
+            limit=self._limit,
+            in_flight=self._in_flight,
+            granted=self.granted,
+            throttles=self.throttles,
+            cuts=self.cuts,
+            paused_s=max(0.0, self._paused_until - self._now()),
+        )
+
+    # -- the one public operation --------------------------------------------------------
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        """Wait for a free slot and the rate limiter, then run the body as one request.
+
+        The body's outcome feeds the limit: normal exit is a success, ``QuotaExceeded`` a
+        throttle; any other exception is neutral. A ``retry_after`` on a retryable error
+        pauses new grants.
+        """
+        generation = await self._acquire()
+        try:
+            yield
+        except QuotaExceeded as exc:
+            self._on_throttle(exc, generation)
+            raise
+        except RetryableError as exc:
+            # e.g. 503 with Retry-After: honour the server's word, without cutting the limit.
+            self._pause_for(exc.retry_after)
+            raise
+        else:
+            self._on_success(generation)
+        finally:
+            self._in_flight -= 1
+            self._notify()
+
+    # -- internals -----------------------------------------------------------------------
+    def _now(self) -> float:
+        return self._clock() if self._clock is not None else asyncio.get_running_loop().time()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def _acquire(self) -> int:
+        while True:
+            while (remaining := self._paused_until - self._now()) > 0:
+                await asyncio.sleep(remaining)
+            while self._in_flight + self._reserved >= self._limit:
+                await self._changed.wait()
+            # Reserve before waiting for the rate limiter: taking the rate token first and
+            # then queueing for concurrency would bunch the starts into a burst.
+            self._reserved += 1
+            try:
+                await self._rate.acquire()
+            except BaseException:
+                self._reserved -= 1
+                self._notify()
+                raise
+            self._reserved -= 1
+            # A 429 may have paused us or cut the limit while we waited for the rate token.
+            if self.paused or self._in_flight >= self._limit:
+                self._notify()
+                continue
+            self._in_flight += 1
+            self.granted += 1
+            return self._generation
+
+    def _pause_for(self, retry_after: float | None) -> None:
+        if retry_after is None or not retry_after > 0:
+            return
+        until = self._now() + min(retry_after, self.max_pause_s)
+        self._paused_until = max(self._paused_until, until)
+
+    def _on_throttle(self, exc: QuotaExceeded, generation: int) -> None:
+        self.throttles += 1
+        self._pause_for(exc.retry_after)
+        if generation != self._generation:
+            return  # granted before the last cut: part of a burst already answered
+        self._limit = max(self.min_concurrency, self._limit // 2)
+        self._generation += 1
+        self._successes = 0
+        self.cuts += 1
+
+    def _on_success(self, generation: int) -> None:
+        # Recovery is measured only on requests sent at the current limit, and never
+        # while the server has asked us to wait.
+        if generation != self._generation or self.paused or self._limit >= self.max_concurrency:
+            return
+        self._successes += 1
+        if self._successes >= self._limit:
+            self._limit += 1
+            self._successes = 0
+            self._notify()

@@ -1,0 +1,123 @@
+"""Shared fixtures: an emulator on its own thread (for blocking callers such as the CLI,
+subprocesses, GDAL) and small source rasters."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import rasterio
+import yaml
+from affine import Affine
+
+SRC_CRS = "EPSG:32633"
+SRC_TRANSFORM = Affine(10.0, 0.0, 600000.0, 0.0, -10.0, 5200000.0)
+
+
+class EmulatorThread:
+    """The emulator serving from a background thread with its own event loop."""
+
+    def __init__(self, config: Any) -> None:
+        self.config = config
+        self.url = ""
+        self.emu: Any = None
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._stop: asyncio.Event | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._main, daemon=True)
+
+    def _main(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._loop.run_until_complete(self._serve())
+
+    async def _serve(self) -> None:
+        from bulkpix.emulator import run_emulator
+
+        self._stop = asyncio.Event()
+        try:
+            async with run_emulator(self.config) as emu:
+                self.emu = emu
+                self.url = emu.url
+                self._ready.set()
+                await self._stop.wait()
+        except BaseException as exc:  # surfaced to the test by __enter__
+            self._error = exc
+            self._ready.set()
+
+    @property
+    def log(self) -> list[dict[str, Any]]:
+        return list(self.emu.log)
+
+    def __enter__(self) -> EmulatorThread:
+        self._thread.start()
+        self._ready.wait(30)
+        if self._error is not None:
+            raise self._error
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._stop is not None
+        self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(30)
+
+
+@contextlib.contextmanager
+def emulator_thread(**config: Any) -> Iterator[EmulatorThread]:
+    from bulkpix.emulator import EmulatorConfig
+
+    with EmulatorThread(EmulatorConfig(**config)) as emu:
+        yield emu
+
+
+def write_tif(
+    path: Path,
+    arrays: list[np.ndarray],
+    *,
+    crs: str = SRC_CRS,
+    transform: Affine = SRC_TRANSFORM,
+) -> Path:
+    height, width = arrays[0].shape
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=width,
+        height=height,
+        count=len(arrays),
+        dtype=arrays[0].dtype,
+        crs=crs,
+        transform=transform,
+    ) as dst:
+        for index, array in enumerate(arrays, start=1):
+            dst.write(array, index)
+    return path
+
+
+def mixed_arrays(height: int, width: int, seed: int = 0) -> list[np.ndarray]:
+    """uint8, int16 and float32 bands with distinct, position-dependent values."""
+    rng = np.random.default_rng(seed)
+    rows, cols = np.mgrid[0:height, 0:width]
+    u8 = ((rows * 7 + cols * 3) % 251 + 1).astype(np.uint8)
+    i16 = (rows * 13 - cols * 5 - 1000).astype(np.int16)
+    f32 = (rng.standard_normal((height, width)) * 100).astype(np.float32)
+    return [u8, i16, f32]
+
+
+@pytest.fixture
+def mixed_asset(tmp_path: Path) -> tuple[list[Path], list[np.ndarray]]:
+    """Three single-band GeoTIFFs (uint8, int16, float32) on one 10 m UTM grid."""
+    arrays = mixed_arrays(700, 900)
+    paths = [write_tif(tmp_path / f"band{i}.tif", [a]) for i, a in enumerate(arrays)]
+    return paths, arrays
+
+
+def write_job(path: Path, **keys: Any) -> Path:
+    path.write_text(yaml.safe_dump(keys, sort_keys=False))
+    return path

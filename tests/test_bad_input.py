@@ -1,0 +1,241 @@
+"""Bad input: one clear line, the right exit code, no traceback, nothing written."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bulkpix.cli import main
+from tests.conftest import emulator_thread, mixed_arrays, write_job, write_tif
+
+ASSET = "projects/demo/assets/src"
+
+
+def _tree_digest(path: Path) -> str:
+    """A digest of every file under path (names and bytes), to prove nothing changed."""
+    digest = hashlib.sha256()
+    if path.is_file():
+        digest.update(path.read_bytes())
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(str(file.relative_to(path)).encode())
+        digest.update(file.read_bytes())
+    return digest.hexdigest()
+
+
+def _check_refusal(
+    capsys: pytest.CaptureFixture[str],
+    argv: list[str],
+    *,
+    code: int,
+    expected: str,
+    output: Path,
+) -> None:
+    before = _tree_digest(output) if output.exists() else None
+    assert main(argv) == code
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("bulkpix: error: ") or lines[0].startswith("bulkpix")
+    assert expected in lines[0], lines[0]
+    assert "Traceback" not in err
+    if before is None:
+        assert not output.exists(), "a refused job must not create its output"
+    else:
+        assert _tree_digest(output) == before, "a refused job must not change its output"
+
+
+# Cases that need no server: (name, job keys or a writer of the job file, expected text).
+def _keys(**keys: Any) -> Callable[[Path, Path], Path]:
+    def make(tmp_path: Path, output: Path) -> Path:
+        job = {"asset": ASSET, "output": str(output), "endpoint": "emulator", **keys}
+        return write_job(tmp_path / "job.yaml", **job)
+
+    return make
+
+
+def _text(text: str) -> Callable[[Path, Path], Path]:
+    def make(tmp_path: Path, output: Path) -> Path:
+        path = tmp_path / "job.yaml"
+        path.write_text(text.replace("OUTPUT", str(output)))
+        return path
+
+    return make
+
+
+def _missing_job_file(tmp_path: Path, output: Path) -> Path:
+    return tmp_path / "no-such-job.yaml"
+
+
+OFFLINE_CASES = [
+    ("missing job file", _missing_job_file, "cannot read the job file"),
+    ("broken yaml", _text("asset: [x\noutput: OUTPUT\n"), "broken YAML at line"),
+    ("not a mapping", _text("- a\n- b\n"), "must be a YAML mapping"),
+    ("unknown key", _keys(colour="red"), "unknown key 'colour'"),
+    ("wrong type", _keys(concurrency="many"), "key 'concurrency'"),
+    ("zero concurrency", _keys(concurrency=0), "greater than 0"),
+    ("negative qps", _keys(qps=-5), "key 'qps'"),
+    ("negative scale", _keys(scale=-10), "key 'scale'"),
+    ("zero chunk", _keys(chunk=0), "key 'chunk'"),
+    ("unknown crs", _keys(crs="EPSG:999999", scale=10), "unknown CRS"),
+    ("tile not chunk multiple", _keys(chunk=256, tile=[300, 256]), "multiples of chunk"),
+    ("bad file format", _keys(file_format="TIFF"), "key 'file_format'"),
+    ("bad endpoint", _keys(endpoint="ftp://example"), "key 'endpoint'"),
+    ("missing output", _text(f"asset: {ASSET}\nendpoint: emulator\n"), "key 'output' is required"),
+    ("missing asset", _text("output: OUTPUT\n"), "asset is missing"),
+    ("bbox order", _keys(region={"bbox": [10, 0, 5, 1]}), "xmin < xmax"),
+    ("empty bands", _keys(bands=[]), "key 'bands'"),
+    ("repeated bands", _keys(bands=["B1", "B1"]), "must not repeat"),
+    ("bad asset name", _keys(asset="projects/only"), "projects/PROJECT/assets/ID"),
+    ("region file missing", _keys(region="nowhere.geojson"), "cannot read it"),
+    ("bad synthetic size", _keys(emulator={"synthetic": {ASSET: "big"}}), "WIDTHxHEIGHT"),
+    (
+        "duplicate item names",
+        _keys(items=[{"name": "a", "asset": ASSET}, {"name": "a", "asset": ASSET}]),
+        "item names repeat",
+    ),
+]
+
+
+@pytest.mark.parametrize(("name", "make", "expected"), OFFLINE_CASES, ids=[c[0] for c in OFFLINE_CASES])
+def test_offline_refusals(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str, make: Any, expected: str
+) -> None:
+    output = tmp_path / "out.zarr"
+    job = make(tmp_path, output)
+    _check_refusal(capsys, ["run", str(job)], code=2, expected=expected, output=output)
+
+
+def test_bad_arguments(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["frobnicate"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "invalid choice" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_output_is_a_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    output = tmp_path / "out.zarr"
+    output.write_text("precious")
+    job = _keys()(tmp_path, output)
+    _check_refusal(capsys, ["run", str(job)], code=2, expected="is a file", output=output)
+    assert output.read_text() == "precious"
+
+
+def test_output_is_a_foreign_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    output = tmp_path / "out.zarr"
+    output.mkdir()
+    (output / "notes.txt").write_text("mine")
+    job = _keys()(tmp_path, output)
+    _check_refusal(capsys, ["run", str(job)], code=2, expected="is not a Zarr store", output=output)
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [(None, "cannot read"), ("{not json", "not a valid"), ('{"type": "mystery"}', "mystery")],
+    ids=["missing key file", "garbage key file", "unknown key type"],
+)
+def test_credential_files(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str | None, expected: str
+) -> None:
+    key = tmp_path / "key.json"
+    if content is not None:
+        key.write_text(content)
+    output = tmp_path / "out.zarr"
+    job = _keys(credentials=str(key))(tmp_path, output)
+    before = capsys.readouterr()
+    del before
+    assert main(["run", str(job)]) == 2
+    err = capsys.readouterr().err
+    assert str(key) in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    assert expected.lower() in err.lower()
+    assert not output.exists()
+
+
+def test_plain_http_with_credentials_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    key = tmp_path / "user.json"
+    key.write_text(
+        json.dumps(
+            {
+                "type": "authorized_user",
+                "client_id": "cid",
+                "client_secret": "SECRET-VALUE",
+                "refresh_token": "REFRESH-VALUE",
+            }
+        )
+    )
+    output = tmp_path / "out.zarr"
+    job = write_job(
+        tmp_path / "job.yaml",
+        asset=ASSET,
+        output=str(output),
+        endpoint="http://earthengine.example.com",
+        credentials=str(key),
+    )
+    _check_refusal(capsys, ["run", str(job)], code=2, expected="plain HTTP", output=output)
+
+
+# Cases that need the server: the asset's metadata decides.
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    folder = tmp_path_factory.mktemp("src")
+    arrays = mixed_arrays(200, 300)
+    paths = [str(write_tif(folder / f"b{i}.tif", [a])) for i, a in enumerate(arrays)]
+    with emulator_thread(
+        assets={ASSET: paths, "projects/demo/assets/secret": paths},
+        forbidden={"projects/demo/assets/secret"},
+    ) as emu:
+        yield emu
+
+
+ONLINE_CASES = [
+    ("asset not found", {"asset": "projects/demo/assets/nothing"}, 1, "404"),
+    ("access denied", {"asset": "projects/demo/assets/secret"}, 1, "403"),
+    ("band the asset lacks", {"bands": ["B1", "NIR"]}, 2, "has no band NIR"),
+    (
+        "region misses the asset",
+        {"region": {"bbox": [100.0, 10.0, 100.1, 10.1]}},
+        2,
+        "does not overlap",
+    ),
+    ("other crs without scale", {"crs": "EPSG:3857"}, 2, "'scale' is required"),
+    ("geotiff with mixed types", {"file_format": "GEO_TIFF"}, 2, "one data type"),
+]
+
+
+@pytest.mark.parametrize(("name", "keys", "code", "expected"), ONLINE_CASES, ids=[c[0] for c in ONLINE_CASES])
+def test_online_refusals(
+    server: Any,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    name: str,
+    keys: dict[str, Any],
+    code: int,
+    expected: str,
+) -> None:
+    output = tmp_path / "out.zarr"
+    job = write_job(
+        tmp_path / "job.yaml",
+        **{"asset": ASSET, "output": str(output), "endpoint": server.url, "credentials": "none", **keys},
+    )
+    start = len(server.log)
+    _check_refusal(capsys, ["run", str(job)], code=code, expected=expected, output=output)
+    new = server.log[start:]
+    assert not [r for r in new if r["op"] == "get_pixels"], "no pixels fetched for bad input"
+    assert len([r for r in new if r["op"] == "get_asset"]) == 1, "one metadata call, not retried"
+
+
+def test_output_holding_another_job(server: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    output = tmp_path / "out.zarr"
+    keys = {"asset": ASSET, "output": str(output), "endpoint": server.url, "credentials": "none"}
+    job = write_job(tmp_path / "job.yaml", **keys, bands=["B1"])
+    assert main(["run", "--quiet", str(job)]) == 0
+    capsys.readouterr()
+    changed = write_job(tmp_path / "job2.yaml", **keys, bands=["B1", "B2"])
+    _check_refusal(capsys, ["run", str(changed)], code=2, expected="holds a different job", output=output)

@@ -1,0 +1,202 @@
+"""bulkpix.ee.decode: NPY and GeoTIFF payloads -> per-band arrays, BadPayload otherwise."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from affine import Affine
+from rasterio.io import MemoryFile
+
+from bulkpix.ee.decode import decode_pixels
+from bulkpix.errors import BadPayload, RetryableError
+
+H, W = 6, 5
+IDS = ["B4", "NDVI", "QA"]
+DTYPES = [np.dtype("uint16"), np.dtype("float32"), np.dtype("uint8")]
+
+
+def record_array(ids=IDS, dtypes=DTYPES, shape=(H, W), seed=0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    record = np.empty(shape, dtype=list(zip(ids, dtypes, strict=True)))
+    for name, dtype in zip(ids, dtypes, strict=True):
+        record[name] = rng.integers(0, 200, size=shape).astype(dtype)
+    return record
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
+
+
+def decode_npy(payload, ids=IDS, dtypes=DTYPES, height=H, width=W):
+    return decode_pixels(payload, "NPY", ids, dtypes, height, width)
+
+
+# --------------------------------------------------------------------------- NPY
+
+
+def test_npy_round_trip_mixed_types():
+    record = record_array()
+    bands = decode_npy(npy_bytes(record))
+    assert list(bands) == IDS
+    for name, dtype in zip(IDS, DTYPES, strict=True):
+        assert bands[name].dtype == dtype
+        assert bands[name].shape == (H, W)
+        np.testing.assert_array_equal(bands[name], record[name])
+
+
+def test_npy_makes_no_copy_of_the_payload():
+    payload = bytearray(npy_bytes(record_array()))
+    bands = decode_npy(payload)
+    holder = np.frombuffer(payload, dtype=np.uint8)
+    for band in bands.values():
+        assert np.shares_memory(band, holder)
+    # Writing through the payload shows up in the band: they are the same bytes.
+    payload[-1] ^= 0xFF  # last byte belongs to the last field (QA) of the last pixel
+    assert bands["QA"][-1, -1] == record_array()["QA"][-1, -1] ^ 0xFF
+
+
+def test_npy_accepts_a_memoryview():
+    record = record_array()
+    bands = decode_npy(memoryview(npy_bytes(record)))
+    np.testing.assert_array_equal(bands["NDVI"], record["NDVI"])
+
+
+def test_npy_big_endian_fields_are_read_correctly_as_native():
+    big = [np.dtype(">u2"), np.dtype(">f4"), np.dtype("u1")]
+    record = record_array(dtypes=big)
+    bands = decode_npy(npy_bytes(record))
+    for name, want in zip(IDS, DTYPES, strict=True):
+        assert bands[name].dtype == want  # native byte order
+        np.testing.assert_array_equal(bands[name], record[name].astype(want))
+
+
+def test_npy_many_bands_header_over_numpy_default_limit():
+    ids = [f"band_{i:04d}" for i in range(600)]
+    dtypes = [np.dtype("uint8")] * len(ids)
+    record = record_array(ids, dtypes, shape=(2, 3))
+    bands = decode_pixels(npy_bytes(record), "npy", ids, dtypes, 2, 3)
+    np.testing.assert_array_equal(bands["band_0599"], record["band_0599"])
+
+
+@pytest.mark.parametrize(
+    ("payload_of", "match"),
+    [
+        (lambda p: p[: len(p) - 1], "bytes"),  # truncated data
+        (lambda p: p[:40], "NPY"),  # truncated inside the header
+        (lambda p: p + b"\0", "bytes"),  # extra bytes
+        (lambda p: b"garbage" * 20, "NPY"),
+        (lambda p: b"", "NPY"),
+        (lambda p: b"\x93NUMPY\x09\x00" + p[8:], "version"),
+    ],
+    ids=["truncated", "truncated-header", "extra-bytes", "garbage", "empty", "bad-version"],
+)
+def test_npy_damaged_payloads_are_bad(payload_of, match):
+    with pytest.raises(BadPayload, match=match):
+        decode_npy(payload_of(npy_bytes(record_array())))
+
+
+@pytest.mark.parametrize(
+    ("record", "match"),
+    [
+        (record_array(ids=["B4", "NDVI", "QB"]), "fields"),
+        (
+            record_array(ids=["NDVI", "B4", "QA"], dtypes=[DTYPES[1], DTYPES[0], DTYPES[2]]),
+            "fields",
+        ),
+        (record_array(ids=IDS[:2], dtypes=DTYPES[:2]), "fields"),
+        (record_array(dtypes=[np.dtype("int16"), DTYPES[1], DTYPES[2]]), "int16"),
+        (record_array(dtypes=[DTYPES[0], np.dtype("float64"), DTYPES[2]]), "float64"),
+        (record_array(shape=(W, H)), "shape"),
+        (record_array(shape=(H * W,)), "shape"),
+        (np.zeros((H, W), dtype=np.uint16), "record"),
+    ],
+    ids=[
+        "wrong-name",
+        "wrong-order",
+        "missing-band",
+        "wrong-int-type",
+        "wrong-float-type",
+        "transposed",
+        "flat",
+        "not-structured",
+    ],
+)
+def test_npy_wrong_content_is_bad(record, match):
+    with pytest.raises(BadPayload, match=match):
+        decode_npy(npy_bytes(record))
+
+
+def test_npy_fortran_order_is_bad():
+    record = np.asfortranarray(record_array())
+    with pytest.raises(BadPayload, match="Fortran"):
+        decode_npy(npy_bytes(record))
+
+
+def test_bad_payload_is_retryable():
+    with pytest.raises(RetryableError):
+        decode_npy(b"nope")
+
+
+def test_unknown_format_is_a_programming_error():
+    with pytest.raises(ValueError, match="PNG"):
+        decode_pixels(b"", "PNG", IDS, DTYPES, H, W)
+
+
+# --------------------------------------------------------------------------- GeoTIFF
+
+
+def geotiff_bytes(stack: np.ndarray) -> bytes:
+    count, height, width = stack.shape
+    with MemoryFile() as memfile:
+        with memfile.open(
+            driver="GTiff",
+            count=count,
+            height=height,
+            width=width,
+            dtype=stack.dtype,
+            crs="EPSG:32633",
+            transform=Affine(10, 0, 600000, 0, -10, 5200000),
+        ) as dataset:
+            dataset.write(stack)
+        return memfile.read()
+
+
+def test_geotiff_round_trip():
+    stack = np.random.default_rng(1).integers(0, 9000, size=(2, H, W)).astype(np.uint16)
+    bands = decode_pixels(geotiff_bytes(stack), "GEO_TIFF", ["B4", "B3"], [np.uint16] * 2, H, W)
+    assert list(bands) == ["B4", "B3"]
+    np.testing.assert_array_equal(bands["B4"], stack[0])
+    np.testing.assert_array_equal(bands["B3"], stack[1])
+    assert bands["B3"].dtype == np.uint16
+
+
+@pytest.mark.parametrize(
+    ("ids", "dtype", "height", "width", "match"),
+    [
+        (["B4"], np.uint16, H, W, "bands"),
+        (["B4", "B3", "B2"], np.uint16, H, W, "bands"),
+        (["B4", "B3"], np.int16, H, W, "type"),
+        (["B4", "B3"], np.uint16, H + 1, W, "expected"),
+    ],
+    ids=["fewer-bands", "more-bands", "wrong-type", "wrong-size"],
+)
+def test_geotiff_mismatch_is_bad(ids, dtype, height, width, match):
+    stack = np.ones((2, H, W), dtype=np.uint16)
+    with pytest.raises(BadPayload, match=match):
+        decode_pixels(geotiff_bytes(stack), "GEO_TIFF", ids, [dtype] * len(ids), height, width)
+
+
+@pytest.mark.parametrize("cut", [0, 10, 300])
+def test_geotiff_garbage_or_truncated_is_bad(cut):
+    payload = geotiff_bytes(np.ones((1, 64, 64), dtype=np.uint16))[:cut] if cut else b"junk" * 9
+    with pytest.raises(BadPayload):
+        decode_pixels(payload, "GEO_TIFF", ["B"], [np.uint16], 64, 64)
+
+
+def test_geotiff_cannot_carry_mixed_types():
+    with pytest.raises(ValueError, match="one data type"):
+        decode_pixels(b"", "GEO_TIFF", IDS, DTYPES, H, W)

@@ -1,0 +1,126 @@
+"""The job file: defaults, batch items, and one clear line per problem."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bulkpix.errors import JobError
+from bulkpix.job import DEFAULT_ENDPOINT, load_job, parse_job
+
+BASE = {"asset": "projects/demo/assets/x", "output": "out.zarr"}
+
+
+def test_defaults() -> None:
+    job = parse_job(dict(BASE))
+    assert job.endpoint == DEFAULT_ENDPOINT
+    assert (job.concurrency, job.qps, job.chunk, job.tile) == (40, 100.0, 512, "auto")
+    assert job.file_format == "NPY"
+    assert job.credentials_spec == "default"
+    [item] = job.resolved_items()
+    assert item.name is None and item.asset == "projects/demo/assets/x"
+
+
+def test_emulator_endpoint_needs_no_credentials() -> None:
+    job = parse_job({**BASE, "endpoint": "emulator"})
+    assert job.credentials_spec == "none"
+
+
+def test_region_shorthands() -> None:
+    bbox = parse_job({**BASE, "region": {"bbox": [1, 2, 3, 4]}}).region
+    assert bbox is not None and bbox.bbox == (1, 2, 3, 4) and bbox.region_crs == "EPSG:4326"
+    geometry = {"type": "Point", "coordinates": [1, 2]}
+    assert parse_job({**BASE, "region": geometry}).region.geometry == geometry  # type: ignore[union-attr]
+    assert parse_job({**BASE, "region": "area.geojson"}).region.file == "area.geojson"  # type: ignore[union-attr]
+    utm = parse_job({**BASE, "region": {"bbox": [0, 0, 10, 10], "region_crs": "EPSG:32633"}})
+    assert utm.region is not None and utm.region.region_crs == "EPSG:32633"
+
+
+def test_batch_items_inherit_and_override() -> None:
+    job = parse_job(
+        {
+            "output": "o.zarr",
+            "bands": ["B1"],
+            "crs": "EPSG:3857",
+            "scale": 30,
+            "items": [
+                {"asset": "A/B", "name": "first"},
+                {"asset": "users/me/c", "bands": ["B2", "B3"]},
+            ],
+        }
+    )
+    first, second = job.resolved_items()
+    assert (first.name, first.bands, first.scale) == ("first", ["B1"], 30)
+    assert (second.name, second.bands, second.crs) == ("item0001", ["B2", "B3"], "EPSG:3857")
+    assert job.is_batch
+
+
+@pytest.mark.parametrize(
+    ("keys", "expected"),
+    [
+        ({"colour": "red"}, "unknown key 'colour'"),
+        ({"concurrency": 0}, "key 'concurrency'"),
+        ({"concurrency": "many"}, "key 'concurrency'"),
+        ({"qps": -1}, "key 'qps'"),
+        ({"chunk": 0}, "key 'chunk'"),
+        ({"scale": 0}, "key 'scale'"),
+        ({"crs": "EPSG:999999"}, "unknown CRS 'EPSG:999999'"),
+        ({"tile": [500, 512]}, "multiples of chunk"),
+        ({"tile": "huge"}, "key 'tile'"),
+        ({"file_format": "PNG"}, "key 'file_format'"),
+        ({"endpoint": "ftp://x"}, "key 'endpoint'"),
+        ({"bands": []}, "key 'bands'"),
+        ({"bands": ["B1", "B1"]}, "bands must not repeat"),
+        ({"region": {"bbox": [3, 0, 1, 1]}}, "xmin < xmax"),
+        ({"region": {"bbox": [1, 2, 3]}}, "key 'region.bbox'"),
+        ({"region": {"bbox": [0, 0, 1, 1], "file": "x"}}, "exactly one of"),
+        ({"asset": "projects/x"}, "projects/PROJECT/assets/ID"),
+        ({"emulator": {"synthetic": {}}}, "endpoint: emulator"),
+        ({"items": [{"name": "a b", "asset": "x/y"}]}, "may hold only letters"),
+    ],
+)
+def test_bad_keys_one_line(keys: dict, expected: str) -> None:
+    with pytest.raises(JobError) as info:
+        parse_job({**BASE, **keys}, source="job.yaml")
+    message = str(info.value)
+    assert expected in message
+    assert message.startswith("job.yaml: ")
+    assert "\n" not in message
+
+
+def test_missing_output_and_asset() -> None:
+    with pytest.raises(JobError, match="key 'output' is required"):
+        parse_job({"asset": "a/b"})
+    with pytest.raises(JobError, match="asset is missing"):
+        parse_job({"output": "o.zarr"})
+    with pytest.raises(JobError, match=r"items\[1\]: asset is missing"):
+        parse_job({"output": "o.zarr", "items": [{"asset": "a/b"}, {"name": "x"}]})
+
+
+def test_duplicate_item_names() -> None:
+    with pytest.raises(JobError, match="item names repeat: a"):
+        parse_job({"output": "o", "items": [{"name": "a", "asset": "x/y"}] * 2})
+
+
+def test_load_job_file_errors(tmp_path: Path) -> None:
+    with pytest.raises(JobError, match="cannot read the job file"):
+        load_job(tmp_path / "missing.yaml")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("asset: [unclosed\n")
+    with pytest.raises(JobError, match="broken YAML at line"):
+        load_job(broken)
+    scalar = tmp_path / "scalar.yaml"
+    scalar.write_text("just a string\n")
+    with pytest.raises(JobError, match="must be a YAML mapping"):
+        load_job(scalar)
+
+
+def test_region_file_relative_to_job(tmp_path: Path) -> None:
+    (tmp_path / "area.geojson").write_text('{"type": "Point", "coordinates": [1, 2]}')
+    (tmp_path / "job.yaml").write_text("asset: a/b\noutput: o.zarr\nregion: area.geojson\n")
+    job = load_job(tmp_path / "job.yaml")
+    assert job.region is not None
+    assert job.region.load_geometry(job.base_dir) == {"type": "Point", "coordinates": [1, 2]}
+    with pytest.raises(JobError, match="cannot read it"):
+        job.region.model_copy(update={"file": "nope.json"}).load_geometry(job.base_dir)

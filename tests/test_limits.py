@@ -1,0 +1,345 @@
+"""Governor tests on a virtual-time event loop: no real sleeping, exact timings.
+
+aiolimiter and the Governor both use ``loop.time()`` and loop timers, so a loop whose clock
+jumps straight to the next timer whenever it would otherwise wait gives a fake clock for
+everything at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import random
+import selectors
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import pytest
+
+from bulkpix.errors import NotFound, QuotaExceeded, ServerError
+from bulkpix.transfer.limits import Governor
+
+T = TypeVar("T")
+
+
+class _FastForwardSelector(selectors.DefaultSelector):
+    def __init__(self, loop: VirtualTimeLoop) -> None:
+        super().__init__()
+        self._loop = loop
+
+    def select(self, timeout: float | None = None) -> list[Any]:
+        if timeout is None:  # nothing scheduled: only another thread can wake us
+            return super().select(None)
+        events = super().select(0)
+        if not events and timeout > 0:
+            self._loop.now += timeout  # jump to the next timer instead of waiting for it
+        return events
+
+
+class VirtualTimeLoop(asyncio.SelectorEventLoop):
+    def __init__(self) -> None:
+        self.now = 0.0
+        super().__init__(selector=_FastForwardSelector(self))
+
+    def time(self) -> float:
+        return self.now
+
+
+def run_virtual(main: Callable[[], Awaitable[T]]) -> T:
+    with asyncio.Runner(loop_factory=VirtualTimeLoop) as runner:
+        return runner.run(main())  # type: ignore[arg-type]
+
+
+def now() -> float:
+    return asyncio.get_running_loop().time()
+
+
+def test_virtual_clock_does_not_really_sleep() -> None:
+    async def main() -> float:
+        await asyncio.sleep(3600)
+        return now()
+
+    assert run_virtual(main) == pytest.approx(3600)
+
+
+def test_in_flight_never_exceeds_limit_even_while_it_changes() -> None:
+    rng = random.Random(7)
+    over_limit: list[tuple[int, int]] = []
+    peak = 0
+
+    async def main() -> Governor:
+        nonlocal peak
+        governor = Governor(8, qps=1000)
+
+        async def request() -> None:
+            nonlocal peak
+            try:
+                async with governor.slot():
+                    if governor.in_flight > governor.limit:
+                        over_limit.append((governor.in_flight, governor.limit))
+                    peak = max(peak, governor.in_flight)
+                    await asyncio.sleep(rng.uniform(0.01, 0.5))
+                    if rng.random() < 0.05:
+                        raise QuotaExceeded("429", status=429)
+            except QuotaExceeded:
+                pass
+
+        await asyncio.gather(*(request() for _ in range(600)))
+        return governor
+
+    governor = run_virtual(main)
+    assert over_limit == []
+    assert peak == 8  # the cap is actually used
+    assert governor.cuts >= 1 and governor.in_flight == 0
+
+
+def test_burst_of_429s_cuts_once_per_generation() -> None:
+    async def main() -> None:
+        governor = Governor(40, qps=1e6)
+        release = asyncio.Event()
+        all_in = asyncio.Event()
+
+        async def throttled() -> None:
+            async with governor.slot():
+                if governor.in_flight == 40:
+                    all_in.set()
+                await release.wait()
+                raise QuotaExceeded("429", status=429)
+
+        burst = [asyncio.create_task(throttled()) for _ in range(40)]
+        await all_in.wait()
+        release.set()
+        results = await asyncio.gather(*burst, return_exceptions=True)
+        assert all(isinstance(r, QuotaExceeded) for r in results)
+        assert (governor.limit, governor.cuts, governor.throttles) == (20, 1, 40)
+
+        # A 429 from a request granted after the cut is new information: cut again.
+        with pytest.raises(QuotaExceeded):
+            async with governor.slot():
+                raise QuotaExceeded("429", status=429)
+        assert (governor.limit, governor.cuts) == (10, 2)
+
+    run_virtual(main)
+
+
+def test_cuts_stop_at_min_concurrency() -> None:
+    async def main() -> None:
+        governor = Governor(40, qps=1e6, min_concurrency=3)
+        for _ in range(10):
+            with pytest.raises(QuotaExceeded):
+                async with governor.slot():
+                    raise QuotaExceeded("429", status=429)
+        assert governor.limit == 3
+
+    run_virtual(main)
+
+
+def test_recovers_one_per_limit_successes_up_to_the_cap_never_above() -> None:
+    async def main() -> None:
+        governor = Governor(8, qps=1e6)
+        with pytest.raises(QuotaExceeded):
+            async with governor.slot():
+                raise QuotaExceeded("429", status=429)
+        assert governor.limit == 4
+
+        limits = []
+        for _ in range(40):
+            async with governor.slot():
+                pass
+            limits.append(governor.limit)
+        # +1 after `limit` successes: 4 at 4, 5 at 5, 6 at 6, 7 at 7 -> cap after 22.
+        assert limits[:3] == [4, 4, 4]
+        assert limits[3] == 5
+        assert limits.index(6) == 3 + 5
+        assert limits.index(7) == 3 + 5 + 6
+        assert limits.index(8) == 3 + 5 + 6 + 7
+        assert max(limits) == 8 and limits[-1] == 8
+
+    run_virtual(main)
+
+
+def test_requests_granted_before_a_cut_do_not_count_toward_recovery() -> None:
+    async def main() -> None:
+        governor = Governor(4, qps=1e6)
+        release = asyncio.Event()
+
+        async def slow_success() -> None:
+            async with governor.slot():
+                await release.wait()
+
+        old = [asyncio.create_task(slow_success()) for _ in range(3)]
+        await asyncio.sleep(0.1)
+        with pytest.raises(QuotaExceeded):
+            async with governor.slot():
+                raise QuotaExceeded("429", status=429)
+        assert governor.limit == 2
+        release.set()
+        await asyncio.gather(*old)
+        assert governor.limit == 2  # three old successes would otherwise have raised it
+
+    run_virtual(main)
+
+
+def _max_in_window(times: list[float], width: float) -> int:
+    times = sorted(times)
+    return max(bisect.bisect_left(times, t + width) - i for i, t in enumerate(times))
+
+
+@pytest.mark.parametrize("qps", [10.0, 100.0, 2.5])
+def test_rate_never_exceeds_qps_in_any_one_second_window(qps: float) -> None:
+    starts: list[float] = []
+
+    async def main() -> None:
+        governor = Governor(1000, qps=qps)
+
+        async def request() -> None:
+            async with governor.slot():
+                starts.append(now())
+
+        await asyncio.gather(*(request() for _ in range(int(qps * 5))))
+
+    run_virtual(main)
+    # Float spacing may land a start a hair inside the next window: allow 1e-9 s.
+    assert _max_in_window(starts, 1.0 - 1e-9) <= qps
+    # ...and the quota is used: n starts take about n/qps seconds, with no initial burst.
+    assert max(starts) == pytest.approx((len(starts) - 1) / qps, rel=1e-6)
+    assert sum(1 for t in starts if t == 0.0) == 1
+
+
+def test_retry_after_pauses_new_grants() -> None:
+    async def main() -> None:
+        governor = Governor(4, qps=1e6)
+        with pytest.raises(QuotaExceeded):
+            async with governor.slot():
+                raise QuotaExceeded("429", status=429, retry_after=5.0)
+        assert governor.paused
+        assert governor.stats().paused_s == pytest.approx(5.0)
+        async with governor.slot():
+            granted_at = now()
+        assert granted_at == pytest.approx(5.0)
+        assert not governor.paused
+
+    run_virtual(main)
+
+
+def test_retry_after_on_a_server_error_pauses_without_cutting() -> None:
+    async def main() -> None:
+        governor = Governor(4, qps=1e6)
+        with pytest.raises(ServerError):
+            async with governor.slot():
+                raise ServerError("503", status=503, retry_after=2.0)
+        assert (governor.limit, governor.cuts) == (4, 0)
+        async with governor.slot():
+            assert now() == pytest.approx(2.0)
+
+    run_virtual(main)
+
+
+def test_retry_after_is_capped() -> None:
+    async def main() -> None:
+        governor = Governor(4, qps=1e6, max_pause_s=60)
+        with pytest.raises(QuotaExceeded):
+            async with governor.slot():
+                raise QuotaExceeded("429", status=429, retry_after=86400)
+        async with governor.slot():
+            assert now() == pytest.approx(60.0)
+
+    run_virtual(main)
+
+
+def test_no_recovery_while_paused() -> None:
+    """A success that lands during a Retry-After pause does not raise the limit."""
+    log: dict[str, Any] = {}
+
+    async def main() -> None:
+        governor = Governor(4, qps=1e6)
+        b_release = asyncio.Event()
+
+        async def old_request() -> None:  # generation 0, later brings a Retry-After
+            with pytest.raises(ServerError):
+                async with governor.slot():
+                    await b_release.wait()
+                    raise ServerError("503", status=503, retry_after=10.0)
+
+        async def during_pause() -> None:  # generation 1, succeeds while paused
+            async with governor.slot():
+                await asyncio.sleep(3.0)
+
+        async def after_pause(hold: float, key: str) -> None:
+            async with governor.slot():
+                log[f"{key}_granted"] = now()
+                await asyncio.sleep(hold)
+            log[f"{key}_limit"] = governor.limit
+
+        b = asyncio.create_task(old_request())
+        await asyncio.sleep(0)
+        with pytest.raises(QuotaExceeded):  # t=0: cut 4 -> 2, generation 1
+            async with governor.slot():
+                raise QuotaExceeded("429", status=429)
+        c = asyncio.create_task(during_pause())  # granted at t=0 in generation 1
+        await asyncio.sleep(1.0)
+        b_release.set()  # t=1: pause until t=11
+        await asyncio.sleep(0.5)
+        d = asyncio.create_task(after_pause(1.0, "d"))
+        e = asyncio.create_task(after_pause(1.5, "e"))
+        await asyncio.gather(b, c, d, e)
+        assert governor.limit == 3
+
+    run_virtual(main)
+    assert log["d_granted"] == pytest.approx(11.0)
+    assert log["d_limit"] == 2  # C's success at t=3 (paused) did not count
+    assert log["e_limit"] == 3
+
+
+def test_other_errors_are_neutral() -> None:
+    async def main() -> None:
+        governor = Governor(4, qps=1e6)
+        for _ in range(10):
+            with pytest.raises(NotFound):
+                async with governor.slot():
+                    raise NotFound("404", status=404)
+        assert (governor.limit, governor.cuts, governor.in_flight) == (4, 0, 0)
+
+    run_virtual(main)
+
+
+def test_cancelled_waiters_leave_no_reserved_slots() -> None:
+    async def main() -> None:
+        governor = Governor(2, qps=1.0)  # slow rate: waiters pile up in the rate limiter
+        hold = asyncio.Event()
+
+        async def holder() -> None:
+            async with governor.slot():
+                await hold.wait()
+
+        holders = [asyncio.create_task(holder()) for _ in range(2)]
+        waiters = [asyncio.create_task(holder()) for _ in range(5)]
+        await asyncio.sleep(5)
+        assert governor.in_flight == 2
+        for task in waiters:
+            task.cancel()
+        await asyncio.gather(*waiters, return_exceptions=True)
+        hold.set()
+        await asyncio.gather(*holders)
+        assert governor.in_flight == 0
+        # Both slots are grantable again (nothing leaked into the reservations).
+        both_in = asyncio.Event()
+
+        async def pair() -> None:
+            async with governor.slot():
+                if governor.in_flight == 2:
+                    both_in.set()
+                await both_in.wait()
+
+        await asyncio.wait_for(asyncio.gather(pair(), pair()), timeout=10)
+
+    run_virtual(main)
+
+
+def test_arguments_are_checked() -> None:
+    with pytest.raises(ValueError):
+        Governor(0, qps=10)
+    with pytest.raises(ValueError):
+        Governor(4, qps=0)
+    with pytest.raises(ValueError):
+        Governor(4, qps=10, min_concurrency=5)

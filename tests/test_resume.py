@@ -1,0 +1,199 @@
+"""Resumable jobs: SIGKILL at random moments, Ctrl-C, batch items, changed jobs, --restart."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import zarr
+
+from bulkpix.cli import main
+from bulkpix.emulator import SyntheticAsset
+from bulkpix.emulator.synthetic import SYNTHETIC_BANDS, synthetic_pixels
+from bulkpix.geometry.tiling import parse_tile_key
+from tests.conftest import emulator_thread, write_job
+
+ASSET = "projects/demo/assets/synth"
+SYNTH = SyntheticAsset(width=4000, height=4000)
+BAND_IDS = [band for band, _ in SYNTHETIC_BANDS]
+CONCURRENCY = 4
+
+
+def _job_keys(url: str, output: Path, **more: Any) -> dict[str, Any]:
+    return {
+        "asset": ASSET,
+        "output": str(output),
+        "endpoint": url,
+        "credentials": "none",
+        # 1024 x 768 px of the asset, in 48 tiles of 128 x 128.
+        "region": {"bbox": [602000, 5180000, 612240, 5187680], "region_crs": "EPSG:32633"},
+        "chunk": 64,
+        "tile": [128, 128],
+        "concurrency": CONCURRENCY,
+        **more,
+    }
+
+
+def _chunk_digests(output: Path) -> dict[str, str]:
+    """Every stored data file but the record, by path -> sha256: 'bit-identical' made exact."""
+    digests = {}
+    for path in sorted(output.rglob("*")):
+        rel = path.relative_to(output).as_posix()
+        if path.is_file() and ".bulkpix" not in rel and not rel.endswith(".partial"):
+            digests[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return digests
+
+
+def _pixel_windows(records: list[dict[str, Any]]) -> list[tuple[int, int, int, int]]:
+    return [
+        (r["window"]["row_off"], r["window"]["col_off"], r["window"]["height"], r["window"]["width"])
+        for r in records
+        if r["op"] == "get_pixels"
+    ]
+
+
+def _done_windows(output: Path, origin: tuple[int, int]) -> set[tuple[int, int, int, int]]:
+    done = output / ".bulkpix" / "done"
+    windows = set()
+    if done.is_dir():
+        for marker in done.iterdir():
+            if marker.name.endswith(".partial"):
+                continue
+            tile = parse_tile_key(marker.name)
+            w = tile.window
+            windows.add((origin[0] + w.row_off, origin[1] + w.col_off, w.height, w.width))
+    return windows
+
+
+def _wait_for_requests(emu: Any, start: int, count: int, proc: subprocess.Popen) -> None:
+    deadline = time.monotonic() + 60
+    while len(_pixel_windows(emu.log[start:])) < count:
+        assert proc.poll() is None, "the run ended before it could be killed"
+        assert time.monotonic() < deadline, "the run made no progress"
+        time.sleep(0.005)  # polling the log, not hiding a race: the kill point is what we wait for
+
+
+def _spawn(job: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "bulkpix", "run", "--quiet", str(job)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+
+
+def _sigkill_trials(tmp_path: Path, trials: int, seed: int) -> None:
+    rng = random.Random(seed)
+    with emulator_thread(synthetic={ASSET: SYNTH}, service_base_s=0.01, seed=seed) as emu:
+        reference = tmp_path / "reference.zarr"
+        ref_job = write_job(tmp_path / "ref.yaml", **_job_keys(emu.url, reference))
+        assert main(["run", "--quiet", str(ref_job)]) == 0
+        expected = _chunk_digests(reference)
+        ref_tiles = len(_pixel_windows(emu.log))
+        assert ref_tiles == 48
+        # The region's origin in native pixels: 602000 E, 5187680 N.
+        origin = (int((5200000 - 5187680) / 10), int((602000 - 600000) / 10))
+
+        for trial in range(trials):
+            output = tmp_path / f"trial{trial}.zarr"
+            job = write_job(tmp_path / f"trial{trial}.yaml", **_job_keys(emu.url, output))
+            start = len(emu.log)
+            proc = _spawn(job)
+            _wait_for_requests(emu, start, rng.randint(1, ref_tiles - CONCURRENCY), proc)
+            time.sleep(rng.uniform(0, 0.05))  # a random instant, not a synchronisation
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(30)
+            first_run = _pixel_windows(emu.log[start:])
+            done_after_kill = _done_windows(output, origin)
+
+            resume_start = len(emu.log)
+            assert main(["run", "--quiet", str(job)]) == 0
+            second_run = _pixel_windows(emu.log[resume_start:])
+
+            assert _chunk_digests(output) == expected, f"trial {trial}: output differs"
+            refetched = set(second_run) & set(first_run)
+            assert not refetched & done_after_kill, "a finished tile was fetched again"
+            # Only tiles that were in flight when the kill came are fetched twice.
+            assert len(refetched) <= CONCURRENCY, (trial, len(refetched))
+            assert len(second_run) == len(set(second_run)) == ref_tiles - len(done_after_kill)
+
+
+def test_sigkill_at_random_moments_resumes_bit_identical(tmp_path: Path) -> None:
+    _sigkill_trials(tmp_path, trials=10, seed=1)
+
+
+@pytest.mark.slow
+def test_sigkill_many_trials(tmp_path: Path) -> None:
+    _sigkill_trials(tmp_path, trials=40, seed=2)
+
+
+def test_ctrl_c_batch_of_items_resumes_bit_exact(tmp_path: Path) -> None:
+    items = []
+    for index in range(20):
+        x0 = 600000 + 2560 * (index % 5)
+        y1 = 5200000 - 2560 * (index // 5)
+        items.append(
+            {
+                "name": f"area{index:02d}",
+                "region": {"bbox": [x0, y1 - 2560, x0 + 2560, y1], "region_crs": "EPSG:32633"},
+            }
+        )
+    with emulator_thread(synthetic={ASSET: SYNTH}, service_base_s=0.01) as emu:
+        output = tmp_path / "batch.zarr"
+        keys = _job_keys(emu.url, output, items=items)
+        keys.pop("region")
+        job = write_job(tmp_path / "batch.yaml", **keys)
+        proc = _spawn(job)
+        _wait_for_requests(emu, 0, 30, proc)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 130, err.decode()
+        assert b"Resume with: bulkpix run" in err
+        fetched_first = len(_pixel_windows(emu.log))
+        assert 30 <= fetched_first < 20 * 4
+
+        assert main(["status", str(output)]) == 1  # incomplete
+        assert main(["run", "--quiet", str(job)]) == 0
+        fetched_total = len(_pixel_windows(emu.log))
+        # The interrupted run finished what it had in flight: nothing is fetched twice.
+        assert fetched_total == 20 * 4
+        assert main(["status", str(output)]) == 0
+
+    root = zarr.open_group(output, mode="r")
+    for index in range(20):
+        group = root[f"area{index:02d}"]
+        rows = np.arange(256 * (index // 5), 256 * (index // 5) + 256)
+        cols = np.arange(256 * (index % 5), 256 * (index % 5) + 256)
+        for band_index, band in enumerate(BAND_IDS):
+            np.testing.assert_array_equal(group[band][:], synthetic_pixels(band_index, rows, cols))
+
+
+def test_changed_job_refused_then_restart(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with emulator_thread(synthetic={ASSET: SYNTH}) as emu:
+        output = tmp_path / "out.zarr"
+        job = write_job(tmp_path / "a.yaml", **_job_keys(emu.url, output, bands=["u8"]))
+        assert main(["run", "--quiet", str(job)]) == 0
+        changed = write_job(
+            tmp_path / "b.yaml", **_job_keys(emu.url, output, bands=["i16"], chunk=128)
+        )
+        capsys.readouterr()
+        assert main(["run", "--quiet", str(changed)]) == 2
+        err = capsys.readouterr().err
+        assert "holds a different job" in err and "bands" in err and "chunk" in err
+        assert "--restart" in err
+        assert main(["run", "--quiet", "--restart", str(changed)]) == 0
+    root = zarr.open_group(output, mode="r")
+    assert "u8" not in root and "i16" in root
+    assert root["i16"].chunks == (128, 128)
+    rows = np.arange(1232, 1232 + 768)
+    cols = np.arange(200, 200 + 1024)
+    np.testing.assert_array_equal(root["i16"][:], synthetic_pixels(1, rows, cols))
