@@ -647,3 +647,52 @@ async def test_discovery_document_points_at_the_emulator(mixed_files: dict[str, 
     assert document["rootUrl"] == f"{emu.url}/" and document["baseUrl"] == f"{emu.url}/"
     methods = document["resources"]["projects"]["resources"]["assets"]["methods"]
     assert methods["getPixels"]["path"].endswith(":getPixels")
+
+
+async def test_discovery_is_404_without_earthengine_api(mixed_files: dict[str, Any],
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    import bulkpix.emulator.discovery as discovery
+
+    monkeypatch.setattr(discovery, "_packaged_document", lambda: None)
+    async with run_emulator(make_config(mixed_files)) as emu, aiohttp.ClientSession() as s, \
+            s.get(f"{emu.url}/$discovery/rest?version=v1beta") as response:
+        assert response.status == 404
+        assert (await response.json())["error"]["status"] == "NOT_FOUND"
+
+
+async def test_crs_wkt_is_the_same_grid_as_crs_code(mixed_files: dict[str, Any]) -> None:
+    wkt = rasterio.crs.CRS.from_user_input(CRS).to_wkt()
+    by_code = grid_body(3, 4, 20, 10, bandIds=["height"])
+    by_code["grid"]["crsCode"] = CRS
+    by_wkt = grid_body(3, 4, 20, 10, bandIds=["height"])
+    by_wkt["grid"]["crsWkt"] = wkt
+    async with run_emulator(make_config(mixed_files)) as emu, aiohttp.ClientSession() as s:
+        _, code_payload, _ = await post(s, emu.url, MIXED, by_code)
+        _, wkt_payload, _ = await post(s, emu.url, MIXED, by_wkt)
+        assert emu.log[-1]["col_off"] == 3  # the same CRS spelled as WKT is still native
+    assert code_payload == wkt_payload
+    np.testing.assert_array_equal(np.load(io.BytesIO(wkt_payload))["height"],
+                                  mixed_files["arrays"]["height"][4:14, 3:23])
+
+
+def test_emulator_in_thread_reports_a_bad_asset(tmp_path: Path) -> None:
+    from bulkpix.emulator import emulator_in_thread
+
+    config = EmulatorConfig(assets={MIXED: [str(tmp_path / "missing.tif")]})
+    with pytest.raises(ValueError, match=r"missing\.tif"), emulator_in_thread(config):
+        pass
+
+
+async def test_client_leaving_mid_body_is_survived(mixed_files: dict[str, Any]) -> None:
+    faults = FaultConfig(bandwidth_bps=200_000)
+    async with run_emulator(make_config(mixed_files, faults=faults)) as emu:
+        async with aiohttp.ClientSession() as s, s.post(
+                f"{emu.url}/v1/{SYN}:getPixels",
+                json=grid_body(0, 0, 256, 256)) as response:
+            await response.content.readexactly(10_000)  # then drop the connection
+        while emu.quota.in_flight:  # the paced writer notices and frees its slot
+            await asyncio.sleep(0.01)
+        async with aiohttp.ClientSession() as s:
+            status, _, _ = await post(s, emu.url, SYN, grid_body(0, 0, 4, 4))
+        assert status == 200
+        assert [r["status"] for r in emu.log] == [200, 200]

@@ -55,7 +55,7 @@ def _chunk_digests(output: Path) -> dict[str, str]:
 
 def _pixel_windows(records: list[dict[str, Any]]) -> list[tuple[int, int, int, int]]:
     return [
-        (r["window"]["row_off"], r["window"]["col_off"], r["window"]["height"], r["window"]["width"])
+        (r["row_off"], r["col_off"], r["height"], r["width"])
         for r in records
         if r["op"] == "get_pixels"
     ]

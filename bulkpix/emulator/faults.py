@@ -81,8 +81,12 @@ async def send_payload(request: web.Request, payload: bytes, content_type: str,
     body = memoryview(payload)
     if fault == "truncate":
         body = body[: len(payload) // 2]
-    await _write_paced(response, body, faults.bandwidth_bps,
-                       before_last=lambda: commit(response.status, len(body)))
+    try:
+        await _write_paced(response, body, faults.bandwidth_bps,
+                           before_last=lambda: commit(response.status, len(body)))
+    except ConnectionResetError:  # the client went away mid-body: nothing left to do
+        commit(response.status, 0)
+        return response
     if fault == "truncate" and request.transport is not None:
         request.transport.close()  # close() flushes what was written, then drops the connection
         return response

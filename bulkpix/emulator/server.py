@@ -288,10 +288,9 @@ def emulator_in_thread(config: EmulatorConfig) -> Iterator[Emulator]:
                 ready["emulator"] = emulator
                 started.set()
                 await stop.wait()
-        except BaseException as exc:
+        except Exception as exc:  # handed to the caller's thread, raised there
             ready["error"] = exc
             started.set()
-            raise
 
     thread = threading.Thread(target=lambda: loop.run_until_complete(serve()),
                               name="bulkpix-emulator", daemon=True)
