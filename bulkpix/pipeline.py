@@ -115,6 +115,12 @@ async def _endpoint_url(job: Job) -> AsyncIterator[str]:
         asset_name(name): [str(_job_path(job, p)) for p in paths]
         for name, paths in section.assets.items()
     }
+    # An asset the section does not mention is served as a synthetic one, so a job that
+    # only says `endpoint: emulator` runs as is.
+    for item in job.resolved_items():
+        name = asset_name(item.asset or "")
+        if name not in assets and name not in synthetic:
+            synthetic[name] = SyntheticAsset(width=20000, height=20000)
     config = EmulatorConfig(
         assets=assets,
         synthetic=synthetic,

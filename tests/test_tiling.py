@@ -27,8 +27,9 @@ from bulkpix.geometry.tiling import (
     split_tile,
 )
 
-FAST = settings(max_examples=150, deadline=None)
-MEDIUM = settings(max_examples=40, deadline=None)
+# derandomize: the same examples every run (CI-stable); database=None: nothing written.
+FAST = settings(max_examples=150, deadline=None, derandomize=True, database=None)
+MEDIUM = settings(max_examples=40, deadline=None, derandomize=True, database=None)
 
 chunks = st.one_of(st.sampled_from([1, 7, 64, 100, 256, 512, 1024]), st.integers(1, 2048))
 itemsize_lists = st.one_of(
@@ -66,7 +67,8 @@ def check_plan(plan: TilePlan, itemsizes, *, count_pixels: bool) -> None:
     """Limits, alignment and exactly-once coverage per band group."""
     assert [i for g in plan.band_groups for i in g] == list(range(len(itemsizes)))
     n_groups = len(plan.band_groups)
-    assert plan.total_request_bytes == plan.height * plan.width * cost(itemsizes, range(len(itemsizes)))
+    all_bands = cost(itemsizes, range(len(itemsizes)))
+    assert plan.total_request_bytes == plan.height * plan.width * all_bands
     if count_pixels:
         counts = np.zeros((n_groups, plan.height, plan.width), np.int32)
     rows: set[tuple[int, int]] = set()
@@ -235,8 +237,9 @@ def test_large_auto_plans_respect_limits(height, width, chunk, itemsizes, concur
         # Too many to walk: check the first tiles and the arithmetic of the tiling.
         for tile in itertools.islice(plan.tiles(), 500):
             check_tile_limits_and_alignment(plan, tile, itemsizes)
-        assert (plan.tile_rows - 1) * plan.tile_height < plan.height <= plan.tile_rows * plan.tile_height
-        assert (plan.tile_cols - 1) * plan.tile_width < plan.width <= plan.tile_cols * plan.tile_width
+        rows, cols = plan.tile_rows, plan.tile_cols
+        assert (rows - 1) * plan.tile_height < plan.height <= rows * plan.tile_height
+        assert (cols - 1) * plan.tile_width < plan.width <= cols * plan.tile_width
         for tile_side, side in ((plan.tile_height, height), (plan.tile_width, width)):
             assert tile_side == side or tile_side % chunk == 0
         assert plan.max_request_bytes <= MAX_REQUEST_BYTES
@@ -266,14 +269,15 @@ def test_tiles_order_is_row_major_with_group_innermost():
     n_groups = len(plan.band_groups)
     assert [t.group for t in tiles[:n_groups]] == list(range(n_groups))
     assert [t.window for t in tiles[::n_groups]] == list(plan.windows())
-    assert [(w.row_off, w.col_off) for w in plan.windows()] == [(0, 0), (0, 256), (256, 0), (256, 256)]
+    offsets = [(w.row_off, w.col_off) for w in plan.windows()]
+    assert offsets == [(0, 0), (0, 256), (256, 0), (256, 256)]
 
 
 def test_explicit_tile_errors_name_the_problem():
     with pytest.raises(ValueError, match="not a multiple of chunk 256"):
         plan_tiles(10_000, 10_000, [2], 256, (300, 512))
     # 8192 x 8192 x (4 + 1) = 335,544,320 bytes.
-    with pytest.raises(ValueError, match="335544320 bytes.*50331648"):
+    with pytest.raises(ValueError, match=r"335544320 bytes.*50331648"):
         plan_tiles(10_000, 10_000, [4], 256, (8192, 8192))
     with pytest.raises(ValueError, match="32768"):
         plan_tiles(100_000, 100, [1], 256, (65536, 100))
@@ -332,14 +336,17 @@ def test_auto_not_worse_than_other_sizes():
     """The pick beats (or ties, up to the squareness weight) every aligned alternative."""
     service = ServiceModel()
     plan = plan_tiles(3000, 5000, [2, 2], 256, concurrency=40, service=service)
-    best = estimate_seconds(plan, 40, 100.0, service)
+    def score(p: TilePlan) -> float:
+        aspect = max(p.tile_height, p.tile_width) / min(p.tile_height, p.tile_width)
+        return estimate_seconds(p, 40, 100.0, service) * (1 + 0.02 * math.log2(aspect))
+
+    best = score(plan)
     for kh, kw in itertools.product(range(1, 13), range(1, 21)):
         th, tw = min(kh * 256, 3000), min(kw * 256, 5000)
         if th * tw * 6 > (256 * 2**20) // 40:
             continue  # over the memory cap: not a candidate
         other = TilePlan(3000, 5000, 256, th, tw, ((0, 1),), (2, 2))
-        aspect = max(th, tw) / min(th, tw)
-        assert best <= estimate_seconds(other, 40, 100.0, service) * (1 + 0.02 * math.log2(aspect)) + 1e-9
+        assert best <= score(other) * (1 + 1e-9)
 
 
 @pytest.mark.parametrize("itemsizes", [[1], [2], [4] * 3, [8] * 7, [1] * 1500])
@@ -350,7 +357,8 @@ def test_huge_region_gets_tiles_at_the_size_cap(itemsizes):
     cap = max(inflight // 40, 256 * 256 * per_px)
     assert plan.max_request_bytes <= cap
     # At the cap: growing either side by one chunk would break it.
-    for th, tw in ((plan.tile_height + 256, plan.tile_width), (plan.tile_height, plan.tile_width + 256)):
+    h, w = plan.tile_height, plan.tile_width
+    for th, tw in ((h + 256, w), (h, w + 256)):
         assert th * tw * per_px > cap or max(th, tw) > MAX_SIDE
     assert plan.max_request_bytes > cap / 2
 
@@ -380,7 +388,7 @@ def test_planning_is_fast_and_lazy():
         plan_tiles(200_000, 150_000, [2, 2, 4], chunk)
     assert time.perf_counter() - start < 2.0
     # Many groups x many tiles: still nothing materialised.
-    many = plan_tiles(100_000, 100_000, [1] * 2000, 256, max_inflight_bytes=1)
+    many = plan_tiles(150_000, 150_000, [1] * 2000, 256, max_inflight_bytes=1)
     assert many.n_tiles > 1_000_000 and next(many.tiles()).group == 0
 
 
@@ -434,7 +442,7 @@ def test_split_tile_partitions_and_stays_aligned(rk, ck, height, width, chunk, a
                 assert abs(p.window.width - width / 2) <= chunk / 2 + 0.5
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=25, deadline=None, derandomize=True, database=None)
 @given(st.integers(1, 5000), st.integers(1, 5000), st.sampled_from([64, 256, 500]))
 def test_repeated_splits_reach_single_chunks(height, width, chunk):
     pending = [Tile(Window(0, 0, height, width))]

@@ -146,17 +146,23 @@ class GoogleAuth:
         async with self._lock:
             if not still_needed():
                 return  # another caller refreshed while we waited for the lock
+            # Raised after the except blocks so google-auth's exception (whose chain can
+            # reach the token request and its form, secrets included) is not kept as context.
+            problem: Exception | None = None
             try:
                 await asyncio.to_thread(self.credentials.refresh, self._request)
             except google.auth.exceptions.RefreshError as exc:
-                reason = _short_reason(exc)
+                reason = f"token refresh failed: {_short_reason(exc)}"
                 if getattr(exc, "retryable", False):
-                    raise TransportError(f"token refresh failed: {reason}") from None
-                raise Unauthenticated(f"token refresh failed: {reason}", status=401) from None
+                    problem = TransportError(reason)
+                else:
+                    problem = Unauthenticated(reason, status=401)
             except google.auth.exceptions.TransportError as exc:
-                raise TransportError(
+                problem = TransportError(
                     f"token refresh failed: token endpoint unreachable ({type(exc).__name__})"
-                ) from None
+                )
+            if problem is not None:
+                raise problem
             self.refreshes += 1
 
     def __repr__(self) -> str:
@@ -199,17 +205,16 @@ def _load_default(scopes: Sequence[str]) -> GoogleAuth:
 
 
 def _load_file(path: Path, scopes: Sequence[str]) -> GoogleAuth:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise JobError(f"credentials file not found: {path}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise JobError(f"credentials file {path} cannot be read ({type(exc).__name__})") from None
-    try:
-        info: Any = json.loads(text)
-    except ValueError:
-        # `from None`: JSONDecodeError keeps the whole document in .doc.
-        raise JobError(f"credentials file {path} is not valid JSON") from None
+    # Errors are raised outside the except blocks: UnicodeDecodeError and JSONDecodeError
+    # keep the file's content, and would otherwise ride along as __context__.
+    text, failure = _read_text(path)
+    if failure == "FileNotFoundError":
+        raise JobError(f"cannot read credentials file {path}: file not found")
+    if text is None:
+        raise JobError(f"cannot read credentials file {path} ({failure})")
+    info = _parse_json(text)
+    if info is _NOT_JSON:
+        raise JobError(f"credentials file {path} is not a valid JSON file")
     if not isinstance(info, dict):
         raise JobError(f"credentials file {path} is not a JSON object")
 
@@ -231,19 +236,39 @@ def _load_file(path: Path, scopes: Sequence[str]) -> GoogleAuth:
     )
 
 
+def _read_text(path: Path) -> tuple[str | None, str]:
+    """(text, "") or (None, name of the error)."""
+    try:
+        return path.read_text(encoding="utf-8"), ""
+    except (OSError, UnicodeDecodeError) as exc:
+        return None, type(exc).__name__
+
+
+_NOT_JSON = object()
+
+
+def _parse_json(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return _NOT_JSON
+
+
 def _service_account(
     path: Path, info: dict[str, Any], scopes: Sequence[str]
 ) -> google.oauth2.service_account.Credentials:
     missing = _SERVICE_ACCOUNT_FIELDS - info.keys()
     if missing:
         raise JobError(f"service-account key {path} is missing {', '.join(sorted(missing))}")
+    failure = ""
     try:
         return google.oauth2.service_account.Credentials.from_service_account_info(
             info, scopes=list(scopes)
         )
     except (ValueError, TypeError, KeyError) as exc:
-        # Only the class name: parser messages may quote the key.
-        raise JobError(f"service-account key {path} is not usable ({type(exc).__name__})") from None
+        failure = type(exc).__name__  # only the class name: parser messages may quote the key
+    # Raised outside the except block so the parser's exception is not kept as __context__.
+    raise JobError(f"service-account key {path} is not usable ({failure})")
 
 
 def _user_credentials(path: Path, info: dict[str, Any]) -> google.oauth2.credentials.Credentials:
@@ -252,12 +277,13 @@ def _user_credentials(path: Path, info: dict[str, Any]) -> google.oauth2.credent
         raise JobError(
             f"authorized-user credentials {path} are missing {', '.join(sorted(missing))}"
         )
+    failure = ""
     try:
         credentials = google.oauth2.credentials.Credentials.from_authorized_user_info(info)
-    except (ValueError, TypeError, KeyError) as exc:
-        raise JobError(
-            f"authorized-user credentials {path} are not usable ({type(exc).__name__})"
-        ) from None
+    except (ValueError, TypeError, KeyError) as exc:  # e.g. a malformed "expiry"
+        failure = type(exc).__name__
+    if failure:
+        raise JobError(f"authorized-user credentials {path} are not usable ({failure})")
     # from_authorized_user_info always sets Google's endpoint; honour the file's own.
     token_uri = info.get("token_uri") or GOOGLE_TOKEN_URI
     if not isinstance(token_uri, str):

@@ -122,8 +122,8 @@ class EEClient:
             raise JobError(f"endpoint must be an http(s) URL, got {base_url!r}")
         if url.scheme == "http" and auth.has_credentials and not is_loopback_host(url.host):
             raise JobError(
-                f"refusing to send credentials over plain http to {url.host}; "
-                "use https (plain http is only allowed to localhost)"
+                f"refusing to send credentials over plain HTTP to {url.host}; "
+                "use https (plain HTTP is only allowed to localhost)"
             )
         if pool_size < 1:
             raise ValueError(f"pool_size must be >= 1, got {pool_size}")
@@ -206,6 +206,10 @@ class EEClient:
         where = f"{operation} {name}"
 
         async with self.governor.slot():
+            # Errors are raised after the except blocks, not inside them: `from None` would
+            # still keep aiohttp's exception as __context__, and its request_info holds the
+            # Authorization header.
+            problem: RemoteError | None = None
             try:
                 async with self._session.request(
                     method, url, json=body, headers=headers, allow_redirects=False
@@ -214,9 +218,11 @@ class EEClient:
                     status = response.status
                     response_headers = response.headers
             except aiohttp.InvalidURL:
-                raise RequestInvalid(f"{where}: invalid URL") from None
+                problem = RequestInvalid(f"{where}: invalid URL")
             except _TRANSPORT_ERRORS as exc:
-                raise TransportError(_scrub(f"{where}: {_describe(exc)}", secrets)) from None
+                problem = TransportError(_scrub(f"{where}: {_describe(exc)}", secrets))
+            if problem is not None:
+                raise problem
 
             if 200 <= status < 300:
                 _check_length(payload, response_headers, where)

@@ -42,7 +42,7 @@ __all__ = [
 Bounds: TypeAlias = tuple[float, float, float, float]
 """(xmin, ymin, xmax, ymax) in some CRS."""
 
-Region: TypeAlias = "Sequence[float] | Mapping[str, Any]"
+Region: TypeAlias = Sequence[float] | Mapping[str, Any]
 """A bbox ``[xmin, ymin, xmax, ymax]`` or a GeoJSON geometry / Feature / FeatureCollection."""
 
 SNAP_TOLERANCE_PX = 1e-6
@@ -401,7 +401,9 @@ def _as_bbox(region: Sequence[float]) -> Bounds:
     return (xmin, ymin, xmax, ymax)
 
 
-def region_bounds(region: Any, region_crs: str = "EPSG:4326", dst_crs: str | None = None) -> Bounds:
+def region_bounds(
+    region: Region | Any, region_crs: str = "EPSG:4326", dst_crs: str | None = None
+) -> Bounds:
     """Bounding box of ``region`` in ``dst_crs`` (default: ``region_crs``).
 
     ``region`` is a bbox ``[xmin, ymin, xmax, ymax]`` or a GeoJSON geometry, Feature or

@@ -393,7 +393,8 @@ def plan_tiles(
     limits, balanced (see ``band_groups``). All tiles share one shape.
 
     ``tile=(tile_h, tile_w)``: each side a multiple of ``chunk`` (a side at least as long
-    as the grid's means one tile across); the heaviest group's request must fit the limits.
+    as the grid's means one tile across); the heaviest group's request must fit the limits
+    (``max_inflight_bytes`` is only a guide for "auto": an explicit tile is taken as asked).
 
     ``tile="auto"``: among tile sides that are multiples of ``chunk`` (or the whole side),
     with each request at most ``min(MAX_REQUEST_BYTES, max(max_inflight_bytes //

@@ -1,0 +1,102 @@
+"""The benchmark suite runs end to end at ``--size tiny`` and writes sane figures.
+
+Never a timing assertion: only that every scenario and client produced its fields, delivered
+the expected pixels, and that the derived figures are consistent.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from benchmarks.__main__ import main
+from benchmarks.ideal import ideal_for_requests, ideal_makespan
+from benchmarks.region import REQUEST_BYTES_PER_PX
+
+CLIENT_FIELDS = {"wall_s", "busy_s", "startup_s", "pixels", "expected_pixels", "pixel_bytes",
+                 "mb_per_s", "mb_per_s_busy", "requests", "retries", "share_429",
+                 "share_429_after_10s", "cpu_s", "cpu_s_per_gb", "peak_rss_mb", "verified"}
+EXPECTED_CLIENTS = {
+    "quota_bound": {"bulkpix", "ee_pool_512", "ee_pool_1024", "gdal_eedai"},
+    "throughput": {"bulkpix", "bare_fetch"},
+    "memory": {"bulkpix_1x", "bulkpix_4x", "bulkpix_16x"},
+    "throttled": {"bulkpix"},
+}
+
+
+@pytest.fixture(scope="module")
+def document(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    workdir = tmp_path_factory.mktemp("bench")
+    path = workdir / "results.json"
+    assert main(["--size", "tiny", "--json", str(path), "--workdir", str(workdir)]) == 0
+    return json.loads(path.read_text())
+
+
+def test_every_scenario_and_client_is_reported(document: dict) -> None:
+    assert document["meta"]["size"] == "tiny"
+    assert document["meta"]["machine"]["nproc"] >= 1
+    assert set(document["scenarios"]) == set(EXPECTED_CLIENTS)
+    for name, clients in EXPECTED_CLIENTS.items():
+        scenario = document["scenarios"][name]
+        assert set(scenario["clients"]) == clients, name
+        assert scenario["targets"], name
+        for target in scenario["targets"]:
+            assert isinstance(target["met"], bool)
+            assert math.isfinite(target["value"])
+
+
+def test_client_figures_are_sane(document: dict) -> None:
+    for name, scenario in document["scenarios"].items():
+        for client, figures in scenario["clients"].items():
+            where = f"{name}/{client}"
+            assert set(figures) >= CLIENT_FIELDS, where
+            assert figures["pixels"] == figures["expected_pixels"] > 0, where
+            # Every pixel of the four bands (9 bytes a pixel) was delivered.
+            assert figures["pixel_bytes"] == 9 * figures["pixels"], where
+            assert figures["requests"] > 0, where
+            assert 0 <= figures["retries"] <= figures["requests"], where
+            assert 0.0 <= figures["share_429"] <= 1.0, where
+            assert figures["wall_s"] > 0 and 0 < figures["busy_s"] <= figures["wall_s"], where
+            assert figures["cpu_s"] > 0 and figures["peak_rss_mb"] > 10, where
+            assert figures["mb_per_s"] > 0, where
+            if client != "bare_fetch":  # the bare loop throws its bytes away unchecked
+                assert figures["verified"] is True, where
+
+
+def test_bare_loop_replays_bulkpix_requests(document: dict) -> None:
+    clients = document["scenarios"]["throughput"]["clients"]
+    assert clients["bare_fetch"]["requests"] >= clients["bulkpix"]["requests"] - \
+        clients["bulkpix"]["retries"]
+    assert clients["bare_fetch"]["pixel_bytes"] == clients["bulkpix"]["pixel_bytes"]
+
+
+def test_ideal_is_reported_with_its_formula(document: dict) -> None:
+    ideal = document["scenarios"]["quota_bound"]["ideal"]
+    assert ideal["seconds"] > 0 and ideal["requests"] >= 1
+    assert "ceil(n/C)" in ideal["formula"]
+    throttled = document["scenarios"]["throttled"]["ideal"]
+    assert throttled["same_requests_seconds"] > 0
+
+
+def test_ideal_makespan_matches_the_hand_derivation() -> None:
+    # 6000 x 5000 px at 13 counted bytes a pixel = 390 MB. One wave of 40 tiles of 9.75 MB:
+    # 0.2 + 0.05 * 9.75 = 0.6875 s beats two waves of 80 smaller ones (2 * 0.44375 s).
+    ideal = ideal_makespan(5000, 6000, REQUEST_BYTES_PER_PX, base_s=0.2, per_mb_s=0.05,
+                           concurrency=40, qps=100)
+    assert ideal.requests == 40
+    assert ideal.seconds == pytest.approx(0.6875)
+    # The rate quota binds when requests are tiny and free: 100 requests take 1 s.
+    assert ideal_for_requests([1] * 100, base_s=0.0, per_mb_s=0.0, concurrency=8,
+                              qps=100) == pytest.approx(1.0)
+    # 16 requests of 1 s on 8 slots: 2 s.
+    assert ideal_for_requests([0] * 16, base_s=1.0, per_mb_s=0.0, concurrency=8,
+                              qps=100) == pytest.approx(2.0)
+
+
+def test_result_path_defaults_into_the_ignored_results_folder() -> None:
+    from benchmarks.__main__ import DEFAULT_JSON
+
+    assert Path(__file__).parents[1] / "benchmarks" / "results" / "latest.json" == DEFAULT_JSON
