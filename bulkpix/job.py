@@ -321,10 +321,10 @@ def parse_job(data: Any, *, source: str = "job", base_dir: Path | None = None) -
         raise JobError(f"{source}: {_format_errors(exc.errors(include_url=False))}") from None
     if base_dir is not None:
         job = job.model_copy(update={"base_dir": base_dir})
-    # Region files are read now, so a missing one is refused before any network call.
-    for item in job.resolved_items():
-        if item.region is not None and item.region.file is not None:
-            item.region.load_geometry(job.base_dir)
+        # Region files are read now, so a missing one is refused before any network call.
+        for item in job.resolved_items():
+            if item.region is not None and item.region.file is not None:
+                item.region.load_geometry(job.base_dir)
     return job
 
 

@@ -161,7 +161,7 @@ def _output_grid(spec: ItemSpec, asset: AssetInfo, native: PixelGrid, base_dir: 
 
 def _footprint_polygon(grid: PixelGrid) -> dict[str, Any]:
     t = grid.transform
-    corners = [t * (0, 0), t * (grid.width, 0), t * (grid.width, grid.height), t * (0, grid.height)]
+    corners = [t @ (0, 0), t @ (grid.width, 0), t @ (grid.width, grid.height), t @ (0, grid.height)]
     ring = [list(c) for c in corners] + [list(corners[0])]
     return {"type": "Polygon", "coordinates": [ring]}
 

@@ -81,7 +81,7 @@ def _outward_window(bounds: tuple[float, float, float, float], transform: Affine
     """Independent check: the pixel window of UTM bounds, snapped outward."""
     inv = ~transform
     cols, rows = zip(
-        *(inv * (x, y) for x in (bounds[0], bounds[2]) for y in (bounds[1], bounds[3])),
+        *(inv @ (x, y) for x in (bounds[0], bounds[2]) for y in (bounds[1], bounds[3])),
         strict=True,
     )
     return (
@@ -111,7 +111,7 @@ async def test_lonlat_region_inside_utm_asset(
     ds = _open(output)
     for band, source in zip(["B1", "B2", "B3"], arrays, strict=True):
         np.testing.assert_array_equal(ds[band].values, source[r0:r1, c0:c1])
-    _assert_georef(ds, "B2", SRC_CRS, SRC_TRANSFORM * Affine.translation(c0, r0))
+    _assert_georef(ds, "B2", SRC_CRS, SRC_TRANSFORM @ Affine.translation(c0, r0))
 
 
 def _nearest_reference(
@@ -120,9 +120,9 @@ def _nearest_reference(
 ) -> np.ndarray:
     """Each output pixel takes the source pixel under its centre; outside is 0."""
     rows, cols = np.mgrid[0 : shape[0], 0 : shape[1]]
-    xs, ys = dst_transform * (cols + 0.5, rows + 0.5)
+    xs, ys = dst_transform @ (cols + 0.5, rows + 0.5)
     sx, sy = Transformer.from_crs(dst_crs, src_crs, always_xy=True).transform(xs, ys)
-    fc, fr = ~src_transform * (sx, sy)
+    fc, fr = ~src_transform @ (sx, sy)
     c = np.floor(fc).astype(np.int64)
     r = np.floor(fr).astype(np.int64)
     inside = (r >= 0) & (r < source.shape[0]) & (c >= 0) & (c < source.shape[1])
@@ -154,7 +154,7 @@ async def test_other_crs_and_scale_matches_whole_grid_nearest(
 
 
 async def test_rotated_native_grid(tmp_path: Path) -> None:
-    rotated = SRC_TRANSFORM * Affine.rotation(20)
+    rotated = SRC_TRANSFORM @ Affine.rotation(20)
     arrays = mixed_arrays(300, 400, seed=3)
     path = write_tif(tmp_path / "rot.tif", [arrays[1]], transform=rotated)
     async with run_emulator(EmulatorConfig(assets={ASSET: [str(path)]})) as emu:
@@ -193,7 +193,7 @@ async def test_synthetic_asset_band_subset(tmp_path: Path) -> None:
     ds = _open(output)
     assert list(ds.data_vars) == ["f32", "u8"] or set(ds.data_vars) == {"f32", "u8"}
     transform = ds["u8"].rio.transform()
-    c0, r0 = (~synthetic.transform) * (transform.c, transform.f)
+    c0, r0 = (~synthetic.transform) @ (transform.c, transform.f)
     rows = np.arange(round(r0), round(r0) + ds.sizes["y"])
     cols = np.arange(round(c0), round(c0) + ds.sizes["x"])
     ids = [band for band, _ in SYNTHETIC_BANDS]
