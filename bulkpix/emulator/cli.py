@@ -78,6 +78,14 @@ def build_parser() -> argparse.ArgumentParser:
     add("--stall-seconds", type=_non_negative, default=30.0)
     add("--bandwidth", type=_non_negative, default=None, metavar="BYTES_PER_S",
         help="pace every getPixels body to this rate")
+    add("--fault-400", type=_probability, default=0.0, metavar="P",
+        help="answer 400 INVALID_ARGUMENT (permanent)")
+    add("--fault-403", type=_probability, default=0.0, metavar="P",
+        help="answer 403 PERMISSION_DENIED (permanent)")
+    add("--fault-404", type=_probability, default=0.0, metavar="P",
+        help="answer 404 NOT_FOUND (permanent)")
+    add("--max-request-bytes", type=int, default=50_331_648, metavar="BYTES",
+        help="the request-size limit (lower it to play a service that counts differently)")
     add("--log", metavar="PATH", help="append one JSON line per call to PATH")
     return parser
 
@@ -101,12 +109,14 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
         p500=args.fault_500, p503=args.fault_503, p429=args.fault_429,
         retry_after_share=args.retry_after_share, retry_after_s=args.retry_after,
         p_reset=args.fault_reset, p_truncate=args.fault_truncate, p_stall=args.fault_stall,
-        stall_s=args.stall_seconds, bandwidth_bps=args.bandwidth or None)
+        stall_s=args.stall_seconds, bandwidth_bps=args.bandwidth or None,
+        p400=args.fault_400, p403=args.fault_403, p404=args.fault_404)
     return EmulatorConfig(
         assets=assets, synthetic=synthetic, forbidden=set(args.forbidden), token=args.token,
         max_concurrent=args.max_concurrent or None, max_qps=args.max_qps or None,
         service_base_s=args.service_base, service_per_mb_s=args.service_per_mb,
         service_jitter=args.service_jitter, seed=args.seed, faults=faults, log_path=args.log,
+        max_request_bytes=args.max_request_bytes,
         host=args.host, port=args.port)
 
 

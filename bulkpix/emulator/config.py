@@ -23,10 +23,14 @@ class FaultConfig:
     p_stall: float = 0.0  # headers, then nothing for stall_s seconds
     stall_s: float = 30.0
     bandwidth_bps: float | None = None  # pace every getPixels body to this many bytes/s
+    # Permanent errors, for clients that must not retry them.
+    p400: float = 0.0
+    p403: float = 0.0
+    p404: float = 0.0
 
     def __post_init__(self) -> None:
         probabilities = (self.p500, self.p503, self.p429, self.p_reset, self.p_truncate,
-                         self.p_stall)
+                         self.p_stall, self.p400, self.p403, self.p404)
         if any(p < 0 for p in probabilities) or sum(probabilities) > 1.0 + 1e-9:
             raise ValueError("fault probabilities must be >= 0 and sum to at most 1")
         if not 0.0 <= self.retry_after_share <= 1.0:
@@ -62,6 +66,8 @@ class EmulatorConfig:
     service_base_s: float = 0.0
     service_per_mb_s: float = 0.0
     service_jitter: float = 0.1
+    # The request-size limit; lower it to play a service that counts sizes differently.
+    max_request_bytes: int = 50_331_648
     seed: int = 0
     faults: FaultConfig = field(default_factory=FaultConfig)
     log_path: str | None = None

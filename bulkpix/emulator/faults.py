@@ -17,7 +17,7 @@ from bulkpix.emulator.status import ApiError
 
 __all__ = ["FAULTS", "draw_fault", "fault_error", "request_rng", "send_payload"]
 
-FAULTS = ("500", "503", "429", "reset", "truncate", "stall")
+FAULTS = ("500", "503", "429", "reset", "truncate", "stall", "400", "403", "404")
 _CHUNKS_PER_SECOND = 20  # granularity of bandwidth pacing
 _STALL_POLL_S = 0.05
 
@@ -29,8 +29,9 @@ def request_rng(seed: int, call_number: int) -> random.Random:
 def draw_fault(faults: FaultConfig, rng: random.Random) -> str | None:
     """One fault name or None, drawn from the configured probabilities."""
     draw = rng.random()
-    for name, probability in zip(FAULTS, (faults.p500, faults.p503, faults.p429, faults.p_reset,
-                                          faults.p_truncate, faults.p_stall), strict=True):
+    probabilities = (faults.p500, faults.p503, faults.p429, faults.p_reset, faults.p_truncate,
+                     faults.p_stall, faults.p400, faults.p403, faults.p404)
+    for name, probability in zip(FAULTS, probabilities, strict=True):
         if draw < probability:
             return name
         draw -= probability
@@ -43,6 +44,12 @@ def fault_error(name: str, faults: FaultConfig, rng: random.Random) -> ApiError 
         return ApiError(500, "An internal error has occurred (injected).")
     if name == "503":
         return ApiError(503, "The service is currently unavailable (injected).")
+    if name == "400":
+        return ApiError(400, "Invalid request (injected).")
+    if name == "403":
+        return ApiError(403, "Permission denied (injected).")
+    if name == "404":
+        return ApiError(404, "Not found (injected).")
     if name == "429":
         headers = {}
         if rng.random() < faults.retry_after_share:

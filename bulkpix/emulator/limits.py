@@ -34,7 +34,8 @@ def request_size(width: int, height: int, dtypes: Sequence[np.dtype]) -> int:
     return width * height * request_bytes_per_pixel(list(dtypes))
 
 
-def check_request_limits(width: int, height: int, dtypes: Sequence[np.dtype]) -> int:
+def check_request_limits(width: int, height: int, dtypes: Sequence[np.dtype],
+                         max_bytes: int = MAX_REQUEST_BYTES) -> int:
     """Raise 400 for a request over a limit; return its counted size."""
     if len(dtypes) > MAX_BANDS:
         raise ApiError(400, f"Number of bands ({len(dtypes)}) must be less than or equal to "
@@ -43,9 +44,9 @@ def check_request_limits(width: int, height: int, dtypes: Sequence[np.dtype]) ->
         raise ApiError(400, f"Grid dimensions ({width} x {height} pixels) must be less than or "
                             f"equal to {MAX_SIDE} pixels on each side.")
     size = request_size(width, height, dtypes)
-    if size > MAX_REQUEST_BYTES:
+    if size > max_bytes:
         raise ApiError(400, f"Total request size ({size} bytes) must be less than or equal to "
-                            f"{MAX_REQUEST_BYTES} bytes.")
+                            f"{max_bytes} bytes.")
     return size
 
 

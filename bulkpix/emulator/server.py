@@ -178,7 +178,8 @@ class Emulator:
         check_format(file_format, dtypes, visualization)
         grid = resolve_grid(body.get("grid"), body.get("region"), asset)
         _describe_window(record, grid)
-        record["request_size"] = size = check_request_limits(grid.width, grid.height, dtypes)
+        record["request_size"] = size = check_request_limits(
+            grid.width, grid.height, dtypes, self.config.max_request_bytes)
         if file_format == "NPY" and len(set(band_ids)) != len(band_ids):
             raise ApiError(400, f"NPY needs distinct band ids, got {band_ids}.")
 
