@@ -48,9 +48,7 @@ def _build_parser() -> argparse.ArgumentParser:
     status.add_argument("output", help="the output store")
     status.add_argument("--debug", action="store_true", help="show tracebacks")
 
-    commands.add_parser(
-        "emulator", help="serve the local Earth Engine stand-in", add_help=False
-    )
+    commands.add_parser("emulator", help="serve the local Earth Engine stand-in", add_help=False)
     return parser
 
 

@@ -93,7 +93,9 @@ class Region(_Strict):
             if not all(math.isfinite(v) for v in self.bbox):
                 raise ValueError("bbox values must be finite numbers")
             if xmin >= xmax or ymin >= ymax:
-                raise ValueError("bbox must be [xmin, ymin, xmax, ymax] with xmin < xmax, ymin < ymax")
+                raise ValueError(
+                    "bbox must be [xmin, ymin, xmax, ymax] with xmin < xmax, ymin < ymax"
+                )
         return self
 
     _crs = field_validator("region_crs")(_check_crs)
@@ -297,8 +299,10 @@ def _format_errors(errors: list[Any]) -> str:
     same_key = [e for e in errors if _clean_loc(e["loc"]) == loc]
     if first["type"] == "extra_forbidden":
         return f"unknown key {loc!r}"
-    if first["type"] in ("missing", "too_short") and first["loc"] and isinstance(
-        first["loc"][-1], int
+    if (
+        first["type"] in ("missing", "too_short")
+        and first["loc"]
+        and isinstance(first["loc"][-1], int)
     ):
         return f"key {loc.rsplit('.', 1)[0]!r}: too few values"
     if first["type"] == "missing":

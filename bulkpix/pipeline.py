@@ -16,6 +16,8 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from bulkpix.assets import asset_name
 from bulkpix.ee.auth import load_credentials
 from bulkpix.ee.client import EEClient, Timeouts
@@ -33,7 +35,9 @@ from bulkpix.geometry.tiling import Tile, split_tile
 from bulkpix.job import EmulatorSection, Job
 from bulkpix.planning import AssetInfo, ItemPlan, parse_asset, plan_item, request_body
 from bulkpix.store.record import TileRecord, fingerprint_diff
-from bulkpix.store.zarr_store import ItemWriter, open_store
+from bulkpix.store.write_loop import WriteLoop
+from bulkpix.store.zarr_store import ItemWriter, consolidate, open_store
+from bulkpix.transfer.budget import ByteBudget
 from bulkpix.transfer.limits import Governor
 from bulkpix.transfer.pool import run_workers
 from bulkpix.transfer.retry import RetryBudget, RetryPolicy, retrying
@@ -297,6 +301,17 @@ async def _open_items(
     return opened
 
 
+@dataclass
+class _Run:
+    """What every tile of a run shares."""
+
+    client: EEClient
+    retry: _Retry
+    budget: ByteBudget
+    write_loop: WriteLoop
+    write_slots: asyncio.Semaphore
+
+
 async def run_job(
     job: Job,
     *,
@@ -314,6 +329,9 @@ async def run_job(
         if restart:
             await _clear_store(store)
         opened = await _open_items(job, store, plans, stats)
+        # Metadata is complete once every item exists: consolidate now, once, so xarray
+        # opens the store (or any item of it) with one read even while tiles are written.
+        await consolidate(store)
         if stats_ready is not None and not stats_ready.done():
             stats_ready.set_result(stats)
         stats.started = time.monotonic()
@@ -324,24 +342,33 @@ async def run_job(
                     if tile.key not in done:
                         yield index, tile
 
-        async def handle(work_item: tuple[int, Tile]) -> None:
-            index, tile = work_item
-            if stop.is_set():
-                return
-            plan, writer, record, _done = opened[index]
-            await _process_tile(client, retry, plan, writer, record, stats.items[index], tile)
+        async with WriteLoop() as write_loop:
+            run = _Run(
+                client=client,
+                retry=retry,
+                budget=ByteBudget(job.memory_mb * 2**20),
+                write_loop=write_loop,
+                # Two tiles compress at once: more only lengthens stalls on 2 cores.
+                write_slots=asyncio.Semaphore(2),
+            )
 
-        try:
-            await run_workers(work(), handle, workers=job.concurrency, stop=stop)
-        finally:
-            stats.ended = time.monotonic()
-            stats.interrupted = stop.is_set()
+            async def handle(work_item: tuple[int, Tile]) -> None:
+                index, tile = work_item
+                if stop.is_set():
+                    return
+                plan, writer, record, _done = opened[index]
+                await _process_tile(run, plan, writer, record, stats.items[index], tile)
+
+            try:
+                await run_workers(work(), handle, workers=job.concurrency, stop=stop)
+            finally:
+                stats.ended = time.monotonic()
+                stats.interrupted = stop.is_set()
         return stats
 
 
 async def _process_tile(
-    client: EEClient,
-    retry: _Retry,
+    run: _Run,
     plan: ItemPlan,
     writer: ItemWriter,
     record: TileRecord,
@@ -353,42 +380,52 @@ async def _process_tile(
     grid = plan.grid.window_grid(tile.window)
     body = request_body(plan, grid, band_ids)
     dtypes = [plan.bands[i].dtype for i in plan.tiles.band_groups[tile.group]]
+    height, width = tile.window.height, tile.window.width
+    body_bytes = height * width * sum(d.itemsize for d in dtypes)
+    held = 0
 
-    async def fetch_and_decode():  # type: ignore[no-untyped-def]
-        payload = await client.get_pixels(plan.asset, body)
-        # NPY decodes to views without copying; GeoTIFF decoding is real work.
-        if plan.file_format == "NPY":
-            arrays = decode_pixels(
-                payload, plan.file_format, band_ids, dtypes, tile.window.height, tile.window.width
-            )
-        else:
-            arrays = await asyncio.to_thread(
-                decode_pixels,
-                payload,
-                plan.file_format,
-                band_ids,
-                dtypes,
-                tile.window.height,
-                tile.window.width,
-            )
-        return len(payload), arrays
+    async def take_budget() -> None:
+        nonlocal held
+        held = await run.budget.acquire(body_bytes)
+
+    async def fetch_and_decode() -> tuple[int, dict[str, np.ndarray]]:
+        nonlocal held
+        try:
+            payload = await run.client.get_pixels(plan.asset, body, before_body=take_budget)
+            if plan.file_format == "NPY":  # views into the payload, no copy: cheap
+                arrays = decode_pixels(payload, "NPY", band_ids, dtypes, height, width)
+            else:
+                arrays = await asyncio.to_thread(
+                    decode_pixels, payload, plan.file_format, band_ids, dtypes, height, width
+                )
+            return len(payload), arrays
+        except BaseException:
+            run.budget.release(held)
+            held = 0
+            raise
 
     try:
-        nbytes, arrays = await retry(fetch_and_decode)
-    except RequestTooLarge as exc:
-        parts = split_tile(tile, plan.tiles.chunk)
-        if len(parts) == 1:
+        try:
+            nbytes, arrays = await run.retry(fetch_and_decode)
+        except RequestTooLarge as exc:
+            parts = split_tile(tile, plan.tiles.chunk)
+            if len(parts) == 1:
+                await _record_failure(record, item_stats, tile, exc)
+                return
+            item_stats.total += len(parts) - 1
+            for part in parts:
+                await _process_tile(run, plan, writer, record, item_stats, part)
+            return
+        except (PermanentError, RetryableError) as exc:
             await _record_failure(record, item_stats, tile, exc)
             return
-        item_stats.total += len(parts) - 1
-        for part in parts:
-            await _process_tile(client, retry, plan, writer, record, item_stats, part)
-        return
-    except (PermanentError, RetryableError) as exc:
-        await _record_failure(record, item_stats, tile, exc)
-        return
-    await writer.write_tile(tile.window, arrays)
-    del arrays
+        async with run.write_slots:
+            await run.write_loop.run(writer.write_tile(tile.window, arrays))
+        del arrays
+    finally:
+        run.budget.release(held)
+        held = 0
+    # Only now, with every chunk of the tile stored, does the tile count as finished.
     await record.mark_done(tile.key)
     item_stats.done += 1
     item_stats.bytes += nbytes
@@ -397,7 +434,7 @@ async def _process_tile(
 async def _record_failure(
     record: TileRecord, item_stats: ItemStats, tile: Tile, exc: RemoteError
 ) -> None:
-    reason = f"HTTP {exc.status}: {exc.message}" if exc.status else exc.message
+    reason = exc.message
     if isinstance(exc, RetryableError):
         reason = f"gave up after retries: {reason}"
     item_stats.failed[tile.key] = reason

@@ -125,8 +125,7 @@ def _output_grid(spec: ItemSpec, asset: AssetInfo, native: PixelGrid, base_dir: 
     is_native_crs = same_crs(crs, native.crs)
     north_up = native.transform.b == 0 and native.transform.d == 0
     use_native = is_native_crs and (
-        spec.scale is None
-        or (north_up and native_scale == (spec.scale, spec.scale))
+        spec.scale is None or (north_up and native_scale == (spec.scale, spec.scale))
     )
     if not is_native_crs and spec.scale is None:
         raise JobError(f"key 'scale' is required when crs ({crs}) is not the asset's own")
@@ -175,9 +174,7 @@ def plan_item(spec: ItemSpec, asset: AssetInfo, job: Job) -> ItemPlan:
     grid = _output_grid(spec, asset, native, job.base_dir)
     if job.file_format == "GEO_TIFF" and len({b.dtype for b in bands}) > 1:
         kinds = ", ".join(f"{b.id}={b.dtype.name}" for b in bands)
-        raise JobError(
-            f"file_format GEO_TIFF needs one data type for all bands ({kinds}); use NPY"
-        )
+        raise JobError(f"file_format GEO_TIFF needs one data type for all bands ({kinds}); use NPY")
     itemsizes = [b.dtype.itemsize for b in bands]
     tiles = plan_tiles(
         grid.height,
@@ -215,6 +212,8 @@ def request_body(item: ItemPlan, grid: PixelGrid, band_ids: Sequence[str]) -> di
 
 def item_request_bytes(item: ItemPlan) -> int:
     """Bytes of pixels (as the service counts) for the whole item."""
-    return item.grid.width * item.grid.height * request_bytes_per_pixel(
-        [np.dtype(b.dtype) for b in item.bands]
+    return (
+        item.grid.width
+        * item.grid.height
+        * request_bytes_per_pixel([np.dtype(b.dtype) for b in item.bands])
     )

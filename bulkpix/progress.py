@@ -68,9 +68,7 @@ async def live_progress(
                 item_tasks.append((task, index))
         while True:
             fields = _fields(stats)
-            progress.update(
-                total_task, total=stats.total, completed=stats.finished, **fields
-            )
+            progress.update(total_task, total=stats.total, completed=stats.finished, **fields)
             for task, index in item_tasks:
                 item = stats.items[index]
                 progress.update(task, total=item.total, completed=item.finished, **fields)

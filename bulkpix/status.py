@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,10 +42,8 @@ async def _item_status(store: object, path: str) -> ItemStatus | None:
     if fingerprint is None:
         return None
     nbytes = 0
-    try:
+    with contextlib.suppress(AttributeError, NotImplementedError, FileNotFoundError):
         nbytes = await store.getsize_prefix(path)  # type: ignore[attr-defined]
-    except (AttributeError, NotImplementedError, FileNotFoundError):
-        pass
     return ItemStatus(
         label=path or "(root)",
         asset=str(fingerprint.get("asset", "?")),

@@ -101,7 +101,9 @@ OFFLINE_CASES = [
 ]
 
 
-@pytest.mark.parametrize(("name", "make", "expected"), OFFLINE_CASES, ids=[c[0] for c in OFFLINE_CASES])
+@pytest.mark.parametrize(
+    ("name", "make", "expected"), OFFLINE_CASES, ids=[c[0] for c in OFFLINE_CASES]
+)
 def test_offline_refusals(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str, make: Any, expected: str
 ) -> None:
@@ -158,7 +160,9 @@ def test_credential_files(
     assert not output.exists()
 
 
-def test_plain_http_with_credentials_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_plain_http_with_credentials_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     key = tmp_path / "user.json"
     key.write_text(
         json.dumps(
@@ -209,7 +213,9 @@ ONLINE_CASES = [
 ]
 
 
-@pytest.mark.parametrize(("name", "keys", "code", "expected"), ONLINE_CASES, ids=[c[0] for c in ONLINE_CASES])
+@pytest.mark.parametrize(
+    ("name", "keys", "code", "expected"), ONLINE_CASES, ids=[c[0] for c in ONLINE_CASES]
+)
 def test_online_refusals(
     server: Any,
     tmp_path: Path,
@@ -222,7 +228,13 @@ def test_online_refusals(
     output = tmp_path / "out.zarr"
     job = write_job(
         tmp_path / "job.yaml",
-        **{"asset": ASSET, "output": str(output), "endpoint": server.url, "credentials": "none", **keys},
+        **{
+            "asset": ASSET,
+            "output": str(output),
+            "endpoint": server.url,
+            "credentials": "none",
+            **keys,
+        },
     )
     start = len(server.log)
     _check_refusal(capsys, ["run", str(job)], code=code, expected=expected, output=output)
@@ -231,11 +243,15 @@ def test_online_refusals(
     assert len([r for r in new if r["op"] == "get_asset"]) == 1, "one metadata call, not retried"
 
 
-def test_output_holding_another_job(server: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_output_holding_another_job(
+    server: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     output = tmp_path / "out.zarr"
     keys = {"asset": ASSET, "output": str(output), "endpoint": server.url, "credentials": "none"}
     job = write_job(tmp_path / "job.yaml", **keys, bands=["B1"])
     assert main(["run", "--quiet", str(job)]) == 0
     capsys.readouterr()
     changed = write_job(tmp_path / "job2.yaml", **keys, bands=["B1", "B2"])
-    _check_refusal(capsys, ["run", str(changed)], code=2, expected="holds a different job", output=output)
+    _check_refusal(
+        capsys, ["run", str(changed)], code=2, expected="holds a different job", output=output
+    )

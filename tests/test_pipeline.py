@@ -104,8 +104,12 @@ async def test_lonlat_region_inside_utm_asset(
         output, _ = await _run(emu.url, tmp_path, region={"bbox": bbox}, chunk=128)
     # The UTM box that covers the lon/lat box, densified along its edges.
     to_utm = Transformer.from_crs("EPSG:4326", SRC_CRS, always_xy=True)
-    lons = np.concatenate([np.linspace(bbox[0], bbox[2], 101)] * 2 + [[bbox[0]] * 101, [bbox[2]] * 101])
-    lats = np.concatenate([[bbox[1]] * 101, [bbox[3]] * 101] + [np.linspace(bbox[1], bbox[3], 101)] * 2)
+    lons = np.concatenate(
+        [np.linspace(bbox[0], bbox[2], 101)] * 2 + [[bbox[0]] * 101, [bbox[2]] * 101]
+    )
+    lats = np.concatenate(
+        [[bbox[1]] * 101, [bbox[3]] * 101] + [np.linspace(bbox[1], bbox[3], 101)] * 2
+    )
     xs, ys = to_utm.transform(lons, lats)
     r0, r1, c0, c1 = _outward_window((min(xs), min(ys), max(xs), max(ys)), SRC_TRANSFORM)
     ds = _open(output)
@@ -115,7 +119,11 @@ async def test_lonlat_region_inside_utm_asset(
 
 
 def _nearest_reference(
-    source: np.ndarray, src_transform: Affine, src_crs: str, dst_transform: Affine, dst_crs: str,
+    source: np.ndarray,
+    src_transform: Affine,
+    src_crs: str,
+    dst_transform: Affine,
+    dst_crs: str,
     shape: tuple[int, int],
 ) -> np.ndarray:
     """Each output pixel takes the source pixel under its centre; outside is 0."""

@@ -192,7 +192,9 @@ async def test_wrong_bands_shape_or_dtype_are_refused(tmp_path):
     window = Window(0, 0, 16, 16)
     arrays = tile_data(window)
     with pytest.raises(ValueError, match="bands"):
-        await writer.write_tile(window, {k: v for k, v in arrays.items() if k != "QA"})
+        await writer.write_tile(window, {**arrays, "NIR": arrays["QA"]})
+    with pytest.raises(ValueError, match="bands"):
+        await writer.write_tile(window, {})
     with pytest.raises(ValueError, match="shape"):
         await writer.write_tile(window, {**arrays, "QA": arrays["QA"][:8]})
     with pytest.raises(ValueError, match="int16"):

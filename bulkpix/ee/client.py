@@ -14,6 +14,7 @@ import email.utils
 import ipaddress
 import json
 import math
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import TracebackType
@@ -168,21 +169,45 @@ class EEClient:
             raise BadPayload(f"get asset {name}: response is not a JSON object", status=200)
         return asset
 
-    async def get_pixels(self, name: str, body: dict[str, Any]) -> bytes:
-        """``POST {base}/{version}/{name}:getPixels``; the raw response bytes."""
-        return await self._call("POST", "getPixels", name, f"/{name}:getPixels", body)
+    async def get_pixels(
+        self,
+        name: str,
+        body: dict[str, Any],
+        *,
+        before_body: Callable[[], Awaitable[None]] | None = None,
+    ) -> bytes:
+        """``POST {base}/{version}/{name}:getPixels``; the raw response bytes.
+
+        ``before_body`` is awaited once a successful response's headers are in and before its
+        body is read: the caller's memory budget can hold the body back (in the socket and on
+        the server) until there is room for it.
+        """
+        return await self._call(
+            "POST", "getPixels", name, f"/{name}:getPixels", body, before_body=before_body
+        )
 
     # -- internals -----------------------------------------------------------------------
     async def _call(
-        self, method: str, operation: str, name: str, path: str, body: Any = None
+        self,
+        method: str,
+        operation: str,
+        name: str,
+        path: str,
+        body: Any = None,
+        *,
+        before_body: Callable[[], Awaitable[None]] | None = None,
     ) -> bytes:
         url = f"{self.base_url}/{self.api_version}{path}"
         try:
-            return await self._send(method, operation, name, url, body, may_refresh=True)
+            return await self._send(
+                method, operation, name, url, body, may_refresh=True, before_body=before_body
+            )
         except _TokenRejected:
             pass
         await self.auth.refresh()
-        return await self._send(method, operation, name, url, body, may_refresh=False)
+        return await self._send(
+            method, operation, name, url, body, may_refresh=False, before_body=before_body
+        )
 
     async def _send(
         self,
@@ -193,6 +218,7 @@ class EEClient:
         body: Any,
         *,
         may_refresh: bool,
+        before_body: Callable[[], Awaitable[None]] | None = None,
     ) -> bytes:
         if self._session is None:
             raise RuntimeError("EEClient must be used as 'async with EEClient(...) as client'")
@@ -214,6 +240,8 @@ class EEClient:
                 async with self._session.request(
                     method, url, json=body, headers=headers, allow_redirects=False
                 ) as response:
+                    if before_body is not None and 200 <= response.status < 300:
+                        await before_body()
                     payload = await response.read()
                     status = response.status
                     response_headers = response.headers

@@ -153,6 +153,11 @@ class Emulator:
                     response = await self._get_pixels(request, name, call)
         except ApiError as error:
             response = status_response(error)
+        except ConnectionResetError:
+            # The client went away (closed or killed) before its answer could be sent:
+            # logged as 499, nginx's "client closed request", not as a server error.
+            call.commit(499, 0)
+            raise
         except Exception:
             # A bug in the emulator still answers in the service's error shape.
             logger.exception("emulator failed on %s %s", request.method, path)

@@ -3,14 +3,19 @@
 Two limits, as the service has two quotas (per project: ~40 requests in flight, ~100 per
 second):
 
-* concurrency, adaptive (AIMD): start at the cap; a 429 halves the limit, at most once per
-  *generation* (the requests granted since the last cut), so one burst of 429s from requests
-  already in flight counts as one signal; successes raise it by one per ``limit`` successes;
-* rate, fixed: an :class:`aiolimiter.AsyncLimiter` of capacity 1 refilled every ``1/qps``
-  seconds. ``AsyncLimiter(qps, 1.0)`` would allow a burst of ``qps`` and then ``qps`` per
-  second on top, i.e. up to ``2*qps - 1`` starts in one 1 s window: exactly what a per-second
-  quota answers with 429. Spacing starts ``1/qps`` apart never exceeds ``qps`` in any window
-  and costs at most ``1/qps`` (10 ms) of latency per request.
+* concurrency, adaptive: start at the cap. A 429 on a request that was granted with ``k``
+  requests of ours in flight says the server holds fewer than ``k``: the limit drops at once
+  to at most ``k - 1`` and at most three quarters of what it was (sharp, and without a
+  cascade of halvings that leaves the quota idle), once per *generation* (the requests
+  granted since the last cut), so one burst of 429s counts as one signal. ``k - 1`` is also
+  remembered as the server's ceiling. Successes raise the limit by one per ``limit``
+  successes up to that ceiling, and eight times more slowly beyond it, so a client that has
+  found the quota probes past it rarely (a few percent of 429s at most) and a quota that
+  grows is still found;
+* rate, fixed: an :class:`aiolimiter.AsyncLimiter` leaky bucket holding a small burst ``b``
+  (5% of qps, 1 to 10) that drains at ``qps - b`` per second, so no 1 s window ever sees
+  more than ``b + (qps - b) = qps`` starts, which is exactly what a per-second quota allows;
+  a little burst lets the client catch up after the event loop was busy.
 
 A Retry-After from the server pauses new grants until it has passed.
 
@@ -71,12 +76,13 @@ class Governor:
         self.qps = qps
         self.max_pause_s = max_pause_s
         self._clock = clock
-        self._rate = AsyncLimiter(1, 1.0 / qps)
+        self._rate = _rate_limiter(qps)
         self._limit = max_concurrency
         self._in_flight = 0
         self._reserved = 0  # slots waiting for the rate limiter, counted against the limit
         self._generation = 0  # bumped by every cut
         self._successes = 0  # of the current generation, since the last increase
+        self._ceiling = max_concurrency  # the most the server was seen to hold
         self._paused_until = -math.inf
         # Replaced on every notify, so waking never needs a lock and waiting is cancel-safe.
         self._changed = asyncio.Event()
@@ -118,11 +124,11 @@ class Governor:
         throttle; any other exception is neutral. A ``retry_after`` on a retryable error
         pauses new grants.
         """
-        generation = await self._acquire()
+        generation, in_flight_at_grant = await self._acquire()
         try:
             yield
         except QuotaExceeded as exc:
-            self._on_throttle(exc, generation)
+            self._on_throttle(exc, generation, in_flight_at_grant)
             raise
         except RetryableError as exc:
             # e.g. 503 with Retry-After: honour the server's word, without cutting the limit.
@@ -142,7 +148,7 @@ class Governor:
         self._changed.set()
         self._changed = asyncio.Event()
 
-    async def _acquire(self) -> int:
+    async def _acquire(self) -> tuple[int, int]:
         while True:
             while (remaining := self._paused_until - self._now()) > 0:
                 await asyncio.sleep(remaining)
@@ -164,7 +170,7 @@ class Governor:
                 continue
             self._in_flight += 1
             self.granted += 1
-            return self._generation
+            return self._generation, self._in_flight
 
     def _pause_for(self, retry_after: float | None) -> None:
         if retry_after is None or not retry_after > 0:
@@ -172,12 +178,14 @@ class Governor:
         until = self._now() + min(retry_after, self.max_pause_s)
         self._paused_until = max(self._paused_until, until)
 
-    def _on_throttle(self, exc: QuotaExceeded, generation: int) -> None:
+    def _on_throttle(self, exc: QuotaExceeded, generation: int, in_flight_at_grant: int) -> None:
         self.throttles += 1
         self._pause_for(exc.retry_after)
         if generation != self._generation:
             return  # granted before the last cut: part of a burst already answered
-        self._limit = max(self.min_concurrency, self._limit // 2)
+        held = max(self.min_concurrency, in_flight_at_grant - 1)
+        self._ceiling = held
+        self._limit = max(self.min_concurrency, min(held, (self._limit * 3) // 4))
         self._generation += 1
         self._successes = 0
         self.cuts += 1
@@ -188,7 +196,19 @@ class Governor:
         if generation != self._generation or self.paused or self._limit >= self.max_concurrency:
             return
         self._successes += 1
-        if self._successes >= self._limit:
+        # Past the ceiling the server last showed, probe slowly: each probe costs a 429.
+        needed = self._limit if self._limit < self._ceiling else 8 * self._limit
+        if self._successes >= needed:
             self._limit += 1
             self._successes = 0
             self._notify()
+
+
+def _rate_limiter(qps: float) -> AsyncLimiter:
+    """At most ``qps`` starts in any 1 s window, with a small burst to catch up."""
+    # 2% headroom: requests reach the server with some jitter, and its 1 s window is not ours.
+    qps *= 0.98
+    burst = int(min(10, max(1, qps // 20)))
+    if burst == 1 or qps <= burst:
+        return AsyncLimiter(1, 1.0 / qps)
+    return AsyncLimiter(burst, burst / (qps - burst))
