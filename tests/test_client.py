@@ -266,7 +266,8 @@ async def test_429_reaches_the_governor(service: FakeService) -> None:
     async with make_client(service.url, governor=governor) as client:
         with pytest.raises(QuotaExceeded):
             await client.get_pixels(ASSET, {})
-    assert (governor.limit, governor.throttles, governor.in_flight) == (20, 1, 0)
+    # Refused with only itself in flight: halved, no further in one step.
+    assert (governor.limit, governor.cuts, governor.throttles, governor.in_flight) == (20, 1, 1, 0)
 
 
 # -- 401: refresh once, retry once ----------------------------------------------------------

@@ -119,18 +119,22 @@ def test_burst_of_429s_cuts_once_per_generation_to_what_the_server_held() -> Non
         release.set()
         results = await asyncio.gather(*burst, return_exceptions=True)
         assert sum(isinstance(r, QuotaExceeded) for r in results) == 32
-        # One cut for the whole burst, straight to the 8 the server held: no halving cascade.
-        assert (governor.limit, governor.cuts, governor.throttles) == (8, 1, 32)
+        # One cut for the whole burst: halved (at most), toward the 8 the server held.
+        assert (governor.limit, governor.cuts, governor.throttles) == (20, 1, 32)
 
-        # A 429 from a request granted after the cut is new information: cut again, to at
-        # most three quarters.
+        # A 429 from a request granted after the cut is new information: cut again, by at
+        # most half.
         release2 = asyncio.Event()
         holders = [asyncio.create_task(_hold(governor, release2)) for _ in range(7)]
         await asyncio.sleep(0)
         with pytest.raises(QuotaExceeded):
             async with governor.slot():
                 raise QuotaExceeded("429", status=429)
-        assert (governor.limit, governor.cuts) == (6, 2)
+        assert (governor.limit, governor.cuts) == (10, 2)
+        with pytest.raises(QuotaExceeded):  # refused with 8 in flight: down to 7 held, ...
+            async with governor.slot():
+                raise QuotaExceeded("429", status=429)
+        assert (governor.limit, governor.cuts) == (7, 3)  # ... at most a quarter below 10
         release2.set()
         await asyncio.gather(*holders)
 

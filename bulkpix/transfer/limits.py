@@ -4,9 +4,8 @@ Two limits, as the service has two quotas (per project: ~40 requests in flight, 
 second):
 
 * concurrency, adaptive: start at the cap. A 429 on a request that was granted with ``k``
-  requests of ours in flight says the server holds fewer than ``k``: the limit drops at once
-  to at most ``k - 1`` and at most three quarters of what it was (sharp, and without a
-  cascade of halvings that leaves the quota idle), once per *generation* (the requests
+  requests of ours in flight says the server holds fewer than ``k``: the limit drops to
+  ``k - 1``, by at least a quarter and at most a half, once per *generation* (the requests
   granted since the last cut), so one burst of 429s counts as one signal. ``k - 1`` is also
   remembered as the server's ceiling. Successes raise the limit by one per ``limit``
   successes up to that ceiling, and eight times more slowly beyond it, so a client that has
@@ -185,7 +184,10 @@ class Governor:
             return  # granted before the last cut: part of a burst already answered
         held = max(self.min_concurrency, in_flight_at_grant - 1)
         self._ceiling = held
-        self._limit = max(self.min_concurrency, min(held, (self._limit * 3) // 4))
+        # Down to what the server held, by at least a quarter and at most a half: a stray 429
+        # (say from another client on the same quota) then costs no more than classic AIMD.
+        target = min((self._limit * 3) // 4, max(held, self._limit // 2))
+        self._limit = max(self.min_concurrency, target)
         self._generation += 1
         self._successes = 0
         self.cuts += 1
