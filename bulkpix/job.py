@@ -209,9 +209,9 @@ class Job(_ItemFields):
     file_format: Literal["NPY", "GEO_TIFF"] = "NPY"
     concurrency: Annotated[int, Field(gt=0, le=1000)] = 40
     qps: PositiveFloat = 100.0
-    chunk: Annotated[int, Field(ge=16, le=32768)] = 512
+    chunk: Annotated[int, Field(ge=16, le=32768)] = 1024
     tile: Literal["auto"] | tuple[PositiveInt, PositiveInt] = "auto"
-    memory_mb: Annotated[int, Field(ge=16)] = 256
+    memory_mb: Annotated[int, Field(ge=16)] = 128
     compression_level: Annotated[int, Field(ge=0, le=22)] = 1
     timeouts: Timeouts = Timeouts()
     retries: Retries = Retries()

@@ -15,7 +15,8 @@ BASE = {"asset": "projects/demo/assets/x", "output": "out.zarr"}
 def test_defaults() -> None:
     job = parse_job(dict(BASE))
     assert job.endpoint == DEFAULT_ENDPOINT
-    assert (job.concurrency, job.qps, job.chunk, job.tile) == (40, 100.0, 512, "auto")
+    assert (job.concurrency, job.qps, job.chunk, job.tile) == (40, 100.0, 1024, "auto")
+    assert job.memory_mb == 128
     assert job.file_format == "NPY"
     assert job.credentials_spec == "default"
     [item] = job.resolved_items()

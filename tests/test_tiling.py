@@ -188,7 +188,7 @@ def check_auto_caps(plan: TilePlan, itemsizes, concurrency, inflight) -> None:
     """Auto plans respect the memory cap (never below one chunk tile)."""
     chunk_tile = min(plan.chunk, plan.height) * min(plan.chunk, plan.width)
     biggest_group = max(cost(itemsizes, g) for g in plan.band_groups)
-    assert plan.max_request_bytes <= max(inflight, chunk_tile * biggest_group)
+    assert plan.max_request_bytes <= max(inflight // 2, chunk_tile * biggest_group)
 
 
 @MEDIUM
@@ -342,7 +342,7 @@ def test_auto_not_worse_than_other_sizes():
     best = score(plan)
     for kh, kw in itertools.product(range(1, 13), range(1, 21)):
         th, tw = min(kh * 256, 3000), min(kw * 256, 5000)
-        if th * tw * 6 > min(256 * 2**20, MAX_REQUEST_BYTES):
+        if th * tw * 6 > min(128 * 2**20, MAX_REQUEST_BYTES):
             continue  # over the memory cap or the request limit: not a candidate
         other = TilePlan(3000, 5000, 256, th, tw, ((0, 1),), (2, 2))
         assert best <= score(other) * (1 + 1e-9)
@@ -353,7 +353,7 @@ def test_huge_region_gets_tiles_at_the_size_cap(itemsizes):
     inflight = 256 * 2**20
     plan = plan_tiles(200_000, 200_000, itemsizes, 256, max_inflight_bytes=inflight)
     per_px = max(cost(itemsizes, g) for g in plan.band_groups)
-    cap = min(MAX_REQUEST_BYTES, max(inflight, 256 * 256 * per_px))
+    cap = min(MAX_REQUEST_BYTES, max(inflight // 2, 256 * 256 * per_px))
     assert plan.max_request_bytes <= cap
     # Near the cap: a huge region wants the fewest requests.
     assert plan.max_request_bytes > 0.75 * cap
@@ -363,8 +363,8 @@ def test_memory_cap_and_request_limit_when_memory_is_plentiful():
     plan = plan_tiles(200_000, 200_000, [4, 4, 4], 256, max_inflight_bytes=10**12)
     assert plan.max_request_bytes <= MAX_REQUEST_BYTES
     assert plan.max_request_bytes > 0.8 * MAX_REQUEST_BYTES  # big tiles: fewest requests
-    # One body must fit the memory budget.
-    small = plan_tiles(200_000, 200_000, [4, 4, 4], 256, max_inflight_bytes=8 * 2**20)
+    # Two bodies must fit the memory budget.
+    small = plan_tiles(200_000, 200_000, [4, 4, 4], 256, max_inflight_bytes=16 * 2**20)
     assert 4 * 2**20 < small.max_request_bytes <= 8 * 2**20
     # Never below one chunk x chunk tile, even with a silly cap.
     tiny = plan_tiles(200_000, 200_000, [4, 4, 4], 256, max_inflight_bytes=1)

@@ -175,7 +175,7 @@ class EEClient:
         body: dict[str, Any],
         *,
         before_body: Callable[[], Awaitable[None]] | None = None,
-    ) -> bytes:
+    ) -> bytes | bytearray:
         """``POST {base}/{version}/{name}:getPixels``; the raw response bytes.
 
         ``before_body`` is awaited once a successful response's headers are in and before its
@@ -196,7 +196,7 @@ class EEClient:
         body: Any = None,
         *,
         before_body: Callable[[], Awaitable[None]] | None = None,
-    ) -> bytes:
+    ) -> bytes | bytearray:
         url = f"{self.base_url}/{self.api_version}{path}"
         try:
             return await self._send(
@@ -219,7 +219,7 @@ class EEClient:
         *,
         may_refresh: bool,
         before_body: Callable[[], Awaitable[None]] | None = None,
-    ) -> bytes:
+    ) -> bytes | bytearray:
         if self._session is None:
             raise RuntimeError("EEClient must be used as 'async with EEClient(...) as client'")
         # Headers first: a token refresh must not hold a quota slot.
@@ -240,9 +240,12 @@ class EEClient:
                 async with self._session.request(
                     method, url, json=body, headers=headers, allow_redirects=False
                 ) as response:
-                    if before_body is not None and 200 <= response.status < 300:
-                        await before_body()
-                    payload = await response.read()
+                    if 200 <= response.status < 300:
+                        if before_body is not None:
+                            await before_body()
+                        payload = await _read_body(response)
+                    else:
+                        payload = await response.read()
                     status = response.status
                     response_headers = response.headers
             except aiohttp.InvalidURL:
@@ -260,7 +263,29 @@ class EEClient:
             raise _status_error(status, payload, response_headers, where, secrets)
 
 
-def _check_length(payload: bytes, headers: CIMultiDictProxy[str], where: str) -> None:
+async def _read_body(response: aiohttp.ClientResponse) -> bytes | bytearray:
+    """The body, read straight into one buffer of its declared length.
+
+    ``response.read()`` gathers the pieces and joins them, so a large body briefly takes
+    twice its size; bodies are tens of MB, and many may arrive at once.
+    """
+    declared = response.content_length
+    if declared is None or response.headers.get("Content-Encoding", "identity") != "identity":
+        return await response.read()
+    buffer = bytearray(declared)
+    view = memoryview(buffer)
+    filled = 0
+    async for piece in response.content.iter_any():
+        end = min(filled + len(piece), declared)
+        view[filled:end] = piece[: end - filled]
+        filled = end
+    view.release()
+    if filled < declared:
+        del buffer[filled:]  # cut short: _check_length names it
+    return buffer
+
+
+def _check_length(payload: bytes | bytearray, headers: CIMultiDictProxy[str], where: str) -> None:
     # With a content coding, Content-Length counts the encoded bytes, not what read() gave.
     if headers.get("Content-Encoding", "identity").lower() != "identity":
         return

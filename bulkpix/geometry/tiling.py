@@ -397,8 +397,8 @@ def plan_tiles(
     (``max_inflight_bytes`` is only a guide for "auto": an explicit tile is taken as asked).
 
     ``tile="auto"``: among tile sides that are multiples of ``chunk`` (or the whole side),
-    with each request at most ``min(MAX_REQUEST_BYTES, max(max_inflight_bytes, one chunk
-    tile))`` bytes (the client's memory budget for bodies must hold one), pick the lowest
+    with each request at most ``min(MAX_REQUEST_BYTES, max(max_inflight_bytes // 2, one
+    chunk tile))`` bytes (the client's memory budget for bodies must hold two), pick the lowest
     ``makespan * (1 + SQUARENESS_WEIGHT * log2(aspect))`` where, with ``n`` requests each
     taking ``t = service.seconds(full tile bytes)``::
 
@@ -428,8 +428,10 @@ def plan_tiles(
 
     if tile == "auto":
         # The client holds bodies within a byte budget of max_inflight_bytes (requests in
-        # service cost it nothing), so only a single tile must fit in it.
-        byte_cap = min(MAX_REQUEST_BYTES, max(max_inflight_bytes, min_h * min_w * bytes_per_px))
+        # service cost it nothing): two tiles must fit, one being written, one arriving.
+        byte_cap = min(
+            MAX_REQUEST_BYTES, max(max_inflight_bytes // 2, min_h * min_w * bytes_per_px)
+        )
         tile_h, tile_w = _auto_tile(
             height, width, chunk, bytes_per_px, len(groups), byte_cap, concurrency, qps, service
         )

@@ -5,12 +5,12 @@ second):
 
 * concurrency, adaptive: start at the cap. A 429 on a request that was granted with ``k``
   requests of ours in flight says the server holds fewer than ``k``: the limit drops to
-  ``k - 1``, by at least a quarter and at most a half, once per *generation* (the requests
+  ``k - 1``, by at least one and at most a half, once per *generation* (the requests
   granted since the last cut), so one burst of 429s counts as one signal. ``k - 1`` is also
   remembered as the server's ceiling. Successes raise the limit by one per ``limit``
-  successes up to that ceiling, and eight times more slowly beyond it, so a client that has
-  found the quota probes past it rarely (a few percent of 429s at most) and a quota that
-  grows is still found;
+  successes, eight times more slowly at and just past that ceiling, so a client that has
+  found the quota probes past it rarely (a few percent of 429s at most), a quota that grows
+  is still found, and a stray 429 costs little;
 * rate, fixed: an :class:`aiolimiter.AsyncLimiter` leaky bucket holding a small burst ``b``
   (5% of qps, 1 to 10) that drains at ``qps - b`` per second, so no 1 s window ever sees
   more than ``b + (qps - b) = qps`` starts, which is exactly what a per-second quota allows;
@@ -184,9 +184,9 @@ class Governor:
             return  # granted before the last cut: part of a burst already answered
         held = max(self.min_concurrency, in_flight_at_grant - 1)
         self._ceiling = held
-        # Down to what the server held, by at least a quarter and at most a half: a stray 429
-        # (say from another client on the same quota) then costs no more than classic AIMD.
-        target = min((self._limit * 3) // 4, max(held, self._limit // 2))
+        # Down to what the server held, by at most a half (a stray 429, say from another
+        # client on the same quota, then costs no more than classic AIMD) and at least one.
+        target = min(self._limit - 1, max(held, self._limit // 2))
         self._limit = max(self.min_concurrency, target)
         self._generation += 1
         self._successes = 0
@@ -198,8 +198,10 @@ class Governor:
         if generation != self._generation or self.paused or self._limit >= self.max_concurrency:
             return
         self._successes += 1
-        # Past the ceiling the server last showed, probe slowly: each probe costs a 429.
-        needed = self._limit if self._limit < self._ceiling else 8 * self._limit
+        # At and just past the level the server last held, probe slowly: each probe costs a
+        # 429. Far from it (the 429 was a stray one), recover at the normal pace.
+        near = self._ceiling <= self._limit <= self._ceiling + max(1, self._ceiling // 4)
+        needed = 8 * self._limit if near else self._limit
         if self._successes >= needed:
             self._limit += 1
             self._successes = 0
