@@ -9,7 +9,6 @@ The sync API is a thin shell over the async core in ``bulkpix.pipeline``::
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +34,8 @@ def load(job: str | Path | dict[str, Any]) -> Job:
 
 def run(job: str | Path | dict[str, Any], *, restart: bool = False) -> RunStats:
     """Run or resume a job to completion; returns its counters."""
+    import asyncio
+
     from bulkpix.pipeline import run_job
 
     return asyncio.run(run_job(load(job), restart=restart))
@@ -42,6 +43,8 @@ def run(job: str | Path | dict[str, Any], *, restart: bool = False) -> RunStats:
 
 def plan(job: str | Path | dict[str, Any]) -> list[ItemPlan]:
     """Each item's output grid and tiles (one metadata request per asset, no pixels)."""
+    import asyncio
+
     from bulkpix.pipeline import plan_job
 
     return asyncio.run(plan_job(load(job)))

@@ -60,7 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return emulator_main(argv[1:])
     args = _build_parser().parse_args(argv)
-    err = Console(stderr=True, highlight=False)
+    err = _console(stderr=True)
     try:
         if args.command == "run":
             return _run(args, err)
@@ -80,6 +80,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         err.print("bulkpix: interrupted", markup=False)
         return EXIT_INTERRUPTED
+
+
+def _console(*, stderr: bool = False) -> Console:
+    console = Console(stderr=stderr, highlight=False)
+    if not console.is_terminal:
+        # Piped or captured: wide enough that tables keep whole asset names and paths.
+        console = Console(stderr=stderr, highlight=False, width=160)
+    return console
 
 
 def _fail(exc: BaseException) -> None:
@@ -151,7 +159,7 @@ def _plan(args: argparse.Namespace) -> int:
 
     job = load_job(args.job)
     plans = asyncio.run(plan_job(job))
-    print_plan(Console(highlight=False), plans)
+    print_plan(_console(), plans)
     return EXIT_OK
 
 
@@ -159,7 +167,7 @@ def _status(args: argparse.Namespace) -> int:
     from bulkpix.status import print_status, read_status
 
     report = asyncio.run(read_status(args.output))
-    print_status(Console(highlight=False), report)
+    print_status(_console(), report)
     return EXIT_OK if report.complete else EXIT_FAILED
 
 

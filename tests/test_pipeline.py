@@ -209,3 +209,18 @@ async def test_synthetic_asset_band_subset(tmp_path: Path) -> None:
         expected = synthetic_pixels(ids.index(band), rows, cols)
         np.testing.assert_array_equal(ds[band].values, expected)
     assert ds.sizes["x"] == 1135 and ds.sizes["y"] == 1100
+
+
+async def test_band_groups_when_one_chunk_of_all_bands_exceeds_a_request(tmp_path: Path) -> None:
+    # 2048 x 2048 px x 13 counted bytes (four bands plus masks) > 48 MiB: a 2048 chunk of all
+    # four bands cannot be one request, so the bands go in two groups, each its own request.
+    synthetic = SyntheticAsset(width=2048, height=2048)
+    async with run_emulator(EmulatorConfig(synthetic={ASSET: synthetic})) as emu:
+        output, stats = await _run(emu.url, tmp_path, chunk=2048, memory_mb=256)
+        calls = [r for r in emu.log if r["op"] == "get_pixels"]
+    assert stats.total == 2 and len(calls) == 2
+    assert sorted(b for r in calls for b in r["bands"]) == sorted(b for b, _ in SYNTHETIC_BANDS)
+    group = zarr.open_group(output, mode="r")
+    rows = cols = np.arange(2048)
+    for index, (band, _) in enumerate(SYNTHETIC_BANDS):
+        np.testing.assert_array_equal(group[band][:], synthetic_pixels(index, rows, cols))
