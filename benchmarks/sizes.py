@@ -9,7 +9,7 @@ from benchmarks.region import Window
 
 __all__ = ["SIZES", "Size"]
 
-BIG_ASSET_SIDE = 20_000  # the 20,000 x 20,000 synthetic asset every scenario reads from
+BIG_ASSET_SIDE = 40_000  # the 40,000 x 40,000 synthetic asset every scenario reads from
 
 
 @dataclass(frozen=True)
@@ -36,9 +36,11 @@ SIZES: dict[str, Size] = {
         quota_window=Window(0, 0, 5000, 6000),
         quota_base_s=0.2, quota_per_mb_s=0.05, ee_tiles=(512, 1024),
         throughput_window=Window(0, 0, 10240, 10240), throughput_tile=(1024, 1024),
-        # 1x already keeps 40 requests in flight (64 tiles), so growth past it is real.
-        memory_window=Window(0, 0, 4096, 4096),
-        throttled_window=Window(0, 0, 8192, 8192),
+        # 1x already keeps 40 requests in flight (64 tiles of the default 1024 x 1024), so
+        # growth past it is real.
+        memory_window=Window(0, 0, 8192, 8192),
+        # Long enough (~15 s) that the 429 share after the first 10 s means something.
+        throttled_window=Window(0, 0, 12288, 12288),
         throttled_base_s=0.5, throttled_per_mb_s=0.05,
         child_timeout_s=600.0,
     ),

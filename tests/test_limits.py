@@ -1,6 +1,6 @@
 """Governor tests on a virtual-time event loop: no real sleeping, exact timings.
 
-aiolimiter and the Governor both use ``loop.time()`` and loop timers, so a loop whose clock
+The rate limit and the Governor both use ``loop.time()`` and loop timers, so a loop whose clock
 jumps straight to the next timer whenever it would otherwise wait gives a fake clock for
 everything at once.
 """
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import math
 import random
 import selectors
 from collections.abc import Awaitable, Callable
@@ -36,7 +37,7 @@ class _FastForwardSelector(selectors.DefaultSelector):
         if not events and (timeout > 0 or not self._loop._ready):
             # Jump to the next timer instead of waiting for it. A real clock also moves on
             # a little between two loop iterations; without that, a timer that re-arms
-            # itself for "now" (aiolimiter does, for a float-rounding remainder) spins.
+            # itself for "now" (a limiter may, for a float-rounding remainder) spins.
             self._loop.now += max(timeout, _TICK)
         return events
 
@@ -243,13 +244,11 @@ def test_rate_never_exceeds_qps_in_any_window(qps: float, window: float) -> None
     run_virtual(main)
     # Float spacing may land a start a hair inside the next window: allow 1e-9 s.
     assert _max_in_window(starts, window - 1e-9) <= qps * window
-    # ...and the quota is used (less 2% headroom for the server's clock): a small burst b
-    # (5% of qps, at least 1), then q - b a second, so n starts take (n - b) / (q - b) s.
-    usable = 0.98 * qps
-    burst = max(1, min(10, int(usable // 20)))
-    rate = usable - burst if burst > 1 else usable
-    assert max(starts) == pytest.approx((len(starts) - burst) / rate, rel=1e-6)
-    assert sum(1 for t in starts if t == 0.0) == burst
+    # ...and the quota is used (less 2% headroom for the server's clock): m = floor(0.98 qps)
+    # start at once, then m more each second, as a sliding window allows.
+    per_window = max(1, math.floor(0.98 * qps))
+    assert max(starts) == pytest.approx((len(starts) - 1) // per_window)
+    assert sum(1 for t in starts if t == 0.0) == per_window
 
 
 def test_retry_after_pauses_new_grants() -> None:
@@ -408,3 +407,23 @@ def test_arguments_are_checked() -> None:
         Governor(4, qps=0)
     with pytest.raises(ValueError):
         Governor(4, qps=10, min_concurrency=5)
+
+
+def test_sliding_window_lets_a_first_wave_start_at_once() -> None:
+    from bulkpix.transfer.rate import SlidingWindowLimiter
+
+    starts: list[float] = []
+
+    async def main() -> None:
+        limiter = SlidingWindowLimiter(40, 1.0)
+
+        async def start() -> None:
+            await limiter.acquire()
+            starts.append(now())
+
+        await asyncio.gather(*(start() for _ in range(100)))
+
+    run_virtual(main)
+    assert starts.count(0.0) == 40
+    assert _max_in_window(starts, 1.0 - 1e-9) == 40
+    assert max(starts) == pytest.approx(2.0)

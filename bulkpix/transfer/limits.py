@@ -11,14 +11,12 @@ second):
   successes, eight times more slowly at and just past that ceiling, so a client that has
   found the quota probes past it rarely (a few percent of 429s at most), a quota that grows
   is still found, and a stray 429 costs little;
-* rate, fixed: an :class:`aiolimiter.AsyncLimiter` leaky bucket holding a small burst ``b``
-  (5% of qps, 1 to 10) that drains at ``qps - b`` per second, so no 1 s window ever sees
-  more than ``b + (qps - b) = qps`` starts, which is exactly what a per-second quota allows;
-  a little burst lets the client catch up after the event loop was busy.
+* rate, fixed: a sliding window (``bulkpix.transfer.rate``), at most ``qps`` starts (less 2%
+  headroom) in any 1 s window, which is how the service counts its per-second quota.
 
 A Retry-After from the server pauses new grants until it has passed.
 
-Time: all waiting happens on event-loop timers (aiolimiter uses ``loop.time()`` too), so the
+Time: all waiting happens on event-loop timers (the rate limit uses ``loop.time()`` too), so the
 clock defaults to the running loop's ``time()``; tests drive everything with a virtual-time
 loop. A custom ``clock`` must advance with the loop's timers.
 """
@@ -31,9 +29,8 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
-from aiolimiter import AsyncLimiter
-
 from bulkpix.errors import QuotaExceeded, RetryableError
+from bulkpix.transfer.rate import limiter_for_qps
 
 __all__ = ["Governor", "GovernorStats"]
 
@@ -75,7 +72,7 @@ class Governor:
         self.qps = qps
         self.max_pause_s = max_pause_s
         self._clock = clock
-        self._rate = _rate_limiter(qps)
+        self._rate = limiter_for_qps(qps)
         self._limit = max_concurrency
         self._in_flight = 0
         self._reserved = 0  # slots waiting for the rate limiter, counted against the limit
@@ -206,13 +203,3 @@ class Governor:
             self._limit += 1
             self._successes = 0
             self._notify()
-
-
-def _rate_limiter(qps: float) -> AsyncLimiter:
-    """At most ``qps`` starts in any 1 s window, with a small burst to catch up."""
-    # 2% headroom: requests reach the server with some jitter, and its 1 s window is not ours.
-    qps *= 0.98
-    burst = int(min(10, max(1, qps // 20)))
-    if burst == 1 or qps <= burst:
-        return AsyncLimiter(1, 1.0 / qps)
-    return AsyncLimiter(burst, burst / (qps - burst))
