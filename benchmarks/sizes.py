@@ -47,7 +47,7 @@ SIZES: dict[str, Size] = {
     "tiny": Size(
         quota_window=Window(256, 512, 768, 1024),
         quota_base_s=0.2, quota_per_mb_s=0.05, ee_tiles=(512, 1024),
-        throughput_window=Window(0, 0, 1024, 1024), throughput_tile=(512, 512),
+        throughput_window=Window(0, 0, 2048, 2048), throughput_tile=(1024, 1024),
         memory_window=Window(0, 0, 256, 256),
         throttled_window=Window(0, 0, 1024, 1024),
         throttled_base_s=0.05, throttled_per_mb_s=0.05,

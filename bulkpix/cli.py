@@ -77,6 +77,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         _fail(exc)
         return EXIT_FAILED
+    except OSError as exc:  # the disk filled up, the output went away, ...
+        if args.debug:
+            raise
+        _fail(f"{exc.strerror or exc}{f': {exc.filename}' if exc.filename else ''}")
+        return EXIT_FAILED
     except KeyboardInterrupt:
         err.print("bulkpix: interrupted", markup=False)
         return EXIT_INTERRUPTED
@@ -90,7 +95,7 @@ def _console(*, stderr: bool = False) -> Console:
     return console
 
 
-def _fail(exc: BaseException) -> None:
+def _fail(exc: BaseException | str) -> None:
     # Plain print, not rich: one message must stay one line whatever the terminal width.
     print(f"bulkpix: error: {exc}", file=sys.stderr)
 

@@ -12,9 +12,10 @@ import asyncio
 import contextlib
 import random
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
@@ -44,6 +45,8 @@ from bulkpix.transfer.retry import RetryBudget, RetryPolicy, retrying
 
 __all__ = ["ItemStats", "RunStats", "plan_job", "run_job"]
 
+T = TypeVar("T")
+
 
 @dataclass
 class ItemStats:
@@ -66,7 +69,6 @@ class RunStats:
     """Live counters of a whole run."""
 
     items: list[ItemStats] = field(default_factory=list)
-    requests: int = 0
     retries: int = 0
     started: float = field(default_factory=time.monotonic)
     ended: float | None = None
@@ -194,7 +196,7 @@ class _Retry:
     def _on_retry(self, exc: BaseException, attempt: int, delay: float) -> None:
         self.stats.retries += 1
 
-    async def __call__(self, fn):  # type: ignore[no-untyped-def]
+    async def __call__(self, fn: Callable[[], Awaitable[T]]) -> T:
         return await retrying(
             fn, policy=self.policy, budget=self.budget, rng=self.rng, on_retry=self._on_retry
         )
