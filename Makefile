@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install demo test lint bench
+.PHONY: install demo test test-fast lint bench
 
 $(BIN)/bulkpix: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,7 +16,12 @@ install: $(BIN)/bulkpix
 demo: install
 	$(BIN)/bulkpix run configs/demo.yaml
 
+# Everything, the `slow` tests included (about three minutes on two cores).
 test: install
+	$(BIN)/python -m pytest -q -m "slow or not slow"
+
+# The quick loop while developing: the suite without the `slow` tests.
+test-fast: install
 	$(BIN)/python -m pytest -q
 
 lint: install
