@@ -96,8 +96,9 @@ def _console(*, stderr: bool = False) -> Console:
 
 
 def _fail(exc: BaseException | str) -> None:
-    # Plain print, not rich: one message must stay one line whatever the terminal width.
-    print(f"bulkpix: error: {exc}", file=sys.stderr)
+    # Plain print, not rich: one message must stay one line whatever the terminal width,
+    # and whatever the message quotes (a multi-line repr, a server's text).
+    print(f"bulkpix: error: {' '.join(str(exc).split())}", file=sys.stderr)
 
 
 def _run(args: argparse.Namespace, err: Console) -> int:

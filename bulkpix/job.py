@@ -12,6 +12,7 @@ out as one ``JobError`` line naming the key.
 from __future__ import annotations
 
 import math
+import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -54,13 +55,16 @@ class _Strict(BaseModel):
 def _check_crs(value: str | None) -> str | None:
     if value is None:
         return None
+    import rasterio
     from rasterio.crs import CRS
     from rasterio.errors import CRSError
 
-    try:
-        CRS.from_user_input(value)
-    except (CRSError, ValueError, TypeError):
-        raise ValueError(f"unknown CRS {value!r}") from None
+    # GDAL would print its own "ERROR 1: ..." line for a bad WKT: ours is the one line.
+    with rasterio.Env(CPL_LOG=os.devnull):
+        try:
+            CRS.from_user_input(value)
+        except (CRSError, ValueError, TypeError):
+            raise ValueError(f"unknown CRS {value!r}") from None
     return value
 
 
@@ -111,10 +115,12 @@ class Region(_Strict):
         if not path.is_absolute():
             path = base_dir / path
         try:
-            data = yaml.safe_load(path.read_text())  # JSON is YAML
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))  # JSON is YAML
+        except IsADirectoryError:
+            raise JobError(f"region file {path}: is a directory") from None
         except OSError as exc:
             raise JobError(f"region file {path}: cannot read it ({exc.strerror})") from None
-        except yaml.YAMLError:
+        except (yaml.YAMLError, UnicodeDecodeError):
             raise JobError(f"region file {path}: not valid GeoJSON") from None
         if not isinstance(data, dict) or "type" not in data:
             raise JobError(f"region file {path}: not a GeoJSON object")
@@ -156,6 +162,8 @@ class ItemSpec(_ItemFields):
     def _name(cls, value: str | None) -> str | None:
         if value is not None and not _ITEM_NAME.match(value):
             raise ValueError(f"item name {value!r} may hold only letters, digits, '_', '.', '-'")
+        if value is not None and value.lower() == "zarr.json":
+            raise ValueError("item name 'zarr.json' is reserved by Zarr")
         return value
 
 
@@ -235,7 +243,11 @@ class Job(_ItemFields):
     def _output(cls, value: str) -> str:
         if not value.strip():
             raise ValueError("must not be empty")
-        return value
+        if "://" in value:
+            return value
+        # A local path, relative to the working directory (as a shell user expects), with
+        # ~ expanded: never a directory literally named "~".
+        return str(Path(value).expanduser())
 
     @model_validator(mode="after")
     def _consistent(self) -> Job:
@@ -332,17 +344,34 @@ def parse_job(data: Any, *, source: str = "job", base_dir: Path | None = None) -
     return job
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A SafeLoader that refuses a key given twice in one mapping, instead of keeping the last."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} is given twice", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_job(path: str | Path) -> Job:
     """Read and validate a YAML job file."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except IsADirectoryError:
         raise JobError(f"{path}: is a directory, not a job file") from None
     except OSError as exc:
         raise JobError(f"{path}: cannot read the job file ({exc.strerror})") from None
+    except UnicodeDecodeError:
+        raise JobError(f"{path}: not a text file (it is not UTF-8)") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
+from zarr.abc.store import Store
+from zarr.core.buffer import default_buffer_prototype
 
 from bulkpix.assets import asset_name
 from bulkpix.ee.auth import load_credentials
@@ -34,10 +37,17 @@ from bulkpix.errors import (
 )
 from bulkpix.geometry.tiling import Tile, split_tile
 from bulkpix.job import EmulatorSection, Job
-from bulkpix.planning import AssetInfo, ItemPlan, parse_asset, plan_item, request_body
+from bulkpix.planning import (
+    AssetInfo,
+    ItemPlan,
+    parse_asset,
+    plan_item,
+    replan_with_tile,
+    request_body,
+)
 from bulkpix.store.record import TileRecord, fingerprint_diff
 from bulkpix.store.write_loop import WriteLoop
-from bulkpix.store.zarr_store import ItemWriter, consolidate, open_store
+from bulkpix.store.zarr_store import ItemWriter, consolidate, mark_batch_root, open_store
 from bulkpix.transfer.budget import ByteBudget
 from bulkpix.transfer.limits import Governor
 from bulkpix.transfer.pool import run_workers
@@ -180,8 +190,16 @@ async def plan_job(job: Job) -> list[ItemPlan]:
 # --------------------------------------------------------------------------- the run
 
 
+class _Stopped(Exception):
+    """The run was asked to stop while a tile waited to be retried: abandon the tile."""
+
+
 class _Retry:
-    """The run's one retry loop, bound to its policy, budget and counters."""
+    """The run's one retry loop, bound to its policy, budget and counters.
+
+    Its backoff sleeps end early when the run is asked to stop: Ctrl-C stops issuing requests
+    at once, and a tile caught between attempts is left for the next run, not failed.
+    """
 
     def __init__(self, job: Job, stats: RunStats) -> None:
         self.policy = RetryPolicy(
@@ -192,13 +210,25 @@ class _Retry:
         self.budget = RetryBudget(job.retries.budget)
         self.rng = random.Random()
         self.stats = stats
+        self.stop = asyncio.Event()
+
+    async def _sleep(self, delay: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.stop.wait(), delay)
+        if self.stop.is_set():
+            raise _Stopped
 
     def _on_retry(self, exc: BaseException, attempt: int, delay: float) -> None:
         self.stats.retries += 1
 
     async def __call__(self, fn: Callable[[], Awaitable[T]]) -> T:
         return await retrying(
-            fn, policy=self.policy, budget=self.budget, rng=self.rng, on_retry=self._on_retry
+            fn,
+            policy=self.policy,
+            budget=self.budget,
+            rng=self.rng,
+            sleep=self._sleep,
+            on_retry=self._on_retry,
         )
 
 
@@ -244,37 +274,94 @@ def _check_output_location(output: str) -> None:
             raise JobError(f"output {output}: {probe} is a file, not a directory")
 
 
-async def _check_fingerprints(
-    job: Job, store: object, plans: list[ItemPlan], restart: bool
-) -> None:
-    """An output holding a different job is refused, naming what changed."""
+async def _node_attributes(store: Store, path: str) -> dict[str, Any] | None:
+    """The attributes of the Zarr node at ``path``, or None when there is none."""
+    key = f"{path}/zarr.json" if path else "zarr.json"
+    buffer = await store.get(key, prototype=default_buffer_prototype())
+    if buffer is None:
+        return None
+    try:
+        document = json.loads(buffer.to_bytes())
+    except ValueError:
+        return {}
+    attributes = document.get("attributes") if isinstance(document, dict) else None
+    return attributes if isinstance(attributes, dict) else {}
+
+
+async def _is_empty(store: Store, path: str) -> bool:
+    prefix = f"{path}/" if path else ""
+    async for _ in store.list_prefix(prefix):
+        return False
+    return True
+
+
+async def _check_output(
+    job: Job, store: Store, plans: list[ItemPlan], restart: bool
+) -> list[ItemPlan]:
+    """Refuse an output that holds another job, or data bulkpix did not write.
+
+    Returns the plans to run: with ``tile: auto``, an item resumed keeps the tile shape it was
+    started with, so changing the quota settings between runs does not orphan its tiles.
+    """
+    output = job.output
+    root_attrs = await _node_attributes(store, "")
+    root_fp = await TileRecord(store, "").fingerprint()
+    ours = root_fp is not None or (root_attrs is not None and "bulkpix" in root_attrs)
     if restart:
-        return
-    root = TileRecord(store, "")
-    root_fp = await root.fingerprint()
+        if not ours and not await _is_empty(store, ""):
+            raise StoreMismatch(
+                f"output {output} holds data bulkpix did not write; --restart will not "
+                "delete it. Choose another output"
+            )
+        return plans
     if job.is_batch and root_fp is not None:
         raise StoreMismatch(
-            f"output {job.output} holds a single-item job, this is a batch; "
+            f"output {output} holds a single-item job, this is a batch; "
             "use --restart to replace it, or another output"
         )
+    if not job.is_batch and root_fp is None and root_attrs is not None:
+        batch_root = root_attrs.get("bulkpix", {}).get("batch") if ours else False
+        if batch_root or not ours:
+            what = "a batch job" if batch_root else "data bulkpix did not write"
+            raise StoreMismatch(
+                f"output {output} holds {what}; use --restart to replace it, or another output"
+            )
+    if job.is_batch and root_attrs is not None and not ours:
+        raise StoreMismatch(
+            f"output {output} holds data bulkpix did not write; choose another output"
+        )
+    checked = []
     for plan in plans:
         old = await TileRecord(store, plan.path).fingerprint()
         if old is None:
+            attrs = await _node_attributes(store, plan.path)
+            if plan.path and attrs is not None and "bulkpix" not in attrs:
+                raise StoreMismatch(
+                    f"output {output} holds data bulkpix did not write at {plan.path}; "
+                    "use another item name or output"
+                )
+            checked.append(plan)
             continue
-        new = plan.fingerprint(job.compression_level)
-        changes = fingerprint_diff(old, new)
+        if job.tile == "auto":
+            plan = replan_with_tile(plan, old.get("tile"))
+        changes = fingerprint_diff(old, plan.fingerprint(job.compression_level))
         if changes:
             where = f"item {plan.label}" if job.is_batch else "the job"
             raise StoreMismatch(
-                f"output {job.output} holds a different job ({where} changed: "
+                f"output {output} holds a different job ({where} changed: "
                 f"{'; '.join(changes)}); use --restart to discard it, or another output"
             )
+        checked.append(plan)
+    return checked
 
 
 async def _open_items(
-    job: Job, store: object, plans: list[ItemPlan], stats: RunStats
+    job: Job, store: Store, plans: list[ItemPlan], stats: RunStats
 ) -> list[tuple[ItemPlan, ItemWriter, TileRecord, set[str]]]:
     opened = []
+    if job.is_batch:
+        # Marks the root as a bulkpix batch output before any item exists in it.
+        await mark_batch_root(store)
     for plan in plans:
         record = TileRecord(store, plan.path)
         fingerprint = plan.fingerprint(job.compression_level)
@@ -296,8 +383,10 @@ async def _open_items(
             done = await record.done_keys()
             for key in list((await record.failed()).keys()):
                 await record.clear_failed(key)
+        # Parts of split tiles have markers of their own: count the plan's tiles only.
+        finished = sum(1 for key in done if plan.tiles.has_tile_key(key))
         stats.items.append(
-            ItemStats(label=plan.label, total=plan.tiles.n_tiles, done_before=len(done))
+            ItemStats(label=plan.label, total=plan.tiles.n_tiles, done_before=finished)
         )
         opened.append((plan, writer, record, done))
     return opened
@@ -325,9 +414,10 @@ async def run_job(
     _check_output_location(job.output)
     stop = stop or asyncio.Event()
     async with _session(job) as (client, retry, stats):
+        retry.stop = stop
         plans = _plan_items(job, await _fetch_assets(job, client, retry))
         store = await open_store(job.output)
-        await _check_fingerprints(job, store, plans, restart)
+        plans = await _check_output(job, store, plans, restart)
         if restart:
             await _clear_store(store)
         opened = await _open_items(job, store, plans, stats)
@@ -358,8 +448,9 @@ async def run_job(
                 index, tile = work_item
                 if stop.is_set():
                     return
-                plan, writer, record, _done = opened[index]
-                await _process_tile(run, plan, writer, record, stats.items[index], tile)
+                plan, writer, record, done = opened[index]
+                if await _process_tile(run, plan, writer, record, done, stats.items[index], tile):
+                    stats.items[index].done += 1
 
             try:
                 await run_workers(work(), handle, workers=job.concurrency, stop=stop)
@@ -374,10 +465,16 @@ async def _process_tile(
     plan: ItemPlan,
     writer: ItemWriter,
     record: TileRecord,
+    done: set[str],
     item_stats: ItemStats,
     tile: Tile,
-) -> None:
-    """Fetch, decode, write and record one tile; permanent failures are recorded, not raised."""
+) -> bool:
+    """Fetch, decode, write and record one tile; True once it is recorded as finished.
+
+    Permanent failures are recorded, not raised. A tile the server finds too large is split
+    in four; it is recorded as finished when all its parts are, and a resumed run skips the
+    parts already finished.
+    """
     band_ids = plan.band_ids(tile.group)
     grid = plan.grid.window_grid(tile.window)
     body = request_body(plan, grid, band_ids)
@@ -409,18 +506,27 @@ async def _process_tile(
     try:
         try:
             nbytes, arrays = await run.retry(fetch_and_decode)
+        except _Stopped:
+            return False  # left for the next run, not a failure
         except RequestTooLarge as exc:
             parts = split_tile(tile, plan.tiles.chunk)
             if len(parts) == 1:
                 await _record_failure(record, item_stats, tile, exc)
-                return
-            item_stats.total += len(parts) - 1
+                return False
+            finished = True
             for part in parts:
-                await _process_tile(run, plan, writer, record, item_stats, part)
-            return
+                if part.key in done:
+                    continue
+                if run.retry.stop.is_set() or not await _process_tile(
+                    run, plan, writer, record, done, item_stats, part
+                ):
+                    finished = False
+            if finished:
+                await record.mark_done(tile.key)
+            return finished
         except (PermanentError, RetryableError) as exc:
             await _record_failure(record, item_stats, tile, exc)
-            return
+            return False
         async with run.write_slots:
             await run.write_loop.run(writer.write_tile(tile.window, arrays))
         del arrays
@@ -429,8 +535,8 @@ async def _process_tile(
         held = 0
     # Only now, with every chunk of the tile stored, does the tile count as finished.
     await record.mark_done(tile.key)
-    item_stats.done += 1
     item_stats.bytes += nbytes
+    return True
 
 
 async def _record_failure(
@@ -443,8 +549,8 @@ async def _record_failure(
     await record.mark_failed(tile.key, reason)
 
 
-async def _clear_store(store: object) -> None:
+async def _clear_store(store: Store) -> None:
     try:
-        await store.delete_dir("")  # type: ignore[attr-defined]
+        await store.delete_dir("")
     except (OSError, NotImplementedError) as exc:
         raise StoreError(f"cannot clear the old output: {exc}") from None

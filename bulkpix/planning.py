@@ -6,6 +6,7 @@ beyond reading a region file named by the job.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,7 +27,19 @@ from bulkpix.geometry.grid import (
 from bulkpix.geometry.tiling import ServiceModel, TilePlan, plan_tiles
 from bulkpix.job import ItemSpec, Job
 
-__all__ = ["AssetInfo", "ItemPlan", "parse_asset", "plan_item"]
+__all__ = [
+    "AssetInfo",
+    "ItemPlan",
+    "parse_asset",
+    "plan_item",
+    "replan_with_tile",
+    "tile_plan_from_fingerprint",
+]
+
+
+# 16.7 million px a side: the whole Earth at 2.4 m. Past that a typo in `scale` is likelier
+# than a real job, and the coordinate arrays alone would take gigabytes.
+MAX_OUTPUT_SIDE = 2**24
 
 
 @dataclass(frozen=True)
@@ -171,7 +184,19 @@ def plan_item(spec: ItemSpec, asset: AssetInfo, job: Job) -> ItemPlan:
     native = asset.grids.get(bands[0].id)
     if native is None:
         raise JobError(f"asset {asset.name}: band {bands[0].id} has no grid")
-    grid = _output_grid(spec, asset, native, job.base_dir)
+    try:
+        grid = _output_grid(spec, asset, native, job.base_dir)
+    except JobError:
+        raise
+    except (ValueError, TypeError, KeyError, IndexError) as exc:
+        # A malformed GeoJSON region, a degenerate grid (a scale of 1e-300), ...
+        raise JobError(f"cannot make the output grid: {exc}") from None
+    if max(grid.width, grid.height) > MAX_OUTPUT_SIDE:
+        raise JobError(
+            f"the output grid would be {grid.width} x {grid.height} px, over the "
+            f"{MAX_OUTPUT_SIDE:,} px a side bulkpix handles; use a coarser scale or a "
+            "smaller region"
+        )
     if job.file_format == "GEO_TIFF" and len({b.dtype for b in bands}) > 1:
         kinds = ", ".join(f"{b.id}={b.dtype.name}" for b in bands)
         raise JobError(f"file_format GEO_TIFF needs one data type for all bands ({kinds}); use NPY")
@@ -217,3 +242,44 @@ def item_request_bytes(item: ItemPlan) -> int:
         * item.grid.height
         * request_bytes_per_pixel([np.dtype(b.dtype) for b in item.bands])
     )
+
+
+def replan_with_tile(plan: ItemPlan, tile: Any) -> ItemPlan:
+    """The same item cut into tiles of ``tile`` = [height, width] (from an earlier run's
+    fingerprint); the plan as it is when that shape does not fit it."""
+    if not (isinstance(tile, list | tuple) and len(tile) == 2):
+        return plan
+    height, width = (int(v) for v in tile)
+    if (height, width) == (plan.tiles.tile_height, plan.tiles.tile_width):
+        return plan
+    try:
+        tiles = TilePlan(
+            plan.tiles.height,
+            plan.tiles.width,
+            plan.tiles.chunk,
+            height,
+            width,
+            plan.tiles.band_groups,
+            plan.tiles.itemsizes,
+        )
+    except ValueError:
+        return plan
+    return dataclasses.replace(plan, tiles=tiles)
+
+
+def tile_plan_from_fingerprint(fingerprint: Mapping[str, Any]) -> TilePlan | None:
+    """The tiling an output was written with, from its fingerprint (None if unreadable)."""
+    try:
+        height, width = fingerprint["shape"]
+        tile_height, tile_width = fingerprint["tile"]
+        groups = tuple(tuple(int(i) for i in g) for g in fingerprint["band_groups"])
+        return TilePlan(
+            int(height),
+            int(width),
+            int(fingerprint["chunk"]),
+            int(tile_height),
+            int(tile_width),
+            groups,
+        )
+    except (KeyError, TypeError, ValueError):
+        return None

@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bulkpix.errors import JobError
+from bulkpix.planning import tile_plan_from_fingerprint
 from bulkpix.store.record import TileRecord
 from bulkpix.store.zarr_store import open_store
 
@@ -44,11 +45,15 @@ async def _item_status(store: object, path: str) -> ItemStatus | None:
     nbytes = 0
     with contextlib.suppress(AttributeError, NotImplementedError, FileNotFoundError):
         nbytes = await store.getsize_prefix(path)  # type: ignore[attr-defined]
+    plan = tile_plan_from_fingerprint(fingerprint)
+    done = await record.done_keys()
+    if plan is not None:  # parts of split tiles have markers of their own
+        done = {key for key in done if plan.has_tile_key(key)}
     return ItemStatus(
         label=path or "(root)",
         asset=str(fingerprint.get("asset", "?")),
         total=int(fingerprint.get("n_tiles", 0)),
-        done=len(await record.done_keys()),
+        done=len(done),
         failed=await record.failed(),
         nbytes=nbytes,
     )

@@ -364,3 +364,44 @@ async def test_unreachable_token_endpoint_is_retryable_without_secrets(tmp_path:
     with pytest.raises(TransportError, match="unreachable") as info:
         await auth.headers()
     assert_no_secret(info.value)
+
+
+def test_token_uri_over_plain_http_to_another_host_is_refused(tmp_path: Path) -> None:
+    from bulkpix.ee.auth import load_credentials as load
+
+    for token_uri, refused in (
+        ("http://203.0.113.5/token", True),
+        ("http://127.0.0.1:9/token", False),
+        ("https://oauth2.example.com/token", False),
+    ):
+        key = tmp_path / "user.json"
+        key.write_text(
+            json.dumps(
+                {
+                    "type": "authorized_user",
+                    "client_id": "id",
+                    "client_secret": "CLIENT-SECRET",
+                    "refresh_token": "REFRESH-SECRET",
+                    "token_uri": token_uri,
+                }
+            )
+        )
+        if refused:
+            with pytest.raises(JobError, match="plain HTTP") as info:
+                load(str(key))
+            assert "SECRET" not in str(info.value)
+        else:
+            assert load(str(key)).has_credentials
+
+
+def test_refresh_error_keeps_only_the_oauth_code() -> None:
+    import google.auth.exceptions
+
+    from bulkpix.ee.auth import _short_reason
+
+    oauth = google.auth.exceptions.RefreshError("invalid_grant: Bad Request", {"error": "x"})
+    assert _short_reason(oauth) == "invalid_grant"
+    echoed = google.auth.exceptions.RefreshError(
+        "grant_type=refresh_token&refresh_token=REFRESH-SECRET&client_secret=CS", None
+    )
+    assert "SECRET" not in _short_reason(echoed)

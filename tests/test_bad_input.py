@@ -40,7 +40,7 @@ def _check_refusal(
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1, err
-    assert lines[0].startswith("bulkpix: error: ") or lines[0].startswith("bulkpix")
+    assert lines[0].startswith("bulkpix: error: "), lines[0]
     assert expected in lines[0], lines[0]
     assert "Traceback" not in err
     if before is None:
@@ -71,6 +71,17 @@ def _missing_job_file(tmp_path: Path, output: Path) -> Path:
     return tmp_path / "no-such-job.yaml"
 
 
+def _binary_job_file(tmp_path: Path, output: Path) -> Path:
+    path = tmp_path / "job.yaml"
+    path.write_bytes(b"asset: \xff\xfe\x00garbage\n")
+    return path
+
+
+def _region_file_is_a_directory(tmp_path: Path, output: Path) -> Path:
+    (tmp_path / "area.geojson").mkdir()
+    return _keys(region="area.geojson")(tmp_path, output)
+
+
 OFFLINE_CASES = [
     ("missing job file", _missing_job_file, "cannot read the job file"),
     ("broken yaml", _text("asset: [x\noutput: OUTPUT\n"), "broken YAML at line"),
@@ -93,6 +104,11 @@ OFFLINE_CASES = [
     ("bad asset name", _keys(asset="projects/only"), "projects/PROJECT/assets/ID"),
     ("region file missing", _keys(region="nowhere.geojson"), "cannot read it"),
     ("bad synthetic size", _keys(emulator={"synthetic": {ASSET: "big"}}), "WIDTHxHEIGHT"),
+    ("not utf-8", _binary_job_file, "not a text file"),
+    ("key given twice", _text("asset: a/b\noutput: OUTPUT\nasset: c/d\n"), "given twice"),
+    ("region file is a directory", _region_file_is_a_directory, "is a directory"),
+    ("malformed wkt crs", _keys(crs='PROJCS["broken"]', scale=10), "unknown CRS"),
+    ("reserved item name", _keys(items=[{"name": "zarr.json", "asset": ASSET}]), "reserved"),
     (
         "duplicate item names",
         _keys(items=[{"name": "a", "asset": ASSET}, {"name": "a", "asset": ASSET}]),
@@ -209,6 +225,14 @@ ONLINE_CASES = [
         "does not overlap",
     ),
     ("other crs without scale", {"crs": "EPSG:3857"}, 2, "'scale' is required"),
+    (
+        "region that is not geojson",
+        {"region": {"type": "Foo", "coordinates": [1, 2]}},
+        2,
+        "cannot make the output grid",
+    ),
+    ("degenerate scale", {"crs": "EPSG:4326", "scale": 1e-300}, 2, "cannot make the output grid"),
+    ("absurd grid", {"crs": "EPSG:4326", "scale": 1e-9}, 2, "px a side bulkpix handles"),
     ("geotiff with mixed types", {"file_format": "GEO_TIFF"}, 2, "one data type"),
 ]
 

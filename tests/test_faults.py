@@ -160,6 +160,53 @@ async def test_request_too_large_splits_in_four(tmp_path: Path) -> None:
     ok = Counter((r["height"], r["width"]) for r in calls if r["status"] == 200)
     assert ok == {(64, 64): 6 * 8 * 4, (64, 128): 8}
     _assert_exact(output)
+    assert stats.finished == stats.total == 7 * 8  # the plan's tiles, parts not counted
+
+    store = await open_store(str(output))
+    record = TileRecord(store, "")
+    async with run_emulator(config) as emu:
+        # A finished job with split tiles: a rerun fetches nothing at all.
+        again = await run_job(parse_job(_keys(emu.url, output, tile=[128, 128])))
+        assert again.ok and _pixel_calls(emu.log) == []
+        # Lose two parts of one split tile (and so the tile): only those two are fetched,
+        # after the tile itself is refused once more.
+        parts = ["g0_r0_c0_h64_w64", "g0_r64_c64_h64_w64"]
+        parent = "g0_r0_c0_h128_w128"
+        assert {*parts, parent} <= await record.done_keys()
+        for key in [*parts, parent]:
+            await store.delete(f".bulkpix/done/{key}")
+        resumed = await run_job(parse_job(_keys(emu.url, output, tile=[128, 128])))
+        calls = _pixel_calls(emu.log)
+    assert resumed.ok and resumed.finished == 7 * 8
+    assert [r["status"] for r in calls] == [400, 200, 200]
+    assert parent in await record.done_keys()
+    _assert_exact(output)
+
+
+async def test_stop_during_backoff_issues_no_more_requests(tmp_path: Path) -> None:
+    import asyncio
+
+    config = EmulatorConfig(synthetic={ASSET: SYNTH}, faults=FaultConfig(p503=1.0))
+    output = tmp_path / "out.zarr"
+    async with run_emulator(config) as emu:
+        job = parse_job(
+            _keys(
+                emu.url,
+                output,
+                retries={"max_attempts": 50, "backoff_base": 5, "backoff_cap": 30},
+            )
+        )
+        stop = asyncio.Event()
+        run = asyncio.create_task(run_job(job, stop=stop))
+        while len(_pixel_calls(emu.log)) < 8:  # every worker has failed once, and waits
+            await asyncio.sleep(0.01)
+        stop.set()
+        stats = await run
+        calls = _pixel_calls(emu.log)
+    assert stats.interrupted and not stats.ok
+    assert len(calls) <= 8 + 8  # at most the requests already granted went out
+    store = await open_store(str(output))
+    assert await TileRecord(store, "").failed() == {}, "a stopped tile is not a failed tile"
 
 
 def test_credentials_never_leak(

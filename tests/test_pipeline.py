@@ -224,3 +224,25 @@ async def test_band_groups_when_one_chunk_of_all_bands_exceeds_a_request(tmp_pat
     rows = cols = np.arange(2048)
     for index, (band, _) in enumerate(SYNTHETIC_BANDS):
         np.testing.assert_array_equal(group[band][:], synthetic_pixels(index, rows, cols))
+
+
+async def test_region_on_a_rotated_native_grid(tmp_path: Path) -> None:
+    rotated = SRC_TRANSFORM @ Affine.rotation(20)
+    arrays = mixed_arrays(300, 400, seed=4)
+    path = write_tif(tmp_path / "rot.tif", [arrays[0]], transform=rotated)
+    # A box in the native CRS, well inside the rotated footprint.
+    x0, y0 = rotated @ (150, 100)
+    bbox = [x0, y0 - 600, x0 + 900, y0]
+    async with run_emulator(EmulatorConfig(assets={ASSET: [str(path)]})) as emu:
+        output, _ = await _run(
+            emu.url, tmp_path, region={"bbox": bbox, "region_crs": SRC_CRS}, chunk=64
+        )
+    inv = ~rotated
+    corners = [inv @ (x, y) for x in (bbox[0], bbox[2]) for y in (bbox[1], bbox[3])]
+    c0 = int(np.floor(min(c for c, _ in corners) + 1e-6))
+    c1 = int(np.ceil(max(c for c, _ in corners) - 1e-6))
+    r0 = int(np.floor(min(r for _, r in corners) + 1e-6))
+    r1 = int(np.ceil(max(r for _, r in corners) - 1e-6))
+    ds = _open(output)
+    np.testing.assert_array_equal(ds["B1"].values, arrays[0][r0:r1, c0:c1])
+    _assert_georef(ds, "B1", SRC_CRS, rotated @ Affine.translation(c0, r0))

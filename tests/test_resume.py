@@ -19,7 +19,7 @@ import zarr
 from bulkpix.cli import main
 from bulkpix.emulator import SyntheticAsset
 from bulkpix.emulator.synthetic import SYNTHETIC_BANDS, synthetic_pixels
-from bulkpix.geometry.tiling import parse_tile_key
+from bulkpix.geometry.tiling import parse_tile_key, plan_tiles
 from tests.conftest import emulator_thread, write_job
 
 ASSET = "projects/demo/assets/synth"
@@ -120,9 +120,7 @@ def _sigkill_trials(tmp_path: Path, trials: int, seed: int) -> None:
             # A call of the killed run can be logged late, as 499 (client gone).
             late = [r for r in emu.log[resume_start:] if r["status"] == 499]
             first_run += _pixel_windows(late)
-            second_run = _pixel_windows(
-                [r for r in emu.log[resume_start:] if r["status"] != 499]
-            )
+            second_run = _pixel_windows([r for r in emu.log[resume_start:] if r["status"] != 499])
 
             assert _chunk_digests(output) == expected, f"trial {trial}: output differs"
             refetched = set(second_run) & set(first_run)
@@ -204,3 +202,82 @@ def test_changed_job_refused_then_restart(
     rows = np.arange(1232, 1232 + 768)
     cols = np.arange(200, 200 + 1024)
     np.testing.assert_array_equal(root["i16"][:], synthetic_pixels(1, rows, cols))
+
+
+def _digest(path: Path) -> dict[str, str]:
+    return {
+        p.relative_to(path).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(path.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_outputs_of_other_kinds_are_never_overwritten(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with emulator_thread(synthetic={ASSET: SYNTH}) as emu:
+        single = _job_keys(emu.url, tmp_path / "unused", bands=["u8"])
+        single.pop("output")
+        batch_items = [{"name": "a"}, {"name": "b"}]
+
+        batch_out = tmp_path / "batch.zarr"
+        batch_job = write_job(
+            tmp_path / "b.yaml", **single, output=str(batch_out), items=batch_items
+        )
+        assert main(["run", "--quiet", str(batch_job)]) == 0
+        before = _digest(batch_out)
+        onto_batch = write_job(tmp_path / "s.yaml", **single, output=str(batch_out))
+        capsys.readouterr()
+        assert main(["run", "--quiet", str(onto_batch)]) == 2
+        assert "holds a batch job" in capsys.readouterr().err
+        assert _digest(batch_out) == before
+
+        single_out = tmp_path / "single.zarr"
+        assert (
+            main(
+                [
+                    "run",
+                    "--quiet",
+                    str(write_job(tmp_path / "s2.yaml", **single, output=str(single_out))),
+                ]
+            )
+            == 0
+        )
+        before = _digest(single_out)
+        onto_single = write_job(
+            tmp_path / "b2.yaml", **single, output=str(single_out), items=batch_items
+        )
+        assert main(["run", "--quiet", str(onto_single)]) == 2
+        assert "holds a single-item job" in capsys.readouterr().err
+        assert _digest(single_out) == before
+
+        foreign = tmp_path / "foreign.zarr"
+        zarr.create_array(foreign, name="precious", shape=(4, 4), dtype="uint8", fill_value=7)
+        before = _digest(foreign)
+        for args, expected in (([], "did not write"), (["--restart"], "will not delete it")):
+            job = write_job(tmp_path / "f.yaml", **single, output=str(foreign))
+            assert main(["run", "--quiet", *args, str(job)]) == 2
+            assert expected in capsys.readouterr().err
+            assert _digest(foreign) == before
+
+
+def test_auto_tiles_resume_under_other_quota_settings(tmp_path: Path) -> None:
+    with emulator_thread(synthetic={ASSET: SYNTH}) as emu:
+        output = tmp_path / "out.zarr"
+        keys = _job_keys(emu.url, output, tile="auto", chunk=128)
+        assert main(["run", "--quiet", str(write_job(tmp_path / "a.yaml", **keys))]) == 0
+        done = sorted((output / ".bulkpix" / "done").iterdir())
+        assert len(done) >= 4
+        first_shape = parse_tile_key(done[0].name).window.shape
+        for marker in done[:3]:
+            marker.unlink()
+        start = len(emu.log)
+        slower = {**keys, "concurrency": 2, "qps": 5, "memory_mb": 16}
+        # On a fresh output these settings would cut other tiles ...
+        fresh = plan_tiles(
+            768, 1024, [1, 2, 2, 4], 128, concurrency=2, qps=5.0, max_inflight_bytes=16 * 2**20
+        )
+        assert (fresh.tile_height, fresh.tile_width) != first_shape
+        assert main(["run", "--quiet", str(write_job(tmp_path / "b.yaml", **slower))]) == 0
+        # The resumed run keeps the tile shape it was started with: only the 3 lost tiles.
+        assert len(_pixel_windows(emu.log[start:])) == 3

@@ -8,7 +8,10 @@ material or tokens into an exception message or a repr.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
+import re
+import urllib.parse
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -72,7 +75,7 @@ class NoAuth:
 
 
 class StaticToken:
-    """A fixed bearer token (tests, ``BULKPIX_TOKEN``); refresh cannot renew it."""
+    """A fixed bearer token (tests, or a caller of the library); refresh cannot renew it."""
 
     has_credentials = True
 
@@ -169,11 +172,40 @@ class GoogleAuth:
         return f"GoogleAuth({type(self.credentials).__module__}.{type(self.credentials).__name__})"
 
 
+def is_loopback_host(host: str) -> bool:
+    """``localhost``, 127.0.0.0/8 or ::1."""
+    host = host.strip("[]").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_token_uri(token_uri: str, path: Path) -> None:
+    """Refresh tokens and signed assertions go over HTTPS, or plain HTTP to this machine."""
+    url = urllib.parse.urlsplit(token_uri)
+    if url.scheme == "https" or (url.scheme == "http" and is_loopback_host(url.hostname or "")):
+        return
+    raise JobError(
+        f"credentials {path}: refusing to send credentials to token_uri over plain HTTP "
+        f"(only https, or http to a loopback address)"
+    )
+
+
+_OAUTH_ERROR = re.compile(r"[a-z_]{3,40}")
+
+
 def _short_reason(exc: BaseException) -> str:
-    # RefreshError's first arg is the OAuth error ("invalid_grant: Bad Request"); the
-    # second is the endpoint's whole response, which we leave out.
-    first = exc.args[0] if exc.args else type(exc).__name__
-    return str(first).splitlines()[0][:200] if str(first) else type(exc).__name__
+    # RefreshError's first arg is "error: description" when the endpoint answered OAuth JSON,
+    # but the raw response body when it did not, and a body may echo the request (refresh
+    # token, client secret). Only the OAuth error code is kept.
+    first = str(exc.args[0]) if exc.args else ""
+    code = first.split(":", 1)[0].strip()
+    if _OAUTH_ERROR.fullmatch(code):
+        return code
+    return "the token endpoint refused the refresh"
 
 
 def load_credentials(spec: str, *, scopes: Sequence[str] = EE_SCOPES) -> TokenProvider:
@@ -261,6 +293,9 @@ def _service_account(
     if missing:
         raise JobError(f"service-account key {path} is missing {', '.join(sorted(missing))}")
     failure = ""
+    if not isinstance(info.get("token_uri"), str):
+        raise JobError(f"service-account key {path}: token_uri is not a string")
+    _check_token_uri(info["token_uri"], path)
     try:
         return google.oauth2.service_account.Credentials.from_service_account_info(
             info, scopes=list(scopes)
@@ -288,4 +323,5 @@ def _user_credentials(path: Path, info: dict[str, Any]) -> google.oauth2.credent
     token_uri = info.get("token_uri") or GOOGLE_TOKEN_URI
     if not isinstance(token_uri, str):
         raise JobError(f"authorized-user credentials {path}: token_uri is not a string")
+    _check_token_uri(token_uri, path)
     return credentials.with_token_uri(token_uri)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
-import ipaddress
 import json
 import math
 from collections.abc import Awaitable, Callable
@@ -25,7 +24,7 @@ from multidict import CIMultiDictProxy
 from yarl import URL
 
 from bulkpix import __version__
-from bulkpix.ee.auth import TokenProvider
+from bulkpix.ee.auth import TokenProvider, is_loopback_host
 from bulkpix.errors import (
     BadPayload,
     JobError,
@@ -67,17 +66,6 @@ class Timeouts:
         return aiohttp.ClientTimeout(
             total=self.total_s, sock_connect=self.connect_s, sock_read=self.read_s
         )
-
-
-def is_loopback_host(host: str) -> bool:
-    """``localhost``, 127.0.0.0/8 or ::1."""
-    host = host.strip("[]").lower()
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:

@@ -280,6 +280,25 @@ class TilePlan:
             for group in range(n_groups):
                 yield Tile(window, group)
 
+    def has_tile(self, tile: Tile) -> bool:
+        """Whether ``tile`` is one of this plan's tiles (not a part of a split one)."""
+        w = tile.window
+        return (
+            0 <= tile.group < len(self.band_groups)
+            and 0 <= w.row_off < self.height
+            and 0 <= w.col_off < self.width
+            and w.row_off % self.tile_height == 0
+            and w.col_off % self.tile_width == 0
+            and w.height == min(self.tile_height, self.height - w.row_off)
+            and w.width == min(self.tile_width, self.width - w.col_off)
+        )
+
+    def has_tile_key(self, key: str) -> bool:
+        try:
+            return self.has_tile(parse_tile_key(key))
+        except ValueError:
+            return False
+
     # -- bytes -------------------------------------------------------------------------
 
     def _itemsizes(self) -> tuple[int, ...]:

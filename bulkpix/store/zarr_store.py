@@ -130,6 +130,13 @@ async def consolidate(store: Store, path: str = "") -> None:
         await zarr_async.consolidate_metadata(store, path=path or None, zarr_format=3)
 
 
+async def mark_batch_root(store: Store) -> None:
+    """Make the store's root group (if need be) and mark it as holding a bulkpix batch."""
+    group = await zarr_async.open_group(store=store, path="", mode="a", zarr_format=3)
+    if group.attrs.get("bulkpix") != {"batch": True}:
+        await group.update_attributes({"bulkpix": {"batch": True}})
+
+
 async def has_keys_under(store: Store, path: str) -> bool:
     """True when any object exists under the group prefix ``path``."""
     async for _ in store.list_prefix(_prefix(path)):
