@@ -34,27 +34,13 @@ import numpy as np
 import zarr
 from affine import Affine
 
+from bulkpix.geometry.grid import PixelGrid as Grid
+from bulkpix.geometry.grid import Window
 from bulkpix.store.zarr_store import BandSpec, ItemWriter, open_store
 
 BAND_DTYPES = {"B_u8": "uint8", "B_i16": "int16", "B_u16": "uint16", "B_f32": "float32"}
 TILE = 2048
 REGION = (5000, 6000)  # height, width
-
-
-@dataclass(frozen=True)
-class Grid:
-    crs: str
-    transform: Affine
-    width: int
-    height: int
-
-
-@dataclass(frozen=True)
-class Window:
-    row_off: int
-    col_off: int
-    height: int
-    width: int
 
 
 @dataclass

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import warnings
-from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -16,16 +15,9 @@ from zarr.core.buffer import default_buffer_prototype
 from zarr.storage import LocalStore, MemoryStore
 
 from bulkpix.errors import StoreError
+from bulkpix.geometry.grid import PixelGrid as Grid
 from bulkpix.store.record import TileRecord, fingerprint_diff
 from bulkpix.store.zarr_store import BandSpec, ItemWriter, consolidate
-
-
-@dataclass(frozen=True)
-class Grid:
-    crs: str
-    transform: Affine
-    width: int
-    height: int
 
 
 @pytest.fixture(params=["local", "memory"])

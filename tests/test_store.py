@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import warnings
 from collections import Counter
-from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -17,6 +16,8 @@ from rasterio.crs import CRS
 from zarr.storage import MemoryStore, WrapperStore
 
 from bulkpix.errors import StoreError
+from bulkpix.geometry.grid import PixelGrid as Grid
+from bulkpix.geometry.grid import Window
 from bulkpix.store.zarr_store import (
     BandSpec,
     ItemWriter,
@@ -32,22 +33,6 @@ BANDS = [
     BandSpec("QA", np.dtype("uint8")),
     BandSpec("T", np.dtype("int32")),
 ]
-
-
-@dataclass(frozen=True)
-class Grid:
-    crs: str
-    transform: Affine
-    width: int
-    height: int
-
-
-@dataclass(frozen=True)
-class Window:
-    row_off: int
-    col_off: int
-    height: int
-    width: int
 
 
 class CountingStore(WrapperStore):
