@@ -8,6 +8,7 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
+from zarr.abc.store import Store
 
 from bulkpix.errors import JobError
 from bulkpix.planning import tile_plan_from_fingerprint
@@ -37,14 +38,14 @@ class StatusReport:
         return bool(self.items) and all(i.done >= i.total and not i.failed for i in self.items)
 
 
-async def _item_status(store: object, path: str) -> ItemStatus | None:
+async def _item_status(store: Store, path: str) -> ItemStatus | None:
     record = TileRecord(store, path)
     fingerprint = await record.fingerprint()
     if fingerprint is None:
         return None
     nbytes = 0
     with contextlib.suppress(AttributeError, NotImplementedError, FileNotFoundError):
-        nbytes = await store.getsize_prefix(path)  # type: ignore[attr-defined]
+        nbytes = await store.getsize_prefix(path)
     plan = tile_plan_from_fingerprint(fingerprint)
     done = await record.done_keys()
     if plan is not None:  # parts of split tiles have markers of their own
@@ -67,7 +68,7 @@ async def read_status(output: str) -> StatusReport:
     if root is not None:
         return StatusReport(output, [root])
     items = []
-    children = sorted([c async for c in store.list_dir("")])  # type: ignore[attr-defined]
+    children = sorted([c async for c in store.list_dir("")])
     for child in children:
         child = child.rstrip("/")
         if child.startswith(".") or child == "zarr.json":

@@ -288,7 +288,7 @@ def _check_length(payload: bytes | bytearray, headers: CIMultiDictProxy[str], wh
 
 def _status_error(
     status: int,
-    payload: bytes,
+    payload: bytes | bytearray,
     headers: CIMultiDictProxy[str],
     where: str,
     secrets: list[str],
@@ -318,7 +318,7 @@ def _status_error(
     return cls(message, status=status, retry_after=retry_after)
 
 
-def _parse_rpc_status(payload: bytes) -> tuple[str, str]:
+def _parse_rpc_status(payload: bytes | bytearray) -> tuple[str, str]:
     """(status, message) of a google.rpc.Status body; tolerate anything else."""
     text = payload.decode("utf-8", errors="replace")
     try:
