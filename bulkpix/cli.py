@@ -141,6 +141,9 @@ def _run(args: argparse.Namespace, err: Console) -> int:
         )
         return EXIT_INTERRUPTED
     print_summary(err, stats, job.output)
+    if stats.aborted is not None:
+        _fail(f"{stats.aborted}; fix access, then rerun `bulkpix run {args.job}` to resume")
+        return EXIT_FAILED
     if stats.interrupted:
         err.print(
             f"bulkpix: interrupted; {stats.finished}/{stats.total} tiles are saved. "

@@ -29,11 +29,13 @@ from bulkpix.ee.decode import decode_pixels
 from bulkpix.errors import (
     JobError,
     PermanentError,
+    PermissionDenied,
     RemoteError,
     RequestTooLarge,
     RetryableError,
     StoreError,
     StoreMismatch,
+    Unauthenticated,
 )
 from bulkpix.geometry.tiling import Tile, split_tile
 from bulkpix.job import EmulatorSection, Job
@@ -83,6 +85,7 @@ class RunStats:
     started: float = field(default_factory=time.monotonic)
     ended: float | None = None
     interrupted: bool = False
+    aborted: str | None = None  # why the run stopped by itself, if it did
     governor: Governor | None = None
 
     @property
@@ -107,7 +110,12 @@ class RunStats:
 
     @property
     def ok(self) -> bool:
-        return not self.interrupted and self.failed == 0 and self.finished == self.total
+        return (
+            not self.interrupted
+            and self.aborted is None
+            and self.failed == 0
+            and self.finished == self.total
+        )
 
 
 # --------------------------------------------------------------------------- endpoint
@@ -401,6 +409,13 @@ class _Run:
     budget: ByteBudget
     write_loop: WriteLoop
     write_slots: asyncio.Semaphore
+    stats: RunStats
+    refusals: int = 0  # tiles refused for access (401/403) in a row, since the last success
+
+
+# A job whose every request is refused (credentials revoked, project lost access) stops after
+# this many tiles in a row, rather than spending one request on each of its other tiles.
+REFUSALS_BEFORE_STOPPING = 20
 
 
 async def run_job(
@@ -442,6 +457,7 @@ async def run_job(
                 write_loop=write_loop,
                 # Two tiles compress at once: more only lengthens stalls on 2 cores.
                 write_slots=asyncio.Semaphore(2),
+                stats=stats,
             )
 
             async def handle(work_item: tuple[int, Tile]) -> None:
@@ -456,7 +472,7 @@ async def run_job(
                 await run_workers(work(), handle, workers=job.concurrency, stop=stop)
             finally:
                 stats.ended = time.monotonic()
-                stats.interrupted = stop.is_set()
+                stats.interrupted = stop.is_set() and stats.aborted is None
         return stats
 
 
@@ -511,7 +527,7 @@ async def _process_tile(
         except RequestTooLarge as exc:
             parts = split_tile(tile, plan.tiles.chunk)
             if len(parts) == 1:
-                await _record_failure(record, item_stats, tile, exc)
+                await _record_failure(run, record, item_stats, tile, exc)
                 return False
             finished = True
             for part in parts:
@@ -525,7 +541,7 @@ async def _process_tile(
                 await record.mark_done(tile.key)
             return finished
         except (PermanentError, RetryableError) as exc:
-            await _record_failure(record, item_stats, tile, exc)
+            await _record_failure(run, record, item_stats, tile, exc)
             return False
         async with run.write_slots:
             await run.write_loop.run(writer.write_tile(tile.window, arrays))
@@ -536,17 +552,25 @@ async def _process_tile(
     # Only now, with every chunk of the tile stored, does the tile count as finished.
     await record.mark_done(tile.key)
     item_stats.bytes += nbytes
+    run.refusals = 0
     return True
 
 
 async def _record_failure(
-    record: TileRecord, item_stats: ItemStats, tile: Tile, exc: RemoteError
+    run: _Run, record: TileRecord, item_stats: ItemStats, tile: Tile, exc: RemoteError
 ) -> None:
     reason = exc.message
     if isinstance(exc, RetryableError):
         reason = f"gave up after retries: {reason}"
     item_stats.failed[tile.key] = reason
     await record.mark_failed(tile.key, reason)
+    if isinstance(exc, Unauthenticated | PermissionDenied):
+        run.refusals += 1
+        if run.refusals >= REFUSALS_BEFORE_STOPPING and run.stats.aborted is None:
+            run.stats.aborted = (
+                f"stopped: {run.refusals} tiles in a row were refused access ({reason})"
+            )
+            run.retry.stop.set()
 
 
 async def _clear_store(store: Store) -> None:

@@ -257,3 +257,18 @@ def test_credentials_never_leak(
     for name, secret in secrets.items():
         for text in texts:
             assert secret not in text, f"the {name} leaked"
+
+
+def test_a_job_refused_everywhere_stops_at_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Access is lost after the metadata call: every getPixels is refused with 403.
+    with emulator_thread(synthetic={ASSET: SYNTH}, faults=FaultConfig(p403=1.0)) as emu:
+        job = write_job(tmp_path / "job.yaml", **_keys(emu.url, tmp_path / "out.zarr"))
+        assert main(["run", "--quiet", str(job)]) == 1
+        calls = _pixel_calls(emu.log)
+    err = capsys.readouterr().err
+    assert "stopped: 20 tiles in a row were refused access" in err
+    assert "HTTP 403" in err and "Traceback" not in err
+    # Not one request for each of the 104 tiles: the in-flight ones at most, past the 20th.
+    assert 20 <= len(calls) <= 20 + 8
