@@ -30,7 +30,10 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="bulkpix", description=__doc__.splitlines()[0])
+    parser = _Parser(
+        prog="bulkpix",
+        description="Bulk, resumable, quota-aware Earth Engine pixel downloads into Zarr.",
+    )
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
