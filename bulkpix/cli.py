@@ -147,6 +147,15 @@ def _run(args: argparse.Namespace, err: Console) -> int:
     if stats.aborted is not None:
         _fail(f"{stats.aborted}; fix access, then rerun `bulkpix run {args.job}` to resume")
         return EXIT_FAILED
+    abandoned = [item.abandoned for item in stats.items if item.abandoned]
+    for why in abandoned:
+        _fail(why)
+    if abandoned:
+        err.print(
+            f"bulkpix: rerun `bulkpix run {args.job}` once access is fixed to fetch the rest",
+            markup=False,
+        )
+        return EXIT_FAILED
     if stats.interrupted:
         err.print(
             f"bulkpix: interrupted; {stats.finished}/{stats.total} tiles are saved. "

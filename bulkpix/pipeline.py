@@ -70,6 +70,8 @@ class ItemStats:
     done: int = 0  # finished in this run
     bytes: int = 0
     failed: dict[str, str] = field(default_factory=dict)
+    refusals: int = 0  # tiles refused access (401/403) in a row, since the last success
+    abandoned: str | None = None  # why the rest of this item was left for the next run
 
     @property
     def finished(self) -> int:
@@ -113,6 +115,7 @@ class RunStats:
         return (
             not self.interrupted
             and self.aborted is None
+            and not any(i.abandoned for i in self.items)
             and self.failed == 0
             and self.finished == self.total
         )
@@ -296,11 +299,27 @@ async def _node_attributes(store: Store, path: str) -> dict[str, Any] | None:
     return attributes if isinstance(attributes, dict) else {}
 
 
-async def _is_empty(store: Store, path: str) -> bool:
+async def _keys_under(store: Store, path: str, most: int) -> list[str]:
+    """Up to ``most`` keys under ``path``: enough to tell empty, bare and full apart."""
     prefix = f"{path}/" if path else ""
-    async for _ in store.list_prefix(prefix):
-        return False
-    return True
+    keys = []
+    async for key in store.list_prefix(prefix):
+        keys.append(key)
+        if len(keys) >= most:
+            break
+    return keys
+
+
+async def _has_item_records(store: Store) -> bool:
+    """Whether any child group of the root holds a bulkpix record (a batch output, including
+    one written before batch roots were marked)."""
+    async for child in store.list_dir(""):
+        name = child.rstrip("/")
+        if name.startswith(".") or name == "zarr.json":
+            continue
+        if await TileRecord(store, name).fingerprint() is not None:
+            return True
+    return False
 
 
 async def _check_output(
@@ -314,36 +333,36 @@ async def _check_output(
     output = job.output
     root_attrs = await _node_attributes(store, "")
     root_fp = await TileRecord(store, "").fingerprint()
-    ours = root_fp is not None or (root_attrs is not None and "bulkpix" in root_attrs)
+    root_mark = root_attrs.get("bulkpix") if root_attrs is not None else None
+    batch_root = isinstance(root_mark, dict) and root_mark.get("batch") is True
+    items_recorded = root_fp is None and await _has_item_records(store)
+    keys = await _keys_under(store, "", 2)
+    # Nothing at all, or only a bare root group (a run killed right after making it).
+    empty = not keys or (keys == ["zarr.json"] and not root_attrs)
+    ours = root_fp is not None or root_mark is not None or items_recorded
+    if not empty and not ours:
+        advice = "--restart will not delete it" if restart else "use another output"
+        raise StoreMismatch(f"output {output} holds data bulkpix did not write; {advice}")
     if restart:
-        if not ours and not await _is_empty(store, ""):
-            raise StoreMismatch(
-                f"output {output} holds data bulkpix did not write; --restart will not "
-                "delete it. Choose another output"
-            )
         return plans
     if job.is_batch and root_fp is not None:
         raise StoreMismatch(
             f"output {output} holds a single-item job, this is a batch; "
             "use --restart to replace it, or another output"
         )
-    if not job.is_batch and root_fp is None and root_attrs is not None:
-        batch_root = root_attrs.get("bulkpix", {}).get("batch") if ours else False
-        if batch_root or not ours:
-            what = "a batch job" if batch_root else "data bulkpix did not write"
-            raise StoreMismatch(
-                f"output {output} holds {what}; use --restart to replace it, or another output"
-            )
-    if job.is_batch and root_attrs is not None and not ours:
+    if not job.is_batch and root_fp is None and (batch_root or items_recorded):
         raise StoreMismatch(
-            f"output {output} holds data bulkpix did not write; choose another output"
+            f"output {output} holds a batch job; use --restart to replace it, or another output"
         )
     checked = []
     for plan in plans:
         old = await TileRecord(store, plan.path).fingerprint()
         if old is None:
             attrs = await _node_attributes(store, plan.path)
-            if plan.path and attrs is not None and "bulkpix" not in attrs:
+            foreign = (attrs is not None and "bulkpix" not in attrs) or (
+                attrs is None and bool(await _keys_under(store, plan.path, 1))
+            )
+            if plan.path and foreign:
                 raise StoreMismatch(
                     f"output {output} holds data bulkpix did not write at {plan.path}; "
                     "use another item name or output"
@@ -430,7 +449,13 @@ async def run_job(
     stop = stop or asyncio.Event()
     async with _session(job) as (client, retry, stats):
         retry.stop = stop
-        plans = _plan_items(job, await _fetch_assets(job, client, retry))
+        try:
+            infos = await _fetch_assets(job, client, retry)
+        except _Stopped:  # Ctrl-C while the metadata call waited to be retried
+            stats.ended = time.monotonic()
+            stats.interrupted = True
+            return stats
+        plans = _plan_items(job, infos)
         store = await open_store(job.output)
         plans = await _check_output(job, store, plans, restart)
         if restart:
@@ -446,6 +471,8 @@ async def run_job(
         def work() -> Iterator[tuple[int, Tile]]:
             for index, (plan, _w, _r, done) in enumerate(opened):
                 for tile in plan.tiles.tiles():
+                    if stats.items[index].abandoned:
+                        break
                     if tile.key not in done:
                         yield index, tile
 
@@ -462,7 +489,7 @@ async def run_job(
 
             async def handle(work_item: tuple[int, Tile]) -> None:
                 index, tile = work_item
-                if stop.is_set():
+                if stop.is_set() or stats.items[index].abandoned:
                     return
                 plan, writer, record, done = opened[index]
                 if await _process_tile(run, plan, writer, record, done, stats.items[index], tile):
@@ -484,13 +511,23 @@ async def _process_tile(
     done: set[str],
     item_stats: ItemStats,
     tile: Tile,
+    part_failures: list[RemoteError] | None = None,
 ) -> bool:
     """Fetch, decode, write and record one tile; True once it is recorded as finished.
 
     Permanent failures are recorded, not raised. A tile the server finds too large is split
-    in four; it is recorded as finished when all its parts are, and a resumed run skips the
-    parts already finished.
+    in four; it is recorded as finished when all its parts are (or as failed, once, when one
+    is not: a part's failure goes to ``part_failures``), and a resumed run skips the parts
+    already finished.
     """
+
+    async def fail(exc: RemoteError) -> bool:
+        if part_failures is not None:
+            part_failures.append(exc)
+        else:
+            await _record_failure(run, record, item_stats, tile, exc)
+        return False
+
     band_ids = plan.band_ids(tile.group)
     grid = plan.grid.window_grid(tile.window)
     body = request_body(plan, grid, band_ids)
@@ -527,22 +564,28 @@ async def _process_tile(
         except RequestTooLarge as exc:
             parts = split_tile(tile, plan.tiles.chunk)
             if len(parts) == 1:
-                await _record_failure(run, record, item_stats, tile, exc)
-                return False
+                return await fail(exc)
+            failures: list[RemoteError] = []
             finished = True
             for part in parts:
                 if part.key in done:
                     continue
                 if run.retry.stop.is_set() or not await _process_tile(
-                    run, plan, writer, record, done, item_stats, part
+                    run, plan, writer, record, done, item_stats, part, failures
                 ):
                     finished = False
             if finished:
                 await record.mark_done(tile.key)
+            elif failures:
+                first = failures[0]
+                summary = type(first)(
+                    f"{len(failures)} of {len(parts)} parts failed: {first.message}",
+                    status=first.status,
+                )
+                await fail(summary)
             return finished
         except (PermanentError, RetryableError) as exc:
-            await _record_failure(run, record, item_stats, tile, exc)
-            return False
+            return await fail(exc)
         async with run.write_slots:
             await run.write_loop.run(writer.write_tile(tile.window, arrays))
         del arrays
@@ -552,7 +595,7 @@ async def _process_tile(
     # Only now, with every chunk of the tile stored, does the tile count as finished.
     await record.mark_done(tile.key)
     item_stats.bytes += nbytes
-    run.refusals = 0
+    item_stats.refusals = 0
     return True
 
 
@@ -564,13 +607,17 @@ async def _record_failure(
         reason = f"gave up after retries: {reason}"
     item_stats.failed[tile.key] = reason
     await record.mark_failed(tile.key, reason)
-    if isinstance(exc, Unauthenticated | PermissionDenied):
-        run.refusals += 1
-        if run.refusals >= REFUSALS_BEFORE_STOPPING and run.stats.aborted is None:
-            run.stats.aborted = (
-                f"stopped: {run.refusals} tiles in a row were refused access ({reason})"
-            )
-            run.retry.stop.set()
+    if not isinstance(exc, Unauthenticated | PermissionDenied):
+        return
+    item_stats.refusals += 1
+    if item_stats.refusals < REFUSALS_BEFORE_STOPPING or item_stats.abandoned:
+        return
+    why = f"{item_stats.refusals} tiles in a row were refused access ({reason})"
+    if isinstance(exc, Unauthenticated):  # the credentials, not one asset: stop everything
+        run.stats.aborted = f"stopped: {why}"
+        run.retry.stop.set()
+    else:
+        item_stats.abandoned = f"left the rest of item {item_stats.label}: {why}"
 
 
 async def _clear_store(store: Store) -> None:

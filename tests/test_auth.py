@@ -405,3 +405,17 @@ def test_refresh_error_keeps_only_the_oauth_code() -> None:
         "grant_type=refresh_token&refresh_token=REFRESH-SECRET&client_secret=CS", None
     )
     assert "SECRET" not in _short_reason(echoed)
+
+
+def test_default_credentials_with_a_plain_http_token_uri_are_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bulkpix.ee.auth import load_credentials as load
+
+    key = tmp_path / "sa.json"
+    key.write_text(json.dumps(_service_account_info("http://203.0.113.5/token")))
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(key))
+    with pytest.raises(JobError, match="plain HTTP"):
+        load("default")
+    key.write_text(json.dumps(_service_account_info("https://oauth2.example.com/token")))
+    assert load("default").has_credentials

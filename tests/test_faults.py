@@ -259,7 +259,7 @@ def test_credentials_never_leak(
             assert secret not in text, f"the {name} leaked"
 
 
-def test_a_job_refused_everywhere_stops_at_once(
+def test_an_item_refused_everywhere_is_left_at_once(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # Access is lost after the metadata call: every getPixels is refused with 403.
@@ -268,7 +268,32 @@ def test_a_job_refused_everywhere_stops_at_once(
         assert main(["run", "--quiet", str(job)]) == 1
         calls = _pixel_calls(emu.log)
     err = capsys.readouterr().err
-    assert "stopped: 20 tiles in a row were refused access" in err
+    assert "left the rest of item synth: 20 tiles in a row were refused access" in err
     assert "HTTP 403" in err and "Traceback" not in err
     # Not one request for each of the 104 tiles: the in-flight ones at most, past the 20th.
     assert 20 <= len(calls) <= 20 + 8
+
+
+async def test_one_item_refused_does_not_stop_the_others(tmp_path: Path) -> None:
+    import asyncio
+
+    locked = "projects/demo/assets/locked"
+    config = EmulatorConfig(synthetic={locked: SYNTH, ASSET: SYNTH})
+    async with run_emulator(config) as emu:
+        keys = _keys(emu.url, tmp_path / "out.zarr", concurrency=4)
+        keys["items"] = [{"name": "locked", "asset": locked}, {"name": "fine", "asset": ASSET}]
+        keys.pop("asset")
+        run = asyncio.create_task(run_job(parse_job(keys)))
+        while not _pixel_calls(emu.log):  # planned, and fetching the first item
+            await asyncio.sleep(0.005)
+        emu.config.forbidden = {locked}  # access to one asset is lost mid-run
+        stats = await run
+        calls = [r for r in emu.log if r["op"] == "get_pixels"]  # 403s come before the body
+    locked_stats, fine_stats = stats.items
+    assert locked_stats.abandoned and "refused access" in locked_stats.abandoned
+    assert fine_stats.finished == fine_stats.total == 104 and not fine_stats.failed
+    # 20 in a row, and whatever was in flight around the switch (a success landing late
+    # restarts the count): far from one request for each of the item's 104 tiles.
+    refused = [r for r in calls if r["asset"] == locked and r["status"] == 403]
+    assert 20 <= len(refused) <= 40
+    assert not stats.ok and stats.aborted is None

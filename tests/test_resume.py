@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import random
 import signal
@@ -294,3 +295,75 @@ def test_auto_tiles_resume_under_other_quota_settings(tmp_path: Path) -> None:
         assert main(["run", "--quiet", str(write_job(tmp_path / "b.yaml", **slower))]) == 0
         # The resumed run keeps the tile shape it was started with: only the 3 lost tiles.
         assert len(_pixel_windows(emu.log[start:])) == 3
+
+
+def test_batch_outputs_from_before_roots_were_marked_still_resume(tmp_path: Path) -> None:
+    with emulator_thread(synthetic={ASSET: SYNTH}) as emu:
+        keys = _job_keys(emu.url, tmp_path / "out.zarr", bands=["u8"])
+        keys["items"] = [{"name": "a"}, {"name": "b"}]
+        job = write_job(tmp_path / "b.yaml", **keys)
+        assert main(["run", "--quiet", str(job)]) == 0
+        root = tmp_path / "out.zarr" / "zarr.json"
+        document = json.loads(root.read_text())
+        document["attributes"] = {}  # as an older run left it
+        root.write_text(json.dumps(document))
+        start = len(emu.log)
+        assert main(["run", "--quiet", str(job)]) == 0
+        assert not _pixel_windows(emu.log[start:])
+        assert main(["run", "--quiet", "--restart", str(job)]) == 0
+
+
+def test_foreign_files_without_zarr_metadata_are_not_deleted(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import fsspec
+
+    with emulator_thread(synthetic={ASSET: SYNTH}) as emu:
+        # A batch item whose name is a plain folder of someone else's files.
+        output = tmp_path / "out.zarr"
+        keys = _job_keys(emu.url, output, bands=["u8"])
+        keys["items"] = [{"name": "a"}]
+        assert main(["run", "--quiet", str(write_job(tmp_path / "a.yaml", **keys))]) == 0
+        (output / "b").mkdir()
+        (output / "b" / "notes.txt").write_text("mine")
+        keys["items"] = [{"name": "a"}, {"name": "b"}]
+        capsys.readouterr()
+        assert main(["run", "--quiet", str(write_job(tmp_path / "b.yaml", **keys))]) == 2
+        assert "did not write at b" in capsys.readouterr().err
+        assert (output / "b" / "notes.txt").read_text() == "mine"
+
+        # An object-store prefix that holds someone else's object.
+        memory = fsspec.filesystem("memory")
+        bucket = f"bulkpix-foreign-{tmp_path.name}"
+        memory.pipe(f"/{bucket}/data/precious.csv", b"1,2,3")
+        try:
+            url = f"memory://{bucket}/data"
+            single = _job_keys(emu.url, tmp_path / "unused", bands=["u8"])
+            single["output"] = url
+            assert main(["run", "--quiet", str(write_job(tmp_path / "c.yaml", **single))]) == 2
+            assert "did not write" in capsys.readouterr().err
+            assert memory.cat(f"/{bucket}/data/precious.csv") == b"1,2,3"
+        finally:
+            memory.rm(f"/{bucket}", recursive=True)
+
+
+def test_ctrl_c_while_the_metadata_call_waits_is_an_interruption(tmp_path: Path) -> None:
+    import asyncio
+    import socket
+
+    from bulkpix.job import parse_job
+    from bulkpix.pipeline import run_job
+
+    with socket.socket() as probe:  # a port nobody listens on: every call is refused
+        probe.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    job = parse_job(_job_keys(url, tmp_path / "out.zarr"))
+
+    async def go() -> Any:
+        stop = asyncio.Event()
+        stop.set()  # already asked to stop when the first retry would wait
+        return await run_job(job, stop=stop)
+
+    stats = asyncio.run(go())
+    assert stats.interrupted and not stats.ok
+    assert not (tmp_path / "out.zarr").exists()

@@ -233,6 +233,9 @@ def _load_default(scopes: Sequence[str]) -> GoogleAuth:
             "--scopes=" + ",".join(scopes) + "`, set GOOGLE_APPLICATION_CREDENTIALS, "
             "or give a key file path (e.g. ~/.config/earthengine/credentials)"
         ) from None
+    token_uri = getattr(credentials, "_token_uri", None) or getattr(credentials, "token_uri", None)
+    if isinstance(token_uri, str):
+        _check_token_uri(token_uri, Path("(Application Default Credentials)"))
     return GoogleAuth(credentials, project=project)
 
 

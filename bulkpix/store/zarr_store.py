@@ -132,9 +132,13 @@ async def consolidate(store: Store, path: str = "") -> None:
 
 async def mark_batch_root(store: Store) -> None:
     """Make the store's root group (if need be) and mark it as holding a bulkpix batch."""
-    group = await zarr_async.open_group(store=store, path="", mode="a", zarr_format=3)
-    if group.attrs.get("bulkpix") != {"batch": True}:
-        await group.update_attributes({"bulkpix": {"batch": True}})
+    mark = {"bulkpix": {"batch": True}}
+    # A new root is created with its mark in one write: no moment where it exists unmarked.
+    group = await zarr_async.open_group(
+        store=store, path="", mode="a", zarr_format=3, attributes=mark
+    )
+    if group.attrs.get("bulkpix") != mark["bulkpix"]:
+        await group.update_attributes(mark)
 
 
 async def has_keys_under(store: Store, path: str) -> bool:
