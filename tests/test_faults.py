@@ -297,3 +297,16 @@ async def test_one_item_refused_does_not_stop_the_others(tmp_path: Path) -> None
     refused = [r for r in calls if r["asset"] == locked and r["status"] == 403]
     assert 20 <= len(refused) <= 40
     assert not stats.ok and stats.aborted is None
+
+
+async def test_a_split_tile_that_still_fails_is_one_failure(tmp_path: Path) -> None:
+    # Even one chunk is over this server's limit: every tile splits, every part fails.
+    config = EmulatorConfig(synthetic={ASSET: SYNTH}, max_request_bytes=1000)
+    output = tmp_path / "out.zarr"
+    async with run_emulator(config) as emu:
+        stats = await run_job(parse_job(_keys(emu.url, output, tile=[128, 128])))
+    assert stats.total == 7 * 8 and stats.finished == 0
+    assert stats.failed == 6 * 8 + 8  # one per tile of the plan, parts not counted
+    reasons = await TileRecord(await open_store(str(output)), "").failed()
+    assert len(reasons) == stats.failed
+    assert all("4 of 4 parts failed" in r for k, r in reasons.items() if "_h128_" in k)
