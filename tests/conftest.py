@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -78,11 +78,13 @@ def emulator_thread(**config: Any) -> Iterator[EmulatorThread]:
 
 def write_tif(
     path: Path,
-    arrays: list[np.ndarray],
+    arrays: Sequence[np.ndarray] | np.ndarray,
     *,
     crs: str = SRC_CRS,
     transform: Affine = SRC_TRANSFORM,
+    descriptions: Sequence[str | None] | None = None,
 ) -> Path:
+    """A GeoTIFF of 2-D bands (a list, or a (bands, rows, cols) array) on one grid."""
     height, width = arrays[0].shape
     with rasterio.open(
         path,
@@ -97,7 +99,21 @@ def write_tif(
     ) as dst:
         for index, array in enumerate(arrays, start=1):
             dst.write(array, index)
+        if descriptions:
+            dst.descriptions = tuple(descriptions)
     return path
+
+
+def exception_texts(exc: BaseException) -> Iterator[str]:
+    """str, repr and args of an exception and everything chained to it."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield str(current)
+        yield repr(current)
+        yield from (repr(arg) for arg in current.args)
+        current = current.__cause__ or current.__context__
 
 
 def mixed_arrays(height: int, width: int, seed: int = 0) -> list[np.ndarray]:

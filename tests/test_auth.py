@@ -11,7 +11,7 @@ import asyncio
 import base64
 import json
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -32,6 +32,7 @@ from bulkpix.ee.auth import (
     load_credentials,
 )
 from bulkpix.errors import JobError, TransportError, Unauthenticated
+from tests.conftest import exception_texts
 
 CLIENT_SECRET = "SECRET-client-secret-0123456789"
 REFRESH_TOKEN = "SECRET-refresh-token-abcdefghij"
@@ -92,18 +93,6 @@ def user_info(token_uri: str | None, *, with_type: bool = True) -> dict[str, Any
     if token_uri is not None:
         info["token_uri"] = token_uri
     return info
-
-
-def exception_texts(exc: BaseException) -> Iterator[str]:
-    """str, repr and args of an exception and everything chained to it."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        yield str(current)
-        yield repr(current)
-        yield from (repr(arg) for arg in current.args)
-        current = current.__cause__ or current.__context__
 
 
 def assert_no_secret(exc: BaseException) -> None:

@@ -7,7 +7,7 @@ import asyncio
 import email.utils
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -33,6 +33,7 @@ from bulkpix.errors import (
     Unauthenticated,
 )
 from bulkpix.transfer.limits import Governor
+from tests.conftest import exception_texts
 
 TOKEN = "ya29.SECRET-access-token-0123456789"
 ASSET = "projects/p/assets/img"
@@ -89,18 +90,6 @@ def make_client(url: str, **kwargs: Any) -> EEClient:
     kwargs.setdefault("auth", StaticToken(TOKEN))
     kwargs.setdefault("governor", Governor(40, qps=1000))
     return EEClient(url, **kwargs)
-
-
-def exception_texts(exc: BaseException) -> Iterator[str]:
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        yield str(current)
-        yield repr(current)
-        yield from (repr(arg) for arg in current.args)
-        yield from getattr(current, "__notes__", [])
-        current = current.__cause__ or current.__context__
 
 
 def assert_no_token(exc: BaseException) -> None:

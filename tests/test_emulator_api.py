@@ -25,6 +25,7 @@ from bulkpix.emulator import (
     run_emulator,
     synthetic_pixels,
 )
+from tests.conftest import write_tif as shared_write_tif
 
 CRS = "EPSG:32633"
 TRANSFORM = Affine(10, 0, 600000, 0, -10, 5200000)
@@ -36,13 +37,8 @@ SECRET = "projects/demo/assets/secret"
 
 def write_tif(path: Path, bands: np.ndarray, descriptions: list[str | None] | None = None,
               transform: Affine = TRANSFORM) -> str:
-    count, height, width = bands.shape
-    with rasterio.open(path, "w", driver="GTiff", width=width, height=height, count=count,
-                       dtype=bands.dtype, crs=CRS, transform=transform) as dataset:
-        dataset.write(bands)
-        if descriptions:
-            dataset.descriptions = tuple(descriptions)
-    return str(path)
+    return str(shared_write_tif(path, bands, crs=CRS, transform=transform,
+                                descriptions=descriptions))
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ import rasterio
 from affine import Affine
 
 from bulkpix.emulator import EmulatorConfig, SyntheticAsset, emulator_in_thread, synthetic_pixels
+from tests.conftest import write_tif as shared_write_tif
 
 CRS = "EPSG:32633"
 TRANSFORM = Affine(20, 0, 500000, 0, -20, 4600000)
@@ -19,13 +20,8 @@ WIDTH, HEIGHT = 300, 270
 
 
 def write_tif(path: Path, bands: np.ndarray, descriptions: list[str] | None = None) -> str:
-    count, height, width = bands.shape
-    with rasterio.open(path, "w", driver="GTiff", width=width, height=height, count=count,
-                       dtype=bands.dtype, crs=CRS, transform=TRANSFORM) as dataset:
-        dataset.write(bands)
-        if descriptions:
-            dataset.descriptions = tuple(descriptions)
-    return str(path)
+    return str(shared_write_tif(path, bands, crs=CRS, transform=TRANSFORM,
+                                descriptions=descriptions))
 
 
 @pytest.fixture
