@@ -131,7 +131,7 @@ async def _endpoint_url(job: Job) -> AsyncIterator[str]:
         yield job.endpoint
         return
     # Imported only here: the download path never loads the emulator otherwise.
-    from bulkpix.emulator import EmulatorConfig, SyntheticAsset, run_emulator
+    from bulkpix.emulator import EmulatorConfig, SyntheticAsset, emulator_in_thread
 
     section = job.emulator or EmulatorSection()
     synthetic = {}
@@ -157,8 +157,16 @@ async def _endpoint_url(job: Job) -> AsyncIterator[str]:
         service_per_mb_s=section.service_per_mb_s,
         seed=section.seed,
     )
-    async with run_emulator(config) as emu:
-        yield emu.url
+    # On its own thread and event loop, so serving does not queue behind the download's work.
+    with contextlib.ExitStack() as stack:
+        try:
+            emu = await asyncio.to_thread(stack.enter_context, emulator_in_thread(config))
+        except ValueError as exc:  # an asset file it cannot read, and the like
+            raise JobError(f"emulator: {exc}") from None
+        try:
+            yield emu.url
+        finally:
+            await asyncio.to_thread(stack.close)
 
 
 def _job_path(job: Job, path: str) -> Path:

@@ -105,6 +105,11 @@ OFFLINE_CASES = [
     ("region file missing", _keys(region="nowhere.geojson"), "cannot read it"),
     ("bad synthetic size", _keys(emulator={"synthetic": {ASSET: "big"}}), "WIDTHxHEIGHT"),
     ("not utf-8", _binary_job_file, "not a text file"),
+    (
+        "emulator asset file missing",
+        _keys(emulator={"assets": {ASSET: ["missing.tif"]}}),
+        "emulator: asset projects/demo/assets/src: cannot open",
+    ),
     ("key given twice", _text("asset: a/b\noutput: OUTPUT\nasset: c/d\n"), "given twice"),
     ("region file is a directory", _region_file_is_a_directory, "is a directory"),
     ("malformed wkt crs", _keys(crs='PROJCS["broken"]', scale=10), "unknown CRS"),
