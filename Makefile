@@ -3,29 +3,35 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install demo test test-fast lint bench
+.PHONY: install install-test demo test test-fast lint bench
 
-$(BIN)/bulkpix: pyproject.toml
+$(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
-	touch $(BIN)/bulkpix
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
 
-install: $(BIN)/bulkpix
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+install-test: $(VENV)/.installed-test
 
 demo: install
 	$(BIN)/bulkpix run configs/demo.yaml
 
 # Everything, the `slow` tests included (about three minutes on two cores).
-test: install
+test: install-test
 	$(BIN)/python -m pytest -q -m "slow or not slow"
 
 # The quick loop while developing: the suite without the `slow` tests.
-test-fast: install
+test-fast: install-test
 	$(BIN)/python -m pytest -q
 
-lint: install
+lint: install-test
 	$(BIN)/ruff check .
 
-bench: install
+bench: install-test
 	$(BIN)/python -m benchmarks
