@@ -42,3 +42,56 @@ def test_every_shipped_config_is_a_valid_job() -> None:
     for config in configs:
         job = load_job(config)
         assert job.resolved_items()
+
+
+def _runtime_closure() -> set[str]:
+    """The distributions `pip install bulkpix` brings: the declared ones and theirs."""
+    import re
+    import tomllib
+    from importlib import metadata
+
+    def name(requirement: str) -> str:
+        return (
+            re.split(r"[\s<>=!~;\[(]", requirement.strip(), maxsplit=1)[0].lower().replace("_", "-")
+        )
+
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    todo = [name(r) for r in declared]
+    seen: set[str] = set()
+    while todo:
+        dist = todo.pop()
+        if dist in seen:
+            continue
+        seen.add(dist)
+        try:
+            requires = metadata.requires(dist) or []
+        except metadata.PackageNotFoundError:
+            continue
+        todo += [name(r) for r in requires if "extra ==" not in r]
+    return seen
+
+
+def test_every_runtime_import_is_a_declared_dependency() -> None:
+    """The test extras must not hide a missing runtime dependency (pyproj once hid so)."""
+    import ast
+    from importlib import metadata
+
+    closure = _runtime_closure()
+    providers = metadata.packages_distributions()
+    missing = {}
+    for path in (ROOT / "bulkpix").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                modules = [node.module]
+            else:
+                continue
+            for module in modules:
+                top = module.split(".")[0]
+                if top in sys.stdlib_module_names or top == "bulkpix":
+                    continue
+                dists = {d.lower().replace("_", "-") for d in providers.get(top, [])}
+                if not dists & closure:
+                    missing[top] = str(path.relative_to(ROOT))
+    assert not missing, f"imported but not a dependency: {missing}"
