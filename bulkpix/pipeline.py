@@ -49,7 +49,13 @@ from bulkpix.planning import (
 )
 from bulkpix.store.record import TileRecord, fingerprint_diff
 from bulkpix.store.write_loop import WriteLoop
-from bulkpix.store.zarr_store import ItemWriter, consolidate, mark_batch_root, open_store
+from bulkpix.store.zarr_store import (
+    ItemWriter,
+    consolidate,
+    has_keys_under,
+    mark_batch_root,
+    open_store,
+)
 from bulkpix.transfer.budget import ByteBudget
 from bulkpix.transfer.limits import Governor
 from bulkpix.transfer.pool import run_workers
@@ -368,7 +374,7 @@ async def _check_output(
         if old is None:
             attrs = await _node_attributes(store, plan.path)
             foreign = (attrs is not None and "bulkpix" not in attrs) or (
-                attrs is None and bool(await _keys_under(store, plan.path, 1))
+                attrs is None and await has_keys_under(store, plan.path)
             )
             if plan.path and foreign:
                 raise StoreMismatch(
@@ -407,7 +413,7 @@ async def _open_items(
                 plan.grid,
                 plan.bands,
                 plan.tiles.chunk,
-                attrs={"bulkpix": {"asset": plan.asset, "item": plan.label}},
+                attrs={"asset": plan.asset},
                 compression_level=job.compression_level,
                 overwrite=True,
             )

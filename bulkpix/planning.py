@@ -154,7 +154,7 @@ def _output_grid(spec: ItemSpec, asset: AssetInfo, native: PixelGrid, base_dir: 
         return grid
 
     assert spec.scale is not None
-    footprint = region_bounds(_footprint_polygon(native), native.crs, crs)
+    footprint = native.footprint_bounds(crs)
     if spec.region is None:
         bounds = footprint
     else:
@@ -169,13 +169,6 @@ def _output_grid(spec: ItemSpec, asset: AssetInfo, native: PixelGrid, base_dir: 
         if bounds[0] >= bounds[2] or bounds[1] >= bounds[3]:
             raise JobError(f"the region does not overlap asset {asset.name}")
     return aligned_grid(crs, spec.scale, bounds)
-
-
-def _footprint_polygon(grid: PixelGrid) -> dict[str, Any]:
-    t = grid.transform
-    corners = [t @ (0, 0), t @ (grid.width, 0), t @ (grid.width, grid.height), t @ (0, grid.height)]
-    ring = [list(c) for c in corners] + [list(corners[0])]
-    return {"type": "Polygon", "coordinates": [ring]}
 
 
 def plan_item(spec: ItemSpec, asset: AssetInfo, job: Job) -> ItemPlan:
