@@ -1,20 +1,23 @@
 """Shared fixtures: an emulator on its own thread (for blocking callers such as the CLI,
-subprocesses, GDAL) and small source rasters."""
+subprocesses, GDAL), small source rasters, and a virtual-time event loop for timing tests."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import selectors
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pytest
 import rasterio
 import yaml
 from affine import Affine
+
+T = TypeVar("T")
 
 SRC_CRS = "EPSG:32633"
 SRC_TRANSFORM = Affine(10.0, 0.0, 600000.0, 0.0, -10.0, 5200000.0)
@@ -137,3 +140,51 @@ def mixed_asset(tmp_path: Path) -> tuple[list[Path], list[np.ndarray]]:
 def write_job(path: Path, **keys: Any) -> Path:
     path.write_text(yaml.safe_dump(keys, sort_keys=False))
     return path
+
+
+# -- virtual time --------------------------------------------------------------------------
+# Code that waits only on loop timers and reads ``loop.time()`` (the Governor, aiolimiter, the
+# retry sleeps) runs on this loop with exact timings and no real sleeping: whenever the loop
+# would wait, its clock jumps to the next timer. Not for tests with real sockets or threads,
+# whose events the jump would outrun.
+
+_TICK = 1e-9  # the smallest step the virtual clock takes when it is asked not to wait
+
+
+class _FastForwardSelector(selectors.DefaultSelector):
+    def __init__(self, loop: VirtualTimeLoop) -> None:
+        super().__init__()
+        self._loop = loop
+
+    def select(self, timeout: float | None = None) -> list[Any]:
+        if timeout is None:  # nothing scheduled: only another thread can wake us
+            return super().select(None)
+        events = super().select(0)
+        if not events and (timeout > 0 or not self._loop._ready):  # type: ignore[attr-defined]
+            # Jump to the next timer instead of waiting for it. A real clock also moves on
+            # a little between two loop iterations; without that, a timer that re-arms
+            # itself for "now" (a limiter may, for a float-rounding remainder) spins.
+            self._loop.now += max(timeout, _TICK)
+        return events
+
+
+class VirtualTimeLoop(asyncio.SelectorEventLoop):
+    """An event loop whose clock starts at 0 and jumps to the next timer instead of waiting."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        super().__init__(selector=_FastForwardSelector(self))
+
+    def time(self) -> float:
+        return self.now
+
+
+def run_virtual(main: Callable[[], Awaitable[T]]) -> T:
+    """Run ``main()`` to completion on a fresh virtual-time loop."""
+    with asyncio.Runner(loop_factory=VirtualTimeLoop) as runner:
+        return runner.run(main())  # type: ignore[arg-type]
+
+
+def loop_now() -> float:
+    """The running loop's clock (virtual seconds on a ``VirtualTimeLoop``)."""
+    return asyncio.get_running_loop().time()

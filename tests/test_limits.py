@@ -1,63 +1,23 @@
-"""Governor tests on a virtual-time event loop: no real sleeping, exact timings.
-
-The rate limit and the Governor both use ``loop.time()`` and loop timers, so a loop whose clock
-jumps straight to the next timer whenever it would otherwise wait gives a fake clock for
-everything at once.
+"""Governor and rate-limit tests on a virtual-time event loop (``tests/conftest.py``): no real
+sleeping, exact timings. The Governor and aiolimiter both wait on loop timers and read
+``loop.time()``, so the loop's clock is a fake clock for everything at once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import bisect
-import math
 import random
-import selectors
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from bulkpix.errors import NotFound, QuotaExceeded, ServerError
 from bulkpix.transfer.limits import Governor
-
-T = TypeVar("T")
-
-_TICK = 1e-9  # the smallest step the virtual clock takes when it is asked not to wait
-
-
-class _FastForwardSelector(selectors.DefaultSelector):
-    def __init__(self, loop: VirtualTimeLoop) -> None:
-        super().__init__()
-        self._loop = loop
-
-    def select(self, timeout: float | None = None) -> list[Any]:
-        if timeout is None:  # nothing scheduled: only another thread can wake us
-            return super().select(None)
-        events = super().select(0)
-        if not events and (timeout > 0 or not self._loop._ready):
-            # Jump to the next timer instead of waiting for it. A real clock also moves on
-            # a little between two loop iterations; without that, a timer that re-arms
-            # itself for "now" (a limiter may, for a float-rounding remainder) spins.
-            self._loop.now += max(timeout, _TICK)
-        return events
-
-
-class VirtualTimeLoop(asyncio.SelectorEventLoop):
-    def __init__(self) -> None:
-        self.now = 0.0
-        super().__init__(selector=_FastForwardSelector(self))
-
-    def time(self) -> float:
-        return self.now
-
-
-def run_virtual(main: Callable[[], Awaitable[T]]) -> T:
-    with asyncio.Runner(loop_factory=VirtualTimeLoop) as runner:
-        return runner.run(main())  # type: ignore[arg-type]
-
-
-def now() -> float:
-    return asyncio.get_running_loop().time()
+from bulkpix.transfer.rate import QUOTA_PERIOD_S, rate_shape
+from tests.conftest import loop_now as now
+from tests.conftest import run_virtual
 
 
 def test_virtual_clock_does_not_really_sleep() -> None:
@@ -223,32 +183,80 @@ def test_requests_granted_before_a_cut_do_not_count_toward_recovery() -> None:
 
 
 def _max_in_window(times: list[float], width: float) -> int:
+    """The most starts in any half-open window [t, t + width)."""
     times = sorted(times)
     return max(bisect.bisect_left(times, t + width) - i for i, t in enumerate(times))
 
 
-# Windows over which qps * window is whole: 2.5/s means at most 5 in any 2 s.
-@pytest.mark.parametrize(("qps", "window"), [(10.0, 1.0), (100.0, 1.0), (2.5, 2.0)])
-def test_rate_never_exceeds_qps_in_any_window(qps: float, window: float) -> None:
+async def _instant_requests(governor: Governor, count: int) -> list[float]:
     starts: list[float] = []
 
-    async def main() -> None:
-        governor = Governor(1000, qps=qps)
+    async def request() -> None:
+        async with governor.slot():
+            starts.append(now())
+
+    await asyncio.gather(*(request() for _ in range(count)))
+    return starts
+
+
+@pytest.mark.parametrize(("concurrency", "qps", "first_wave"),
+                         [(40, 100.0, 40), (8, 100.0, 8), (40, 50.0, 30), (40, 1.0, 1)])
+def test_first_wave_starts_at_once_then_evenly_just_under_qps(
+        concurrency: int, qps: float, first_wave: int) -> None:
+    # Requests that take no time: only the rate limit holds them back.
+    starts = run_virtual(lambda: _instant_requests(Governor(concurrency, qps=qps), 200))
+    # Up to the concurrency cap at once (the burst takes at most 1% of a minute's count)...
+    assert starts.count(0.0) == first_wave
+    # ...then one start every 1 / (0.98 qps): evenly, not in per-second waves.
+    gaps = [b - a for a, b in zip(starts[first_wave - 1:], starts[first_wave:], strict=False)]
+    assert max(gaps) == pytest.approx(1 / (0.98 * qps))
+    assert min(gaps) == pytest.approx(1 / (0.98 * qps))
+
+
+@pytest.mark.parametrize("qps", [100.0, 10.0, 2.5, 0.5])
+def test_no_minute_counts_more_than_the_quota_and_the_long_run_stays_under_qps(
+        qps: float) -> None:
+    """Bursts of work after idle spells refill the bucket again and again: still, no window of
+    a minute (rolling, so any fixed one too) holds more than 60 x qps starts."""
+    rng = random.Random(5)
+    minutes = 3
+
+    async def main() -> list[float]:
+        governor = Governor(40, qps=qps)
+        starts: list[float] = []
 
         async def request() -> None:
             async with governor.slot():
                 starts.append(now())
+                await asyncio.sleep(rng.uniform(0.0, 0.5))
 
-        await asyncio.gather(*(request() for _ in range(int(qps * 5))))
+        async def arrivals() -> None:
+            while now() < minutes * QUOTA_PERIOD_S:
+                # A spell of work (more than the quota can serve), then an idle spell.
+                await asyncio.gather(*(request() for _ in range(int(qps * 3) + 40)))
+                await asyncio.sleep(rng.uniform(0.5, 20.0))
+        await arrivals()
+        return starts
 
-    run_virtual(main)
-    # Float spacing may land a start a hair inside the next window: allow 1e-9 s.
-    assert _max_in_window(starts, window - 1e-9) <= qps * window
-    # ...and the quota is used (less 2% headroom for the server's clock): m = floor(0.98 qps)
-    # start at once, then m more each second, as a sliding window allows.
-    per_window = max(1, math.floor(0.98 * qps))
-    assert max(starts) == pytest.approx((len(starts) - 1) // per_window)
-    assert sum(1 for t in starts if t == 0.0) == per_window
+    starts = run_virtual(main)
+    shape = rate_shape(qps, max_burst=40)
+    assert _max_in_window(starts, QUOTA_PERIOD_S) <= qps * QUOTA_PERIOD_S
+    assert _max_in_window(starts, QUOTA_PERIOD_S) <= shape.max_starts(QUOTA_PERIOD_S) + 1e-9
+    # Over the whole run, less the first burst: at or under qps.
+    assert (len(starts) - shape.burst) / (max(starts) - min(starts)) <= qps
+    # Any one second holds at most the burst plus a second's rate (never a bucket's worth more).
+    assert _max_in_window(starts, 1.0) <= shape.max_starts(1.0) + 1e-9
+
+
+@given(qps=st.floats(min_value=1 / 60, max_value=1e5), max_burst=st.integers(1, 1000))
+def test_the_bucket_always_fits_the_minute(qps: float, max_burst: int) -> None:
+    shape = rate_shape(qps, max_burst)
+    assert 1 <= shape.burst <= max_burst
+    assert 0 < shape.rate <= qps
+    assert shape.max_starts(QUOTA_PERIOD_S) <= qps * QUOTA_PERIOD_S * (1 + 1e-12) or \
+        qps * QUOTA_PERIOD_S < 1.0 + 1e-9  # a quota of one start a minute fits only the burst
+    if qps >= 100 and max_burst <= 40:  # the documented quota: the whole first wave at once
+        assert shape.burst == max_burst and shape.rate == pytest.approx(0.98 * qps)
 
 
 def test_retry_after_pauses_new_grants() -> None:
@@ -407,23 +415,3 @@ def test_arguments_are_checked() -> None:
         Governor(4, qps=0)
     with pytest.raises(ValueError):
         Governor(4, qps=10, min_concurrency=5)
-
-
-def test_sliding_window_lets_a_first_wave_start_at_once() -> None:
-    from bulkpix.transfer.rate import SlidingWindowLimiter
-
-    starts: list[float] = []
-
-    async def main() -> None:
-        limiter = SlidingWindowLimiter(40, 1.0)
-
-        async def start() -> None:
-            await limiter.acquire()
-            starts.append(now())
-
-        await asyncio.gather(*(start() for _ in range(100)))
-
-    run_virtual(main)
-    assert starts.count(0.0) == 40
-    assert _max_in_window(starts, 1.0 - 1e-9) == 40
-    assert max(starts) == pytest.approx(2.0)

@@ -1,7 +1,7 @@
 """The Governor: one per run, every request to the service (metadata too) goes through it.
 
-Two limits, as the service has two quotas (per project: ~40 requests in flight, ~100 per
-second):
+Two limits, as the service has two quotas (per project: ~40 requests in flight, 100 per
+second counted as 6,000 a minute):
 
 * concurrency, adaptive: start at the cap. A 429 on a request that was granted with ``k``
   requests of ours in flight says the server holds fewer than ``k``: the limit drops to
@@ -11,26 +11,25 @@ second):
   successes, eight times more slowly at and just past that ceiling, so a client that has
   found the quota probes past it rarely (a few percent of 429s at most), a quota that grows
   is still found, and a stray 429 costs little;
-* rate, fixed: a sliding window (``bulkpix.transfer.rate``), at most ``qps`` starts (less 2%
-  headroom) in any 1 s window, which is how the service counts its per-second quota.
+* rate, fixed: aiolimiter's leaky bucket (``bulkpix.transfer.rate``), the first wave of up to
+  the concurrency cap at once, then just under ``qps``, never over a minute's count.
 
 A Retry-After from the server pauses new grants until it has passed.
 
-Time: all waiting happens on event-loop timers (the rate limit uses ``loop.time()`` too), so the
-clock defaults to the running loop's ``time()``; tests drive everything with a virtual-time
-loop. A custom ``clock`` must advance with the loop's timers.
+Time: all waiting happens on event-loop timers and reads ``loop.time()`` (aiolimiter does too),
+so tests drive everything with a virtual-time loop (``tests/conftest.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from bulkpix.errors import QuotaExceeded, RetryableError
-from bulkpix.transfer.rate import limiter_for_qps
+from bulkpix.transfer.rate import limiter_for_quota
 
 __all__ = ["Governor", "GovernorStats"]
 
@@ -56,7 +55,6 @@ class Governor:
         qps: float,
         *,
         min_concurrency: int = 1,
-        clock: Callable[[], float] | None = None,
         max_pause_s: float = 300.0,
     ) -> None:
         if max_concurrency < 1:
@@ -71,8 +69,7 @@ class Governor:
         self.min_concurrency = min_concurrency
         self.qps = qps
         self.max_pause_s = max_pause_s
-        self._clock = clock
-        self._rate = limiter_for_qps(qps)
+        self._rate = limiter_for_quota(qps, max_burst=max_concurrency)
         self._limit = max_concurrency
         self._in_flight = 0
         self._reserved = 0  # slots waiting for the rate limiter, counted against the limit
@@ -138,7 +135,7 @@ class Governor:
 
     # -- internals -----------------------------------------------------------------------
     def _now(self) -> float:
-        return self._clock() if self._clock is not None else asyncio.get_running_loop().time()
+        return asyncio.get_running_loop().time()
 
     def _notify(self) -> None:
         self._changed.set()

@@ -1,51 +1,61 @@
-"""A sliding-window rate limit: at most N starts in any window of T seconds.
+"""The request rate: aiolimiter's leaky bucket, sized for the service's per-minute quota.
 
-This is how the service counts its per-second quota (and how the emulator does), so it is
-what the client keeps to. A leaky bucket (aiolimiter's AsyncLimiter) cannot express it: with
-capacity b and drain rate r it lets b + r starts into some 1 s window, so it must either
-spread the starts out (b small, and 40 requests of a fresh run trickle out over 0.4 s) or
-overshoot the quota. The window lets a run start its first wave at once and then holds the
-long-run rate exactly at N per T.
+The service documents its rate quota as 100/s, that is 6,000 a minute, and its 429 for it names
+a per-minute limit. A bucket of capacity ``burst`` that drains at ``rate`` per second lets at
+most ``burst + rate * T`` starts into any T seconds. So with
+
+* ``rate`` just under ``qps`` (98%), the long-run rate keeps under the quota, and
+* ``burst`` up to the concurrency cap, a run's first wave starts at once,
+
+and ``burst + 60 * rate`` within the minute's count (the burst takes at most 1% of it, and 1%
+is left for jitter between our clock and the server's), no minute, rolling or fixed, ever
+counts more than ``60 * qps`` starts. After the first wave, starts come evenly, one every
+``1 / rate`` seconds, not in per-second waves.
 """
 
 from __future__ import annotations
 
-import asyncio
 import math
-from collections import deque
+from dataclasses import dataclass
 
-__all__ = ["SlidingWindowLimiter", "limiter_for_qps"]
+from aiolimiter import AsyncLimiter
 
-# Requests reach the server with some jitter, and its window is not aligned with ours.
-HEADROOM = 0.98
+__all__ = ["QUOTA_PERIOD_S", "RateShape", "limiter_for_quota", "rate_shape"]
 
-
-class SlidingWindowLimiter:
-    """``await limiter.acquire()`` returns once a start fits in the window; it never sleeps
-    longer than until the oldest start in the window leaves it. Times are the loop's."""
-
-    def __init__(self, max_starts: int, period: float = 1.0) -> None:
-        if max_starts < 1 or not period > 0:
-            raise ValueError("max_starts must be >= 1 and period > 0")
-        self.max_starts = max_starts
-        self.period = period
-        self._starts: deque[float] = deque()
-
-    async def acquire(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            now = loop.time()
-            while self._starts and self._starts[0] <= now - self.period:
-                self._starts.popleft()
-            if len(self._starts) < self.max_starts:
-                self._starts.append(now)
-                return
-            await asyncio.sleep(self._starts[0] + self.period - now)
+QUOTA_PERIOD_S = 60.0  # the service counts its rate quota per minute
+RATE_SHARE = 0.98  # the long-run rate, as a share of qps
+JITTER_SHARE = 0.01  # of a minute's count, left free for latency jitter; the burst gets the rest
 
 
-def limiter_for_qps(qps: float) -> SlidingWindowLimiter:
-    """At most ``qps`` (less the headroom) starts in any second; below 1/s, one per 1/qps."""
-    usable = qps * HEADROOM
-    if usable >= 1:
-        return SlidingWindowLimiter(math.floor(usable), 1.0)
-    return SlidingWindowLimiter(1, 1.0 / usable)
+@dataclass(frozen=True, slots=True)
+class RateShape:
+    """A leaky bucket: ``burst`` starts at once from idle, then ``rate`` per second."""
+
+    burst: int
+    rate: float
+
+    def max_starts(self, seconds: float) -> float:
+        """The most starts the bucket lets into any window of this many seconds."""
+        return self.burst + self.rate * seconds
+
+
+def rate_shape(qps: float, max_burst: int) -> RateShape:
+    """The bucket for a quota of ``qps`` (counted per minute) and at most ``max_burst`` at once."""
+    if not (qps > 0 and math.isfinite(qps)) or max_burst < 1:
+        raise ValueError("qps must be a positive number and max_burst >= 1")
+    allowance = qps * QUOTA_PERIOD_S  # starts the service counts in one minute
+    rate = qps * RATE_SHARE
+    spare = allowance * (1.0 - RATE_SHARE - JITTER_SHARE)
+    burst = max(1, min(max_burst, math.floor(spare + 1e-9)))
+    # Below about 0.8/s even a burst of one does not fit: slow the rate to pay for it. (A quota
+    # under one start a minute cannot be kept per minute; the long-run rate still is.)
+    if burst + rate * QUOTA_PERIOD_S > allowance > burst:
+        rate = (allowance - burst) / QUOTA_PERIOD_S
+    return RateShape(burst, rate)
+
+
+def limiter_for_quota(qps: float, max_burst: int) -> AsyncLimiter:
+    """aiolimiter's ``AsyncLimiter`` shaped by :func:`rate_shape`. Times are the loop's."""
+    shape = rate_shape(qps, max_burst)
+    # AsyncLimiter(max_rate, time_period): capacity max_rate, drained at max_rate / time_period.
+    return AsyncLimiter(shape.burst, shape.burst / shape.rate)
