@@ -192,6 +192,7 @@ class EmulatorSection(_Strict):
     assets: dict[str, list[str]] = Field(default_factory=dict)  # name -> raster files
     max_concurrent: PositiveInt | None = 40
     max_qps: PositiveFloat | None = 100.0
+    qps_window: Literal["minute", "second"] = "minute"  # the rate counted per minute, or strictly
     service_base_s: NonNegativeFloat = 0.0
     service_per_mb_s: NonNegativeFloat = 0.0
     seed: int = 0

@@ -403,10 +403,43 @@ async def test_concurrency_quota_answers_429(mixed_files: dict[str, Any]) -> Non
             assert response.status == 200
 
 
-async def test_qps_quota_is_a_sliding_one_second_window(mixed_files: dict[str, Any]) -> None:
+async def test_qps_quota_counts_a_rolling_minute_by_default(
+        mixed_files: dict[str, Any]) -> None:
+    """100/s is 6,000 a minute, as the service documents it: a second may hold more than 100,
+    no rolling minute more than 6,000; the 429 names the per-minute limit, as the service's."""
     now = [1000.0]
-    async with run_emulator(make_config(mixed_files, max_qps=3.0)) as emu, \
+    async with run_emulator(make_config(mixed_files, max_qps=0.05)) as emu, \
             aiohttp.ClientSession() as s:
+        emu.quota.clock = lambda: now[0]  # a frozen clock makes the window deterministic
+        statuses = []
+        for _ in range(4):  # 0.05/s is 3 a minute, all in the same instant
+            async with s.get(f"{emu.url}/v1/{SYN}") as response:
+                statuses.append(response.status)
+                body = await response.json()
+        assert statuses == [200, 200, 200, 429]
+        assert body["error"] == {
+            "code": 429, "status": "RESOURCE_EXHAUSTED",
+            "message": "Quota exceeded for quota metric 'Number of read requests' and limit "
+                       "'Number of read requests per minute per user'"}
+        now[0] += 59.9  # still inside the minute
+        async with s.get(f"{emu.url}/v1/{SYN}") as response:
+            assert response.status == 429
+        now[0] += 0.101  # the first three have left the rolling minute
+        async with s.get(f"{emu.url}/v1/{SYN}") as response:
+            assert response.status == 200
+        # The documented quota: 101 calls in one instant are within 6,000 a minute.
+        emu.config.max_qps = 100.0
+        now[0] += 60.0
+        for _ in range(101):
+            async with s.get(f"{emu.url}/v1/{SYN}") as response:
+                assert response.status == 200
+
+
+async def test_qps_quota_is_a_sliding_one_second_window_in_strict_mode(
+        mixed_files: dict[str, Any]) -> None:
+    now = [1000.0]
+    async with run_emulator(make_config(mixed_files, max_qps=3.0, qps_window="second")) \
+            as emu, aiohttp.ClientSession() as s:
         emu.quota.clock = lambda: now[0]  # a frozen clock makes the window deterministic
         statuses = []
         for _ in range(4):

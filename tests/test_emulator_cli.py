@@ -21,6 +21,7 @@ from bulkpix.emulator.cli import build_parser, config_from_args, main
     ["--synthetic", "projects/demo/assets/x:10x10", "--fault-500", "0.7", "--fault-503", "0.7"],
     ["--synthetic", "projects/demo/assets/x:10x10", "--no-such-flag"],
     ["--synthetic", "bad-name:10x10", "--port", "0"],
+    ["--synthetic", "projects/demo/assets/x:10x10", "--qps-window", "hour"],
     ["--asset", "projects/demo/assets/x=/does/not/exist.tif", "--port", "0"],
     [],
 ])
@@ -48,6 +49,7 @@ def test_flags_map_onto_the_config() -> None:
     assert (spec.width, spec.height, spec.crs) == (40000, 30000, "EPSG:32633")
     assert config.forbidden == {"projects/demo/assets/s"} and config.token == "t"
     assert config.max_concurrent is None and config.max_qps == 5.0
+    assert config.qps_window == "minute"  # the service's own count, unless asked otherwise
     assert (config.service_base_s, config.service_per_mb_s, config.service_jitter) == (
         0.2, 0.05, 0.0)
     f = config.faults
@@ -57,6 +59,12 @@ def test_flags_map_onto_the_config() -> None:
         0.01, 0.01, 0.01, 4.0, 1_000_000)
     assert (config.seed, config.log_path, config.host, config.port) == (
         9, "calls.jsonl", "0.0.0.0", 0)
+
+
+def test_strict_per_second_window_is_a_flag() -> None:
+    args = build_parser().parse_args(["--synthetic", "projects/demo/assets/x:10x10",
+                                      "--qps-window", "second"])
+    assert config_from_args(args).qps_window == "second"
 
 
 def test_serves_until_sigterm(tmp_path: Path) -> None:

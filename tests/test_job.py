@@ -125,3 +125,37 @@ def test_region_file_relative_to_job(tmp_path: Path) -> None:
     assert job.region.load_geometry(job.base_dir) == {"type": "Point", "coordinates": [1, 2]}
     with pytest.raises(JobError, match="cannot read it"):
         job.region.model_copy(update={"file": "nope.json"}).load_geometry(job.base_dir)
+
+
+def test_emulator_section_counts_the_rate_per_minute_unless_strict() -> None:
+    emulator = {**BASE, "endpoint": "emulator"}
+    section = parse_job({**emulator, "emulator": {}}).emulator
+    assert section is not None and section.qps_window == "minute"
+    strict = parse_job({**emulator, "emulator": {"qps_window": "second"}}).emulator
+    assert strict is not None and strict.qps_window == "second"
+    with pytest.raises(JobError, match="qps_window"):
+        parse_job({**emulator, "emulator": {"qps_window": "hour"}}, source="job.yaml")
+
+
+def test_the_emulator_a_job_starts_gets_its_qps_window(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import bulkpix.emulator
+    from bulkpix.cli import main
+    from tests.conftest import write_job
+
+    started = []
+    real = bulkpix.emulator.emulator_in_thread
+
+    def recording(config):  # type: ignore[no-untyped-def]
+        started.append(config)
+        return real(config)
+
+    monkeypatch.setattr(bulkpix.emulator, "emulator_in_thread", recording)
+    job = write_job(tmp_path / "job.yaml", asset="projects/demo/assets/x",
+                    output=str(tmp_path / "out.zarr"), endpoint="emulator",
+                    region={"bbox": [600000, 5198720, 601280, 5200000],
+                            "region_crs": "EPSG:32633"},
+                    chunk=64, emulator={"qps_window": "second", "max_qps": 50})
+    assert main(["run", "--quiet", str(job)]) == 0
+    [config] = started
+    assert (config.qps_window, config.max_qps) == ("second", 50)

@@ -56,7 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("--port", type=int, default=8731)
     add("--max-concurrent", type=int, default=40, help="concurrent calls before 429 (0: no cap)")
     add("--max-qps", type=_non_negative, default=100.0,
-        help="calls per second before 429 (0: no cap)")
+        help="the rate quota in calls per second (0: no cap)")
+    add("--qps-window", choices=["minute", "second"], default="minute",
+        help="count the rate quota as max-qps x 60 per rolling minute, as the service does "
+             "(default), or strictly per rolling second")
     add("--service-base", type=_non_negative, default=0.0, metavar="SECONDS",
         help="service time of every getPixels call")
     add("--service-per-mb", type=_non_negative, default=0.0, metavar="SECONDS",
@@ -114,6 +117,7 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
     return EmulatorConfig(
         assets=assets, synthetic=synthetic, forbidden=set(args.forbidden), token=args.token,
         max_concurrent=args.max_concurrent or None, max_qps=args.max_qps or None,
+        qps_window=args.qps_window,
         service_base_s=args.service_base, service_per_mb_s=args.service_per_mb,
         service_jitter=args.service_jitter, seed=args.seed, faults=faults, log_path=args.log,
         max_request_bytes=args.max_request_bytes,

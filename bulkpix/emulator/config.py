@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 from affine import Affine
 
@@ -63,6 +64,9 @@ class EmulatorConfig:
     token: str | None = None  # when set, a bearer token every API call must carry
     max_concurrent: int | None = 40
     max_qps: float | None = 100.0
+    # How the rate quota is counted: max_qps * 60 per rolling minute, as the service documents
+    # it, or (a strict mode for tests) max_qps per rolling second.
+    qps_window: Literal["minute", "second"] = "minute"
     service_base_s: float = 0.0
     service_per_mb_s: float = 0.0
     service_jitter: float = 0.1
@@ -73,3 +77,7 @@ class EmulatorConfig:
     log_path: str | None = None
     host: str = "127.0.0.1"
     port: int = 0
+
+    def __post_init__(self) -> None:
+        if self.qps_window not in ("minute", "second"):
+            raise ValueError(f"qps_window must be 'minute' or 'second', got {self.qps_window!r}")

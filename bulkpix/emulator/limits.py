@@ -18,6 +18,7 @@ __all__ = [
     "MAX_BANDS",
     "MAX_REQUEST_BYTES",
     "MAX_SIDE",
+    "RATE_QUOTA_MESSAGE",
     "Quota",
     "check_request_limits",
     "request_size",
@@ -50,8 +51,23 @@ def check_request_limits(width: int, height: int, dtypes: Sequence[np.dtype],
     return size
 
 
+# The service's own words for its rate quota (EE_API.md, "Quotas").
+RATE_QUOTA_MESSAGE = ("Quota exceeded for quota metric 'Number of read requests' and limit "
+                      "'Number of read requests per minute per user'")
+# The emulator's strict mode for tests: the same quota counted in a one-second window.
+STRICT_RATE_QUOTA_MESSAGE = ("Quota exceeded for quota metric 'Number of read requests' and "
+                             "limit 'Number of read requests per second per user'")
+WINDOW_SECONDS = {"minute": 60.0, "second": 1.0}
+
+
 class Quota:
-    """Concurrent-request and requests-per-second quotas, read live from the config."""
+    """Concurrent-request and rate quotas, read live from the config.
+
+    The rate is counted as the service documents it, ``max_qps * 60`` requests in any rolling
+    minute (a rolling window is at least as strict as a fixed one, wherever the service puts
+    its minute boundaries, and does not depend on when a test starts); with
+    ``qps_window="second"``, ``max_qps`` in any rolling second.
+    """
 
     def __init__(self, config: EmulatorConfig, clock: collections.abc.Callable[[], float]
                  = time.monotonic) -> None:
@@ -70,12 +86,13 @@ class Quota:
         max_concurrent, max_qps = self._config.max_concurrent, self._config.max_qps
         if max_concurrent is not None and self._in_flight >= max_concurrent:
             raise ApiError(429, "Too many concurrent aggregations.")
+        window = WINDOW_SECONDS[self._config.qps_window]
         now = self.clock()
-        while self._admitted and self._admitted[0] <= now - 1.0:
+        while self._admitted and self._admitted[0] <= now - window:
             self._admitted.popleft()
-        if max_qps is not None and len(self._admitted) >= max_qps:
-            raise ApiError(429, f"Quota exceeded for quota metric 'Requests per second': "
-                                f"limit {max_qps:g} requests per second.")
+        if max_qps is not None and len(self._admitted) >= max_qps * window:
+            raise ApiError(429, RATE_QUOTA_MESSAGE if window == WINDOW_SECONDS["minute"]
+                           else STRICT_RATE_QUOTA_MESSAGE)
         self._admitted.append(now)
         self._in_flight += 1
         try:
