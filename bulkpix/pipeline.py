@@ -159,6 +159,7 @@ async def _endpoint_url(job: Job) -> AsyncIterator[str]:
         synthetic=synthetic,
         max_concurrent=section.max_concurrent,
         max_qps=section.max_qps,
+        qps_window=section.qps_window,
         service_base_s=section.service_base_s,
         service_per_mb_s=section.service_per_mb_s,
         seed=section.seed,
