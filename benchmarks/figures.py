@@ -27,6 +27,8 @@ class ClientFigures:
     wall_s: float
     busy_s: float  # from the first getPixels call's arrival to the process's exit
     startup_s: float  # from process start to the first getPixels call
+    first_request_s: float  # from process start to its first request of any kind
+    tail_s: float  # from the end of the last getPixels call to the process's exit
     pixels: int
     expected_pixels: int
     pixel_bytes: int
@@ -72,11 +74,14 @@ class Target:
 def _figures(name: str, run: ChildRun, stats: RequestStats, expected_pixels: int,
              result: dict[str, Any]) -> ClientFigures:
     first = stats.first_start if stats.first_start is not None else run.started
+    first_any = stats.first_any if stats.first_any is not None else first
+    last = stats.last_end if stats.last_end is not None else run.ended
     busy_s = max(run.ended - first, 1e-9)
     pixel_bytes = int(result.get("pixel_bytes", 0))
     extra = {k: v for k, v in result.items() if k not in ("pixels", "pixel_bytes", "verified")}
     return ClientFigures(
         client=name, wall_s=run.wall_s, busy_s=busy_s, startup_s=max(first - run.started, 0.0),
+        first_request_s=max(first_any - run.started, 0.0), tail_s=max(run.ended - last, 0.0),
         pixels=int(result.get("pixels", 0)), expected_pixels=expected_pixels,
         pixel_bytes=pixel_bytes, mb_per_s=pixel_bytes / 1e6 / run.wall_s,
         mb_per_s_busy=pixel_bytes / 1e6 / busy_s, requests=stats.requests,

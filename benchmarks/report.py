@@ -41,6 +41,9 @@ def _client_table(result: ScenarioResult) -> Table:
 def _format_value(target: Target) -> str:
     if target.unit == "share":
         return f"{target.value:.1%} (limit {target.threshold:.0%})"
+    if target.unit == "s":
+        sign = ">=" if target.higher_is_better else "<="
+        return f"{target.value:.2f} s (target {sign} {target.threshold:g} s)"
     if target.unit == "MB":
         return f"{target.value:.0f} MB (limit {target.threshold:.0f} MB)"
     sign = ">=" if target.higher_is_better else "<="

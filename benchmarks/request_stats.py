@@ -22,6 +22,7 @@ class RequestStats:
     share_429: float
     share_429_after_settle: float  # among calls that arrived after ``settle_s``
     first_start: float | None  # epoch seconds: arrival of the first getPixels call
+    first_any: float | None  # epoch seconds: arrival of the first call of any kind
     last_end: float | None  # epoch seconds: end of the last getPixels call
     ok_request_sizes: tuple[int, ...]  # counted sizes of the successful calls
     ok_windows: tuple[tuple[int, int, int, int], ...]  # (row_off, col_off, height, width)
@@ -41,6 +42,7 @@ def summarize(records: Sequence[dict[str, Any]], settle_s: float = 10.0) -> Requ
     statuses = Counter(str(r["status"]) for r in calls)
     ok = statuses.get("200", 0)
     first = min((r["time"] for r in calls), default=None)
+    first_any = min((r["time"] for r in records if r.get("time") is not None), default=None)
     last = max((r["time"] + (r["service_s"] or 0.0) for r in calls), default=None)
     late = [r for r in calls if first is not None and r["time"] >= first + settle_s]
     return RequestStats(
@@ -48,7 +50,7 @@ def summarize(records: Sequence[dict[str, Any]], settle_s: float = 10.0) -> Requ
         status_counts=dict(sorted(statuses.items())),
         share_429=_share(statuses.get("429", 0), len(calls)),
         share_429_after_settle=_share(sum(r["status"] == 429 for r in late), len(late)),
-        first_start=first, last_end=last,
+        first_start=first, first_any=first_any, last_end=last,
         ok_request_sizes=tuple(int(r["request_size"]) for r in calls if r["status"] == 200),
         ok_windows=tuple((r["row_off"], r["col_off"], r["height"], r["width"])
                          for r in calls if r["status"] == 200 and r["col_off"] is not None))

@@ -18,9 +18,10 @@ from benchmarks.region import REQUEST_BYTES_PER_PX
 
 CLIENT_FIELDS = {"wall_s", "busy_s", "startup_s", "pixels", "expected_pixels", "pixel_bytes",
                  "mb_per_s", "mb_per_s_busy", "requests", "retries", "share_429",
-                 "share_429_after_10s", "cpu_s", "cpu_s_per_gb", "peak_rss_mb", "verified"}
+                 "share_429_after_10s", "cpu_s", "cpu_s_per_gb", "peak_rss_mb", "verified",
+                 "first_request_s", "tail_s"}
 EXPECTED_CLIENTS = {
-    "quota_bound": {"bulkpix", "ee_pool_512", "ee_pool_1024", "gdal_eedai"},
+    "quota_bound": {"bare_fetch", "bulkpix", "ee_pool_512", "ee_pool_1024", "gdal_eedai"},
     "throughput": {"bulkpix", "bare_fetch"},
     "memory": {"bulkpix_1x", "bulkpix_4x", "bulkpix_16x"},
     "throttled": {"bulkpix"},
@@ -71,6 +72,24 @@ def test_bare_loop_replays_bulkpix_requests(document: dict) -> None:
     assert clients["bare_fetch"]["requests"] >= clients["bulkpix"]["requests"] - \
         clients["bulkpix"]["retries"]
     assert clients["bare_fetch"]["pixel_bytes"] == clients["bulkpix"]["pixel_bytes"]
+
+
+def test_quota_bound_is_judged_against_the_floor_on_whole_process_time(document: dict) -> None:
+    scenario = document["scenarios"]["quota_bound"]
+    clients = scenario["clients"]
+    bare = clients["bare_fetch"]
+    # The floor fetched the whole window, in the ideal's tiling.
+    assert bare["pixel_bytes"] == clients["bulkpix"]["pixel_bytes"]
+    assert bare["requests"] >= scenario["ideal"]["requests"]
+    for figures in clients.values():
+        assert figures["extra"]["wall_over_floor"] == pytest.approx(
+            figures["wall_s"] / bare["wall_s"])
+        assert 0 <= figures["first_request_s"] <= figures["startup_s"] + 1e-6
+        assert 0 <= figures["tail_s"] < figures["wall_s"]
+    names = {t["name"] for t in scenario["targets"]}
+    assert "bulkpix whole process / bare loop (floor)" in names
+    assert "bulkpix first request after process start" in names
+    assert "bulkpix last response to exit" in names
 
 
 def test_ideal_is_reported_with_its_formula(document: dict) -> None:
