@@ -1,50 +1,50 @@
 """bulkpix: bulk, resumable, quota-aware Earth Engine pixel downloads into georeferenced Zarr.
 
-The sync API is a thin shell over the async core in ``bulkpix.pipeline``::
+The Python API (``bulkpix.api``) is a thin shell over the async core in ``bulkpix.pipeline``::
 
     import bulkpix
-    stats = bulkpix.run("configs/demo.yaml")          # or a dict shaped like the YAML file
-    plans = bulkpix.plan("configs/demo.yaml")         # grids and tiles, no pixels fetched
+    summary = bulkpix.run("configs/demo.yaml")      # also inside a notebook's running loop
+    summary = await bulkpix.arun("configs/demo.yaml")
+    plans = bulkpix.plan("configs/demo.yaml")       # grids and tiles, no pixels fetched
+    ds = bulkpix.open("out/demo.zarr")              # the output as an xarray Dataset
+
+Importing ``bulkpix`` is cheap: each function loads what it needs when it is called.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["__version__", "load", "plan", "run"]
+__all__ = [
+    "ItemSummary",
+    "RunSummary",
+    "__version__",
+    "aplan",
+    "arun",
+    "load",
+    "open",
+    "plan",
+    "run",
+]
 
 if TYPE_CHECKING:
-    from bulkpix.job import Job
-    from bulkpix.pipeline import RunStats
-    from bulkpix.planning import ItemPlan
+    from bulkpix.api import (
+        ItemSummary,
+        RunSummary,
+        aplan,
+        arun,
+        load,
+        open,
+        plan,
+        run,
+    )
 
 
-def load(job: str | Path | dict[str, Any]) -> Job:
-    """A validated job from a YAML path or a mapping."""
-    from bulkpix.job import Job, load_job, parse_job
+def __getattr__(name: str) -> Any:
+    # The API module (and through it the pipeline) loads on first use, not on `import bulkpix`.
+    if name in __all__ and name != "__version__":
+        from bulkpix import api
 
-    if isinstance(job, Job):
-        return job
-    if isinstance(job, dict):
-        return parse_job(job, base_dir=Path.cwd())
-    return load_job(job)
-
-
-def run(job: str | Path | dict[str, Any], *, restart: bool = False) -> RunStats:
-    """Run or resume a job to completion; returns its counters."""
-    import asyncio
-
-    from bulkpix.pipeline import run_job
-
-    return asyncio.run(run_job(load(job), restart=restart))
-
-
-def plan(job: str | Path | dict[str, Any]) -> list[ItemPlan]:
-    """Each item's output grid and tiles (one metadata request per asset, no pixels)."""
-    import asyncio
-
-    from bulkpix.pipeline import plan_job
-
-    return asyncio.run(plan_job(load(job)))
+        return getattr(api, name)
+    raise AttributeError(f"module 'bulkpix' has no attribute {name!r}")
