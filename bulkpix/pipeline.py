@@ -99,6 +99,7 @@ class RunStats:
     governor: Governor | None = None
     # Things the user should hear about once (the progress display prints each once).
     notices: list[str] = field(default_factory=list)
+    notices_shown: int = 0  # how many of them the live display has printed
 
     @property
     def total(self) -> int:
