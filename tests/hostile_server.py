@@ -57,19 +57,23 @@ def good_metadata(bands: int = 2, width: int = 64, height: int = 48) -> dict[str
         "type": "IMAGE",
         "name": ASSET,
         "bands": [
-            {"id": f"B{i + 1}", "dataType": {"precision": "INT", "range": {"max": 65535}},
-             "grid": grid}
+            {
+                "id": f"B{i + 1}",
+                "dataType": {"precision": "INT", "range": {"max": 65535}},
+                "grid": grid,
+            }
             for i in range(bands)
         ],
     }
 
 
 def npy_pixels(band_ids: list[str], height: int, width: int) -> bytes:
-    """The NPY answer a correct server gives: uint16 record array, each band its index + 1."""
+    """The NPY answer a correct server gives: a uint16 record array in which band ``B<n>``
+    holds n everywhere (whichever request it came in), any other band 1."""
     dtype = np.dtype([(band_id, "<u2") for band_id in band_ids])
     records = np.zeros((height, width), dtype=dtype)
-    for index, band_id in enumerate(band_ids):
-        records[band_id] = index + 1
+    for band_id in band_ids:
+        records[band_id] = int(band_id[1:]) if band_id[1:].isdigit() else 1
     buffer = io.BytesIO()
     np.lib.format.write_array(buffer, records, allow_pickle=False)
     return buffer.getvalue()
@@ -165,9 +169,11 @@ class HostileServer:
                 headers={"Retry-After": self.metadata_retry_after},
                 content_type="application/json",
             )
-        raw = self.metadata_raw if self.metadata_raw is not None else json.dumps(
-            self.metadata
-        ).encode()
+        raw = (
+            self.metadata_raw
+            if self.metadata_raw is not None
+            else json.dumps(self.metadata).encode()
+        )
         return web.Response(body=raw, content_type="application/json")
 
     async def _pixels(self, request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
