@@ -69,8 +69,16 @@ async def run_workers(
             await queue.put(_END)
 
     follow_ups: deque[T] = deque()
+    busy = 0  # workers inside handle(): each may still give back follow-ups
+    changed = asyncio.Event()
+
+    def poke() -> None:
+        nonlocal changed
+        changed.set()
+        changed = asyncio.Event()
 
     async def work() -> None:
+        nonlocal busy
         me = asyncio.current_task()
         assert me is not None
         ended = False
@@ -78,7 +86,15 @@ async def run_workers(
             if follow_ups:
                 item = follow_ups.popleft()
             elif ended:
-                return  # whoever makes more follow-ups handles them
+                if busy == 0:
+                    return
+                # The iterator is done, but a busy worker may still hand back parts.
+                idle.add(me)
+                try:
+                    await changed.wait()
+                finally:
+                    idle.discard(me)
+                continue
             else:
                 idle.add(me)
                 try:
@@ -93,15 +109,20 @@ async def run_workers(
                 if stopping():
                     return
                 item = got  # type: ignore[assignment]
-            more = await handle(item)
+            busy += 1
+            try:
+                more = await handle(item)
+            finally:
+                busy -= 1
             if more:
                 follow_ups.extend(more)
-                # Idle workers wait on an empty queue: a token there wakes them for the rest.
+                # Workers waiting on an empty queue: a token there wakes them for the rest.
                 for _ in range(min(len(idle), len(follow_ups) - 1)):
                     try:
                         queue.put_nowait(_WAKE)
                     except asyncio.QueueFull:
                         break
+            poke()
 
     producer = asyncio.create_task(produce(), name="run_workers:producer")
     worker_tasks = {
