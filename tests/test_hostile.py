@@ -476,3 +476,42 @@ async def test_a_band_count_400_for_one_band_fails_without_splitting(
     assert len(server.pixel_requests) == 4 * 3
     reasons = [why for item in stats.items for why in item.failed.values()]
     assert all(why.startswith("2 of 2 parts failed") for why in reasons), reasons
+
+
+async def test_a_failed_part_is_all_a_rerun_fetches_of_a_split_tile(
+    server: HostileServer, tmp_path: Path
+) -> None:
+    from aiohttp import web
+
+    server.pixels = "too_large_size"
+    server.max_request_pixels = 16 * 16
+    answer = HostileServer._pixels.__get__(server)
+    broken = {"on": True}
+
+    async def one_part_broken(request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+        affine = body["grid"]["affineTransform"]
+        dims = body["grid"]["dimensions"]
+        # The second 16 x 16 part of the first tile: 500 every time, while broken.
+        first_tile_second_part = (
+            dims == {"width": 16, "height": 16}
+            and affine["translateX"] == 600160.0
+            and affine["translateY"] == 5200000.0
+        )
+        if broken["on"] and first_tile_second_part:
+            return web.Response(status=500, text="broken")
+        return await answer(request, body)
+
+    server._pixels = one_part_broken  # type: ignore[method-assign]
+    output = tmp_path / "out.zarr"
+    stats = await run_job(_job(server, output))
+    assert stats.failed == 1 and stats.finished == 3
+    [reason] = stats.items[0].failed.values()
+    assert reason.startswith("gave up after retries: 1 of 4 parts failed")
+
+    broken["on"] = False
+    server.pixel_requests.clear()
+    again = await run_job(_job(server, output))
+    assert again.ok and again.finished == 4
+    # The tile (refused again for its size) and then only its missing part.
+    assert _requests(server) == [(32, 32, 2), (16, 16, 2)]
+    _assert_pixels(output, bands=2)
