@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -12,8 +13,13 @@ import rasterio
 from rasterio.errors import NotGeoreferencedWarning
 from zarr.storage import LocalStore
 
+import bulkpix
 from bulkpix.cli import main
+from bulkpix.emulator import EmulatorConfig, SyntheticAsset, run_emulator
+from bulkpix.emulator.synthetic import SYNTHETIC_BANDS, synthetic_pixels
 from bulkpix.errors import JobError
+from bulkpix.job import parse_job
+from bulkpix.pipeline import run_job
 from bulkpix.readers.preview import sample_positions, stretch, write_preview
 from tests.outputs import make_output, ramp, whole
 
@@ -133,3 +139,109 @@ def test_bad_arguments_are_one_line(
 def test_preview_of_a_missing_output_is_one_line(tmp_path: Path) -> None:
     with pytest.raises(JobError, match="is not a bulkpix output"):
         write_preview(str(tmp_path / "nothing.zarr"), tmp_path / "p.png")
+
+
+# --------------------------------------------------------------------------- visualization
+
+VIS_ASSET = "projects/demo/assets/synth"
+
+
+async def run_visualization(tmp_path: Path, visualization: dict[str, Any]) -> tuple[Path, list]:
+    output = tmp_path / "vis.zarr"
+    config = EmulatorConfig(synthetic={VIS_ASSET: SyntheticAsset(width=300, height=200)})
+    async with run_emulator(config) as emu:
+        job = parse_job(
+            {
+                "asset": VIS_ASSET,
+                "output": str(output),
+                "endpoint": emu.url,
+                "credentials": "none",
+                "chunk": 64,
+                "tile": [128, 128],
+                "visualization": visualization,
+            }
+        )
+        stats = await run_job(job)
+        calls = [r for r in emu.log if r["op"] == "get_pixels"]
+    assert stats.ok
+    return output, calls
+
+
+def source(band: str) -> np.ndarray:
+    index = [name for name, _ in SYNTHETIC_BANDS].index(band)
+    return synthetic_pixels(index, np.arange(200), np.arange(300))
+
+
+def unit(values: np.ndarray, low: float, high: float, gamma: float) -> np.ndarray:
+    """The service's stretch: [low, high] -> [0, 1], clamped, then gamma."""
+    scaled = np.clip((values.astype(np.float64) - low) / (high - low), 0.0, 1.0)
+    return scaled ** (1.0 / gamma) if gamma != 1.0 else scaled
+
+
+async def test_visualization_stores_the_services_8_bit_rgb_bit_exact(tmp_path: Path) -> None:
+    ranges = [(0.0, 60000.0), (-2000.0, 30000.0), (-1000.0, 1000.0)]
+    output, calls = await run_visualization(
+        tmp_path,
+        {
+            "bands": ["u16", "i16", "f32"],
+            "min": [low for low, _ in ranges],
+            "max": [high for _, high in ranges],
+            "gamma": 1.3,
+        },
+    )
+    assert {c["format"] for c in calls} == {"PNG"} and calls[0]["bands"] == ["u16", "i16", "f32"]
+    ds = bulkpix.open(output)
+    assert list(ds.data_vars) == ["vis-red", "vis-green", "vis-blue"]
+    for name, band, (low, high) in zip(ds.data_vars, ["u16", "i16", "f32"], ranges, strict=True):
+        assert ds[name].dtype == np.uint8
+        expected = np.rint(unit(source(band), low, high, 1.3) * 255.0).astype(np.uint8)
+        np.testing.assert_array_equal(ds[name].values, expected)
+
+
+async def test_visualization_with_a_palette_bit_exact(tmp_path: Path) -> None:
+    palette = ["000000", "ff0000", "#00ff00", "00f"]
+    output, _ = await run_visualization(
+        tmp_path, {"bands": ["f32"], "min": -500, "max": 500, "palette": palette}
+    )
+    ds = bulkpix.open(output)
+    colours = np.array([[0, 0, 0], [255, 0, 0], [0, 255, 0], [0, 0, 255]], dtype=np.float64)
+    position = unit(source("f32"), -500.0, 500.0, 1.0) * (len(colours) - 1)
+    for channel, name in enumerate(["vis-red", "vis-green", "vis-blue"]):
+        expected = np.rint(np.interp(position, np.arange(4), colours[:, channel]))
+        np.testing.assert_array_equal(ds[name].values, expected.astype(np.uint8))
+
+
+@pytest.mark.parametrize(
+    ("visualization", "message"),
+    [
+        ({"bands": ["a", "b"]}, "1 band or 3"),
+        ({"bands": ["a", "b", "c"], "palette": ["fff"]}, "palette goes with one band"),
+        ({"bands": ["a"], "min": 0}, "both min and max"),
+        ({"bands": ["a"], "palette": ["teal"]}, "not an RGB hex colour"),
+        ({"bands": ["a"], "min": [0, 1], "max": 1}, "min needs 1 or 1 values"),
+    ],
+)
+def test_a_bad_visualization_is_one_clear_error(
+    visualization: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(JobError, match=message):
+        parse_job({"asset": "a/b", "output": "o.zarr", "visualization": visualization})
+
+
+def test_an_rgba_png_payload_decodes_to_its_three_colour_bands() -> None:
+    """The service may send masked pixels as transparent: the alpha band is dropped."""
+    from rasterio.io import MemoryFile
+
+    from bulkpix.ee.decode import decode_pixels
+
+    rgba = np.arange(4 * 5 * 6, dtype=np.uint8).reshape(4, 5, 6)
+    with MemoryFile() as memory:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with memory.open(driver="PNG", width=6, height=5, count=4, dtype="uint8") as dst:
+                dst.write(rgba)
+        payload = memory.read()
+    names = ["vis-red", "vis-green", "vis-blue"]
+    arrays = decode_pixels(payload, "PNG", names, [np.dtype("uint8")] * 3, 5, 6)
+    for index, name in enumerate(names):
+        np.testing.assert_array_equal(arrays[name], rgba[index])

@@ -173,23 +173,28 @@ def _decode_png(
 ) -> dict[str, np.ndarray]:
     """8-bit PNG (a visualization): gray, RGB, or RGB(A) whose alpha (masked pixels) is
     dropped, as those pixels are already 0."""
-    from rasterio.errors import RasterioError
+    import warnings
+
+    from rasterio.errors import NotGeoreferencedWarning, RasterioError
     from rasterio.io import MemoryFile
 
     if any(d != np.uint8 for d in expected):
         raise ValueError("a PNG holds 8-bit bands only")
     try:
-        with MemoryFile(bytes(payload)) as memfile, memfile.open() as dataset:
-            if (dataset.height, dataset.width) != (height, width):
-                raise BadPayload(
-                    f"PNG is {dataset.height}x{dataset.width}, expected {height}x{width}"
-                )
-            if dataset.count < len(band_ids) or np.dtype(dataset.dtypes[0]) != np.uint8:
-                raise BadPayload(
-                    f"PNG has {dataset.count} {dataset.dtypes[0]} bands, "
-                    f"expected {len(band_ids)} uint8"
-                )
-            stack = dataset.read(list(range(1, len(band_ids) + 1)))
+        with warnings.catch_warnings(), MemoryFile(bytes(payload)) as memfile:
+            # The grid is the request's; a PNG carries none, which is no news.
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with memfile.open() as dataset:
+                if (dataset.height, dataset.width) != (height, width):
+                    raise BadPayload(
+                        f"PNG is {dataset.height}x{dataset.width}, expected {height}x{width}"
+                    )
+                if dataset.count < len(band_ids) or np.dtype(dataset.dtypes[0]) != np.uint8:
+                    raise BadPayload(
+                        f"PNG has {dataset.count} {dataset.dtypes[0]} bands, "
+                        f"expected {len(band_ids)} uint8"
+                    )
+                stack = dataset.read(list(range(1, len(band_ids) + 1)))
     except BadPayload:
         raise
     except (RasterioError, ValueError) as exc:
