@@ -256,6 +256,13 @@ def plan_item(spec: ItemSpec, asset: AssetInfo, job: Job) -> ItemPlan:
             f"{MAX_OUTPUT_SIDE:,} px a side bulkpix handles; use a coarser scale or a "
             "smaller region"
         )
+    if job.zarr_format == 2 and not grid.is_north_up:
+        # GDAL takes a v2 array's geotransform from its 1-D x/y coordinates, which cannot
+        # hold a rotation: it would place the image wrongly without a word.
+        raise JobError(
+            "the output grid is rotated or sheared, which GDAL cannot read from a Zarr v2 "
+            "store; use zarr_format: 3 (and `bulkpix export` for a GeoTIFF)"
+        )
     mixed = len({b.dtype for b in bands}) > 1
     if job.file_format == "GEO_TIFF" and mixed and spec.visualization is None:
         kinds = ", ".join(f"{b.id}={b.dtype.name}" for b in bands)

@@ -29,6 +29,7 @@ def make_output(
     item: str | None = None,
     complete: bool = True,
     strip: int | None = None,
+    transform: Affine = TRANSFORM,
     **create: Any,
 ) -> Path:
     """An output of ``bands`` [(id, dtype)], filled strip by strip (so the test's own memory
@@ -39,7 +40,7 @@ def make_output(
         store = await open_store(str(path))
         if item is not None:
             await mark_batch_root(store, create.get("zarr_format", 3))
-        grid = PixelGrid(CRS, TRANSFORM, width, height)
+        grid = PixelGrid(CRS, transform, width, height)
         specs = [BandSpec(name, np.dtype(dtype)) for name, dtype in bands]
         writer = await ItemWriter.create(store, item or "", grid, specs, chunk, **create)
         step = strip or chunk * max(1, 1024 // chunk)

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+from affine import Affine
 from rasterio.crs import CRS
 
 from bulkpix.cli import main
@@ -181,3 +182,13 @@ def test_v2_outputs_export_too(tmp_path: Path) -> None:
     with rasterio.open(tmp_path / "o.tif") as dataset:
         assert dataset.nodata == -1
         np.testing.assert_array_equal(dataset.read(1), whole("a", 100, 120))
+
+
+def test_a_rotated_grid_keeps_its_geotransform_in_the_cog(tmp_path: Path) -> None:
+    rotated = Affine(10, 2, 600000, 3, -10, 5200000)
+    output = make_output(
+        tmp_path / "out.zarr", [("a", "uint8")], 64, 64, ramp, chunk=32, transform=rotated
+    )
+    export_cog(str(output), tmp_path / "o.tif")
+    with rasterio.open(tmp_path / "o.tif") as dataset:
+        assert dataset.transform == rotated

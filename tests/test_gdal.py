@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import rasterio
 import xarray as xr
+from affine import Affine
 from rasterio.crs import CRS
 from rasterio.errors import NotGeoreferencedWarning
 
@@ -134,3 +135,24 @@ async def test_v3_band_metadata_in_xarray(tmp_path: Path) -> None:
     assert raw.attrs["long_name"] == "band number 1"
     decoded = xr.open_zarr(output)["B2"]
     np.testing.assert_allclose(decoded.values, arrays[1] * 1.5 + 10.0)
+
+
+async def test_v2_refuses_a_rotated_grid_gdal_would_misplace(tmp_path: Path) -> None:
+    from bulkpix.emulator import SyntheticAsset
+    from bulkpix.errors import JobError
+
+    rotated = Affine(10, 2, 600000, 3, -10, 5200000)
+    config = EmulatorConfig(synthetic={ASSET: SyntheticAsset(64, 64, transform=rotated)})
+    async with run_emulator(config) as emu:
+        job = parse_job(
+            {
+                "asset": ASSET,
+                "output": str(tmp_path / "out.zarr"),
+                "endpoint": emu.url,
+                "credentials": "none",
+                "zarr_format": 2,
+            }
+        )
+        with pytest.raises(JobError, match="rotated or sheared, which GDAL cannot read"):
+            await run_job(job)
+    assert not (tmp_path / "out.zarr").exists()
