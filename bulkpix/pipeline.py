@@ -314,7 +314,8 @@ def _check_output_location(output: str) -> None:
     path = Path(output).expanduser()
     if path.is_file():
         raise JobError(f"output {output} is a file, not a Zarr store")
-    if path.is_dir() and any(path.iterdir()) and not (path / "zarr.json").is_file():
+    is_zarr = (path / "zarr.json").is_file() or (path / ".zgroup").is_file()
+    if path.is_dir() and any(path.iterdir()) and not is_zarr:
         raise JobError(f"output {output} exists and is not a Zarr store; choose another path")
     if not path.exists():
         parent = path.parent if str(path.parent) else Path(".")
@@ -327,10 +328,20 @@ def _check_output_location(output: str) -> None:
 
 async def _node_attributes(store: Store, path: str) -> dict[str, Any] | None:
     """The attributes of the Zarr node at ``path``, or None when there is none."""
-    key = f"{path}/zarr.json" if path else "zarr.json"
-    buffer = await store.get(key, prototype=default_buffer_prototype())
-    if buffer is None:
-        return None
+    prefix = f"{path}/" if path else ""
+    prototype = default_buffer_prototype()
+    buffer = await store.get(f"{prefix}zarr.json", prototype=prototype)
+    if buffer is None:  # a Zarr v2 node: its attributes are a file of their own
+        if await store.get(f"{prefix}.zgroup", prototype=prototype) is None:
+            return None
+        buffer = await store.get(f"{prefix}.zattrs", prototype=prototype)
+        if buffer is None:
+            return {}
+        try:
+            attributes = json.loads(buffer.to_bytes())
+        except ValueError:
+            return {}
+        return attributes if isinstance(attributes, dict) else {}
     try:
         document = json.loads(buffer.to_bytes())
     except ValueError:
@@ -355,7 +366,7 @@ async def _has_item_records(store: Store) -> bool:
     one written before batch roots were marked)."""
     async for child in store.list_dir(""):
         name = child.rstrip("/")
-        if name.startswith(".") or name == "zarr.json":
+        if name.startswith(".") or name == "zarr.json":  # .zgroup, .zattrs too
             continue
         if await TileRecord(store, name).fingerprint() is not None:
             return True
@@ -378,7 +389,8 @@ async def _check_output(
     items_recorded = root_fp is None and await _has_item_records(store)
     keys = await _keys_under(store, "", 2)
     # Nothing at all, or only a bare root group (a run killed right after making it).
-    empty = not keys or (keys == ["zarr.json"] and not root_attrs)
+    bare = keys in (["zarr.json"], [".zgroup"]) or sorted(keys) == [".zattrs", ".zgroup"]
+    empty = not keys or (bare and not root_attrs)
     ours = root_fp is not None or root_mark is not None or items_recorded
     if not empty and not ours:
         advice = "--restart will not delete it" if restart else "use another output"
@@ -428,7 +440,7 @@ async def _open_items(
     opened = []
     if job.is_batch:
         # Marks the root as a bulkpix batch output before any item exists in it.
-        await mark_batch_root(store)
+        await mark_batch_root(store, job.zarr_format)
     for plan in plans:
         record = TileRecord(store, plan.path)
         fingerprint = plan.fingerprint(job.compression_level)
@@ -442,6 +454,9 @@ async def _open_items(
                 attrs={"asset": plan.asset},
                 compression_level=job.compression_level,
                 overwrite=True,
+                zarr_format=plan.zarr_format,
+                band_attrs=plan.band_attrs,
+                fill_values=plan.fill_values,
             )
             await record.write_fingerprint(fingerprint)
             done: set[str] = set()
@@ -577,7 +592,23 @@ async def run_job(
             finally:
                 stats.ended = time.monotonic()
                 stats.interrupted = stop.is_set() and stats.aborted is None
+        await _mark_complete_items(store, opened, stats)
         return stats
+
+
+async def _mark_complete_items(
+    store: Store,
+    opened: list[tuple[ItemPlan, ItemWriter, TileRecord, set[str]]],
+    stats: RunStats,
+) -> None:
+    """Say in each finished item's attributes that it is complete (readers check it)."""
+    marked = False
+    for (_plan, writer, _record, _done), item in zip(opened, stats.items, strict=True):
+        if item.finished == item.total and not item.failed and not item.abandoned:
+            await writer.mark_complete()
+            marked = True
+    if marked:  # the consolidated copy of the attributes too
+        await consolidate(store)
 
 
 async def _process_tile(run: _Run, work: _Work) -> list[_Work] | None:

@@ -61,7 +61,9 @@ async def _item_status(store: Store, path: str) -> ItemStatus | None:
 
 
 async def read_status(output: str) -> StatusReport:
-    if "://" not in output and not (Path(output) / "zarr.json").is_file():
+    if "://" not in output and not any(
+        (Path(output) / name).is_file() for name in ("zarr.json", ".zgroup")
+    ):
         raise JobError(f"{output} is not a bulkpix output (no zarr.json there)")
     store = await open_store(output, read_only=True)
     root = await _item_status(store, "")
@@ -71,7 +73,7 @@ async def read_status(output: str) -> StatusReport:
     children = sorted([c async for c in store.list_dir("")])
     for child in children:
         child = child.rstrip("/")
-        if child.startswith(".") or child == "zarr.json":
+        if child.startswith(".") or child == "zarr.json":  # .zgroup, .zattrs too
             continue
         status = await _item_status(store, child)
         if status is not None:

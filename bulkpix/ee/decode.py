@@ -83,7 +83,9 @@ def decode_pixels(
         return _decode_npy(memoryview(payload), list(band_ids), expected, height, width)
     if fmt == "GEO_TIFF":
         return _decode_geotiff(payload, list(band_ids), expected, height, width)
-    raise ValueError(f"cannot decode file format {file_format!r} (NPY and GEO_TIFF only)")
+    if fmt == "PNG":
+        return _decode_png(payload, list(band_ids), expected, height, width)
+    raise ValueError(f"cannot decode file format {file_format!r} (NPY, GEO_TIFF and PNG only)")
 
 
 # --------------------------------------------------------------------------- NPY
@@ -186,3 +188,44 @@ def _check_geotiff(
     for got, want in zip(dataset.dtypes, expected, strict=True):
         if np.dtype(got) != want:
             raise BadPayload(f"GeoTIFF band type {got}, expected {want}")
+
+
+# --------------------------------------------------------------------------- PNG
+
+
+def _decode_png(
+    payload: bytes | bytearray | memoryview,
+    band_ids: list[str],
+    expected: list[np.dtype],
+    height: int,
+    width: int,
+) -> dict[str, np.ndarray]:
+    """8-bit PNG (a visualization): gray, RGB, or RGB(A) whose alpha (masked pixels) is
+    dropped, as those pixels are already 0."""
+    import warnings
+
+    from rasterio.errors import NotGeoreferencedWarning, RasterioError
+    from rasterio.io import MemoryFile
+
+    if any(d != np.uint8 for d in expected):
+        raise ValueError("a PNG holds 8-bit bands only")
+    try:
+        with warnings.catch_warnings(), MemoryFile(bytes(payload)) as memfile:
+            # The grid is the request's; a PNG carries none, which is no news.
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with memfile.open() as dataset:
+                if (dataset.height, dataset.width) != (height, width):
+                    raise BadPayload(
+                        f"PNG is {dataset.height}x{dataset.width}, expected {height}x{width}"
+                    )
+                if dataset.count < len(band_ids) or np.dtype(dataset.dtypes[0]) != np.uint8:
+                    raise BadPayload(
+                        f"PNG has {dataset.count} {dataset.dtypes[0]} bands, "
+                        f"expected {len(band_ids)} uint8"
+                    )
+                stack = dataset.read(list(range(1, len(band_ids) + 1)))
+    except BadPayload:
+        raise
+    except (RasterioError, ValueError) as exc:
+        raise BadPayload(f"unreadable PNG payload: {exc}") from None
+    return {band_id: stack[i] for i, band_id in enumerate(band_ids)}
