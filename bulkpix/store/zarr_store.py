@@ -4,7 +4,7 @@ Layout of an item group at ``path`` (``""`` is the store's root group)::
 
     {path}/zarr.json        group; attrs["bulkpix"] = version, grid, bands, chunk;
                             consolidated metadata so xarray opens it with one read
-    {path}/{band_id}        (height, width) band dtype, chunks (chunk, chunk), zstd,
+    {path}/{band_id}        (height, width) band dtype, chunks (chunk, chunk), the job's codec,
                             fill 0, dimension_names ["y", "x"], grid_mapping "spatial_ref"
     {path}/x, {path}/y      float64 pixel-centre coordinates (CF attributes)
     {path}/spatial_ref      0-d int: crs_wkt / spatial_ref (WKT) and GeoTransform (GDAL order)
@@ -28,7 +28,6 @@ import numpy as np
 from affine import Affine
 from zarr.abc.store import Store
 from zarr.api import asynchronous as zarr_async
-from zarr.codecs import ZstdCodec
 from zarr.core.array import AsyncArray
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.group import AsyncGroup
@@ -37,10 +36,11 @@ from zarr.storage import LocalStore, StorePath
 
 from bulkpix.dtypes import BandSpec
 from bulkpix.errors import StoreError
+from bulkpix.store.codecs import DEFAULT_COMPRESSION, zarr_compressors
 
 __all__ = [
     "DEFAULT_CHUNK",
-    "DEFAULT_ZSTD_LEVEL",
+    "DEFAULT_COMPRESSION",
     "BandSpec",
     "GridLike",
     "ItemWriter",
@@ -50,10 +50,8 @@ __all__ = [
 ]
 
 # From benchmarks/write_path.py (2 cores): 1024-px chunks cost ~3.3 CPU-s per GB written,
-# 512 ~5.5, 256 ~10 (per-chunk overhead dominates). zstd level 3 costs about twice level 1's
-# CPU for ~4% smaller output. Level 1 it is.
+# 512 ~5.5, 256 ~10 (per-chunk overhead dominates). The codec: see bulkpix.store.codecs.
 DEFAULT_CHUNK = 1024
-DEFAULT_ZSTD_LEVEL = 1
 
 GRID_MAPPING = "spatial_ref"
 COORD_NAMES = ("x", "y", GRID_MAPPING)
@@ -289,14 +287,16 @@ class ItemWriter:
         chunk: int = DEFAULT_CHUNK,
         attrs: Mapping[str, Any] | None = None,
         *,
-        compression_level: int | None = DEFAULT_ZSTD_LEVEL,
+        compression: str = DEFAULT_COMPRESSION,
+        compression_level: int | None = None,
         overwrite: bool = False,
     ) -> Self:
         """Create the item group and all its arrays (no pixel data is written).
 
-        ``compression_level=None`` stores chunks uncompressed. If anything already exists
-        under ``path`` this raises ``StoreError`` unless ``overwrite`` (which deletes it all,
-        tile record included).
+        ``compression`` names the chunk codec (``bulkpix.store.codecs``: none, zstd, lz4,
+        gzip) and ``compression_level`` its level (None: the codec's default). If anything
+        already exists under ``path`` this raises ``StoreError`` unless ``overwrite`` (which
+        deletes it all, tile record included).
         """
         path = path.strip("/")
         _check_band_names(bands)
@@ -320,7 +320,7 @@ class ItemWriter:
             "chunk": chunk,
         }
         group = await AsyncGroup.from_store(StorePath(store, path), attributes=group_attrs)
-        compressors = None if compression_level is None else ZstdCodec(level=compression_level)
+        compressors = zarr_compressors(compression, compression_level)
 
         arrays = await asyncio.gather(
             *(
