@@ -29,6 +29,7 @@ from pydantic import (
 
 from bulkpix.assets import asset_name
 from bulkpix.errors import JobError
+from bulkpix.store.codecs import DEFAULT_COMPRESSION, CompressionName, codec_for
 
 __all__ = [
     "DEFAULT_ENDPOINT",
@@ -294,7 +295,8 @@ class Job(_ItemFields):
     chunk: Annotated[int, Field(ge=16, le=32768)] = 1024
     tile: Literal["auto"] | tuple[PositiveInt, PositiveInt] = "auto"
     memory_mb: Annotated[int, Field(ge=16)] = 128
-    compression_level: Annotated[int, Field(ge=0, le=22)] = 1
+    compression: CompressionName = DEFAULT_COMPRESSION  # the chunk codec (store/codecs.py)
+    compression_level: int | None = None  # None: the codec's default level
     # 3: what xarray and zarr read (GDAL from 3.11); 2: what GDAL 3.10 (rasterio's) reads.
     zarr_format: Literal[2, 3] = 3
     timeouts: Timeouts = Timeouts()
@@ -331,8 +333,7 @@ class Job(_ItemFields):
             raise ValueError(f"tile {list(self.tile)} must be multiples of chunk ({self.chunk})")
         if self.emulator is not None and self.endpoint != "emulator":
             raise ValueError("the emulator section goes with endpoint: emulator")
-        if self.file_format == "GEO_TIFF" and self.compression_level < 0:
-            raise ValueError("compression_level must be >= 0")
+        codec_for(self.compression, self.compression_level)  # a level this codec has
         items = self.resolved_items()
         names = [item.name for item in items]
         duplicates = sorted({n for n in names if names.count(n) > 1 and n is not None})

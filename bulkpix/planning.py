@@ -87,8 +87,12 @@ class ItemPlan:
     def band_ids(self, group: int) -> list[str]:
         return [self.bands[i].id for i in self.tiles.band_groups[group]]
 
-    def fingerprint(self, compression_level: int) -> dict[str, Any]:
-        """What must not change between runs writing into the same output."""
+    def fingerprint(self) -> dict[str, Any]:
+        """What must not change between runs writing into the same output.
+
+        Not the codec: each array's own metadata names it, and a resumed output keeps the
+        codec it was created with whatever the job says now (every chunk decodes the same).
+        """
         t = self.grid.transform
         return {
             "asset": self.asset,
@@ -100,7 +104,6 @@ class ItemPlan:
             "chunk": self.tiles.chunk,
             "tile": [self.tiles.tile_height, self.tiles.tile_width],
             "band_groups": [list(g) for g in self.tiles.band_groups],
-            "codec": f"zstd-{compression_level}",
             "n_tiles": self.tiles.n_tiles,
             "bulkpix": __version__.split(".")[0],
         } | self._output_options()

@@ -6,7 +6,7 @@ Layout of an item group at ``path`` (``""`` is the store's root group)::
     {path}/zarr.json        group; attrs["bulkpix"] = version, grid, bands (in the job's
                             order), chunk, complete; consolidated metadata so xarray opens
                             it with one read (v2: .zgroup/.zattrs, .zmetadata at the root)
-    {path}/{band_id}        (height, width) band dtype, chunks (chunk, chunk), zstd,
+    {path}/{band_id}        (height, width) band dtype, chunks (chunk, chunk), the job's codec,
                             dimensions ["y", "x"] (v2: the _ARRAY_DIMENSIONS attribute),
                             grid_mapping "spatial_ref", _CRS (what GDAL reads), the band's
                             units / scale_factor / add_offset / long_name when the asset
@@ -37,7 +37,6 @@ import numpy as np
 from affine import Affine
 from zarr.abc.store import Store
 from zarr.api import asynchronous as zarr_async
-from zarr.codecs import ZstdCodec
 from zarr.core.array import AsyncArray
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.group import AsyncGroup
@@ -46,11 +45,12 @@ from zarr.storage import LocalStore, StorePath
 
 from bulkpix.dtypes import BandSpec
 from bulkpix.errors import StoreError
+from bulkpix.store.codecs import DEFAULT_COMPRESSION, zarr_compressors
 
 __all__ = [
     "DEFAULT_CHUNK",
+    "DEFAULT_COMPRESSION",
     "DEFAULT_ZARR_FORMAT",
-    "DEFAULT_ZSTD_LEVEL",
     "BandSpec",
     "GridLike",
     "ItemWriter",
@@ -60,10 +60,8 @@ __all__ = [
 ]
 
 # From benchmarks/write_path.py (2 cores): 1024-px chunks cost ~3.3 CPU-s per GB written,
-# 512 ~5.5, 256 ~10 (per-chunk overhead dominates). zstd level 3 costs about twice level 1's
-# CPU for ~4% smaller output. Level 1 it is.
+# 512 ~5.5, 256 ~10 (per-chunk overhead dominates). The codec: see bulkpix.store.codecs.
 DEFAULT_CHUNK = 1024
-DEFAULT_ZSTD_LEVEL = 1
 
 DEFAULT_ZARR_FORMAT = 3
 ZARR_FORMATS = (2, 3)
@@ -319,7 +317,8 @@ class ItemWriter:
         chunk: int = DEFAULT_CHUNK,
         attrs: Mapping[str, Any] | None = None,
         *,
-        compression_level: int | None = DEFAULT_ZSTD_LEVEL,
+        compression: str = DEFAULT_COMPRESSION,
+        compression_level: int | None = None,
         overwrite: bool = False,
         zarr_format: int = DEFAULT_ZARR_FORMAT,
         band_attrs: Mapping[str, Mapping[str, Any]] | None = None,
@@ -327,9 +326,10 @@ class ItemWriter:
     ) -> Self:
         """Create the item group and all its arrays (no pixel data is written).
 
-        ``compression_level=None`` stores chunks uncompressed. If anything already exists
-        under ``path`` this raises ``StoreError`` unless ``overwrite`` (which deletes it all,
-        tile record included). ``band_attrs`` adds attributes to a band's array (units,
+        ``compression`` names the chunk codec (``bulkpix.store.codecs``: none, zstd, lz4,
+        gzip) and ``compression_level`` its level (None: the codec's default). If anything
+        already exists under ``path`` this raises ``StoreError`` unless ``overwrite`` (which
+        deletes it all, tile record included). ``band_attrs`` adds attributes to a band's array (units,
         scale_factor, ...); ``fill_values`` declares a band's nodata: its fill value and
         ``_FillValue``, which xarray masks and GDAL reports as nodata. A band without one
         declares none (its v3 fill value is 0, which v3 readers do not take for nodata).
@@ -368,14 +368,7 @@ class ItemWriter:
         group = await AsyncGroup.from_store(
             StorePath(store, path), attributes=group_attrs, zarr_format=zarr_format
         )
-        compressors: Any = None
-        if compression_level is not None:
-            if zarr_format == 2:
-                from numcodecs import Zstd
-
-                compressors = Zstd(level=compression_level)
-            else:
-                compressors = ZstdCodec(level=compression_level)
+        compressors = zarr_compressors(compression, compression_level, zarr_format)
         crs_attr = {"wkt": _crs_wkt(grid.crs)}
 
         def array_attrs(band: BandSpec) -> dict[str, Any]:
