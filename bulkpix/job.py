@@ -222,6 +222,8 @@ class Job(_ItemFields):
     tile: Literal["auto"] | tuple[PositiveInt, PositiveInt] = "auto"
     memory_mb: Annotated[int, Field(ge=16)] = 128
     compression_level: Annotated[int, Field(ge=0, le=22)] = 1
+    # fsync each chunk file (and its directory) before the tile's done-marker is written.
+    durable: bool = False
     timeouts: Timeouts = Timeouts()
     retries: Retries = Retries()
     service_model: ServiceModelSpec = ServiceModelSpec()

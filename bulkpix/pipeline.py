@@ -10,17 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import numpy as np
-from zarr.abc.store import Store
-from zarr.core.buffer import default_buffer_prototype
 
 from bulkpix.assets import asset_name
 from bulkpix.ee.auth import load_credentials
@@ -33,8 +30,6 @@ from bulkpix.errors import (
     RemoteError,
     RequestTooLarge,
     RetryableError,
-    StoreError,
-    StoreMismatch,
     Unauthenticated,
 )
 from bulkpix.geometry.tiling import Tile, split_tile
@@ -44,18 +39,18 @@ from bulkpix.planning import (
     ItemPlan,
     parse_asset,
     plan_item,
-    replan_with_tile,
     request_body,
 )
-from bulkpix.store.record import TileRecord, fingerprint_diff
-from bulkpix.store.write_loop import WriteLoop
-from bulkpix.store.zarr_store import (
-    ItemWriter,
-    consolidate,
-    has_keys_under,
-    mark_batch_root,
-    open_store,
+from bulkpix.store.output import (
+    OpenedItem,
+    OutputState,
+    check_output_location,
+    claim_output,
+    inspect_output,
 )
+from bulkpix.store.record import TileRecord
+from bulkpix.store.write_loop import WriteLoop
+from bulkpix.store.zarr_store import ItemWriter
 from bulkpix.transfer.budget import ByteBudget
 from bulkpix.transfer.limits import Governor
 from bulkpix.transfer.pool import run_workers
@@ -195,11 +190,17 @@ async def _fetch_assets(job: Job, client: EEClient, retry: _Retry) -> dict[str, 
     return infos
 
 
-def _plan_items(job: Job, infos: dict[str, AssetInfo]) -> list[ItemPlan]:
+def _plan_items(
+    job: Job, infos: dict[str, AssetInfo], output: OutputState | None = None
+) -> list[ItemPlan]:
     plans = []
     for index, spec in enumerate(job.resolved_items()):
+        # An item resumed keeps the tile shape its record says it was started with.
+        recorded_tile = output.recorded_tile(spec.name or "") if output is not None else None
         try:
-            plans.append(plan_item(spec, infos[asset_name(spec.asset or "")], job))
+            plans.append(
+                plan_item(spec, infos[asset_name(spec.asset or "")], job, recorded_tile)
+            )
         except JobError as exc:
             if job.is_batch:
                 raise JobError(f"item {spec.name or index}: {exc}") from None
@@ -282,158 +283,6 @@ async def _session(job: Job) -> AsyncIterator[tuple[EEClient, _Retry, RunStats]]
             yield client, _Retry(job, stats), stats
 
 
-def _check_output_location(output: str) -> None:
-    """Refuse an output that cannot be ours before anything is written."""
-    if "://" in output:
-        return
-    path = Path(output).expanduser()
-    if path.is_file():
-        raise JobError(f"output {output} is a file, not a Zarr store")
-    if path.is_dir() and any(path.iterdir()) and not (path / "zarr.json").is_file():
-        raise JobError(f"output {output} exists and is not a Zarr store; choose another path")
-    if not path.exists():
-        parent = path.parent if str(path.parent) else Path(".")
-        probe = parent
-        while not probe.exists():
-            probe = probe.parent
-        if probe.is_file():
-            raise JobError(f"output {output}: {probe} is a file, not a directory")
-
-
-async def _node_attributes(store: Store, path: str) -> dict[str, Any] | None:
-    """The attributes of the Zarr node at ``path``, or None when there is none."""
-    key = f"{path}/zarr.json" if path else "zarr.json"
-    buffer = await store.get(key, prototype=default_buffer_prototype())
-    if buffer is None:
-        return None
-    try:
-        document = json.loads(buffer.to_bytes())
-    except ValueError:
-        return {}
-    attributes = document.get("attributes") if isinstance(document, dict) else None
-    return attributes if isinstance(attributes, dict) else {}
-
-
-async def _keys_under(store: Store, path: str, most: int) -> list[str]:
-    """Up to ``most`` keys under ``path``: enough to tell empty, bare and full apart."""
-    prefix = f"{path}/" if path else ""
-    keys = []
-    async for key in store.list_prefix(prefix):
-        keys.append(key)
-        if len(keys) >= most:
-            break
-    return keys
-
-
-async def _has_item_records(store: Store) -> bool:
-    """Whether any child group of the root holds a bulkpix record (a batch output, including
-    one written before batch roots were marked)."""
-    async for child in store.list_dir(""):
-        name = child.rstrip("/")
-        if name.startswith(".") or name == "zarr.json":
-            continue
-        if await TileRecord(store, name).fingerprint() is not None:
-            return True
-    return False
-
-
-async def _check_output(
-    job: Job, store: Store, plans: list[ItemPlan], restart: bool
-) -> list[ItemPlan]:
-    """Refuse an output that holds another job, or data bulkpix did not write.
-
-    Returns the plans to run: with ``tile: auto``, an item resumed keeps the tile shape it was
-    started with, so changing the quota settings between runs does not orphan its tiles.
-    """
-    output = job.output
-    root_attrs = await _node_attributes(store, "")
-    root_fp = await TileRecord(store, "").fingerprint()
-    root_mark = root_attrs.get("bulkpix") if root_attrs is not None else None
-    batch_root = isinstance(root_mark, dict) and root_mark.get("batch") is True
-    items_recorded = root_fp is None and await _has_item_records(store)
-    keys = await _keys_under(store, "", 2)
-    # Nothing at all, or only a bare root group (a run killed right after making it).
-    empty = not keys or (keys == ["zarr.json"] and not root_attrs)
-    ours = root_fp is not None or root_mark is not None or items_recorded
-    if not empty and not ours:
-        advice = "--restart will not delete it" if restart else "use another output"
-        raise StoreMismatch(f"output {output} holds data bulkpix did not write; {advice}")
-    if restart:
-        return plans
-    if job.is_batch and root_fp is not None:
-        raise StoreMismatch(
-            f"output {output} holds a single-item job, this is a batch; "
-            "use --restart to replace it, or another output"
-        )
-    if not job.is_batch and root_fp is None and (batch_root or items_recorded):
-        raise StoreMismatch(
-            f"output {output} holds a batch job; use --restart to replace it, or another output"
-        )
-    checked = []
-    for plan in plans:
-        old = await TileRecord(store, plan.path).fingerprint()
-        if old is None:
-            attrs = await _node_attributes(store, plan.path)
-            foreign = (attrs is not None and "bulkpix" not in attrs) or (
-                attrs is None and await has_keys_under(store, plan.path)
-            )
-            if plan.path and foreign:
-                raise StoreMismatch(
-                    f"output {output} holds data bulkpix did not write at {plan.path}; "
-                    "use another item name or output"
-                )
-            checked.append(plan)
-            continue
-        if job.tile == "auto":
-            plan = replan_with_tile(plan, old.get("tile"))
-        changes = fingerprint_diff(old, plan.fingerprint(job.compression_level))
-        if changes:
-            where = f"item {plan.label}" if job.is_batch else "the job"
-            raise StoreMismatch(
-                f"output {output} holds a different job ({where} changed: "
-                f"{'; '.join(changes)}); use --restart to discard it, or another output"
-            )
-        checked.append(plan)
-    return checked
-
-
-async def _open_items(
-    job: Job, store: Store, plans: list[ItemPlan], stats: RunStats
-) -> list[tuple[ItemPlan, ItemWriter, TileRecord, set[str]]]:
-    opened = []
-    if job.is_batch:
-        # Marks the root as a bulkpix batch output before any item exists in it.
-        await mark_batch_root(store)
-    for plan in plans:
-        record = TileRecord(store, plan.path)
-        fingerprint = plan.fingerprint(job.compression_level)
-        if await record.fingerprint() is None:
-            writer = await ItemWriter.create(
-                store,
-                plan.path,
-                plan.grid,
-                plan.bands,
-                plan.tiles.chunk,
-                attrs={"asset": plan.asset},
-                compression_level=job.compression_level,
-                overwrite=True,
-            )
-            await record.write_fingerprint(fingerprint)
-            done: set[str] = set()
-        else:
-            writer = await ItemWriter.open(store, plan.path)
-            done = await record.done_keys()
-            for key in list((await record.failed()).keys()):
-                await record.clear_failed(key)
-        # Parts of split tiles have markers of their own: count the plan's tiles only.
-        finished = sum(1 for key in done if plan.tiles.has_tile_key(key))
-        stats.items.append(
-            ItemStats(label=plan.label, total=plan.tiles.n_tiles, done_before=finished)
-        )
-        opened.append((plan, writer, record, done))
-    return opened
-
-
 @dataclass
 class _Run:
     """What every tile of a run shares."""
@@ -460,7 +309,7 @@ async def run_job(
     stats_ready: asyncio.Future[RunStats] | None = None,
 ) -> RunStats:
     """Run (or resume) a job; returns its counters. ``stop`` asks for a graceful halt."""
-    _check_output_location(job.output)
+    check_output_location(job.output)
     stop = stop or asyncio.Event()
     async with _session(job) as (client, retry, stats):
         retry.stop = stop
@@ -470,52 +319,66 @@ async def run_job(
             stats.ended = time.monotonic()
             stats.interrupted = True
             return stats
-        plans = _plan_items(job, infos)
-        store = await open_store(job.output)
-        plans = await _check_output(job, store, plans, restart)
-        if restart:
-            await _clear_store(store)
-        opened = await _open_items(job, store, plans, stats)
-        # Metadata is complete once every item exists: consolidate now, once, so xarray
-        # opens the store (or any item of it) with one read even while tiles are written.
-        await consolidate(store)
-        if stats_ready is not None and not stats_ready.done():
-            stats_ready.set_result(stats)
-        stats.started = time.monotonic()
+        state = await inspect_output(job.output, [s.name or "" for s in job.resolved_items()])
+        plans = _plan_items(job, infos, state)
+        async with claim_output(job, plans, state, restart=restart) as output:
+            return await _run_tiles(job, client, retry, stats, output.items, stop, stats_ready)
 
-        def work() -> Iterator[tuple[int, Tile]]:
-            for index, (plan, _w, _r, done) in enumerate(opened):
-                for tile in plan.tiles.tiles():
-                    if stats.items[index].abandoned:
-                        break
-                    if tile.key not in done:
-                        yield index, tile
 
-        async with WriteLoop() as write_loop:
-            run = _Run(
-                client=client,
-                retry=retry,
-                budget=ByteBudget(job.memory_mb * 2**20),
-                write_loop=write_loop,
-                # Two tiles compress at once: more only lengthens stalls on 2 cores.
-                write_slots=asyncio.Semaphore(2),
-                stats=stats,
-            )
+async def _run_tiles(
+    job: Job,
+    client: EEClient,
+    retry: _Retry,
+    stats: RunStats,
+    opened: list[OpenedItem],
+    stop: asyncio.Event,
+    stats_ready: asyncio.Future[RunStats] | None,
+) -> RunStats:
+    for item in opened:
+        # Parts of split tiles have markers of their own: count the plan's tiles only.
+        finished = sum(1 for key in item.done if item.plan.tiles.has_tile_key(key))
+        stats.items.append(
+            ItemStats(label=item.plan.label, total=item.plan.tiles.n_tiles, done_before=finished)
+        )
+    if stats_ready is not None and not stats_ready.done():
+        stats_ready.set_result(stats)
+    stats.started = time.monotonic()
 
-            async def handle(work_item: tuple[int, Tile]) -> None:
-                index, tile = work_item
-                if stop.is_set() or stats.items[index].abandoned:
-                    return
-                plan, writer, record, done = opened[index]
-                if await _process_tile(run, plan, writer, record, done, stats.items[index], tile):
-                    stats.items[index].done += 1
+    def work() -> Iterator[tuple[int, Tile]]:
+        for index, item in enumerate(opened):
+            for tile in item.plan.tiles.tiles():
+                if stats.items[index].abandoned:
+                    break
+                if tile.key not in item.done:
+                    yield index, tile
 
-            try:
-                await run_workers(work(), handle, workers=job.concurrency, stop=stop)
-            finally:
-                stats.ended = time.monotonic()
-                stats.interrupted = stop.is_set() and stats.aborted is None
-        return stats
+    async with WriteLoop() as write_loop:
+        run = _Run(
+            client=client,
+            retry=retry,
+            budget=ByteBudget(job.memory_mb * 2**20),
+            write_loop=write_loop,
+            # Two tiles compress at once: more only lengthens stalls on 2 cores.
+            write_slots=asyncio.Semaphore(2),
+            stats=stats,
+        )
+
+        async def handle(work_item: tuple[int, Tile]) -> None:
+            index, tile = work_item
+            if stop.is_set() or stats.items[index].abandoned:
+                return
+            item = opened[index]
+            if await _process_tile(
+                run, item.plan, item.writer, item.record, item.done, stats.items[index], tile
+            ):
+                stats.items[index].done += 1
+
+        try:
+            await run_workers(work(), handle, workers=job.concurrency, stop=stop)
+        finally:
+            stats.ended = time.monotonic()
+            stats.interrupted = stop.is_set() and stats.aborted is None
+    return stats
 
 
 async def _process_tile(
@@ -523,7 +386,7 @@ async def _process_tile(
     plan: ItemPlan,
     writer: ItemWriter,
     record: TileRecord,
-    done: set[str],
+    done: frozenset[str],
     item_stats: ItemStats,
     tile: Tile,
     part_failures: list[RemoteError] | None = None,
@@ -602,13 +465,13 @@ async def _process_tile(
         except (PermanentError, RetryableError) as exc:
             return await fail(exc)
         async with run.write_slots:
-            await run.write_loop.run(writer.write_tile(tile.window, arrays))
+            checksums = await run.write_loop.run(writer.write_tile(tile.window, arrays))
         del arrays
     finally:
         run.budget.release(held)
         held = 0
     # Only now, with every chunk of the tile stored, does the tile count as finished.
-    await record.mark_done(tile.key)
+    await record.mark_done(tile.key, checksums)
     item_stats.bytes += nbytes
     item_stats.refusals = 0
     return True
@@ -633,10 +496,3 @@ async def _record_failure(
         run.retry.stop.set()
     else:
         item_stats.abandoned = f"left the rest of item {item_stats.label}: {why}"
-
-
-async def _clear_store(store: Store) -> None:
-    try:
-        await store.delete_dir("")
-    except (OSError, NotImplementedError) as exc:
-        raise StoreError(f"cannot clear the old output: {exc}") from None
