@@ -36,8 +36,9 @@ from zarr.core.buffer import default_buffer_prototype
 from zarr.storage import LocalStore
 
 from bulkpix.errors import JobError, StoreDamaged, StoreError, StoreMismatch
+from bulkpix.store import lease as lease_module
 from bulkpix.store.checksum import ChecksumStore
-from bulkpix.store.lease import DEFAULT_TTL_S, LEASE_KEY, Lease, job_token
+from bulkpix.store.lease import LEASE_KEY, Lease, job_token
 from bulkpix.store.record import JOB_KEY, TileRecord, fingerprint_diff
 from bulkpix.store.zarr_store import (
     COORD_NAMES,
@@ -468,7 +469,7 @@ async def claim_output(
     state: OutputState,
     *,
     restart: bool = False,
-    lease_ttl_s: float = DEFAULT_TTL_S,
+    lease_ttl_s: float | None = None,
 ) -> AsyncIterator[ClaimedOutput]:
     """Hold the output for this run and yield its items opened (created when new)."""
     check_output(job, state, plans, restart)
@@ -480,9 +481,8 @@ async def claim_output(
     )
     paths = [p.path for p in plans]
     try:
-        async with Lease(
-            store, token, exclusive=restart, output=job.output, ttl_s=lease_ttl_s
-        ) as lease:
+        ttl_s = lease_ttl_s if lease_ttl_s is not None else lease_module.DEFAULT_TTL_S
+        async with Lease(store, token, exclusive=restart, output=job.output, ttl_s=ttl_s) as lease:
             # Another run may have changed the output while this one waited: look again.
             state = await inspect_store(store, job.output, paths)
             check_output(job, state, plans, restart)
