@@ -30,7 +30,7 @@ import base64
 import json
 import struct
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol, Self
 
 import numpy as np
@@ -45,6 +45,7 @@ from zarr.storage import LocalStore, StorePath
 
 from bulkpix.dtypes import BandSpec
 from bulkpix.errors import StoreError
+from bulkpix.store.checksum import ChecksumStore
 from bulkpix.store.codecs import DEFAULT_COMPRESSION, zarr_compressors
 
 __all__ = [
@@ -301,8 +302,7 @@ class ItemWriter:
         # Empty chunks are written like any other: zarr's all-equal check per chunk costs
         # more CPU than storing a few bytes of zstd for a chunk of zeros.
         self._arrays = {
-            name: array.with_config({"write_empty_chunks": True})
-            for name, array in arrays.items()
+            name: array.with_config({"write_empty_chunks": True}) for name, array in arrays.items()
         }
 
     # ---------------------------------------------------------------- construction
@@ -323,15 +323,20 @@ class ItemWriter:
         zarr_format: int = DEFAULT_ZARR_FORMAT,
         band_attrs: Mapping[str, Mapping[str, Any]] | None = None,
         fill_values: Mapping[str, float] | None = None,
+        keep_existing: bool = False,
     ) -> Self:
         """Create the item group and all its arrays (no pixel data is written).
 
         ``compression`` names the chunk codec (``bulkpix.store.codecs``: none, zstd, lz4,
         gzip) and ``compression_level`` its level (None: the codec's default). If anything
         already exists under ``path`` this raises ``StoreError`` unless ``overwrite`` (which
-        deletes it all, tile record included). ``band_attrs`` adds attributes to a band's array (units,
-        scale_factor, ...); ``fill_values`` declares a band's nodata: its fill value and
-        ``_FillValue``, which xarray masks and GDAL reports as nodata. A band without one
+        deletes it all, tile record included) or ``keep_existing``: then only the nodes this
+        writer makes are written (the group's metadata, keeping attributes it does not set;
+        band arrays that are missing or of another shape; the coordinates) and anything else
+        under ``path`` (a user's own arrays, the tile record) stays. ``band_attrs`` adds
+        attributes to a band's array (units, scale_factor, ...); ``fill_values`` declares a
+        band's nodata: its fill value and ``_FillValue``, which xarray masks and GDAL reports
+        as nodata. A band without one
         declares none (its v3 fill value is 0, which v3 readers do not take for nodata).
         """
         path = path.strip("/")
@@ -345,7 +350,7 @@ class ItemWriter:
         for band in bands:
             if band.id in fill_values:
                 fill_values[band.id] = _fill_value(band, fill_values[band.id])
-        if await has_keys_under(store, path):
+        if not keep_existing and await has_keys_under(store, path):
             if not overwrite:
                 raise StoreError(
                     f"the store already holds data at {path or '(root)'!r}; "
@@ -365,9 +370,18 @@ class ItemWriter:
             "chunk": chunk,
             "complete": False,  # set by mark_complete once every tile is stored
         }
-        group = await AsyncGroup.from_store(
-            StorePath(store, path), attributes=group_attrs, zarr_format=zarr_format
-        )
+        if keep_existing:
+            group = await zarr_async.open_group(
+                store=store, path=path, mode="a", zarr_format=zarr_format, attributes=group_attrs
+            )
+            if group.attrs.get("bulkpix") != group_attrs["bulkpix"]:
+                group = await group.update_attributes(group_attrs)
+            existing = await _matching_arrays(group, bands, (height, width), chunk)
+        else:
+            group = await AsyncGroup.from_store(
+                StorePath(store, path), attributes=group_attrs, zarr_format=zarr_format
+            )
+            existing = {}
         compressors = zarr_compressors(compression, compression_level, zarr_format)
         crs_attr = {"wkt": _crs_wkt(grid.crs)}
 
@@ -391,24 +405,65 @@ class ItemWriter:
             # v2 readers (xarray, GDAL) take the fill value for nodata: declare none.
             return None if zarr_format == 2 else 0
 
-        arrays = await asyncio.gather(
-            *(
-                group.create_array(
-                    name=band.id,
-                    shape=(height, width),
-                    dtype=band.dtype,
-                    chunks=(chunk, chunk),
-                    compressors=compressors,
-                    fill_value=fill_value(band),
-                    **_dimensions(zarr_format, ("y", "x"), array_attrs(band)),
-                )
-                for band in bands
+        async def band_array(band: BandSpec) -> AsyncArray:
+            if band.id in existing:
+                return existing[band.id]
+            return await group.create_array(
+                name=band.id,
+                shape=(height, width),
+                dtype=band.dtype,
+                chunks=(chunk, chunk),
+                compressors=compressors,
+                fill_value=fill_value(band),
+                overwrite=keep_existing,
+                **_dimensions(zarr_format, ("y", "x"), array_attrs(band)),
             )
-        )
-        await _write_georeferencing(group, grid, chunk, zarr_format)
+
+        arrays = await asyncio.gather(*(band_array(band) for band in bands))
+        await _write_georeferencing(group, grid, chunk, zarr_format, overwrite=keep_existing)
         await consolidate(store, path, zarr_format)
         if path:
             await _drop_root_consolidation(store)
+        return cls(
+            store,
+            path,
+            dict(zip((b.id for b in bands), arrays, strict=True)),
+            bands,
+            chunk,
+            height,
+            width,
+        )
+
+    @classmethod
+    async def open_recorded(
+        cls,
+        store: Store,
+        path: str,
+        bands: Sequence[BandSpec],
+        chunk: int,
+        height: int,
+        width: int,
+    ) -> Self:
+        """Reopen an item from what its record says (the record owns the item's layout;
+        the group's ``bulkpix`` attribute is only a copy for other readers)."""
+        path = path.strip("/")
+
+        async def open_band(band: BandSpec) -> AsyncArray:
+            try:
+                array = await AsyncArray.open(
+                    StorePath(store, _prefix(path) + band.id), zarr_format=None
+                )
+            except (FileNotFoundError, KeyError) as exc:
+                raise StoreError(
+                    f"band array {band.id!r} at {path or '(root)'!r} is missing: {exc}"
+                ) from None
+            if not isinstance(array, AsyncArray) or array.shape != (height, width):
+                raise StoreError(
+                    f"band array {band.id!r} at {path or '(root)'!r} does not match its record"
+                )
+            return array
+
+        arrays = await asyncio.gather(*(open_band(b) for b in bands))
         return cls(
             store,
             path,
@@ -448,12 +503,16 @@ class ItemWriter:
 
     # ---------------------------------------------------------------- writing
 
-    async def write_tile(self, window: WindowLike, arrays: Mapping[str, np.ndarray]) -> None:
+    async def write_tile(
+        self, window: WindowLike, arrays: Mapping[str, np.ndarray]
+    ) -> dict[str, int]:
         """Write one decoded tile: every band's (height, width) array at the window's offset.
 
         The window must be chunk-aligned (its edges on multiples of ``chunk`` or on the
         array's edge) so that every chunk is written whole: no read-modify-write, and tiles
-        written concurrently never touch the same chunk. Returns once every chunk is stored.
+        written concurrently never touch the same chunk. Returns once every chunk is stored,
+        with the crc32c of each stored chunk by its key relative to the item (``B4/c/0/1``)
+        when the store is a ``ChecksumStore`` (else an empty dict).
         """
         self._check_tile(window, arrays)
         selection = (
@@ -465,6 +524,32 @@ class ItemWriter:
         await asyncio.gather(
             *(self._arrays[band].setitem(selection, array) for band, array in arrays.items())
         )
+        if not isinstance(self.store, ChecksumStore):
+            return {}
+        keys = self.chunk_keys(window, arrays)
+        prefix = _prefix(self.path)
+        crcs = self.store.take(prefix + key for key in keys)
+        return {key[len(prefix) :]: crc for key, crc in crcs.items()}
+
+    def chunk_keys(self, window: WindowLike, bands: Iterable[str]) -> list[str]:
+        """The store keys (relative to the item) of the chunks a window covers, per band."""
+        rows = range(
+            window.row_off // self.chunk, -(-(window.row_off + window.height) // self.chunk)
+        )
+        cols = range(
+            window.col_off // self.chunk, -(-(window.col_off + window.width) // self.chunk)
+        )
+        keys = []
+        for band in bands:
+            metadata = self._arrays[band].metadata
+            for i in rows:
+                for j in cols:
+                    keys.append(f"{band}/{metadata.encode_chunk_key((i, j))}")
+        return keys
+
+    def array_paths(self) -> list[str]:
+        """Store paths of the band arrays (what a ``ChecksumStore`` should track)."""
+        return [_prefix(self.path) + b.id for b in self.bands]
 
     def describe(self) -> dict[str, Any]:
         """What of this output belongs in the job fingerprint: bands, chunking, codecs."""
@@ -576,8 +661,33 @@ def _fill_value_attribute(band: BandSpec, value: float) -> int | str:
     return base64.standard_b64encode(struct.pack("<d", float(value))).decode()
 
 
+async def _matching_arrays(
+    group: AsyncGroup, bands: Sequence[BandSpec], shape: tuple[int, int], chunk: int
+) -> dict[str, AsyncArray]:
+    """The band arrays that already exist in ``group`` with the shape, type and chunks asked."""
+    found: dict[str, AsyncArray] = {}
+    for band in bands:
+        try:
+            node = await group.getitem(band.id)
+        except KeyError:
+            continue
+        if (
+            isinstance(node, AsyncArray)
+            and node.shape == shape
+            and node.dtype == band.dtype
+            and node.chunks == (chunk, chunk)
+        ):
+            found[band.id] = node
+    return found
+
+
 async def _write_georeferencing(
-    group: AsyncGroup, grid: GridLike, chunk: int, zarr_format: int = DEFAULT_ZARR_FORMAT
+    group: AsyncGroup,
+    grid: GridLike,
+    chunk: int,
+    zarr_format: int = DEFAULT_ZARR_FORMAT,
+    *,
+    overwrite: bool = False,
 ) -> None:
     """The x/y centre coordinates and the spatial_ref grid-mapping variable."""
     wkt = _crs_wkt(grid.crs)
@@ -594,6 +704,7 @@ async def _write_georeferencing(
             chunks=(min(coord_chunk, max(values.size, 1)),),
             compressors=None,
             fill_value=np.nan,
+            overwrite=overwrite,
             **_dimensions(zarr_format, (name,), attrs),
         )
         await array.setitem(slice(None), values)
@@ -605,6 +716,7 @@ async def _write_georeferencing(
         # v2 readers would mask a fill value of 0 and turn the variable into a NaN.
         fill_value=None if zarr_format == 2 else 0,
         compressors=None,
+        overwrite=overwrite,
         **_dimensions(
             zarr_format,
             (),
