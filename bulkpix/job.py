@@ -249,6 +249,8 @@ class Retries(_Strict):
     backoff_base: PositiveFloat = 0.5
     backoff_cap: PositiveFloat = 30.0
     budget: Annotated[int, Field(ge=0)] = 10_000
+    # The longest any wait may be, a server's Retry-After included (never below backoff_cap).
+    max_wait: Annotated[float, Field(gt=0, le=86_400)] = 300.0
 
 
 class ServiceModelSpec(_Strict):

@@ -17,10 +17,11 @@ import numpy as np
 from bulkpix import __version__
 from bulkpix.assets import asset_name
 from bulkpix.dtypes import BandSpec, numpy_dtype, request_bytes_per_pixel
-from bulkpix.errors import JobError
+from bulkpix.errors import BadMetadata, JobError, printable
 from bulkpix.geometry.grid import (
     PixelGrid,
     aligned_grid,
+    describe_crs,
     native_subgrid,
     region_bounds,
     same_crs,
@@ -121,35 +122,148 @@ class ItemPlan:
 
 
 def parse_asset(metadata: Mapping[str, Any], requested_name: str) -> AssetInfo:
-    """Band types and grids of an image asset, from its proto3-JSON metadata."""
+    """Band types and grids of an image asset, from its proto3-JSON metadata.
+
+    Everything the output will be built from is checked here, before any store exists: an
+    answer bulkpix cannot use raises ``BadMetadata`` naming what is wrong with it.
+    """
     kind = metadata.get("type", "IMAGE")
     if kind != "IMAGE":
-        raise JobError(f"asset {requested_name} is a {kind}, not an IMAGE")
-    raw_bands = metadata.get("bands") or []
-    if not raw_bands:
+        raise JobError(f"asset {requested_name} is a {_quote(kind)}, not an IMAGE")
+
+    def bad(what: str) -> BadMetadata:
+        return BadMetadata(f"asset {requested_name}: the service's metadata is unusable: {what}")
+
+    raw_bands = metadata.get("bands")
+    if raw_bands is None or raw_bands == []:
         raise JobError(f"asset {requested_name} has no bands")
+    if not isinstance(raw_bands, list):
+        raise bad(f"'bands' is a {_json_kind(raw_bands)}, not a list")
     bands = []
     grids = {}
     band_metadata: dict[str, dict[str, Any]] = {}
-    for band in raw_bands:
-        band_id = band["id"]
+    for position, band in enumerate(raw_bands, start=1):
+        if not isinstance(band, dict):
+            raise bad(f"band {position} is a {_json_kind(band)}, not an object")
+        band_id = band.get("id")
+        if not isinstance(band_id, str) or not band_id:
+            raise bad(f"band {position} has no 'id'")
+        problem = _band_id_problem(band_id)
+        if problem:
+            raise bad(f"band {position} id {_quote(band_id)} {problem}")
+        data_type = band.get("dataType")
+        if data_type is not None and not isinstance(data_type, dict):
+            raise bad(f"band {band_id}: 'dataType' is a {_json_kind(data_type)}, not an object")
         band_metadata[band_id] = {
             k: band[k] for k in ("units", "description", "scale", "offset") if k in band
         }
         try:
-            dtype = numpy_dtype(band.get("dataType"))
+            dtype = numpy_dtype(data_type)
         except ValueError as exc:
-            raise JobError(f"asset {requested_name}, band {band_id}: {exc}") from None
+            message = printable(str(exc), limit=200)
+            raise JobError(f"asset {requested_name}, band {band_id}: {message}") from None
+        except (TypeError, AttributeError):
+            raise bad(f"band {band_id}: malformed 'dataType'") from None
         bands.append(BandSpec(band_id, dtype))
         if "grid" in band:
-            grids[band_id] = PixelGrid.from_ee(band["grid"])
+            grid_problem, grid = _parse_grid(band["grid"])
+            if grid is None:
+                raise bad(f"band {band_id}: {grid_problem}")
+            grids[band_id] = grid
+    ids = [b.id for b in bands]
+    duplicates = sorted({i for i in ids if ids.count(i) > 1})
+    if duplicates:
+        raise bad(f"band id {_quote(duplicates[0])} appears more than once")
+    name = metadata.get("name", requested_name)
+    update_time = metadata.get("updateTime")
     return AssetInfo(
-        name=metadata.get("name", requested_name),
+        name=name if isinstance(name, str) and name == printable(name) else requested_name,
         bands=tuple(bands),
         grids=grids,
-        update_time=metadata.get("updateTime"),
+        update_time=update_time if isinstance(update_time, str) else None,
         band_metadata=band_metadata,
     )
+
+
+# Names the output itself uses next to the band arrays (coordinates, grid mapping, record).
+_RESERVED_NAMES = frozenset({"x", "y", "spatial_ref", "zarr.json", ".bulkpix"})
+_MAX_BAND_ID = 255
+# An output side of 2**31 px or more is no image the service serves.
+_MAX_GRID_SIDE = 2**31 - 1
+
+
+def _band_id_problem(band_id: str) -> str | None:
+    """Why ``band_id`` cannot name a Zarr array (and a directory) in the output, if it cannot."""
+    if any(not ch.isprintable() for ch in band_id):
+        return "holds control characters"
+    if len(band_id) > _MAX_BAND_ID:
+        return f"is longer than {_MAX_BAND_ID} characters"
+    if band_id in _RESERVED_NAMES:
+        return "clashes with a name the output reserves"
+    if "/" in band_id or "\\" in band_id:
+        return "holds a path separator"
+    if band_id.startswith((".", "__")):
+        return "starts with '.' or '__', which Zarr reserves"
+    return None
+
+
+def _parse_grid(raw: Any) -> tuple[str, PixelGrid | None]:
+    """(problem, None) or ("", grid) for a band's ``grid`` JSON."""
+    if not isinstance(raw, dict):
+        return f"'grid' is a {_json_kind(raw)}, not an object", None
+    crs = raw.get("crsCode") or raw.get("crsWkt")
+    if not isinstance(crs, str) or not crs.strip():
+        return "the grid names no CRS", None
+    try:
+        describe_crs(crs)
+    except ValueError:
+        return f"CRS {_quote(crs)} is not one bulkpix can describe", None
+    affine = raw.get("affineTransform")
+    if not isinstance(affine, dict):
+        return "the grid has no affineTransform", None
+    values = []
+    for key in ("scaleX", "shearX", "translateX", "shearY", "scaleY", "translateY"):
+        value = affine.get(key, 0.0)
+        if isinstance(value, bool) or not isinstance(value, int | float | str):
+            return f"{key} is not a number", None
+        try:
+            number = float(value)
+        except ValueError:
+            return f"{key} {_quote(value)} is not a number", None
+        if not math.isfinite(number):
+            return f"{key} is {number}", None
+        values.append(number)
+    a, b, _c, d, e, _f = values
+    if a * e - b * d == 0 or not math.isfinite(a * e - b * d):
+        return f"the affine transform is degenerate (scaleX {a:g}, scaleY {e:g})", None
+    dims = raw.get("dimensions")
+    if not isinstance(dims, dict):
+        return "the grid has no dimensions", None
+    sides = []
+    for key in ("width", "height"):
+        value = dims.get(key, 0)
+        if isinstance(value, str) and value.strip().isdigit():
+            value = int(value)  # proto3 JSON may quote 64-bit integers
+        if isinstance(value, bool) or not isinstance(value, int):
+            return f"{key} {_quote(value)} is not a whole number", None
+        if not 0 < value <= _MAX_GRID_SIDE:
+            return f"{key} is {value}", None
+        sides.append(value)
+    try:
+        return "", PixelGrid.from_ee(raw)
+    except (ValueError, TypeError) as exc:
+        return f"malformed grid: {exc}", None
+
+
+def _json_kind(value: Any) -> str:
+    return {dict: "object", list: "list", str: "string", bool: "boolean"}.get(
+        type(value), "number" if isinstance(value, int | float) else "null"
+    )
+
+
+def _quote(value: Any, limit: int = 60) -> str:
+    """A bounded, printable quote of something the service said."""
+    return repr(printable(str(value), limit=limit))
 
 
 VISUALIZATION_BANDS = ("vis-red", "vis-green", "vis-blue")
@@ -159,9 +273,9 @@ def _band_attrs(metadata: Mapping[str, Any]) -> dict[str, Any]:
     """CF attributes of one band from what the asset says of it."""
     attrs: dict[str, Any] = {}
     if isinstance(metadata.get("units"), str):
-        attrs["units"] = metadata["units"]
+        attrs["units"] = printable(metadata["units"], limit=200)
     if isinstance(metadata.get("description"), str):
-        attrs["long_name"] = attrs["description"] = metadata["description"]
+        attrs["long_name"] = attrs["description"] = printable(metadata["description"], limit=2000)
     for key, cf_name in (("scale", "scale_factor"), ("offset", "add_offset")):
         value = metadata.get(key)
         if isinstance(value, int | float) and math.isfinite(value):

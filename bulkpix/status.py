@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 from zarr.abc.store import Store
 
-from bulkpix.errors import JobError
+from bulkpix.errors import JobError, printable
 from bulkpix.planning import tile_plan_from_fingerprint
 from bulkpix.store.record import TileRecord
 from bulkpix.store.zarr_store import open_store
@@ -99,6 +99,7 @@ def print_status(console: Console, report: StatusReport) -> None:
     console.print(table)
     for item in report.items:
         for key, why in sorted(item.failed.items())[:20]:
-            console.print(f"failed {item.label} {key}: {why}", markup=False)
+            # A stored reason quotes the server: printed without its control characters.
+            console.print(f"failed {item.label} {key}: {printable(why)}", markup=False)
     state = "complete" if report.complete else "incomplete: rerun the job to fetch what is missing"
     console.print(state)

@@ -19,7 +19,7 @@ from numpy.lib import format as npy_format
 
 from bulkpix.errors import BadPayload
 
-__all__ = ["decode_pixels"]
+__all__ = ["decode_pixels", "max_payload_bytes"]
 
 # An NPY 1.0 header is at most 10 (magic, version, length) + 65535 bytes; 2.0 allows more but
 # the service sends 1.0. Only this prefix is copied into a BytesIO for header parsing.
@@ -30,6 +30,35 @@ _NPY_HEADER_READERS = {
     (1, 0): npy_format.read_array_header_1_0,
     (2, 0): npy_format.read_array_header_2_0,
 }
+
+
+# What a GeoTIFF adds to its pixels: the header, tags and GeoKeys (a few KB), and an offset
+# and a byte count (8 bytes each in BigTIFF) per strip or tile per band, a strip being at
+# least a row. Deflate can grow incompressible data by 5 bytes per 16 KiB block.
+_GEOTIFF_FIXED_OVERHEAD = 1 << 20
+_GEOTIFF_PER_ROW_AND_BAND = 16
+
+
+def max_payload_bytes(
+    file_format: str, band_ids: Sequence[str], dtypes: Sequence[np.dtype], height: int, width: int
+) -> int:
+    """The most bytes a correct getPixels answer for this request can take.
+
+    The client reads no further: a body past this bound is not those pixels whatever it
+    holds, so it is refused before it can take memory the byte budget did not grant.
+    """
+    pixels = height * width * sum(np.dtype(d).itemsize for d in dtypes)
+    if file_format.upper() == "NPY":
+        # The header is a dict literal: each field costs its quoted name (a repr may escape a
+        # character to 10 bytes) and its type string; plus magic, shape and padding.
+        fields = sum(10 * len(b) + 32 for b in band_ids)
+        return pixels + fields + 256
+    return (
+        pixels
+        + pixels // 1000
+        + _GEOTIFF_PER_ROW_AND_BAND * height * max(1, len(band_ids))
+        + _GEOTIFF_FIXED_OVERHEAD
+    )
 
 
 def decode_pixels(
