@@ -31,7 +31,7 @@ import json
 import struct
 import warnings
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol, Self
+from typing import Any, Literal, Protocol, Self
 
 import numpy as np
 from affine import Affine
@@ -65,7 +65,8 @@ __all__ = [
 DEFAULT_CHUNK = 1024
 DEFAULT_ZSTD_LEVEL = 1
 
-DEFAULT_ZARR_FORMAT = 3
+ZarrFormat = Literal[2, 3]
+DEFAULT_ZARR_FORMAT: ZarrFormat = 3
 ZARR_FORMATS = (2, 3)
 
 GRID_MAPPING = "spatial_ref"
@@ -131,7 +132,7 @@ async def open_store(url_or_path: str, *, read_only: bool = False) -> Store:
         raise StoreError(f"cannot open {url_or_path!r}: {exc}") from None
 
 
-async def zarr_format_of(store: Store, path: str = "") -> int | None:
+async def zarr_format_of(store: Store, path: str = "") -> ZarrFormat | None:
     """The Zarr format (2 or 3) of the group at ``path``, None when there is no group."""
     prefix = _prefix(path)
     prototype = default_buffer_prototype()
@@ -142,7 +143,9 @@ async def zarr_format_of(store: Store, path: str = "") -> int | None:
     return None
 
 
-async def consolidate(store: Store, path: str = "", zarr_format: int | None = None) -> None:
+async def consolidate(
+    store: Store, path: str = "", zarr_format: ZarrFormat | None = None
+) -> None:
     """Consolidate the metadata of the group at ``path`` and everything under it.
 
     ``xarray.open_zarr(store, group=item)`` looks for consolidated metadata at the store's
@@ -157,9 +160,9 @@ async def consolidate(store: Store, path: str = "", zarr_format: int | None = No
         await zarr_async.consolidate_metadata(store, path=path or None, zarr_format=zarr_format)
 
 
-async def mark_batch_root(store: Store, zarr_format: int = DEFAULT_ZARR_FORMAT) -> None:
+async def mark_batch_root(store: Store, zarr_format: ZarrFormat = DEFAULT_ZARR_FORMAT) -> None:
     """Make the store's root group (if need be) and mark it as holding a bulkpix batch."""
-    mark = {"bulkpix": {"batch": True}}
+    mark: dict[str, Any] = {"bulkpix": {"batch": True}}
     # A new root is created with its mark in one write: no moment where it exists unmarked.
     group = await zarr_async.open_group(
         store=store, path="", mode="a", zarr_format=zarr_format, attributes=mark
@@ -321,7 +324,7 @@ class ItemWriter:
         *,
         compression_level: int | None = DEFAULT_ZSTD_LEVEL,
         overwrite: bool = False,
-        zarr_format: int = DEFAULT_ZARR_FORMAT,
+        zarr_format: ZarrFormat = DEFAULT_ZARR_FORMAT,
         band_attrs: Mapping[str, Mapping[str, Any]] | None = None,
         fill_values: Mapping[str, float] | None = None,
     ) -> Self:
@@ -584,7 +587,7 @@ def _fill_value_attribute(band: BandSpec, value: float) -> int | str:
 
 
 async def _write_georeferencing(
-    group: AsyncGroup, grid: GridLike, chunk: int, zarr_format: int = DEFAULT_ZARR_FORMAT
+    group: AsyncGroup, grid: GridLike, chunk: int, zarr_format: ZarrFormat = DEFAULT_ZARR_FORMAT
 ) -> None:
     """The x/y centre coordinates and the spatial_ref grid-mapping variable."""
     wkt = _crs_wkt(grid.crs)
