@@ -10,7 +10,7 @@ import contextlib
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -66,7 +66,7 @@ class ItemPlan:
     tiles: TilePlan
     file_format: str
     workload_tag: str | None
-    zarr_format: int = 3
+    zarr_format: Literal[2, 3] = 3
     # Per output band: its declared nodata (fill value) and its array attributes.
     fill_values: Mapping[str, float] = field(default_factory=dict)
     band_attrs: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
@@ -392,7 +392,7 @@ def plan_item(
         raise JobError(f"file_format GEO_TIFF needs one data type for all bands ({kinds}); use NPY")
     source_bands: tuple[str, ...] = ()
     visualization = None
-    file_format = job.file_format
+    file_format: str = job.file_format
     band_attrs = {b.id: _band_attrs(asset.band_metadata.get(b.id, {})) for b in bands}
     if spec.visualization is not None:
         # The service draws the source bands as 8-bit RGB; PNG keeps it lossless. Tiles

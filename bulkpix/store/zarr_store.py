@@ -31,7 +31,7 @@ import json
 import struct
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Protocol, Self
+from typing import Any, Literal, Protocol, Self
 
 import numpy as np
 from affine import Affine
@@ -64,7 +64,8 @@ __all__ = [
 # 512 ~5.5, 256 ~10 (per-chunk overhead dominates). The codec: see bulkpix.store.codecs.
 DEFAULT_CHUNK = 1024
 
-DEFAULT_ZARR_FORMAT = 3
+ZarrFormat = Literal[2, 3]
+DEFAULT_ZARR_FORMAT: ZarrFormat = 3
 ZARR_FORMATS = (2, 3)
 
 GRID_MAPPING = "spatial_ref"
@@ -130,7 +131,7 @@ async def open_store(url_or_path: str, *, read_only: bool = False) -> Store:
         raise StoreError(f"cannot open {url_or_path!r}: {exc}") from None
 
 
-async def zarr_format_of(store: Store, path: str = "") -> int | None:
+async def zarr_format_of(store: Store, path: str = "") -> ZarrFormat | None:
     """The Zarr format (2 or 3) of the group at ``path``, None when there is no group."""
     prefix = _prefix(path)
     prototype = default_buffer_prototype()
@@ -141,7 +142,9 @@ async def zarr_format_of(store: Store, path: str = "") -> int | None:
     return None
 
 
-async def consolidate(store: Store, path: str = "", zarr_format: int | None = None) -> None:
+async def consolidate(
+    store: Store, path: str = "", zarr_format: ZarrFormat | None = None
+) -> None:
     """Consolidate the metadata of the group at ``path`` and everything under it.
 
     ``xarray.open_zarr(store, group=item)`` looks for consolidated metadata at the store's
@@ -156,9 +159,9 @@ async def consolidate(store: Store, path: str = "", zarr_format: int | None = No
         await zarr_async.consolidate_metadata(store, path=path or None, zarr_format=zarr_format)
 
 
-async def mark_batch_root(store: Store, zarr_format: int = DEFAULT_ZARR_FORMAT) -> None:
+async def mark_batch_root(store: Store, zarr_format: ZarrFormat = DEFAULT_ZARR_FORMAT) -> None:
     """Make the store's root group (if need be) and mark it as holding a bulkpix batch."""
-    mark = {"bulkpix": {"batch": True}}
+    mark: dict[str, Any] = {"bulkpix": {"batch": True}}
     # A new root is created with its mark in one write: no moment where it exists unmarked.
     group = await zarr_async.open_group(
         store=store, path="", mode="a", zarr_format=zarr_format, attributes=mark
@@ -320,7 +323,7 @@ class ItemWriter:
         compression: str = DEFAULT_COMPRESSION,
         compression_level: int | None = None,
         overwrite: bool = False,
-        zarr_format: int = DEFAULT_ZARR_FORMAT,
+        zarr_format: ZarrFormat = DEFAULT_ZARR_FORMAT,
         band_attrs: Mapping[str, Mapping[str, Any]] | None = None,
         fill_values: Mapping[str, float] | None = None,
         keep_existing: bool = False,
@@ -682,12 +685,16 @@ async def _matching_arrays(
 
 
 async def _write_georeferencing(
+<<<<<<< HEAD
     group: AsyncGroup,
     grid: GridLike,
     chunk: int,
     zarr_format: int = DEFAULT_ZARR_FORMAT,
     *,
     overwrite: bool = False,
+=======
+    group: AsyncGroup, grid: GridLike, chunk: int, zarr_format: ZarrFormat = DEFAULT_ZARR_FORMAT
+>>>>>>> readers
 ) -> None:
     """The x/y centre coordinates and the spatial_ref grid-mapping variable."""
     wkt = _crs_wkt(grid.crs)
