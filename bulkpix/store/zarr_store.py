@@ -685,16 +685,12 @@ async def _matching_arrays(
 
 
 async def _write_georeferencing(
-<<<<<<< HEAD
     group: AsyncGroup,
     grid: GridLike,
     chunk: int,
-    zarr_format: int = DEFAULT_ZARR_FORMAT,
+    zarr_format: ZarrFormat = DEFAULT_ZARR_FORMAT,
     *,
     overwrite: bool = False,
-=======
-    group: AsyncGroup, grid: GridLike, chunk: int, zarr_format: ZarrFormat = DEFAULT_ZARR_FORMAT
->>>>>>> readers
 ) -> None:
     """The x/y centre coordinates and the spatial_ref grid-mapping variable."""
     wkt = _crs_wkt(grid.crs)
