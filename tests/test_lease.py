@@ -142,7 +142,7 @@ def test_a_run_that_lost_its_lease_writes_no_more_markers() -> None:
 def test_the_lease_is_renewed_while_the_run_lives_and_lost_when_renewals_fail() -> None:
     async def go() -> None:
         store = MemoryStore()
-        async with Lease(store, "job-a", ttl_s=60, clock=loop_now) as lease:
+        async with Lease(store, "job-a", ttl_s=60, clock=loop_now, monotonic=loop_now) as lease:
             await asyncio.sleep(600)  # ten virtual minutes: forty renewals
             _, info = await read_lease(store)
             assert info is not None and info.expires > loop_now() + 30

@@ -105,8 +105,7 @@ async def _verify_item(store: Store, item: RecordedItem, lease: Lease) -> ItemVe
     containing = {
         tile
         for tile in markers
-        if tile not in failed_tiles
-        and any(_contains(tile, part) for part in failed_tiles)
+        if tile not in failed_tiles and any(_contains(tile, part) for part in failed_tiles)
     }
     for tile in sorted(failed_tiles | containing):
         await record.clear_done(tile)

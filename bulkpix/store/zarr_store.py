@@ -32,7 +32,7 @@ from zarr.codecs import ZstdCodec
 from zarr.core.array import AsyncArray
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.group import AsyncGroup
-from zarr.errors import ZarrUserWarning
+from zarr.errors import ContainsArrayError, ContainsGroupError, ZarrUserWarning
 from zarr.storage import LocalStore, StorePath
 
 from bulkpix.dtypes import BandSpec
@@ -133,13 +133,8 @@ async def consolidate(store: Store, path: str = "") -> None:
 
 async def mark_batch_root(store: Store) -> None:
     """Make the store's root group (if need be) and mark it as holding a bulkpix batch."""
-    mark = {"bulkpix": {"batch": True}}
     # A new root is created with its mark in one write: no moment where it exists unmarked.
-    group = await zarr_async.open_group(
-        store=store, path="", mode="a", zarr_format=3, attributes=mark
-    )
-    if group.attrs.get("bulkpix") != mark["bulkpix"]:
-        await group.update_attributes(mark)
+    await _open_or_make_group(store, "", {"bulkpix": {"batch": True}})
 
 
 async def has_keys_under(store: Store, path: str) -> bool:
@@ -324,36 +319,31 @@ class ItemWriter:
             "chunk": chunk,
         }
         if keep_existing:
-            group = await zarr_async.open_group(
-                store=store, path=path, mode="a", zarr_format=3, attributes=group_attrs
-            )
-            if group.attrs.get("bulkpix") != group_attrs["bulkpix"]:
-                group = await group.update_attributes(group_attrs)
-            existing = await _matching_arrays(group, bands, (height, width), chunk)
+            group = await _open_or_make_group(store, path, group_attrs)
         else:
             group = await AsyncGroup.from_store(StorePath(store, path), attributes=group_attrs)
-            existing = {}
         compressors = None if compression_level is None else ZstdCodec(level=compression_level)
 
-        async def band_array(band: BandSpec) -> AsyncArray:
-            if band.id in existing:
-                return existing[band.id]
-            return await group.create_array(
-                name=band.id,
-                shape=(height, width),
-                dtype=band.dtype,
-                chunks=(chunk, chunk),
-                compressors=compressors,
-                fill_value=0,
-                dimension_names=("y", "x"),
-                # "coordinates" makes xarray keep spatial_ref as a coordinate, as
-                # rioxarray itself writes it.
-                attributes={"grid_mapping": GRID_MAPPING, "coordinates": GRID_MAPPING},
-                overwrite=keep_existing,
+        arrays = await asyncio.gather(
+            *(
+                _make_array(
+                    group,
+                    keep_existing,
+                    name=band.id,
+                    shape=(height, width),
+                    dtype=band.dtype,
+                    chunks=(chunk, chunk),
+                    compressors=compressors,
+                    fill_value=0,
+                    dimension_names=("y", "x"),
+                    # "coordinates" makes xarray keep spatial_ref as a coordinate, as
+                    # rioxarray itself writes it.
+                    attributes={"grid_mapping": GRID_MAPPING, "coordinates": GRID_MAPPING},
+                )
+                for band in bands
             )
-
-        arrays = await asyncio.gather(*(band_array(band) for band in bands))
-        await _write_georeferencing(group, grid, chunk, overwrite=keep_existing)
+        )
+        await _write_georeferencing(group, grid, chunk, keep_existing=keep_existing)
         await consolidate(store, path)
         if path:
             await _drop_root_consolidation(store)
@@ -540,28 +530,61 @@ def _check_band_names(bands: Sequence[BandSpec]) -> None:
             raise StoreError(f"band id {band_id!r} cannot name a Zarr array")
 
 
-async def _matching_arrays(
-    group: AsyncGroup, bands: Sequence[BandSpec], shape: tuple[int, int], chunk: int
-) -> dict[str, AsyncArray]:
-    """The band arrays that already exist in ``group`` with the shape, type and chunks asked."""
-    found: dict[str, AsyncArray] = {}
-    for band in bands:
+async def _open_or_make_group(store: Store, path: str, attributes: dict[str, Any]) -> AsyncGroup:
+    """The group at ``path`` with ``attributes`` set, made if missing, others' attributes kept.
+
+    Runs of the same job may make it at the same moment: whoever loses opens the winner's.
+    """
+    for attempt in range(2):
         try:
-            node = await group.getitem(band.id)
-        except KeyError:
-            continue
+            group = await zarr_async.open_group(
+                store=store, path=path, mode="a", zarr_format=3, attributes=attributes
+            )
+            break
+        except (ContainsGroupError, ContainsArrayError):
+            if attempt:
+                raise
+    if any(group.attrs.get(name) != value for name, value in attributes.items()):
+        group = await group.update_attributes(attributes)
+    return group
+
+
+async def _make_array(
+    group: AsyncGroup, keep_existing: bool, *, name: str, shape: tuple[int, ...], **kwargs: Any
+) -> AsyncArray:
+    """Create an array; with ``keep_existing`` one that already exists with the same shape,
+    type and chunks is kept (made by an earlier or a concurrent run of the same job)."""
+    if not keep_existing:
+        return await group.create_array(name=name, shape=shape, **kwargs)
+    existing = await _existing_array(group, name)
+    if existing is not None:
+        chunks = kwargs.get("chunks")
         if (
-            isinstance(node, AsyncArray)
-            and node.shape == shape
-            and node.dtype == band.dtype
-            and node.chunks == (chunk, chunk)
+            existing.shape == shape
+            and existing.dtype == np.dtype(kwargs["dtype"])
+            and (chunks is None or existing.chunks == tuple(chunks))
         ):
-            found[band.id] = node
-    return found
+            return existing
+        return await group.create_array(name=name, shape=shape, overwrite=True, **kwargs)
+    try:
+        return await group.create_array(name=name, shape=shape, **kwargs)
+    except (ContainsArrayError, ContainsGroupError):
+        made = await _existing_array(group, name)  # a concurrent run made it just now
+        if made is None:
+            raise
+        return made
+
+
+async def _existing_array(group: AsyncGroup, name: str) -> AsyncArray | None:
+    try:
+        node = await group.getitem(name)
+    except KeyError:
+        return None
+    return node if isinstance(node, AsyncArray) else None
 
 
 async def _write_georeferencing(
-    group: AsyncGroup, grid: GridLike, chunk: int, *, overwrite: bool = False
+    group: AsyncGroup, grid: GridLike, chunk: int, *, keep_existing: bool = False
 ) -> None:
     """The x/y centre coordinates and the spatial_ref grid-mapping variable."""
     wkt = _crs_wkt(grid.crs)
@@ -571,7 +594,9 @@ async def _write_georeferencing(
     coord_chunk = max(chunk, 1 << 16)
 
     async def write_coordinate(name: str, values: np.ndarray, attrs: dict[str, Any]) -> None:
-        array = await group.create_array(
+        array = await _make_array(
+            group,
+            keep_existing,
             name=name,
             shape=values.shape,
             dtype=np.float64,
@@ -580,11 +605,12 @@ async def _write_georeferencing(
             fill_value=np.nan,
             dimension_names=(name,),
             attributes=attrs,
-            overwrite=overwrite,
         )
         await array.setitem(slice(None), values)
 
-    spatial_ref = await group.create_array(
+    spatial_ref = await _make_array(
+        group,
+        keep_existing,
         name=GRID_MAPPING,
         shape=(),
         dtype=np.int64,
@@ -596,7 +622,6 @@ async def _write_georeferencing(
             "spatial_ref": wkt,
             "GeoTransform": gdal_geotransform(grid.transform),
         },
-        overwrite=overwrite,
     )
     await asyncio.gather(
         write_coordinate("x", x_centres, x_attrs),
