@@ -408,7 +408,11 @@ class ItemWriter:
         if not isinstance(info, dict) or info.get("layout") != LAYOUT_VERSION:
             raise StoreError(f"the group at {path or '(root)'!r} was not written by bulkpix")
         bands = [BandSpec(b["id"], np.dtype(b["dtype"])) for b in info["bands"]]
-        arrays = await asyncio.gather(*(group.getitem(b.id) for b in bands))
+        arrays = []
+        for node in await asyncio.gather(*(group.getitem(b.id) for b in bands)):
+            if not isinstance(node, AsyncArray):
+                raise StoreError(f"{node.path!r} is a group, not a band array")
+            arrays.append(node)
         grid = info["grid"]
         return cls(
             store,
@@ -477,7 +481,7 @@ class ItemWriter:
             "bands": [{"id": b.id, "dtype": b.dtype.str} for b in self.bands],
             "shape": [self.height, self.width],
             "chunk": self.chunk,
-            "codecs": [c.to_dict() for c in first.metadata.codecs],
+            "codecs": [c.to_dict() for c in getattr(first.metadata, "codecs", ())],
         }
 
     def _check_tile(self, window: WindowLike, arrays: Mapping[str, np.ndarray]) -> None:
