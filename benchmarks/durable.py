@@ -92,7 +92,9 @@ def _measure(repeat: int, fn: Callable[[Path], Awaitable[None]]) -> tuple[float,
     return best
 
 
-def _run_job(durable: bool, size_px: int, url: str) -> Callable[[Path], Awaitable[None]]:
+def _run_job(
+    durable: bool, size_px: int, chunk: int, url: str
+) -> Callable[[Path], Awaitable[None]]:
     from bulkpix.job import parse_job
     from bulkpix.pipeline import run_job
 
@@ -107,7 +109,7 @@ def _run_job(durable: bool, size_px: int, url: str) -> Callable[[Path], Awaitabl
                     "bbox": [600000, 5200000 - size_px * 10, 600000 + size_px * 10, 5200000],
                     "region_crs": "EPSG:32633",
                 },
-                "chunk": 512,
+                "chunk": chunk,
                 "tile": [1024, 1024],
                 "concurrency": 8,
                 "durable": durable,
@@ -146,14 +148,18 @@ def main() -> None:
         max_qps=10_000,
     )
     with emulator_in_thread(config) as emu:
-        base = None
-        for durable in (False, True):
-            wall, cpu = _measure(args.repeat, _run_job(durable, size, emu.url))
-            base = base or wall
-            label = "durable" if durable else "default"
-            print(
-                f"  {label:10s} wall {wall:6.2f} s  CPU {cpu:6.2f} s  ({wall / base - 1:+.0%} wall)"
-            )
+        for chunk in (512, 1024):
+            files = (size // chunk) ** 2 * 4
+            print(f"  chunk {chunk} ({files} chunk files), tiles 1024")
+            base = None
+            for durable in (False, True):
+                wall, cpu = _measure(args.repeat, _run_job(durable, size, chunk, emu.url))
+                base = base or wall
+                label = "durable" if durable else "default"
+                print(
+                    f"    {label:8s} wall {wall:6.2f} s  CPU {cpu:6.2f} s  "
+                    f"({wall / base - 1:+.0%} wall)"
+                )
 
 
 if __name__ == "__main__":
