@@ -172,3 +172,68 @@ def test_resume_removes_only_bulkpix_leftover_temp_files(tmp_path: Path) -> None
     assert not any(path.exists() for path in ours)
     assert all(path.read_bytes() == b"half" for path in theirs)
     _check_pixels(output)
+
+
+def test_a_failed_part_of_a_split_tile_clears_the_tile_it_was_part_of(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    output = tmp_path / "out.zarr"
+    with emulator_thread(synthetic={ASSET: SYNTH}) as emu:
+        job = write_job(tmp_path / "j.yaml", **_keys(emu.url, output, bands=["u8"]))
+        assert main(["run", "--quiet", str(job)]) == 0
+        # As a tile the server found too large leaves it: its parts' markers hold the
+        # checksums, the whole tile's marker none.
+        done = output / ".bulkpix" / "done"
+        whole = json.loads((done / "g0_r0_c0_h128_w128").read_text())
+        (done / "g0_r0_c0_h128_w128").write_text(json.dumps({k: whole[k] for k in ("key", "v")}))
+        for row in (0, 64):
+            for col in (0, 64):
+                key = f"g0_r{row}_c{col}_h64_w64"
+                chunk = f"u8/c/{row // 64}/{col // 64}"
+                marker = {"key": key, "v": 1, "chunks": {chunk: whole["chunks"][chunk]}}
+                (done / key).write_text(json.dumps(marker))
+        (output / "u8" / "c" / "1" / "1").write_bytes(b"garbage")
+        capsys.readouterr()
+        assert main(["verify", str(output)]) == 1
+        out = capsys.readouterr().out
+        assert "tile g0_r64_c64_h64_w64, u8/c/1/1: checksum mismatch" in out
+        assert "2 tile(s) failed and were cleared" in out
+        assert not (done / "g0_r64_c64_h64_w64").exists()
+        assert not (done / "g0_r0_c0_h128_w128").exists()
+        assert (done / "g0_r0_c0_h64_w64").exists()
+        start = len(emu.log)
+        assert main(["run", "--quiet", str(job)]) == 0
+        assert _windows(emu, start) == [(1232, 200, 128, 128)]
+    np.testing.assert_array_equal(
+        zarr.open_group(output, mode="r")["u8"][:], synthetic_pixels(0, ROWS, COLS)
+    )
+
+
+def test_verify_and_the_lease_work_on_an_object_store(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import fsspec
+
+    memory = fsspec.filesystem("memory")
+    bucket = f"bulkpix-verify-{tmp_path.name}"
+    url = f"memory://{bucket}/out.zarr"
+    try:
+        with emulator_thread(synthetic={ASSET: SYNTH}) as emu:
+            keys = {**_keys(emu.url, tmp_path / "unused"), "output": url}
+            job = write_job(tmp_path / "j.yaml", **keys)
+            assert main(["run", "--quiet", str(job)]) == 0
+            assert not memory.exists(f"/{bucket}/out.zarr/.bulkpix/lease.json")
+            assert main(["verify", url]) == 0
+            memory.pipe(f"/{bucket}/out.zarr/u8/c/3/3", b"not the chunk")
+            capsys.readouterr()
+            assert main(["verify", url]) == 1
+            assert "tile g0_r128_c128_h128_w128, u8/c/3/3: checksum mismatch" in (
+                capsys.readouterr().out
+            )
+            start = len(emu.log)
+            assert main(["run", "--quiet", str(job)]) == 0
+            assert _windows(emu, start) == [(1232 + 128, 200 + 128, 128, 128)]
+            assert main(["verify", url]) == 0
+    finally:
+        if memory.exists(f"/{bucket}"):
+            memory.rm(f"/{bucket}", recursive=True)
