@@ -16,16 +16,11 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
-
-import numpy as np
-from zarr.abc.store import Store
-from zarr.core.buffer import default_buffer_prototype
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from bulkpix.assets import asset_name
 from bulkpix.ee.auth import load_credentials
 from bulkpix.ee.client import EEClient, Timeouts
-from bulkpix.ee.decode import decode_pixels
 from bulkpix.errors import (
     JobError,
     PermanentError,
@@ -37,29 +32,24 @@ from bulkpix.errors import (
     StoreMismatch,
     Unauthenticated,
 )
-from bulkpix.geometry.tiling import Tile, split_tile
 from bulkpix.job import EmulatorSection, Job
-from bulkpix.planning import (
-    AssetInfo,
-    ItemPlan,
-    parse_asset,
-    plan_item,
-    replan_with_tile,
-    request_body,
-)
-from bulkpix.store.record import TileRecord, fingerprint_diff
 from bulkpix.store.write_loop import WriteLoop
-from bulkpix.store.zarr_store import (
-    ItemWriter,
-    consolidate,
-    has_keys_under,
-    mark_batch_root,
-    open_store,
-)
 from bulkpix.transfer.budget import ByteBudget
 from bulkpix.transfer.limits import Governor
 from bulkpix.transfer.pool import run_workers
 from bulkpix.transfer.retry import RetryBudget, RetryPolicy, retrying
+
+# Planning and the store (numpy, zarr, rasterio: about half a second of imports on a slow
+# machine) are imported where they are used, after the first request is on its way:
+# `_import_store_side` loads them on a thread while the asset metadata call is in flight.
+if TYPE_CHECKING:
+    import numpy as np
+    from zarr.abc.store import Store
+
+    from bulkpix.geometry.tiling import Tile
+    from bulkpix.planning import AssetInfo, ItemPlan
+    from bulkpix.store.record import TileRecord
+    from bulkpix.store.zarr_store import ItemWriter
 
 __all__ = ["ItemStats", "RunStats", "plan_job", "run_job"]
 
@@ -184,18 +174,34 @@ def _job_path(job: Job, path: str) -> Path:
 # --------------------------------------------------------------------------- planning
 
 
+def _import_store_side() -> None:
+    """Import what planning, decoding and writing need (run on a thread)."""
+    import bulkpix.ee.decode
+    import bulkpix.planning
+    import bulkpix.store.record
+    import bulkpix.store.zarr_store  # noqa: F401
+
+
 async def _fetch_assets(job: Job, client: EEClient, retry: _Retry) -> dict[str, AssetInfo]:
     """One GET per distinct asset, for band types and the native grid."""
-    infos: dict[str, AssetInfo] = {}
-    for item in job.resolved_items():
-        name = asset_name(item.asset or "")
-        if name not in infos:
-            metadata = await retry(lambda n=name: client.get_asset(n))
-            infos[name] = parse_asset(metadata, name)
-    return infos
+    # The first call goes out first; the store side's imports overlap its round trip.
+    importing = asyncio.ensure_future(asyncio.to_thread(_import_store_side))
+    documents: dict[str, dict[str, Any]] = {}
+    try:
+        for item in job.resolved_items():
+            name = asset_name(item.asset or "")
+            if name not in documents:
+                documents[name] = await retry(lambda n=name: client.get_asset(n))
+    finally:
+        await importing
+    from bulkpix.planning import parse_asset
+
+    return {name: parse_asset(metadata, name) for name, metadata in documents.items()}
 
 
 def _plan_items(job: Job, infos: dict[str, AssetInfo]) -> list[ItemPlan]:
+    from bulkpix.planning import plan_item
+
     plans = []
     for index, spec in enumerate(job.resolved_items()):
         try:
@@ -302,6 +308,8 @@ def _check_output_location(output: str) -> None:
 
 async def _node_attributes(store: Store, path: str) -> dict[str, Any] | None:
     """The attributes of the Zarr node at ``path``, or None when there is none."""
+    from zarr.core.buffer import default_buffer_prototype
+
     key = f"{path}/zarr.json" if path else "zarr.json"
     buffer = await store.get(key, prototype=default_buffer_prototype())
     if buffer is None:
@@ -328,6 +336,8 @@ async def _keys_under(store: Store, path: str, most: int) -> list[str]:
 async def _has_item_records(store: Store) -> bool:
     """Whether any child group of the root holds a bulkpix record (a batch output, including
     one written before batch roots were marked)."""
+    from bulkpix.store.record import TileRecord
+
     async for child in store.list_dir(""):
         name = child.rstrip("/")
         if name.startswith(".") or name == "zarr.json":
@@ -345,6 +355,10 @@ async def _check_output(
     Returns the plans to run: with ``tile: auto``, an item resumed keeps the tile shape it was
     started with, so changing the quota settings between runs does not orphan its tiles.
     """
+    from bulkpix.planning import replan_with_tile
+    from bulkpix.store.record import TileRecord, fingerprint_diff
+    from bulkpix.store.zarr_store import has_keys_under
+
     output = job.output
     root_attrs = await _node_attributes(store, "")
     root_fp = await TileRecord(store, "").fingerprint()
@@ -402,6 +416,9 @@ async def _check_output(
 async def _open_items(
     job: Job, store: Store, plans: list[ItemPlan], stats: RunStats
 ) -> list[tuple[ItemPlan, ItemWriter, TileRecord, set[str]]]:
+    from bulkpix.store.record import TileRecord
+    from bulkpix.store.zarr_store import ItemWriter, mark_batch_root
+
     opened = []
     if job.is_batch:
         # Marks the root as a bulkpix batch output before any item exists in it.
@@ -473,6 +490,8 @@ async def run_job(
             stats.ended = time.monotonic()
             stats.interrupted = True
             return stats
+        from bulkpix.store.zarr_store import consolidate, open_store
+
         plans = _plan_items(job, infos)
         store = await open_store(job.output)
         plans = await _check_output(job, store, plans, restart)
@@ -545,6 +564,10 @@ async def _process_tile(
         else:
             await _record_failure(run, record, item_stats, tile, exc)
         return False
+
+    from bulkpix.ee.decode import decode_pixels
+    from bulkpix.geometry.tiling import split_tile
+    from bulkpix.planning import request_body
 
     band_ids = plan.band_ids(tile.group)
     grid = plan.grid.window_grid(tile.window)
