@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 from zarr.abc.store import Store
 
-from bulkpix.errors import JobError
+from bulkpix.errors import JobError, printable
 from bulkpix.planning import tile_plan_from_fingerprint
 from bulkpix.store.record import TileRecord
 from bulkpix.store.zarr_store import open_store
@@ -61,7 +61,9 @@ async def _item_status(store: Store, path: str) -> ItemStatus | None:
 
 
 async def read_status(output: str) -> StatusReport:
-    if "://" not in output and not (Path(output) / "zarr.json").is_file():
+    if "://" not in output and not any(
+        (Path(output) / name).is_file() for name in ("zarr.json", ".zgroup")
+    ):
         raise JobError(f"{output} is not a bulkpix output (no zarr.json there)")
     store = await open_store(output, read_only=True)
     root = await _item_status(store, "")
@@ -71,7 +73,7 @@ async def read_status(output: str) -> StatusReport:
     children = sorted([c async for c in store.list_dir("")])
     for child in children:
         child = child.rstrip("/")
-        if child.startswith(".") or child == "zarr.json":
+        if child.startswith(".") or child == "zarr.json":  # .zgroup, .zattrs too
             continue
         status = await _item_status(store, child)
         if status is not None:
@@ -97,6 +99,7 @@ def print_status(console: Console, report: StatusReport) -> None:
     console.print(table)
     for item in report.items:
         for key, why in sorted(item.failed.items())[:20]:
-            console.print(f"failed {item.label} {key}: {why}", markup=False)
+            # A stored reason quotes the server: printed without its control characters.
+            console.print(f"failed {item.label} {key}: {printable(why)}", markup=False)
     state = "complete" if report.complete else "incomplete: rerun the job to fetch what is missing"
     console.print(state)

@@ -77,11 +77,20 @@ def codec_for(name: str, level: int | None = None) -> tuple[Codec, int | None]:
     return codec, codec.check_level(level)
 
 
-def zarr_compressors(name: str, level: int | None = None) -> Any:
+def zarr_compressors(name: str, level: int | None = None, zarr_format: int = 3) -> Any:
     """The ``compressors=`` argument of zarr's ``create_array`` for this choice."""
     codec, level = codec_for(name, level)
     if codec.name == "none":
         return None
+    if zarr_format == 2:  # v2 arrays take numcodecs' compressors
+        from numcodecs import GZip, Zstd
+        from numcodecs.blosc import Blosc
+
+        if codec.name == "zstd":
+            return Zstd(level=level)
+        if codec.name == "lz4":
+            return Blosc(cname="lz4", clevel=level, shuffle=Blosc.SHUFFLE)
+        return GZip(level=level)
     # zarr is imported here, when an output is created, not when a job is loaded.
     from zarr.codecs import BloscCodec, GzipCodec, ZstdCodec
 
