@@ -157,6 +157,8 @@ def entry() -> NoReturn:
     ``main`` returns, every write has been awaited and every file bulkpix wrote is closed,
     so the exit handlers run and the standard streams are flushed, and that is all.
     """
+    # numpy's OpenBLAS starts a pool of spinning threads; bulkpix does no linear algebra.
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     code = main()
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
