@@ -456,14 +456,22 @@ class ItemWriter:
         written concurrently never touch the same chunk. Returns once every chunk is stored.
         """
         self._check_tile(window, arrays)
-        selection = (
-            slice(window.row_off, window.row_off + window.height),
-            slice(window.col_off, window.col_off + window.width),
-        )
-        # zarr copies each chunk out of the array itself (a strided copy is as cheap as a
-        # contiguous one), so field views of the NPY record array go in as they are.
+        # One setitem per chunk: given exactly one whole chunk, zarr encodes the value as it
+        # is; given several, it first fills a new chunk with the fill value and copies the
+        # value in (twice the memory traffic: ~40% of the write's CPU for 2048-px tiles in
+        # 1024-px chunks). Field views of the NPY record array go in as they are: the
+        # encoder's copy to contiguous bytes is the one copy.
         await asyncio.gather(
-            *(self._arrays[band].setitem(selection, array) for band, array in arrays.items())
+            *(
+                self._arrays[band].setitem(
+                    (slice(row, row + height), slice(col, col + width)),
+                    array[row - window.row_off : row - window.row_off + height,
+                          col - window.col_off : col - window.col_off + width],
+                )
+                for row, height in _chunk_spans(window.row_off, window.height, self.chunk)
+                for col, width in _chunk_spans(window.col_off, window.width, self.chunk)
+                for band, array in arrays.items()
+            )
         )
 
     def describe(self) -> dict[str, Any]:
@@ -527,6 +535,12 @@ def _codecs(array: AsyncArray) -> list[dict[str, Any]]:
         return [c.to_dict() for c in metadata.codecs]
     compressor = getattr(metadata, "compressor", None)  # v2: one numcodecs compressor
     return [compressor.get_config()] if compressor is not None else []
+
+
+def _chunk_spans(offset: int, length: int, chunk: int) -> list[tuple[int, int]]:
+    """(start, length) of each chunk along one axis of a chunk-aligned window."""
+    return [(start, min(chunk, offset + length - start))
+            for start in range(offset, offset + length, chunk)]
 
 
 def _on_chunk_edge(offset: int, chunk: int, size: int) -> bool:
