@@ -85,7 +85,7 @@ def test_bare_loop_replays_bulkpix_requests(document: dict) -> None:
 
 def test_throughput_reports_each_codec(document: dict) -> None:
     clients = document["scenarios"]["throughput"]["clients"]
-    assert clients["bulkpix"]["extra"]["compression"] == "lz4 1"  # the default
+    assert clients["bulkpix"]["extra"]["compression"] == "lz4 5"  # the default
     assert clients["bulkpix_zstd1"]["extra"]["compression"] == "zstd 1"
     for name in ("bulkpix", "bulkpix_zstd1"):
         # The synthetic bands compress: every codec stores less than it was given.
