@@ -40,7 +40,7 @@ from zarr.abc.store import Store
 from zarr.core.buffer import default_buffer_prototype
 
 from bulkpix.errors import LeaseLost, OutputInUse
-from bulkpix.store.zarr_store import RECORD_DIR
+from bulkpix.store.location import RECORD_DIR
 
 __all__ = ["DEFAULT_TTL_S", "LEASE_KEY", "Lease", "LeaseInfo", "read_lease"]
 
