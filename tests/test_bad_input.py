@@ -119,6 +119,20 @@ OFFLINE_CASES = [
         _keys(items=[{"name": "a", "asset": ASSET}, {"name": "a", "asset": ASSET}]),
         "item names repeat",
     ),
+    # The adversarial review's cases (issue #9): each one a traceback or a hang before.
+    ("header injection in project", _keys(project="p\r\nX-Evil: 1"), "not a Cloud project id"),
+    ("project too short", _keys(project="abc"), "not a Cloud project id"),
+    ("nul in output", _text("asset: a/b\nendpoint: emulator\noutput: \"o\\0ut.zarr\"\n"),
+     "control characters"),
+    ("endpoint port out of range", _keys(endpoint="http://127.0.0.1:99999"), "Port out of range"),
+    ("endpoint with broken ipv6", _keys(endpoint="http://[::1"), "not a valid URL"),
+    ("50 MB workload tag", _keys(workload_tag="x" * 50_000_000), "larger than 1 MiB"),
+    ("long workload tag", _keys(workload_tag="x" * 64), "not a workload tag"),
+    ("workload tag in capitals", _keys(workload_tag="My-Export"), "not a workload tag"),
+    ("vanishing qps", _keys(qps=1e-300), "key 'qps'"),
+    ("utm metres as lon/lat", _keys(region=[600000, 5198720, 601280, 5200000]),
+     "did you mean region_crs"),
+    ("region file is /dev/zero", _keys(region="/dev/zero"), "not a regular file"),
 ]
 
 
@@ -179,6 +193,21 @@ def test_credential_files(
     assert len(err.strip().splitlines()) == 1
     assert expected.lower() in err.lower()
     assert not output.exists()
+
+
+@pytest.mark.parametrize("kind", ["/dev/zero", "fifo"])
+def test_credential_file_must_be_a_regular_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], kind: str
+) -> None:
+    import os
+
+    key = Path(kind)
+    if kind == "fifo":
+        key = tmp_path / "key.fifo"
+        os.mkfifo(key)  # nothing writes to it: reading it would block the run forever
+    output = tmp_path / "out.zarr"
+    job = _keys(credentials=str(key))(tmp_path, output)
+    _check_refusal(capsys, ["run", str(job)], code=2, expected="not a regular file", output=output)
 
 
 def test_plain_http_with_credentials_refused(

@@ -25,6 +25,7 @@ import google.oauth2.credentials
 import google.oauth2.service_account
 
 from bulkpix.errors import JobError, TransportError, Unauthenticated
+from bulkpix.files import CREDENTIALS_FILE_MAX_BYTES, FileRefused, read_bounded
 
 __all__ = [
     "EE_SCOPES",
@@ -272,9 +273,11 @@ def _load_file(path: Path, scopes: Sequence[str]) -> GoogleAuth:
 
 
 def _read_text(path: Path) -> tuple[str | None, str]:
-    """(text, "") or (None, name of the error)."""
+    """(text, "") or (None, what is wrong: the error's name, or why the file was refused)."""
     try:
-        return path.read_text(encoding="utf-8"), ""
+        return read_bounded(path, CREDENTIALS_FILE_MAX_BYTES).decode("utf-8"), ""
+    except FileRefused as exc:
+        return None, exc.reason
     except (OSError, UnicodeDecodeError) as exc:
         return None, type(exc).__name__
 
