@@ -13,6 +13,7 @@ from __future__ import annotations
 __all__ = [
     "BadPayload",
     "BulkpixError",
+    "CredentialsMissing",
     "JobError",
     "NotFound",
     "PermanentError",
@@ -36,6 +37,10 @@ class BulkpixError(Exception):
 
 class JobError(BulkpixError, ValueError):
     """The job file or the command's arguments are wrong (exit code 2)."""
+
+
+class CredentialsMissing(BulkpixError, PermissionError):
+    """No credentials were found at all: the user has not logged in (exit code 3)."""
 
 
 class StoreError(BulkpixError, OSError):

@@ -554,8 +554,8 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-def load_job(path: str | Path) -> Job:
-    """Read and validate a YAML job file."""
+def load_job(path: str | Path, *, overrides: dict[str, Any] | None = None) -> Job:
+    """Read and validate a YAML job file; ``overrides`` replace its top-level keys."""
     path = Path(path)
     try:
         # Not only regular files: `bulkpix run <(make-job)` hands over a pipe.
@@ -577,4 +577,6 @@ def load_job(path: str | Path) -> Job:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or "invalid YAML"
         raise JobError(f"{path}: broken YAML{where}: {problem}") from None
+    if overrides and isinstance(data, dict):
+        data = {**data, **overrides}
     return parse_job(data, source=str(path), base_dir=path.resolve().parent)

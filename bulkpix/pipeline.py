@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -287,6 +288,12 @@ def _check_output_location(output: str) -> None:
     if "://" in output:
         return
     path = Path(output).expanduser()
+    for link in (path, *path.parents):
+        if link.is_symlink() and not link.exists():  # mkdir would say only "File exists"
+            raise JobError(
+                f"output {output}: {link} is a symbolic link to {os.readlink(link)}, which "
+                "does not exist; create its target, or remove the link"
+            )
     if path.is_file():
         raise JobError(f"output {output} is a file, not a Zarr store")
     if path.is_dir() and any(path.iterdir()) and not (path / "zarr.json").is_file():

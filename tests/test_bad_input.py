@@ -258,6 +258,24 @@ ONLINE_CASES = [
         2,
         "does not overlap",
     ),
+    (
+        "region misses the asset: both extents shown",
+        {"region": {"bbox": [100.0, 10.0, 100.1, 10.1]}},
+        2,
+        "region [100, 10, 100.1, 10.1], asset [16.31",
+    ),
+    (
+        "lat/lon swapped",
+        {"region": {"bbox": [46.93, 16.32, 46.94, 16.34]}},
+        2,
+        "with x and y swapped it would",
+    ),
+    (
+        "utm metres in a geojson region without region_crs",
+        {"region": {"type": "Point", "coordinates": [600500, 5199500]}},
+        2,
+        "did you mean region_crs",
+    ),
     ("other crs without scale", {"crs": "EPSG:3857"}, 2, "'scale' is required"),
     (
         "region that is not geojson",

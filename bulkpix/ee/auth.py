@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
+import os
 import re
 import urllib.parse
 from collections.abc import Callable, Sequence
@@ -24,7 +25,7 @@ import google.auth.transport.requests
 import google.oauth2.credentials
 import google.oauth2.service_account
 
-from bulkpix.errors import JobError, TransportError, Unauthenticated
+from bulkpix.errors import CredentialsMissing, JobError, TransportError, Unauthenticated
 from bulkpix.files import CREDENTIALS_FILE_MAX_BYTES, FileRefused, read_bounded
 
 __all__ = [
@@ -224,16 +225,36 @@ def load_credentials(spec: str, *, scopes: Sequence[str] = EE_SCOPES) -> TokenPr
     return _load_file(Path(spec).expanduser(), scopes)
 
 
+def earthengine_credentials_path() -> Path:
+    """Where ``earthengine authenticate`` writes its refresh token (as the ee library reads it)."""
+    return Path("~/.config/earthengine/credentials").expanduser()
+
+
 def _load_default(scopes: Sequence[str]) -> GoogleAuth:
+    """Application Default Credentials, else the file ``earthengine authenticate`` wrote."""
+    missing = False
     try:
         credentials, project = google.auth.default(scopes=list(scopes))
-    except google.auth.exceptions.DefaultCredentialsError as exc:
-        raise JobError(
-            "no Application Default Credentials found "
-            f"({_short_reason(exc)}); run `gcloud auth application-default login "
-            "--scopes=" + ",".join(scopes) + "`, set GOOGLE_APPLICATION_CREDENTIALS, "
-            "or give a key file path (e.g. ~/.config/earthengine/credentials)"
-        ) from None
+    except google.auth.exceptions.DefaultCredentialsError:
+        # Usually simply no login at all; a broken key file named by
+        # GOOGLE_APPLICATION_CREDENTIALS says so below, by name.
+        missing = True
+    if missing:
+        named = os.environ.get("GOOGLE_APPLICATION_CREDENTIALS")
+        where = "no Earth Engine credentials found"
+        if named:
+            if Path(named).expanduser().exists():
+                return _load_file(Path(named).expanduser(), scopes)  # says what is wrong
+            where = f"GOOGLE_APPLICATION_CREDENTIALS names {named}, which does not exist"
+        else:
+            ee_file = earthengine_credentials_path()
+            if ee_file.is_file():
+                return _load_file(ee_file, scopes)
+        raise CredentialsMissing(
+            f"{where}: log in with `earthengine authenticate` or "
+            "`gcloud auth application-default login --scopes=" + ",".join(scopes) + "` "
+            "(Application Default Credentials), or give `credentials:` a key file in the job"
+        )
     token_uri = getattr(credentials, "_token_uri", None) or getattr(credentials, "token_uri", None)
     if isinstance(token_uri, str):
         _check_token_uri(token_uri, Path("(Application Default Credentials)"))
