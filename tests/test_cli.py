@@ -214,3 +214,46 @@ def test_sigterm_while_starting_exits_with_a_message(
     assert capsys.readouterr().err.strip() == "bulkpix: terminated (SIGTERM)"
     assert signal.getsignal(signal.SIGTERM) == before  # restored for whoever called main
     assert not (tmp_path / "o.zarr").exists()
+
+
+def test_second_ctrl_c_with_the_in_process_emulator_is_one_clean_line(tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    output = tmp_path / "out.zarr"
+    job = write_job(
+        tmp_path / "job.yaml", asset=ASSET, output=str(output), endpoint="emulator",
+        region={"bbox": [600000, 5160000, 640000, 5200000], "region_crs": "EPSG:32633"},
+        chunk=256, tile=[256, 256], concurrency=8,
+        emulator={"service_base_s": 0.5},  # tiles in flight when the second Ctrl-C comes
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bulkpix", "run", "--quiet", str(job)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        done = output / ".bulkpix" / "done"
+        deadline = time.monotonic() + 60
+        while not (done.is_dir() and any(done.iterdir())):  # the first tile is stored
+            assert proc.poll() is None and time.monotonic() < deadline, "no tile stored"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGINT)
+        assert proc.stderr is not None
+        assert "stopping" in proc.stderr.readline() + proc.stderr.readline()
+        proc.send_signal(signal.SIGINT)  # again, with requests in flight: abort now
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "Task was destroyed" not in err, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert lines == [f"bulkpix: aborted; finished tiles are kept. Resume with: bulkpix run {job}"]
+    # The tiles finished before the abort are kept, and status reads them.
+    assert main(["status", str(output)]) == 1  # incomplete, not broken
+    assert any(done.iterdir())
