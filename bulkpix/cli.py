@@ -280,6 +280,10 @@ def _plan(args: argparse.Namespace) -> int:
     from bulkpix.progress import print_plan
 
     job = _load(args)
+    # A plan is interactive: an unreachable server is reported in seconds, not after the
+    # minute a run's full backoff would spend on it.
+    retries = job.retries.model_copy(update={"max_attempts": min(job.retries.max_attempts, 3)})
+    job = job.model_copy(update={"retries": retries})
     try:
         plans = asyncio.run(plan_job(job))
     except TransportError as exc:

@@ -259,16 +259,20 @@ class ItemSpec(_ItemFields):
         return value
 
 
+# Waits past a day are typos, not settings (and a run would seem to hang on them).
+Seconds = Annotated[float, Field(gt=0, le=86_400, allow_inf_nan=False)]
+
+
 class Timeouts(_Strict):
-    connect: PositiveFloat = 10.0
-    read: PositiveFloat = 60.0
-    total: PositiveFloat = 300.0
+    connect: Seconds = 10.0
+    read: Seconds = 60.0
+    total: Seconds = 300.0
 
 
 class Retries(_Strict):
     max_attempts: PositiveInt = 8
     backoff_base: PositiveFloat = 0.5
-    backoff_cap: PositiveFloat = 30.0
+    backoff_cap: Annotated[float, Field(gt=0, le=3600, allow_inf_nan=False)] = 30.0
     budget: Annotated[int, Field(ge=0)] = 10_000
 
 
@@ -283,10 +287,10 @@ class EmulatorSection(_Strict):
     synthetic: dict[str, str] = Field(default_factory=dict)  # name -> "WIDTHxHEIGHT"
     assets: dict[str, list[str]] = Field(default_factory=dict)  # name -> raster files
     max_concurrent: PositiveInt | None = 40
-    max_qps: PositiveFloat | None = 100.0
+    max_qps: Annotated[float, Field(ge=MIN_QPS, allow_inf_nan=False)] | None = 100.0
     qps_window: Literal["minute", "second"] = "minute"  # the rate counted per minute, or strictly
-    service_base_s: NonNegativeFloat = 0.0
-    service_per_mb_s: NonNegativeFloat = 0.0
+    service_base_s: Annotated[float, Field(ge=0, le=3600, allow_inf_nan=False)] = 0.0
+    service_per_mb_s: Annotated[float, Field(ge=0, le=3600, allow_inf_nan=False)] = 0.0
     seed: int = 0
 
     @field_validator("synthetic")

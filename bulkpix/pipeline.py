@@ -296,6 +296,8 @@ def _check_output_location(output: str) -> None:
             )
     if path.is_file():
         raise JobError(f"output {output} is a file, not a Zarr store")
+    if path.exists() and not path.is_dir():  # /dev/null, a FIFO, a socket
+        raise JobError(f"output {output} exists and is not a directory")
     if path.is_dir() and any(path.iterdir()) and not (path / "zarr.json").is_file():
         raise JobError(f"output {output} exists and is not a Zarr store; choose another path")
     if not path.exists():

@@ -185,7 +185,7 @@ def test_plan_without_the_server_says_what_it_needs(
     with socket.socket() as sock:  # a port nothing listens on
         sock.bind(("127.0.0.1", 0))
         url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    job = _job(tmp_path, url, retries={"max_attempts": 1})
+    job = _job(tmp_path, url, retries={"backoff_base": 0.01})  # 3 quick tries
     assert main(["plan", str(job)]) == 1
     err = capsys.readouterr().err
     assert "plan needs the asset's metadata from " + url in err
