@@ -473,8 +473,11 @@ def _geojson_bounds(region: Mapping[str, Any], region_crs: str, dst_crs: str) ->
     if not np.isfinite(points).all():
         raise ValueError("region coordinates must be finite")
     if is_lonlat_crs(region_crs):
-        problem = lonlat_problem((*points.min(axis=0), *points.max(axis=0)), region_crs)
-        if problem:
+        # A stray point past a pole is dropped below; a region with no lon/lat point at all
+        # was written in another CRS.
+        inside = (np.abs(points[:, 0]) <= 360) & (np.abs(points[:, 1]) <= 90)
+        if not inside.any():
+            problem = lonlat_problem((*points.min(axis=0), *points.max(axis=0)), region_crs)
             raise ValueError(f"region coordinates are {problem}")
     if not same_crs(region_crs, dst_crs):
         points = _transform_points(region_crs, dst_crs, points[:, 0], points[:, 1])
