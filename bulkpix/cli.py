@@ -148,11 +148,11 @@ def _sigterm_stops() -> Iterator[None]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "emulator":
+    if "emulator" in argv and set(argv[: argv.index("emulator")]) <= {"--debug"}:
         # The emulator's CLI owns its flags; it is imported only when asked for.
         from bulkpix.emulator.cli import main as emulator_main
 
-        return emulator_main(argv[1:])
+        return emulator_main(argv[argv.index("emulator") + 1 :])
     with _sigterm_stops():
         try:
             args = _build_parser().parse_args(argv)

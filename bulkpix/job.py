@@ -6,7 +6,10 @@ shared defaults. Everything else (output, endpoint, quota, tiling, retries) belo
 whole run. Every key is documented in the README.
 
 Loading validates everything that can be checked without the network, and every problem comes
-out as one ``JobError`` line naming the key.
+out as one ``JobError`` line naming the key. A job file is at most 1 MiB, and its YAML aliases
+may expand it to at most 100 times its own node count (no "billion laughs"); a region file is
+a regular file of at most 64 MiB, a key file one of at most 64 KiB (``bulkpix.files``). Values
+quoted in messages are cut short, whatever their size.
 """
 
 from __future__ import annotations

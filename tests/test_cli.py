@@ -257,3 +257,10 @@ def test_second_ctrl_c_with_the_in_process_emulator_is_one_clean_line(tmp_path: 
     # The tiles finished before the abort are kept, and status reads them.
     assert main(["status", str(output)]) == 1  # incomplete, not broken
     assert any(done.iterdir())
+
+
+def test_debug_before_the_emulator_subcommand(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["--debug", "emulator", "--help"])
+    assert info.value.code == 0
+    assert "usage: bulkpix emulator" in capsys.readouterr().out
