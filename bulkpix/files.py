@@ -47,6 +47,8 @@ def read_bounded(path: Path, limit: int, *, regular_only: bool = True) -> bytes:
     flags = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
     if regular_only:
         flags |= getattr(os, "O_NONBLOCK", 0)  # opening a FIFO must not wait for a writer
+    if "\0" in str(path):
+        raise FileRefused("the path holds a NUL character")  # os.open: ValueError
     fd = os.open(path, flags)
     with os.fdopen(fd, "rb") as handle:
         info = os.fstat(fd)

@@ -162,6 +162,13 @@ class Region(_Strict):
 
     _crs = field_validator("region_crs")(_check_crs)
 
+    @field_validator("file")
+    @classmethod
+    def _file(cls, value: str | None) -> str | None:
+        if value is not None and _has_control(value):
+            raise ValueError("a file path must not contain control characters (NUL, newline)")
+        return value
+
     def load_geometry(self, base_dir: Path) -> dict[str, Any] | tuple[float, float, float, float]:
         """The bbox, or the GeoJSON object (read from ``file`` relative to the job file)."""
         if self.bbox is not None:
@@ -218,6 +225,11 @@ class _ItemFields(_Strict):
         if value is not None:
             if len(value) > MAX_ASSET_ID:
                 raise ValueError(f"an asset id is at most {MAX_ASSET_ID} characters")
+            # It becomes part of a URL path: no query, fragment, escapes or "..".
+            if _has_control(value) or re.search(r"[\s?#%\\]", value) or re.search(
+                r"(^|/)\.\.?(/|$)", value
+            ):
+                raise ValueError(f"{short(value)} is not an asset id")
             asset_name(value)  # raises ValueError with the reason
         return value
 
@@ -230,6 +242,8 @@ class _ItemFields(_Strict):
             raise ValueError(f"at most {MAX_BANDS} bands")
         if any(len(band) > MAX_BAND_ID for band in value):
             raise ValueError(f"a band id is at most {MAX_BAND_ID} characters")
+        if any(_has_control(band) for band in value):
+            raise ValueError("band ids must not contain control characters")
         if len(set(value)) != len(value):
             raise ValueError("bands must not repeat")
         return value
@@ -346,6 +360,13 @@ class Job(_ItemFields):
         if not url.hostname:
             raise ValueError(f"{short(value)} names no host")
         return value.rstrip("/")
+
+    @field_validator("credentials")
+    @classmethod
+    def _credentials(cls, value: str | None) -> str | None:
+        if value is not None and _has_control(value):
+            raise ValueError("a file path must not contain control characters (NUL, newline)")
+        return value
 
     @field_validator("project")
     @classmethod

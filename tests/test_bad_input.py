@@ -139,6 +139,12 @@ OFFLINE_CASES = [
     ("utm metres as lon/lat", _keys(region=[600000, 5198720, 601280, 5200000]),
      "did you mean region_crs"),
     ("region file is /dev/zero", _keys(region="/dev/zero"), "not a regular file"),
+    ("nul in region file", _keys(region="/tmp/a\0b"), "control characters"),
+    ("nul in credentials", _keys(credentials="/tmp/a\0b"), "control characters"),
+    ("crlf in asset", _keys(asset="projects/demo/assets/x\r\nX-Evil: 1"), "not an asset id"),
+    ("query in asset", _keys(asset="projects/demo/assets/x?alt=media"), "not an asset id"),
+    ("dot-dot in asset", _keys(asset="projects/demo/assets/../../v1/x"), "not an asset id"),
+    ("control in band", _keys(bands=["B1\r\nX: 1"]), "control characters"),
 ]
 
 
