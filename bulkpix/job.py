@@ -84,6 +84,20 @@ def _has_control(value: str) -> bool:
     return _CONTROL.search(value) is not None
 
 
+MAX_PATH = 4096  # PATH_MAX on Linux; also bounds a URL given as the output
+
+
+def _check_path(value: str | None) -> str | None:
+    """A file path (or URL) from the job: no control characters, at most MAX_PATH long."""
+    if value is None:
+        return None
+    if len(value) > MAX_PATH:
+        raise ValueError(f"a path is at most {MAX_PATH} characters")
+    if _has_control(value):
+        raise ValueError("a path must not contain control characters (NUL, newline, ...)")
+    return value
+
+
 _short_repr = reprlib.Repr()  # keyword arguments need Python 3.12
 _short_repr.maxlevel, _short_repr.maxstring, _short_repr.maxother = 2, 60, 60
 _short_repr.maxlist = _short_repr.maxtuple = _short_repr.maxdict = 4
@@ -162,12 +176,7 @@ class Region(_Strict):
 
     _crs = field_validator("region_crs")(_check_crs)
 
-    @field_validator("file")
-    @classmethod
-    def _file(cls, value: str | None) -> str | None:
-        if value is not None and _has_control(value):
-            raise ValueError("a file path must not contain control characters (NUL, newline)")
-        return value
+    _file = field_validator("file")(_check_path)
 
     def load_geometry(self, base_dir: Path) -> dict[str, Any] | tuple[float, float, float, float]:
         """The bbox, or the GeoJSON object (read from ``file`` relative to the job file)."""
@@ -267,6 +276,8 @@ class ItemSpec(_ItemFields):
     @field_validator("name")
     @classmethod
     def _name(cls, value: str | None) -> str | None:
+        if value is not None and len(value) > 255:  # a directory name in the store
+            raise ValueError("an item name is at most 255 characters")
         if value is not None and not _ITEM_NAME.match(value):
             raise ValueError(
                 f"item name {short(value)} may hold only letters, digits, '_', '.', '-'"
@@ -350,6 +361,8 @@ class Job(_ItemFields):
     def _endpoint(cls, value: str) -> str:
         if value == "emulator":
             return value
+        if len(value) > MAX_PATH:
+            raise ValueError(f"a URL is at most {MAX_PATH} characters")
         if not re.match(r"^https?://[^/\s]+", value) or _has_control(value):
             raise ValueError(f"must be an http(s) URL or 'emulator', got {short(value)}")
         try:
@@ -361,12 +374,7 @@ class Job(_ItemFields):
             raise ValueError(f"{short(value)} names no host")
         return value.rstrip("/")
 
-    @field_validator("credentials")
-    @classmethod
-    def _credentials(cls, value: str | None) -> str | None:
-        if value is not None and _has_control(value):
-            raise ValueError("a file path must not contain control characters (NUL, newline)")
-        return value
+    _credentials = field_validator("credentials")(_check_path)
 
     @field_validator("project")
     @classmethod
@@ -383,8 +391,7 @@ class Job(_ItemFields):
     def _output(cls, value: str) -> str:
         if not value.strip():
             raise ValueError("must not be empty")
-        if _has_control(value):
-            raise ValueError("must not contain control characters (NUL, newline, ...)")
+        _check_path(value)
         if value.startswith("file:"):
             # fsspec's local filesystem would serve file:// too, but a plain path gets the
             # local checks and the local store: the same output either way it is written.

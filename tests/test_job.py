@@ -238,8 +238,14 @@ def test_job_file_over_the_size_limit_refused(tmp_path: Path) -> None:
         {"tile": [[[[[[[[[["deep"]]]]]]]]] * 1000]},
         {"workload_tag": "x" * 50_000_000},
         {"project": "p\r\nX-Evil: 1" * 1_000_000},
+        {"region": "r" * 100_000},
+        {"output": "o" * 100_000},
+        {"credentials": "c" * 100_000},
+        {"endpoint": "http://" + "h" * 100_000},
+        {"items": [{"name": "n" * 100_000, "asset": "x/y"}]},
     ],
-    ids=["tile", "crs", "item name", "asset", "key", "nested", "workload tag", "project"],
+    ids=["tile", "crs", "item name", "asset", "key", "nested", "workload tag", "project",
+         "region file", "output", "credentials", "endpoint", "long item name"],
 )
 def test_quoted_values_are_bounded(keys: dict) -> None:
     with pytest.raises(JobError) as info:
