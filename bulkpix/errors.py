@@ -17,6 +17,7 @@ __all__ = [
     "BadMetadata",
     "BadPayload",
     "BulkpixError",
+    "CredentialsMissing",
     "JobError",
     "LeaseLost",
     "NotFound",
@@ -45,6 +46,10 @@ class BulkpixError(Exception):
 
 class JobError(BulkpixError, ValueError):
     """The job file or the command's arguments are wrong (exit code 2)."""
+
+
+class CredentialsMissing(BulkpixError, PermissionError):
+    """No credentials were found at all: the user has not logged in (exit code 3)."""
 
 
 class StoreError(BulkpixError, OSError):

@@ -21,6 +21,7 @@ from bulkpix.errors import BadMetadata, JobError, printable
 from bulkpix.geometry.grid import (
     PixelGrid,
     aligned_grid,
+    describe_bounds,
     describe_crs,
     native_subgrid,
     region_bounds,
@@ -332,7 +333,7 @@ def _output_grid(spec: ItemSpec, asset: AssetInfo, native: PixelGrid, base_dir: 
         bounds = region_bounds(region, spec.region.region_crs, native.crs)
         grid = native_subgrid(native, bounds)
         if grid is None:
-            raise JobError(f"the region does not overlap asset {asset.name}")
+            raise JobError(_miss(spec, asset, native, region))
         return grid
 
     assert spec.scale is not None
@@ -349,8 +350,31 @@ def _output_grid(spec: ItemSpec, asset: AssetInfo, native: PixelGrid, base_dir: 
             min(rb[3], footprint[3]),
         )
         if bounds[0] >= bounds[2] or bounds[1] >= bounds[3]:
-            raise JobError(f"the region does not overlap asset {asset.name}")
+            raise JobError(_miss(spec, asset, native, region))
     return aligned_grid(crs, spec.scale, bounds)
+
+
+def _miss(spec: ItemSpec, asset: AssetInfo, native: PixelGrid, region: Any) -> str:
+    """Why nothing is left of the region: both extents, in the region's own CRS."""
+    assert spec.region is not None
+    region_crs = spec.region.region_crs
+    try:
+        theirs = region_bounds(region, region_crs, region_crs)
+        extent = native.footprint_bounds(region_crs)
+    except ValueError:  # the asset's extent has no image in the region's CRS
+        return f"the region does not overlap asset {asset.name}"
+    swapped = (theirs[1], theirs[0], theirs[3], theirs[2])
+    hint = ""
+    if _intersect(swapped, extent):
+        hint = "; with x and y swapped it would: lon/lat order is [lon, lat, lon, lat]"
+    return (
+        f"the region does not overlap asset {asset.name}: region {describe_bounds(theirs)}, "
+        f"asset {describe_bounds(extent)} (both [xmin, ymin, xmax, ymax] in {region_crs}){hint}"
+    )
+
+
+def _intersect(a: Sequence[float], b: Sequence[float]) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 
 
 def plan_item(

@@ -33,7 +33,10 @@ __all__ = [
     "Region",
     "Window",
     "aligned_grid",
+    "describe_bounds",
     "describe_crs",
+    "is_lonlat_crs",
+    "lonlat_problem",
     "native_subgrid",
     "native_window",
     "overlaps",
@@ -156,6 +159,34 @@ def same_crs(a: str, b: str) -> bool:
     if a == b:
         return True
     return _parse_crs(a) == _parse_crs(b)
+
+
+def is_lonlat_crs(crs: str) -> bool:
+    """Whether ``crs`` counts in degrees of longitude and latitude (EPSG:4326 and kin)."""
+    try:
+        return bool(_parse_crs(crs).is_geographic)
+    except ValueError:
+        return False
+
+
+def lonlat_problem(bounds: Sequence[float], crs: str = "EPSG:4326") -> str | None:
+    """Why ``bounds`` cannot be longitudes and latitudes, or None when they can be.
+
+    Longitudes up to +-360 pass (a region may cross the antimeridian as 170..190); a
+    latitude past +-90 never does. Metres given without ``region_crs`` are the usual cause.
+    """
+    xmin, ymin, xmax, ymax = (float(v) for v in bounds)
+    if xmin >= -360 and xmax <= 360 and ymin >= -90 and ymax <= 90:
+        return None
+    return (
+        f"outside the longitude/latitude range of {crs} ([-180, 180] x [-90, 90]); "
+        "did you mean region_crs? (e.g. region_crs: EPSG:32633 for UTM metres)"
+    )
+
+
+def describe_bounds(bounds: Sequence[float]) -> str:
+    """``[xmin, ymin, xmax, ymax]`` with 7 significant digits: short, and enough to compare."""
+    return "[" + ", ".join(f"{float(v):.7g}" for v in bounds) + "]"
 
 
 def _is_authority_code(crs: str) -> bool:
@@ -439,6 +470,11 @@ def region_bounds(
     bbox = _as_bbox(region)
     if same_crs(region_crs, dst_crs):
         return bbox
+    if is_lonlat_crs(region_crs):
+        problem = lonlat_problem(bbox, region_crs)
+        if problem:
+            raise ValueError(f"bbox {describe_bounds(bbox)} is {problem}")
+
     from rasterio.warp import transform_bounds
 
     return tuple(  # type: ignore[return-value]
@@ -457,6 +493,13 @@ def _geojson_bounds(region: Mapping[str, Any], region_crs: str, dst_crs: str) ->
     points = np.concatenate(paths)
     if not np.isfinite(points).all():
         raise ValueError("region coordinates must be finite")
+    if is_lonlat_crs(region_crs):
+        # A stray point past a pole is dropped below; a region with no lon/lat point at all
+        # was written in another CRS.
+        inside = (np.abs(points[:, 0]) <= 360) & (np.abs(points[:, 1]) <= 90)
+        if not inside.any():
+            problem = lonlat_problem((*points.min(axis=0), *points.max(axis=0)), region_crs)
+            raise ValueError(f"region coordinates are {problem}")
     if not same_crs(region_crs, dst_crs):
         points = _transform_points(region_crs, dst_crs, points[:, 0], points[:, 1])
         if not len(points):
