@@ -318,9 +318,8 @@ def _output_grid(spec: ItemSpec, asset: AssetInfo, native: PixelGrid, base_dir: 
     crs = spec.crs or native.crs
     native_scale = (abs(native.transform.a), abs(native.transform.e))
     is_native_crs = same_crs(crs, native.crs)
-    north_up = native.transform.b == 0 and native.transform.d == 0
     use_native = is_native_crs and (
-        spec.scale is None or (north_up and native_scale == (spec.scale, spec.scale))
+        spec.scale is None or (native.is_north_up and native_scale == (spec.scale, spec.scale))
     )
     if not is_native_crs and spec.scale is None:
         raise JobError(f"key 'scale' is required when crs ({crs}) is not the asset's own")

@@ -20,7 +20,6 @@ from bulkpix.geometry.tiling import (
     Tile,
     TilePlan,
     band_groups,
-    estimate_seconds,
     parse_tile_key,
     plan_tiles,
     split_tile,
@@ -309,14 +308,12 @@ def test_request_byte_counts():
     assert plan.max_request_bytes == 512 * 512 * 10
 
 
-def test_estimate_seconds_model():
-    service = ServiceModel(base_s=0.5, per_mb_s=0.1)
-    plan = plan_tiles(1000, 1000, [1], 100, (100, 100))  # 100 tiles of 20,000 bytes
-    t = 0.5 + 0.1 * 0.02
-    # Concurrency-bound: 10 waves of 10.
-    assert estimate_seconds(plan, 10, 1000.0, service) == pytest.approx(10 * t)
-    # Rate-bound: the last of 100 starts after 99 / 5 s.
-    assert estimate_seconds(plan, 100, 5.0, service) == pytest.approx(99 / 5 + t)
+def _wall_time(plan: TilePlan, concurrency: int, qps: float, service: ServiceModel) -> float:
+    """The auto-tiler's cost model: every request as long as the largest, run in waves of
+    ``concurrency``, the last starting no sooner than ``(n - 1) / qps``."""
+    seconds = service.seconds(plan.max_request_bytes)
+    n = plan.n_tiles
+    return max(-(-n // concurrency) * seconds, (n - 1) / qps + seconds)
 
 
 def test_small_region_slow_service_uses_the_concurrency():
@@ -326,8 +323,8 @@ def test_small_region_slow_service_uses_the_concurrency():
         plan = plan_tiles(4096, 4096, [2], 256, concurrency=concurrency, service=service)
         assert plan.n_tiles >= concurrency
         one_tile = TilePlan(4096, 4096, 256, 4096, 4096, ((0,),), (2,))
-        assert estimate_seconds(plan, concurrency, 100.0, service) < (
-            estimate_seconds(one_tile, concurrency, 100.0, service) / 4
+        assert _wall_time(plan, concurrency, 100.0, service) < (
+            _wall_time(one_tile, concurrency, 100.0, service) / 4
         )
 
 
@@ -337,7 +334,7 @@ def test_auto_not_worse_than_other_sizes():
     plan = plan_tiles(3000, 5000, [2, 2], 256, concurrency=40, service=service)
     def score(p: TilePlan) -> float:
         aspect = max(p.tile_height, p.tile_width) / min(p.tile_height, p.tile_width)
-        return estimate_seconds(p, 40, 100.0, service) * (1 + 0.02 * math.log2(aspect))
+        return _wall_time(p, 40, 100.0, service) * (1 + 0.02 * math.log2(aspect))
 
     best = score(plan)
     for kh, kw in itertools.product(range(1, 13), range(1, 21)):

@@ -29,13 +29,12 @@ __all__ = [
     "SNAP_TOLERANCE_PX",
     "Bounds",
     "PixelGrid",
-    "Region",
+    "RegionLike",
     "Window",
     "aligned_grid",
     "describe_crs",
     "native_subgrid",
     "native_window",
-    "overlaps",
     "region_bounds",
     "same_crs",
 ]
@@ -43,7 +42,7 @@ __all__ = [
 Bounds: TypeAlias = tuple[float, float, float, float]
 """(xmin, ymin, xmax, ymax) in some CRS."""
 
-Region: TypeAlias = Sequence[float] | Mapping[str, Any]
+RegionLike: TypeAlias = Sequence[float] | Mapping[str, Any]
 """A bbox ``[xmin, ymin, xmax, ymax]`` or a GeoJSON geometry / Feature / FeatureCollection."""
 
 SNAP_TOLERANCE_PX = 1e-6
@@ -240,6 +239,7 @@ class PixelGrid:
 
     @property
     def is_north_up(self) -> bool:
+        """No rotation or shear: rows run along y, columns along x."""
         return self.transform.b == 0 and self.transform.d == 0
 
     def window_grid(self, window: Window) -> PixelGrid:
@@ -412,7 +412,7 @@ def _as_bbox(region: Sequence[float]) -> Bounds:
 
 
 def region_bounds(
-    region: Region | Any, region_crs: str = "EPSG:4326", dst_crs: str | None = None
+    region: RegionLike | Any, region_crs: str = "EPSG:4326", dst_crs: str | None = None
 ) -> Bounds:
     """Bounding box of ``region`` in ``dst_crs`` (default: ``region_crs``).
 
@@ -519,27 +519,3 @@ def aligned_grid(
     transform = Affine(scale_x, 0.0, col0 * scale_x, 0.0, -scale_y, row1 * scale_y)
     return PixelGrid(crs, transform, col1 - col0, row1 - row0)
 
-
-def overlaps(grid_a: PixelGrid, grid_b: PixelGrid) -> bool:
-    """Whether ``grid_a``'s footprint shares at least one pixel with ``grid_b``.
-
-    ``grid_a``'s footprint is reprojected (densified) to ``grid_b``'s CRS and its bounding
-    box tested against ``grid_b``'s pixels, so it is exact for a north-up ``grid_a`` in the
-    same CRS and conservative (may say True for a near miss) otherwise. Touching edges do
-    not count.
-    """
-    try:
-        bounds = grid_a.footprint_bounds(grid_b.crs)
-    except ValueError:
-        return False  # not mappable into grid_b's CRS at all
-    xmin, ymin, xmax, ymax = bounds
-    cols, rows = _to_pixel(
-        grid_b.transform, np.array([xmin, xmax, xmax, xmin]), np.array([ymin, ymin, ymax, ymax])
-    )
-    tol = SNAP_TOLERANCE_PX
-    return bool(
-        cols.max() > tol
-        and cols.min() < grid_b.width - tol
-        and rows.max() > tol
-        and rows.min() < grid_b.height - tol
-    )

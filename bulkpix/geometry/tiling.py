@@ -28,7 +28,6 @@ __all__ = [
     "Tile",
     "TilePlan",
     "band_groups",
-    "estimate_seconds",
     "parse_tile_key",
     "plan_tiles",
     "request_bytes",
@@ -57,7 +56,8 @@ def request_bytes(height: int, width: int, itemsizes: Sequence[int]) -> int:
 # Tiles
 
 
-_TILE_KEY = re.compile(r"g(\d+)_r(\d+)_c(\d+)_h(\d+)_w(\d+)")
+# The fields of ``Tile.key``: band group, row and column offsets, height, width.
+_TILE_KEY_FIELDS = re.compile(r"g(\d+)_r(\d+)_c(\d+)_h(\d+)_w(\d+)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +76,7 @@ class Tile:
 
 def parse_tile_key(key: str) -> Tile:
     """Inverse of ``Tile.key``."""
-    match = _TILE_KEY.fullmatch(key)
+    match = _TILE_KEY_FIELDS.fullmatch(key)
     if match is None:
         raise ValueError(f"not a tile key: {key!r}")
     group, row, col, height, width = (int(v) for v in match.groups())
@@ -324,22 +324,6 @@ class TilePlan:
     def total_request_bytes(self) -> int:
         # Tiles partition the grid once per group: no need to iterate.
         return self.height * self.width * sum(self.group_bytes_per_px)
-
-
-def estimate_seconds(
-    plan: TilePlan,
-    concurrency: int = 40,
-    qps: float = 100.0,
-    service: ServiceModel | None = None,
-) -> float:
-    """Estimated wall time of a plan (see ``_makespan``): every request is costed as the
-    largest one, which is exact for the full tiles and errs on the safe side at the edges."""
-    service = service or ServiceModel()
-    _positive_int(concurrency, "concurrency")
-    if not qps > 0:
-        raise ValueError(f"qps must be > 0, got {qps!r}")
-    seconds = service.seconds(plan.max_request_bytes)
-    return float(_makespan(plan.n_tiles, seconds, concurrency, qps))
 
 
 def _side_candidates(side: int, chunk: int) -> tuple[np.ndarray, np.ndarray]:
