@@ -239,13 +239,17 @@ class ItemSpec(_ItemFields):
         return value
 
 
-class Timeouts(_Strict):
+class TimeoutsSpec(_Strict):
+    """Seconds; the run uses them as ``bulkpix.ee.client.Timeouts``, field for field."""
+
     connect: PositiveFloat = 10.0
     read: PositiveFloat = 60.0
     total: PositiveFloat = 300.0
 
 
 class Retries(_Strict):
+    """The run uses them as ``bulkpix.transfer.retry.RetryPolicy``, field for field."""
+
     max_attempts: PositiveInt = 8
     backoff_base: PositiveFloat = 0.5
     backoff_cap: PositiveFloat = 30.0
@@ -255,6 +259,8 @@ class Retries(_Strict):
 
 
 class ServiceModelSpec(_Strict):
+    """Planning uses it as ``bulkpix.geometry.tiling.ServiceModel``, field for field."""
+
     base_s: NonNegativeFloat = 0.2
     per_mb_s: NonNegativeFloat = 0.05
 
@@ -301,7 +307,7 @@ class Job(_ItemFields):
     zarr_format: Literal[2, 3] = 3
     # fsync each chunk file (and its directory) before the tile's done-marker is written.
     durable: bool = False
-    timeouts: Timeouts = Timeouts()
+    timeouts: TimeoutsSpec = TimeoutsSpec()
     retries: Retries = Retries()
     service_model: ServiceModelSpec = ServiceModelSpec()
     emulator: EmulatorSection | None = None

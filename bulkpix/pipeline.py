@@ -236,13 +236,8 @@ class _Retry:
     """
 
     def __init__(self, job: Job, stats: RunStats, stop: asyncio.Event) -> None:
-        self.policy = RetryPolicy(
-            max_attempts=job.retries.max_attempts,
-            base_s=job.retries.backoff_base,
-            cap_s=job.retries.backoff_cap,
-            max_wait_s=_max_wait(job),
-        )
-        self.budget = RetryBudget(job.retries.budget)
+        self.policy = RetryPolicy(**job.retries.model_dump())
+        self.budget = RetryBudget(self.policy.budget)
         self.rng = random.Random()
         self.stats = stats
         self.stop = stop
@@ -262,7 +257,7 @@ class _Retry:
             shown = f"{asked:,.0f} s" if asked < 1e12 else "forever"
             self.stats.notices.append(
                 f"the service asked to wait {shown} before retrying; waiting "
-                f"{self.policy.max_wait_s:g} s at most (retries.max_wait)"
+                f"{self.policy.longest_wait:g} s at most (retries.max_wait)"
             )
 
     async def __call__(self, fn: Callable[[], Awaitable[T]]) -> T:
@@ -276,18 +271,15 @@ class _Retry:
         )
 
 
-def _max_wait(job: Job) -> float:
-    """The longest wait a server may impose: ``retries.max_wait``, never below the backoff cap."""
-    return max(job.retries.max_wait, job.retries.backoff_cap)
-
-
 @contextlib.asynccontextmanager
 async def _session(
     job: Job, stop: asyncio.Event | None = None
 ) -> AsyncIterator[tuple[EEClient, _Retry, RunStats]]:
     stats = RunStats()
+    retry = _Retry(job, stats, stop or asyncio.Event())
+    longest_wait = retry.policy.longest_wait  # what a server's Retry-After may impose
     auth = load_credentials(job.credentials_spec)
-    governor = Governor(job.concurrency, job.qps, max_pause_s=_max_wait(job))
+    governor = Governor(job.concurrency, job.qps, max_pause_s=longest_wait)
     stats.governor = governor
     async with _endpoint_url(job) as url:
         client = EEClient(
@@ -296,16 +288,12 @@ async def _session(
             governor=governor,
             project=job.project,
             api_version=job.api_version,
-            timeouts=Timeouts(
-                connect_s=job.timeouts.connect,
-                read_s=job.timeouts.read,
-                total_s=job.timeouts.total,
-            ),
+            timeouts=Timeouts(**job.timeouts.model_dump()),
             pool_size=job.concurrency,
-            max_wait_s=_max_wait(job),
+            max_wait_s=longest_wait,
         )
         async with client:
-            yield client, _Retry(job, stats, stop or asyncio.Event()), stats
+            yield client, retry, stats
 
 
 @dataclass

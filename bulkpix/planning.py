@@ -424,7 +424,7 @@ def plan_item(
             tile,
             concurrency=job.concurrency,
             qps=job.qps,
-            service=ServiceModel(job.service_model.base_s, job.service_model.per_mb_s),
+            service=ServiceModel(**job.service_model.model_dump()),
             max_inflight_bytes=job.memory_mb * 2**20,
         )
 

@@ -94,16 +94,19 @@ _TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
 
 @dataclass(frozen=True, slots=True)
 class Timeouts:
-    """``read_s`` bounds the silence between two reads, so a stalled body fails in seconds
-    even though a whole response may take minutes (``total_s``)."""
+    """The job's ``timeouts:`` section, field for field, in seconds
+    (``Timeouts(**job.timeouts.model_dump())``).
 
-    connect_s: float = 10.0
-    read_s: float = 60.0
-    total_s: float = 300.0
+    ``read`` bounds the silence between two reads, so a stalled body fails in seconds even
+    though a whole response may take minutes (``total``)."""
+
+    connect: float = 10.0
+    read: float = 60.0
+    total: float = 300.0
 
     def to_aiohttp(self) -> aiohttp.ClientTimeout:
         return aiohttp.ClientTimeout(
-            total=self.total_s, sock_connect=self.connect_s, sock_read=self.read_s
+            total=self.total, sock_connect=self.connect, sock_read=self.read
         )
 
 
