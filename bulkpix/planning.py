@@ -16,7 +16,7 @@ import numpy as np
 
 from bulkpix import __version__
 from bulkpix.assets import asset_name
-from bulkpix.dtypes import BandSpec, numpy_dtype, request_bytes_per_pixel
+from bulkpix.dtypes import BandSpec, numpy_dtype, request_bytes
 from bulkpix.errors import BadMetadata, JobError, printable
 from bulkpix.geometry.grid import (
     PixelGrid,
@@ -484,11 +484,8 @@ def request_body(item: ItemPlan, grid: PixelGrid, band_ids: Sequence[str]) -> di
 
 def item_request_bytes(item: ItemPlan) -> int:
     """Bytes of pixels (as the service counts) for the whole item."""
-    return (
-        item.grid.width
-        * item.grid.height
-        * request_bytes_per_pixel([np.dtype(b.dtype) for b in item.bands])
-    )
+    itemsizes = (b.dtype.itemsize for b in item.bands)
+    return request_bytes(item.grid.height, item.grid.width, itemsizes)
 
 
 def tile_plan_from_fingerprint(fingerprint: Mapping[str, Any]) -> TilePlan | None:

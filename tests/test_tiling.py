@@ -11,6 +11,8 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+from bulkpix.dtypes import request_bytes
+from bulkpix.emulator.limits import request_size
 from bulkpix.geometry.grid import Window
 from bulkpix.geometry.tiling import (
     MAX_BANDS,
@@ -52,8 +54,8 @@ def check_tile_limits_and_alignment(plan: TilePlan, tile: Tile, itemsizes) -> No
     assert 1 <= w.height <= MAX_SIDE and 1 <= w.width <= MAX_SIDE
     group = plan.band_groups[tile.group]
     assert len(group) <= MAX_BANDS
-    assert plan.request_bytes(tile) == w.height * w.width * cost(itemsizes, group)
-    assert plan.request_bytes(tile) <= MAX_REQUEST_BYTES
+    assert plan.tile_request_bytes(tile) == w.height * w.width * cost(itemsizes, group)
+    assert plan.tile_request_bytes(tile) <= MAX_REQUEST_BYTES
     assert 0 <= w.row_off < w.row_end <= plan.height and 0 <= w.col_off < w.col_end <= plan.width
     for edge in (w.row_off, w.row_end):
         assert on_chunk_edge(edge, plan.chunk, plan.height)
@@ -297,15 +299,24 @@ def test_tileplan_validates_itself():
     bare = TilePlan(1000, 1000, 256, 256, 256, ((0,),))
     assert bare.n_tiles == 16
     with pytest.raises(ValueError, match="itemsizes"):
-        bare.request_bytes(next(bare.tiles()))
+        bare.tile_request_bytes(next(bare.tiles()))
 
 
 def test_request_byte_counts():
     plan = plan_tiles(1000, 600, [2, 4, 1], 256, (512, 512))  # 3 + 5 + 2 = 10 B/px
     tiles = list(plan.tiles())
-    assert plan.request_bytes(tiles[0]) == 512 * 512 * 10
-    assert plan.total_request_bytes == 1000 * 600 * 10 == sum(map(plan.request_bytes, tiles))
+    assert plan.tile_request_bytes(tiles[0]) == 512 * 512 * 10
+    assert plan.total_request_bytes == 1000 * 600 * 10 == sum(map(plan.tile_request_bytes, tiles))
     assert plan.max_request_bytes == 512 * 512 * 10
+
+
+def test_planner_and_emulator_count_request_bytes_by_one_rule():
+    plan = plan_tiles(1000, 600, [2, 4, 1], 256, (512, 512))
+    dtypes = [np.dtype("uint16"), np.dtype("float32"), np.dtype("uint8")]
+    expected = 512 * 512 * (3 + 5 + 2)
+    assert request_bytes(512, 512, [2, 4, 1]) == expected
+    assert plan.tile_request_bytes(next(plan.tiles())) == expected
+    assert request_size(512, 512, dtypes) == expected
 
 
 def _wall_time(plan: TilePlan, concurrency: int, qps: float, service: ServiceModel) -> float:

@@ -18,6 +18,7 @@ from typing import Literal
 
 import numpy as np
 
+from bulkpix.dtypes import request_bytes_per_pixel
 from bulkpix.geometry.grid import Window
 
 __all__ = [
@@ -30,7 +31,6 @@ __all__ = [
     "band_groups",
     "parse_tile_key",
     "plan_tiles",
-    "request_bytes",
     "split_tile",
 ]
 
@@ -45,11 +45,6 @@ SQUARENESS_WEIGHT = 0.02
 """Auto tiling: a tile whose sides differ by a factor 2**k scores ``1 + 0.02 * k`` worse."""
 
 _MAX_SIDE_CANDIDATES = 1024  # cap on tile sizes tried per side, so the search stays cheap
-
-
-def request_bytes(height: int, width: int, itemsizes: Sequence[int]) -> int:
-    """Size of a ``height`` x ``width`` request as the service counts it (a mask byte a band)."""
-    return height * width * sum(s + 1 for s in itemsizes)
 
 
 # --------------------------------------------------------------------------------------
@@ -98,8 +93,9 @@ class ServiceModel:
         if not (self.base_s >= 0 and self.per_mb_s >= 0):
             raise ValueError(f"ServiceModel times must be >= 0, got {self!r}")
 
-    def seconds(self, request_bytes: float) -> float:
-        return self.base_s + self.per_mb_s * request_bytes / 1e6
+    def seconds(self, nbytes: float) -> float:
+        """Service time of a request of ``nbytes`` (as the service counts them)."""
+        return self.base_s + self.per_mb_s * nbytes / 1e6
 
 
 def _makespan(
@@ -152,7 +148,7 @@ def band_groups(
     groups, the one with the smallest largest group (in bytes per pixel) is returned: every
     tile of a plan has the same shape, so the largest group sets the tile size limit.
     """
-    costs = [_positive_int(s, "itemsize") + 1 for s in itemsizes]
+    costs = [request_bytes_per_pixel([_positive_int(s, "itemsize")]) for s in itemsizes]
     if not costs:
         raise ValueError("at least one band is needed")
     if max_bands < 1:
@@ -310,9 +306,12 @@ class TilePlan:
     def group_bytes_per_px(self) -> tuple[int, ...]:
         """Request bytes per pixel of each band group (itemsize + 1 mask byte per band)."""
         itemsizes = self._itemsizes()
-        return tuple(sum(itemsizes[i] + 1 for i in g) for g in self.band_groups)
+        return tuple(
+            request_bytes_per_pixel(itemsizes[i] for i in g) for g in self.band_groups
+        )
 
-    def request_bytes(self, tile: Tile) -> int:
+    def tile_request_bytes(self, tile: Tile) -> int:
+        """Bytes of the request for ``tile``, as the service counts them."""
         return tile.window.size * self.group_bytes_per_px[tile.group]
 
     @property
@@ -427,7 +426,7 @@ def plan_tiles(
     if max(min_h, min_w) > MAX_SIDE:
         raise ValueError(f"chunk {chunk} exceeds the {MAX_SIDE} px request side limit")
     groups = band_groups(sizes, MAX_REQUEST_BYTES // (min_h * min_w))
-    bytes_per_px = max(sum(sizes[i] + 1 for i in g) for g in groups)
+    bytes_per_px = max(request_bytes_per_pixel(sizes[i] for i in g) for g in groups)
 
     if tile == "auto":
         # The client holds bodies within a byte budget of max_inflight_bytes (requests in
