@@ -22,6 +22,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     field_validator,
     model_validator,
@@ -37,6 +38,7 @@ __all__ = [
     "ItemSpec",
     "Job",
     "Region",
+    "ResolvedItem",
     "Visualization",
     "load_job",
     "parse_job",
@@ -239,6 +241,19 @@ class ItemSpec(_ItemFields):
         return value
 
 
+class ResolvedItem(_ItemFields):
+    """One item with the job's defaults filled in: what planning works from. Its ``asset``
+    is always there, as the full resource name (``projects/.../assets/...``)."""
+
+    asset: str
+    name: str | None = None  # None: a single-item job, at the root of the store
+
+    @field_validator("asset")
+    @classmethod
+    def _full_name(cls, value: str) -> str:
+        return asset_name(value)
+
+
 class TimeoutsSpec(_Strict):
     """Seconds; the run uses them as ``bulkpix.ee.client.Timeouts``, field for field."""
 
@@ -314,6 +329,8 @@ class Job(_ItemFields):
 
     # The directory relative paths in the job are taken from (set by load_job).
     base_dir: Path = Field(default=Path("."), exclude=True)
+    # The items, resolved once when the job is validated (see ``resolved_items``).
+    _resolved: tuple[ResolvedItem, ...] = PrivateAttr(default=())
 
     @field_validator("endpoint")
     @classmethod
@@ -342,15 +359,13 @@ class Job(_ItemFields):
         if self.emulator is not None and self.endpoint != "emulator":
             raise ValueError("the emulator section goes with endpoint: emulator")
         codec_for(self.compression, self.compression_level)  # a level this codec has
-        items = self.resolved_items()
+        items = self._resolved = self._resolve()
         names = [item.name for item in items]
         duplicates = sorted({n for n in names if names.count(n) > 1 and n is not None})
         if duplicates:
             raise ValueError(f"item names repeat: {', '.join(map(str, duplicates))}")
         for index, item in enumerate(items):
             where = f"items[{index}]" if self.items else "job"
-            if item.asset is None:
-                raise ValueError(f"{where}: asset is missing")
             vis = item.visualization
             if vis is not None and item.bands is not None and item.bands != vis.bands:
                 raise ValueError(f"{where}: bands and visualization.bands differ; give one")
@@ -366,19 +381,26 @@ class Job(_ItemFields):
             return self.credentials
         return "none" if self.endpoint == "emulator" else "default"
 
-    def resolved_items(self) -> list[ItemSpec]:
-        """Items with the shared defaults filled in and a name each."""
+    def resolved_items(self) -> list[ResolvedItem]:
+        """Items with the shared defaults filled in, an asset and (in a batch) a name each."""
+        return list(self._resolved)
+
+    def _resolve(self) -> tuple[ResolvedItem, ...]:
         shared = {k: getattr(self, k) for k in _ItemFields.model_fields}
-        if self.items is None:
-            return [ItemSpec(**shared)]
+        entries = (
+            [{}] if self.items is None
+            else [item.model_dump(exclude_unset=True) for item in self.items]
+        )
         resolved = []
-        for index, item in enumerate(self.items):
-            fields = dict(shared)
-            fields.update({k: v for k, v in item.model_dump(exclude_unset=True).items()})
-            if not fields.get("name"):
+        for index, entry in enumerate(entries):
+            fields = shared | entry
+            if fields.get("asset") is None:
+                where = f"items[{index}]" if self.items else "job"
+                raise ValueError(f"{where}: asset is missing")
+            if self.items is not None and not fields.get("name"):
                 fields["name"] = f"item{index:04d}"
-            resolved.append(ItemSpec(**fields))
-        return resolved
+            resolved.append(ResolvedItem(**fields))
+        return tuple(resolved)
 
 
 _HINTS = {

@@ -151,9 +151,8 @@ async def _endpoint_url(job: Job) -> AsyncIterator[str]:
     # An asset the section does not mention is served as a synthetic one, so a job that
     # only says `endpoint: emulator` runs as is.
     for item in job.resolved_items():
-        name = asset_name(item.asset or "")
-        if name not in assets and name not in synthetic:
-            synthetic[name] = SyntheticAsset(width=20000, height=20000)
+        if item.asset not in assets and item.asset not in synthetic:
+            synthetic[item.asset] = SyntheticAsset(width=20000, height=20000)
     config = EmulatorConfig(
         assets=assets,
         synthetic=synthetic,
@@ -188,7 +187,7 @@ async def _fetch_assets(job: Job, client: EEClient, retry: _Retry) -> dict[str, 
     """One GET per distinct asset, for band types and the native grid."""
     infos: dict[str, AssetInfo] = {}
     for item in job.resolved_items():
-        name = asset_name(item.asset or "")
+        name = item.asset
         if name not in infos:
             metadata = await retry(lambda n=name: client.get_asset(n))
             infos[name] = parse_asset(metadata, name)
@@ -203,9 +202,7 @@ def _plan_items(
         # An item resumed keeps the tile shape its record says it was started with.
         recorded_tile = output.recorded_tile(spec.name or "") if output is not None else None
         try:
-            plans.append(
-                plan_item(spec, infos[asset_name(spec.asset or "")], job, recorded_tile)
-            )
+            plans.append(plan_item(spec, infos[spec.asset], job, recorded_tile))
         except JobError as exc:
             if job.is_batch:
                 raise JobError(f"item {spec.name or index}: {exc}") from None

@@ -15,7 +15,6 @@ from typing import Any, Literal
 import numpy as np
 
 from bulkpix import __version__
-from bulkpix.assets import asset_name
 from bulkpix.dtypes import BandSpec, numpy_dtype, request_bytes
 from bulkpix.errors import BadMetadata, JobError, printable
 from bulkpix.geometry.grid import (
@@ -27,7 +26,7 @@ from bulkpix.geometry.grid import (
     same_crs,
 )
 from bulkpix.geometry.tiling import ServiceModel, TilePlan, plan_tiles
-from bulkpix.job import ItemSpec, Job
+from bulkpix.job import Job, ResolvedItem
 
 __all__ = [
     "AssetInfo",
@@ -289,7 +288,7 @@ def _band_attrs(metadata: Mapping[str, Any]) -> dict[str, Any]:
     return attrs
 
 
-def _fill_values(spec: ItemSpec, bands: Sequence[BandSpec]) -> dict[str, float]:
+def _fill_values(spec: ResolvedItem, bands: Sequence[BandSpec]) -> dict[str, float]:
     if spec.nodata is None:
         return {}
     if not isinstance(spec.nodata, dict):
@@ -301,7 +300,7 @@ def _fill_values(spec: ItemSpec, bands: Sequence[BandSpec]) -> dict[str, float]:
     return dict(spec.nodata)
 
 
-def _select_bands(spec: ItemSpec, asset: AssetInfo) -> tuple[BandSpec, ...]:
+def _select_bands(spec: ResolvedItem, asset: AssetInfo) -> tuple[BandSpec, ...]:
     if spec.visualization is not None:
         spec = spec.model_copy(update={"bands": spec.visualization.bands})
     if spec.bands is None:
@@ -314,7 +313,9 @@ def _select_bands(spec: ItemSpec, asset: AssetInfo) -> tuple[BandSpec, ...]:
     return tuple(by_id[b] for b in spec.bands)
 
 
-def _output_grid(spec: ItemSpec, asset: AssetInfo, native: PixelGrid, base_dir: Any) -> PixelGrid:
+def _output_grid(
+    spec: ResolvedItem, asset: AssetInfo, native: PixelGrid, base_dir: Any
+) -> PixelGrid:
     crs = spec.crs or native.crs
     native_scale = (abs(native.transform.a), abs(native.transform.e))
     is_native_crs = same_crs(crs, native.crs)
@@ -353,7 +354,7 @@ def _output_grid(spec: ItemSpec, asset: AssetInfo, native: PixelGrid, base_dir: 
 
 
 def plan_item(
-    spec: ItemSpec, asset: AssetInfo, job: Job, recorded_tile: tuple[int, int] | None = None
+    spec: ResolvedItem, asset: AssetInfo, job: Job, recorded_tile: tuple[int, int] | None = None
 ) -> ItemPlan:
     """Choose the output grid and cut it into tiles. Raises JobError for impossible items.
 
@@ -436,7 +437,7 @@ def plan_item(
         tiles = tiling(job.tile)
     return ItemPlan(
         name=spec.name,
-        asset=asset_name(spec.asset or ""),
+        asset=spec.asset,
         bands=bands,
         grid=grid,
         tiles=tiles,
@@ -450,7 +451,7 @@ def plan_item(
     )
 
 
-def _checked_nodata(spec: ItemSpec, bands: Sequence[BandSpec]) -> list[float | None]:
+def _checked_nodata(spec: ResolvedItem, bands: Sequence[BandSpec]) -> list[float | None]:
     """Each band's nodata, or None; ValueError when a band's type cannot hold it."""
     values = _fill_values(spec, bands)
     out: list[float | None] = []

@@ -7,10 +7,11 @@ import dataclasses
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from bulkpix.ee.client import Timeouts
 from bulkpix.geometry.tiling import ServiceModel
-from bulkpix.job import Retries, ServiceModelSpec, TimeoutsSpec, parse_job
+from bulkpix.job import ResolvedItem, Retries, ServiceModelSpec, TimeoutsSpec, parse_job
 from bulkpix.transfer.retry import RetryPolicy
 
 PAIRS: list[tuple[Any, Any]] = [
@@ -46,3 +47,16 @@ def test_a_jobs_sections_become_runtime_objects_unchanged() -> None:
     # A max_wait below the backoff cap would cut bulkpix's own backoff: the cap wins.
     assert policy.longest_wait == 5
     assert ServiceModel(**job.service_model.model_dump()) == ServiceModel(0.3, 0.01)
+
+
+def test_items_are_resolved_once_each_with_its_full_asset_name() -> None:
+    job = parse_job(
+        {"output": "o.zarr", "scale": 30, "items": [{"asset": "A/B"}, {"asset": "users/me/c"}]}
+    )
+    first, second = job.resolved_items()
+    assert first.asset == "projects/earthengine-public/assets/A/B"
+    assert second.asset == "projects/earthengine-legacy/assets/users/me/c"
+    assert (first.name, second.scale) == ("item0000", 30)
+    assert job.resolved_items()[1] is second  # resolved when validated, not on every call
+    with pytest.raises(ValidationError, match="asset"):
+        ResolvedItem(name="no-asset")  # type: ignore[call-arg]
