@@ -12,7 +12,6 @@ out as one ``JobError`` line naming the key.
 from __future__ import annotations
 
 import math
-import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -59,16 +58,12 @@ class _Strict(BaseModel):
 def _check_crs(value: str | None) -> str | None:
     if value is None:
         return None
-    import rasterio
-    from rasterio.crs import CRS
-    from rasterio.errors import CRSError
+    from bulkpix.geometry.crs import CRS  # rasterio loads only for a job that names a CRS
 
-    # GDAL would print its own "ERROR 1: ..." line for a bad WKT: ours is the one line.
-    with rasterio.Env(CPL_LOG=os.devnull):
-        try:
-            CRS.from_user_input(value)
-        except (CRSError, ValueError, TypeError):
-            raise ValueError(f"unknown CRS {value!r}") from None
+    try:
+        CRS.of(value).to_rasterio()  # parsed here once; planning reuses the same CRS
+    except ValueError:
+        raise ValueError(f"unknown CRS {value!r}") from None
     return value
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -186,11 +187,9 @@ def _job_path(job: Job, path: str) -> Path:
 async def _fetch_assets(job: Job, client: EEClient, retry: _Retry) -> dict[str, AssetInfo]:
     """One GET per distinct asset, for band types and the native grid."""
     infos: dict[str, AssetInfo] = {}
-    for item in job.resolved_items():
-        name = item.asset
-        if name not in infos:
-            metadata = await retry(lambda n=name: client.get_asset(n))
-            infos[name] = parse_asset(metadata, name)
+    for name in dict.fromkeys(item.asset for item in job.resolved_items()):
+        metadata = await retry(functools.partial(client.get_asset, name))
+        infos[name] = parse_asset(metadata, name)
     return infos
 
 

@@ -18,12 +18,11 @@ from bulkpix import __version__
 from bulkpix.dtypes import BandSpec, numpy_dtype, request_bytes
 from bulkpix.errors import BadMetadata, JobError, printable
 from bulkpix.geometry.grid import (
+    CRS,
     PixelGrid,
     aligned_grid,
-    describe_crs,
     native_subgrid,
     region_bounds,
-    same_crs,
 )
 from bulkpix.geometry.tiling import ServiceModel, TilePlan, plan_tiles
 from bulkpix.job import Job, ResolvedItem
@@ -96,7 +95,7 @@ class ItemPlan:
             "asset": self.asset,
             "bands": [b.id for b in self.bands],
             "dtypes": [b.dtype.name for b in self.bands],
-            "crs": self.grid.crs,
+            "crs": self.grid.crs.text,  # as given: outputs made earlier must match
             "transform": [t.a, t.b, t.c, t.d, t.e, t.f],
             "shape": [self.grid.height, self.grid.width],
             "chunk": self.tiles.chunk,
@@ -216,7 +215,7 @@ def _parse_grid(raw: Any) -> tuple[str, PixelGrid | None]:
     if not isinstance(crs, str) or not crs.strip():
         return "the grid names no CRS", None
     try:
-        describe_crs(crs)
+        _ = CRS.of(crs).wkt  # what the output will store: it must be there
     except ValueError:
         return f"CRS {_quote(crs)} is not one bulkpix can describe", None
     affine = raw.get("affineTransform")
@@ -316,9 +315,9 @@ def _select_bands(spec: ResolvedItem, asset: AssetInfo) -> tuple[BandSpec, ...]:
 def _output_grid(
     spec: ResolvedItem, asset: AssetInfo, native: PixelGrid, base_dir: Any
 ) -> PixelGrid:
-    crs = spec.crs or native.crs
+    crs = native.crs if spec.crs is None else CRS.of(spec.crs)
     native_scale = (abs(native.transform.a), abs(native.transform.e))
-    is_native_crs = same_crs(crs, native.crs)
+    is_native_crs = crs == native.crs
     use_native = is_native_crs and (
         spec.scale is None or (native.is_north_up and native_scale == (spec.scale, spec.scale))
     )
