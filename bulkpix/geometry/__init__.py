@@ -1,5 +1,6 @@
 """Pure pixel-grid geometry and tiling: no aiohttp, zarr or asyncio here."""
 
+from bulkpix.geometry.crs import CRS
 from bulkpix.geometry.grid import (
     PixelGrid,
     Window,
@@ -23,6 +24,7 @@ from bulkpix.geometry.tiling import (
 )
 
 __all__ = [
+    "CRS",
     "MAX_BANDS",
     "MAX_REQUEST_BYTES",
     "MAX_SIDE",
