@@ -249,17 +249,13 @@ class ResolvedItem(_ItemFields):
         return asset_name(value)
 
 
-class TimeoutsSpec(_Strict):
-    """Seconds; the run uses them as ``bulkpix.ee.client.Timeouts``, field for field."""
-
+class Timeouts(_Strict):
     connect: PositiveFloat = 10.0
     read: PositiveFloat = 60.0
     total: PositiveFloat = 300.0
 
 
 class Retries(_Strict):
-    """The run uses them as ``bulkpix.transfer.retry.RetryPolicy``, field for field."""
-
     max_attempts: PositiveInt = 8
     backoff_base: PositiveFloat = 0.5
     backoff_cap: PositiveFloat = 30.0
@@ -269,8 +265,6 @@ class Retries(_Strict):
 
 
 class ServiceModelSpec(_Strict):
-    """Planning uses it as ``bulkpix.geometry.tiling.ServiceModel``, field for field."""
-
     base_s: NonNegativeFloat = 0.2
     per_mb_s: NonNegativeFloat = 0.05
 
@@ -317,7 +311,7 @@ class Job(_ItemFields):
     zarr_format: Literal[2, 3] = 3
     # fsync each chunk file (and its directory) before the tile's done-marker is written.
     durable: bool = False
-    timeouts: TimeoutsSpec = TimeoutsSpec()
+    timeouts: Timeouts = Timeouts()
     retries: Retries = Retries()
     service_model: ServiceModelSpec = ServiceModelSpec()
     emulator: EmulatorSection | None = None
@@ -388,7 +382,8 @@ class Job(_ItemFields):
         )
         resolved = []
         for index, entry in enumerate(entries):
-            fields = shared | entry
+            fields = dict(shared)
+            fields.update(entry)
             if fields.get("asset") is None:
                 where = f"items[{index}]" if self.items else "job"
                 raise ValueError(f"{where}: asset is missing")

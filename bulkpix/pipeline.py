@@ -22,7 +22,7 @@ import numpy as np
 
 from bulkpix.assets import asset_name
 from bulkpix.ee.auth import load_credentials
-from bulkpix.ee.client import EEClient, Timeouts
+from bulkpix.ee.client import EEClient, RequestTimeouts
 from bulkpix.ee.decode import decode_pixels, max_payload_bytes
 from bulkpix.errors import (
     JobError,
@@ -284,7 +284,7 @@ async def _session(
             governor=governor,
             project=job.project,
             api_version=job.api_version,
-            timeouts=Timeouts(**job.timeouts.model_dump()),
+            timeouts=RequestTimeouts(**job.timeouts.model_dump()),
             pool_size=job.concurrency,
             max_wait_s=longest_wait,
         )

@@ -9,13 +9,13 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from bulkpix.ee.client import Timeouts
+from bulkpix.ee.client import RequestTimeouts
 from bulkpix.geometry.tiling import ServiceModel
-from bulkpix.job import ResolvedItem, Retries, ServiceModelSpec, TimeoutsSpec, parse_job
+from bulkpix.job import ResolvedItem, Retries, ServiceModelSpec, Timeouts, parse_job
 from bulkpix.transfer.retry import RetryPolicy
 
 PAIRS: list[tuple[Any, Any]] = [
-    (TimeoutsSpec, Timeouts),
+    (Timeouts, RequestTimeouts),
     (Retries, RetryPolicy),
     (ServiceModelSpec, ServiceModel),
 ]
@@ -39,7 +39,9 @@ def test_a_jobs_sections_become_runtime_objects_unchanged() -> None:
             "service_model": {"base_s": 0.3, "per_mb_s": 0.01},
         }
     )
-    assert Timeouts(**job.timeouts.model_dump()) == Timeouts(connect=1.5, read=2.5, total=30)
+    assert RequestTimeouts(**job.timeouts.model_dump()) == RequestTimeouts(
+        connect=1.5, read=2.5, total=30
+    )
     policy = RetryPolicy(**job.retries.model_dump())
     assert policy == RetryPolicy(
         max_attempts=3, backoff_base=0.1, backoff_cap=5, budget=7, max_wait=2

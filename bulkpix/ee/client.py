@@ -57,8 +57,8 @@ __all__ = [
     "MAX_METADATA_BYTES",
     "MAX_PIXELS_BYTES",
     "EEClient",
+    "RequestTimeouts",
     "ResponseBody",
-    "Timeouts",
     "is_loopback_host",
     "parse_retry_after",
 ]
@@ -93,9 +93,9 @@ _TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
 
 
 @dataclass(frozen=True, slots=True)
-class Timeouts:
+class RequestTimeouts:
     """The job's ``timeouts:`` section, field for field, in seconds
-    (``Timeouts(**job.timeouts.model_dump())``).
+    (``RequestTimeouts(**job.timeouts.model_dump())``).
 
     ``read`` bounds the silence between two reads, so a stalled body fails in seconds even
     though a whole response may take minutes (``total``)."""
@@ -145,7 +145,7 @@ class EEClient:
         governor: Governor,
         project: str | None = None,
         api_version: str = "v1",
-        timeouts: Timeouts = Timeouts(),
+        timeouts: RequestTimeouts = RequestTimeouts(),
         pool_size: int = 40,
         max_wait_s: float = DEFAULT_MAX_WAIT_S,
     ) -> None:
