@@ -46,8 +46,9 @@ class CRS:
 
     @staticmethod
     def of(value: CRSLike) -> CRS:
-        """The CRS of ``value`` (a CRS as is, or an authority code, WKT or PROJ string);
-        ``ValueError`` naming it when it is none."""
+        """The CRS of ``value`` (a CRS as is, or an authority code, WKT or PROJ string), one
+        object per text. ``ValueError`` for an empty text now, and for one that names no
+        CRS when it is first parsed (``to_rasterio``, ``wkt``, ...)."""
         if isinstance(value, CRS):
             return value
         return _interned(value)
@@ -132,6 +133,9 @@ class CRS:
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError(f"CRS is immutable: cannot set {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"CRS is immutable: cannot delete {name!r}")
 
     def __reduce__(self) -> tuple[Any, tuple[str]]:
         return (CRS.of, (self.text,))
