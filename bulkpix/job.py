@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import reprlib
 import urllib.parse
@@ -28,6 +27,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     field_validator,
     model_validator,
@@ -49,6 +49,7 @@ __all__ = [
     "ItemSpec",
     "Job",
     "Region",
+    "ResolvedItem",
     "Visualization",
     "load_job",
     "parse_job",
@@ -126,16 +127,12 @@ class _Strict(BaseModel):
 def _check_crs(value: str | None) -> str | None:
     if value is None:
         return None
-    import rasterio
-    from rasterio.crs import CRS
-    from rasterio.errors import CRSError
+    from bulkpix.geometry.crs import CRS  # rasterio loads only for a job that names a CRS
 
-    # GDAL would print its own "ERROR 1: ..." line for a bad WKT: ours is the one line.
-    with rasterio.Env(CPL_LOG=os.devnull):
-        try:
-            CRS.from_user_input(value)
-        except (CRSError, ValueError, TypeError):
-            raise ValueError(f"unknown CRS {short(value)}") from None
+    try:
+        CRS.of(value).to_rasterio()  # parsed here once; planning reuses the same CRS
+    except ValueError:
+        raise ValueError(f"unknown CRS {short(value)}") from None
     return value
 
 
@@ -362,6 +359,19 @@ class ItemSpec(_ItemFields):
         return value
 
 
+class ResolvedItem(_ItemFields):
+    """One item with the job's defaults filled in: what planning works from. Its ``asset``
+    is always there, as the full resource name (``projects/.../assets/...``)."""
+
+    asset: str
+    name: str | None = None  # None: a single-item job, at the root of the store
+
+    @field_validator("asset")
+    @classmethod
+    def _full_name(cls, value: str) -> str:
+        return asset_name(value)
+
+
 # Waits past a day are typos, not settings (and a run would seem to hang on them).
 Seconds = Annotated[float, Field(gt=0, le=86_400, allow_inf_nan=False)]
 
@@ -437,6 +447,8 @@ class Job(_ItemFields):
 
     # The directory relative paths in the job are taken from (set by load_job).
     base_dir: Path = Field(default=Path("."), exclude=True)
+    # The items, resolved once when the job is validated (see ``resolved_items``).
+    _resolved: tuple[ResolvedItem, ...] = PrivateAttr(default=())
 
     @field_validator("endpoint")
     @classmethod
@@ -494,15 +506,13 @@ class Job(_ItemFields):
         if self.emulator is not None and self.endpoint != "emulator":
             raise ValueError("the emulator section goes with endpoint: emulator")
         codec_for(self.compression, self.compression_level)  # a level this codec has
-        items = self.resolved_items()
+        items = self._resolved = self._resolve()
         names = [item.name for item in items]
         duplicates = sorted({n for n in names if names.count(n) > 1 and n is not None})
         if duplicates:
             raise ValueError(f"item names repeat: {', '.join(map(str, duplicates))}")
         for index, item in enumerate(items):
             where = f"items[{index}]" if self.items else "job"
-            if item.asset is None:
-                raise ValueError(f"{where}: asset is missing")
             vis = item.visualization
             if vis is not None and item.bands is not None and item.bands != vis.bands:
                 raise ValueError(f"{where}: bands and visualization.bands differ; give one")
@@ -518,19 +528,27 @@ class Job(_ItemFields):
             return self.credentials
         return "none" if self.endpoint == "emulator" else "default"
 
-    def resolved_items(self) -> list[ItemSpec]:
-        """Items with the shared defaults filled in and a name each."""
+    def resolved_items(self) -> list[ResolvedItem]:
+        """Items with the shared defaults filled in, an asset and (in a batch) a name each."""
+        return list(self._resolved)
+
+    def _resolve(self) -> tuple[ResolvedItem, ...]:
         shared = {k: getattr(self, k) for k in _ItemFields.model_fields}
-        if self.items is None:
-            return [ItemSpec(**shared)]
+        entries = (
+            [{}] if self.items is None
+            else [item.model_dump(exclude_unset=True) for item in self.items]
+        )
         resolved = []
-        for index, item in enumerate(self.items):
+        for index, entry in enumerate(entries):
             fields = dict(shared)
-            fields.update({k: v for k, v in item.model_dump(exclude_unset=True).items()})
-            if not fields.get("name"):
+            fields.update(entry)
+            if fields.get("asset") is None:
+                where = f"items[{index}]" if self.items else "job"
+                raise ValueError(f"{where}: asset is missing")
+            if self.items is not None and not fields.get("name"):
                 fields["name"] = f"item{index:04d}"
-            resolved.append(ItemSpec(**fields))
-        return resolved
+            resolved.append(ResolvedItem(**fields))
+        return tuple(resolved)
 
 
 _HINTS = {

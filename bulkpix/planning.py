@@ -15,20 +15,18 @@ from typing import Any, Literal
 import numpy as np
 
 from bulkpix import __version__
-from bulkpix.assets import asset_name
-from bulkpix.dtypes import BandSpec, numpy_dtype, request_bytes_per_pixel
+from bulkpix.dtypes import BandSpec, numpy_dtype, request_bytes
 from bulkpix.errors import BadMetadata, JobError, printable
 from bulkpix.geometry.grid import (
+    CRS,
     PixelGrid,
     aligned_grid,
     describe_bounds,
-    describe_crs,
     native_subgrid,
     region_bounds,
-    same_crs,
 )
 from bulkpix.geometry.tiling import ServiceModel, TilePlan, plan_tiles
-from bulkpix.job import ItemSpec, Job
+from bulkpix.job import Job, ResolvedItem
 
 __all__ = [
     "AssetInfo",
@@ -98,7 +96,7 @@ class ItemPlan:
             "asset": self.asset,
             "bands": [b.id for b in self.bands],
             "dtypes": [b.dtype.name for b in self.bands],
-            "crs": self.grid.crs,
+            "crs": self.grid.crs.text,  # as given: outputs made earlier must match
             "transform": [t.a, t.b, t.c, t.d, t.e, t.f],
             "shape": [self.grid.height, self.grid.width],
             "chunk": self.tiles.chunk,
@@ -218,7 +216,7 @@ def _parse_grid(raw: Any) -> tuple[str, PixelGrid | None]:
     if not isinstance(crs, str) or not crs.strip():
         return "the grid names no CRS", None
     try:
-        describe_crs(crs)
+        _ = CRS.of(crs).wkt  # what the output will store: it must be there
     except ValueError:
         return f"CRS {_quote(crs)} is not one bulkpix can describe", None
     affine = raw.get("affineTransform")
@@ -290,7 +288,7 @@ def _band_attrs(metadata: Mapping[str, Any]) -> dict[str, Any]:
     return attrs
 
 
-def _fill_values(spec: ItemSpec, bands: Sequence[BandSpec]) -> dict[str, float]:
+def _fill_values(spec: ResolvedItem, bands: Sequence[BandSpec]) -> dict[str, float]:
     if spec.nodata is None:
         return {}
     if not isinstance(spec.nodata, dict):
@@ -302,7 +300,7 @@ def _fill_values(spec: ItemSpec, bands: Sequence[BandSpec]) -> dict[str, float]:
     return dict(spec.nodata)
 
 
-def _select_bands(spec: ItemSpec, asset: AssetInfo) -> tuple[BandSpec, ...]:
+def _select_bands(spec: ResolvedItem, asset: AssetInfo) -> tuple[BandSpec, ...]:
     if spec.visualization is not None:
         spec = spec.model_copy(update={"bands": spec.visualization.bands})
     if spec.bands is None:
@@ -315,13 +313,14 @@ def _select_bands(spec: ItemSpec, asset: AssetInfo) -> tuple[BandSpec, ...]:
     return tuple(by_id[b] for b in spec.bands)
 
 
-def _output_grid(spec: ItemSpec, asset: AssetInfo, native: PixelGrid, base_dir: Any) -> PixelGrid:
-    crs = spec.crs or native.crs
+def _output_grid(
+    spec: ResolvedItem, asset: AssetInfo, native: PixelGrid, base_dir: Any
+) -> PixelGrid:
+    crs = native.crs if spec.crs is None else CRS.of(spec.crs)
     native_scale = (abs(native.transform.a), abs(native.transform.e))
-    is_native_crs = same_crs(crs, native.crs)
-    north_up = native.transform.b == 0 and native.transform.d == 0
+    is_native_crs = crs == native.crs
     use_native = is_native_crs and (
-        spec.scale is None or (north_up and native_scale == (spec.scale, spec.scale))
+        spec.scale is None or (native.is_north_up and native_scale == (spec.scale, spec.scale))
     )
     if not is_native_crs and spec.scale is None:
         raise JobError(f"key 'scale' is required when crs ({crs}) is not the asset's own")
@@ -354,7 +353,7 @@ def _output_grid(spec: ItemSpec, asset: AssetInfo, native: PixelGrid, base_dir: 
     return aligned_grid(crs, spec.scale, bounds)
 
 
-def _miss(spec: ItemSpec, asset: AssetInfo, native: PixelGrid, region: Any) -> str:
+def _miss(spec: ResolvedItem, asset: AssetInfo, native: PixelGrid, region: Any) -> str:
     """Why nothing is left of the region: both extents, in the region's own CRS."""
     assert spec.region is not None
     region_crs = spec.region.region_crs
@@ -378,7 +377,7 @@ def _intersect(a: Sequence[float], b: Sequence[float]) -> bool:
 
 
 def plan_item(
-    spec: ItemSpec, asset: AssetInfo, job: Job, recorded_tile: tuple[int, int] | None = None
+    spec: ResolvedItem, asset: AssetInfo, job: Job, recorded_tile: tuple[int, int] | None = None
 ) -> ItemPlan:
     """Choose the output grid and cut it into tiles. Raises JobError for impossible items.
 
@@ -449,7 +448,7 @@ def plan_item(
             tile,
             concurrency=job.concurrency,
             qps=job.qps,
-            service=ServiceModel(job.service_model.base_s, job.service_model.per_mb_s),
+            service=ServiceModel(**job.service_model.model_dump()),
             max_inflight_bytes=job.memory_mb * 2**20,
         )
 
@@ -461,7 +460,7 @@ def plan_item(
         tiles = tiling(job.tile)
     return ItemPlan(
         name=spec.name,
-        asset=asset_name(spec.asset or ""),
+        asset=spec.asset,
         bands=bands,
         grid=grid,
         tiles=tiles,
@@ -475,7 +474,7 @@ def plan_item(
     )
 
 
-def _checked_nodata(spec: ItemSpec, bands: Sequence[BandSpec]) -> list[float | None]:
+def _checked_nodata(spec: ResolvedItem, bands: Sequence[BandSpec]) -> list[float | None]:
     """Each band's nodata, or None; ValueError when a band's type cannot hold it."""
     values = _fill_values(spec, bands)
     out: list[float | None] = []
@@ -509,11 +508,8 @@ def request_body(item: ItemPlan, grid: PixelGrid, band_ids: Sequence[str]) -> di
 
 def item_request_bytes(item: ItemPlan) -> int:
     """Bytes of pixels (as the service counts) for the whole item."""
-    return (
-        item.grid.width
-        * item.grid.height
-        * request_bytes_per_pixel([np.dtype(b.dtype) for b in item.bands])
-    )
+    itemsizes = (b.dtype.itemsize for b in item.bands)
+    return request_bytes(item.grid.height, item.grid.width, itemsizes)
 
 
 def tile_plan_from_fingerprint(fingerprint: Mapping[str, Any]) -> TilePlan | None:
