@@ -1,4 +1,5 @@
-"""``bulkpix run | plan | status | verify | emulator``: a thin shell over the async core.
+"""``bulkpix run | plan | status | verify | export | preview | emulator``: a thin shell over the
+async core.
 
 Exit codes: 0 done; 1 a failure while running (failed tiles, asset not found, access denied);
 2 a bad job file, bad arguments or an output holding another job; 130 interrupted (resumable).
@@ -58,9 +59,60 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     verify.add_argument("output", help="the output store")
     verify.add_argument("--debug", action="store_true", help="show tracebacks")
+    export = commands.add_parser(
+        "export", help="write an output (one item) as a Cloud-Optimized GeoTIFF"
+    )
+    export.add_argument("output", help="the output store")
+    export.add_argument("destination", help="the GeoTIFF to write, e.g. out.tif")
+    export.add_argument("--item", help="the item of a batch output")
+    export.add_argument("--bands", type=_band_list, help="bands, comma-separated (default all)")
+    export.add_argument(
+        "--dtype", help="convert every band to this type (needed when band types differ)"
+    )
+    export.add_argument("--compress", default="DEFLATE", help="DEFLATE (default), ZSTD, LZW, NONE")
+    export.add_argument(
+        "--resampling", default="nearest", help="for overviews: nearest (default), average, ..."
+    )
+    export.add_argument(
+        "--partial", action="store_true", help="export an output that is not complete yet"
+    )
+    export.add_argument("--debug", action="store_true", help="show tracebacks")
+
+    preview = commands.add_parser("preview", help="a quicklook PNG, from a decimated read")
+    preview.add_argument("output", help="the output store")
+    preview.add_argument("destination", help="the PNG to write, e.g. out.png")
+    preview.add_argument("--item", help="the item of a batch output")
+    preview.add_argument(
+        "--bands", type=_band_list, help="one band (gray) or three (r,g,b); default: the first"
+    )
+    preview.add_argument(
+        "--size", type=int, default=1024, help="longest side in pixels (default 1024)"
+    )
+    preview.add_argument(
+        "--percentiles",
+        type=_percentiles,
+        default=(2.0, 98.0),
+        help="the stretch, LOW,HIGH percentiles (default 2,98)",
+    )
+    preview.add_argument("--debug", action="store_true", help="show tracebacks")
 
     commands.add_parser("emulator", help="serve the local Earth Engine stand-in", add_help=False)
     return parser
+
+
+def _band_list(text: str) -> list[str]:
+    bands = [b.strip() for b in text.split(",") if b.strip()]
+    if not bands:
+        raise argparse.ArgumentTypeError("give band ids, comma-separated")
+    return bands
+
+
+def _percentiles(text: str) -> tuple[float, float]:
+    try:
+        low, high = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError("give two numbers, LOW,HIGH (e.g. 2,98)") from None
+    return low, high
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -79,6 +131,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _plan(args)
         if args.command == "verify":
             return _verify(args)
+        if args.command == "export":
+            return _export(args)
+        if args.command == "preview":
+            return _preview(args)
         return _status(args)
     except (JobError, StoreMismatch) as exc:
         if args.debug:
@@ -191,6 +247,43 @@ def _plan(args: argparse.Namespace) -> int:
     job = load_job(args.job)
     plans = asyncio.run(plan_job(job))
     print_plan(_console(), plans)
+    return EXIT_OK
+
+
+def _export(args: argparse.Namespace) -> int:
+    from bulkpix.readers.export import export_cog
+
+    result = export_cog(
+        args.output,
+        args.destination,
+        item=args.item,
+        bands=args.bands,
+        dtype=args.dtype,
+        compress=args.compress,
+        resampling=args.resampling,
+        partial=args.partial,
+    )
+    nodata = "none" if result.nodata is None else result.nodata
+    note = "" if result.complete else " (from an incomplete output)"
+    print(
+        f"wrote {result.path}: {result.width} x {result.height} px, bands "
+        f"{', '.join(result.bands)}, {result.dtype}, nodata {nodata}{note}"
+    )
+    return EXIT_OK
+
+
+def _preview(args: argparse.Namespace) -> int:
+    from bulkpix.readers.preview import write_preview
+
+    result = write_preview(
+        args.output,
+        args.destination,
+        item=args.item,
+        bands=args.bands,
+        size=args.size,
+        percentiles=args.percentiles,
+    )
+    print(f"wrote {result.path}: {result.width} x {result.height} px of {', '.join(result.bands)}")
     return EXIT_OK
 
 

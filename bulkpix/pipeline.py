@@ -22,7 +22,7 @@ import numpy as np
 from bulkpix.assets import asset_name
 from bulkpix.ee.auth import load_credentials
 from bulkpix.ee.client import EEClient, Timeouts
-from bulkpix.ee.decode import decode_pixels
+from bulkpix.ee.decode import decode_pixels, max_payload_bytes
 from bulkpix.errors import (
     JobError,
     PermanentError,
@@ -30,7 +30,9 @@ from bulkpix.errors import (
     RemoteError,
     RequestTooLarge,
     RetryableError,
+    TooManyBands,
     Unauthenticated,
+    printable,
 )
 from bulkpix.geometry.tiling import Tile, split_tile
 from bulkpix.job import EmulatorSection, Job
@@ -50,7 +52,7 @@ from bulkpix.store.output import (
 )
 from bulkpix.store.record import TileRecord
 from bulkpix.store.write_loop import WriteLoop
-from bulkpix.store.zarr_store import ItemWriter
+from bulkpix.store.zarr_store import Store, consolidate
 from bulkpix.transfer.budget import ByteBudget
 from bulkpix.transfer.limits import Governor
 from bulkpix.transfer.pool import run_workers
@@ -90,6 +92,9 @@ class RunStats:
     interrupted: bool = False
     aborted: str | None = None  # why the run stopped by itself, if it did
     governor: Governor | None = None
+    # Things the user should hear about once (the progress display prints each once).
+    notices: list[str] = field(default_factory=list)
+    notices_shown: int = 0  # how many of them the live display has printed
 
     @property
     def total(self) -> int:
@@ -224,20 +229,24 @@ class _Stopped(Exception):
 class _Retry:
     """The run's one retry loop, bound to its policy, budget and counters.
 
-    Its backoff sleeps end early when the run is asked to stop: Ctrl-C stops issuing requests
-    at once, and a tile caught between attempts is left for the next run, not failed.
+    Its backoff sleeps end early when the run's ``stop`` is set (the run owns that event):
+    Ctrl-C stops issuing requests at once, and a tile caught between attempts is left for the
+    next run, not failed. A server asking for a longer wait than ``retries.max_wait`` is
+    told no, and the user is told once.
     """
 
-    def __init__(self, job: Job, stats: RunStats) -> None:
+    def __init__(self, job: Job, stats: RunStats, stop: asyncio.Event) -> None:
         self.policy = RetryPolicy(
             max_attempts=job.retries.max_attempts,
             base_s=job.retries.backoff_base,
             cap_s=job.retries.backoff_cap,
+            max_wait_s=_max_wait(job),
         )
         self.budget = RetryBudget(job.retries.budget)
         self.rng = random.Random()
         self.stats = stats
-        self.stop = asyncio.Event()
+        self.stop = stop
+        self._said_long_wait = False
 
     async def _sleep(self, delay: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -247,6 +256,14 @@ class _Retry:
 
     def _on_retry(self, exc: BaseException, attempt: int, delay: float) -> None:
         self.stats.retries += 1
+        asked = getattr(exc, "asked_wait", None)
+        if asked is not None and not self._said_long_wait:
+            self._said_long_wait = True
+            shown = f"{asked:,.0f} s" if asked < 1e12 else "forever"
+            self.stats.notices.append(
+                f"the service asked to wait {shown} before retrying; waiting "
+                f"{self.policy.max_wait_s:g} s at most (retries.max_wait)"
+            )
 
     async def __call__(self, fn: Callable[[], Awaitable[T]]) -> T:
         return await retrying(
@@ -259,11 +276,18 @@ class _Retry:
         )
 
 
+def _max_wait(job: Job) -> float:
+    """The longest wait a server may impose: ``retries.max_wait``, never below the backoff cap."""
+    return max(job.retries.max_wait, job.retries.backoff_cap)
+
+
 @contextlib.asynccontextmanager
-async def _session(job: Job) -> AsyncIterator[tuple[EEClient, _Retry, RunStats]]:
+async def _session(
+    job: Job, stop: asyncio.Event | None = None
+) -> AsyncIterator[tuple[EEClient, _Retry, RunStats]]:
     stats = RunStats()
     auth = load_credentials(job.credentials_spec)
-    governor = Governor(job.concurrency, job.qps)
+    governor = Governor(job.concurrency, job.qps, max_pause_s=_max_wait(job))
     stats.governor = governor
     async with _endpoint_url(job) as url:
         client = EEClient(
@@ -278,14 +302,16 @@ async def _session(job: Job) -> AsyncIterator[tuple[EEClient, _Retry, RunStats]]
                 total_s=job.timeouts.total,
             ),
             pool_size=job.concurrency,
+            max_wait_s=_max_wait(job),
         )
         async with client:
-            yield client, _Retry(job, stats), stats
+            yield client, _Retry(job, stats, stop or asyncio.Event()), stats
 
 
 @dataclass
 class _Run:
-    """What every tile of a run shares."""
+    """What every tile of a run shares. ``stop`` is the run's: Ctrl-C, or the run deciding
+    by itself that it cannot go on (its credentials refused)."""
 
     client: EEClient
     retry: _Retry
@@ -293,12 +319,49 @@ class _Run:
     write_loop: WriteLoop
     write_slots: asyncio.Semaphore
     stats: RunStats
-    refusals: int = 0  # tiles refused for access (401/403) in a row, since the last success
+    stop: asyncio.Event
+    items: list[OpenedItem]
 
 
 # A job whose every request is refused (credentials revoked, project lost access) stops after
 # this many tiles in a row, rather than spending one request on each of its other tiles.
 REFUSALS_BEFORE_STOPPING = 20
+
+
+@dataclass
+class _Split:
+    """A tile the server found too large, waiting for its parts.
+
+    It is recorded as finished once every part is, or as failed (once, with the first
+    part's reason) once every part has ended and one failed; a part left by a stop leaves
+    the tile for the next run, which skips the parts already finished.
+    """
+
+    work: _Work
+    remaining: int
+    parts: int
+    failures: list[RemoteError] = field(default_factory=list)
+    incomplete: bool = False
+
+
+@dataclass(frozen=True)
+class _Work:
+    """One request of the run: a tile of an item, or a part of a split one.
+
+    ``bands`` narrows the tile's band group to positions ``[lo, hi)`` when the service
+    refused its band count; ``parent`` is the split this work is a part of.
+    """
+
+    item: int
+    tile: Tile
+    bands: tuple[int, int] | None = None
+    parent: _Split | None = field(default=None, compare=False)
+
+    @property
+    def key(self) -> str:
+        if self.bands is None:
+            return self.tile.key
+        return f"{self.tile.key}_b{self.bands[0]}-{self.bands[1]}"
 
 
 async def run_job(
@@ -311,8 +374,7 @@ async def run_job(
     """Run (or resume) a job; returns its counters. ``stop`` asks for a graceful halt."""
     check_output_location(job.output)
     stop = stop or asyncio.Event()
-    async with _session(job) as (client, retry, stats):
-        retry.stop = stop
+    async with _session(job, stop) as (client, retry, stats):
         try:
             infos = await _fetch_assets(job, client, retry)
         except _Stopped:  # Ctrl-C while the metadata call waited to be retried
@@ -322,7 +384,9 @@ async def run_job(
         state = await inspect_output(job.output, [s.name or "" for s in job.resolved_items()])
         plans = _plan_items(job, infos, state)
         async with claim_output(job, plans, state, restart=restart) as output:
-            return await _run_tiles(job, client, retry, stats, output.items, stop, stats_ready)
+            await _run_tiles(job, client, retry, stats, output.items, stop, stats_ready)
+            await _mark_complete_items(output.store, output.items, stats)
+            return stats
 
 
 async def _run_tiles(
@@ -344,13 +408,13 @@ async def _run_tiles(
         stats_ready.set_result(stats)
     stats.started = time.monotonic()
 
-    def work() -> Iterator[tuple[int, Tile]]:
+    def work() -> Iterator[_Work]:
         for index, item in enumerate(opened):
             for tile in item.plan.tiles.tiles():
                 if stats.items[index].abandoned:
                     break
                 if tile.key not in item.done:
-                    yield index, tile
+                    yield _Work(index, tile)
 
     async with WriteLoop() as write_loop:
         run = _Run(
@@ -361,17 +425,15 @@ async def _run_tiles(
             # Two tiles compress at once: more only lengthens stalls on 2 cores.
             write_slots=asyncio.Semaphore(2),
             stats=stats,
+            stop=stop,
+            items=opened,
         )
 
-        async def handle(work_item: tuple[int, Tile]) -> None:
-            index, tile = work_item
-            if stop.is_set() or stats.items[index].abandoned:
-                return
-            item = opened[index]
-            if await _process_tile(
-                run, item.plan, item.writer, item.record, item.done, stats.items[index], tile
-            ):
-                stats.items[index].done += 1
+        async def handle(item: _Work) -> list[_Work] | None:
+            if stop.is_set() or stats.items[item.item].abandoned:
+                await _settle(run, item, finished=False)
+                return None
+            return await _process_tile(run, item)
 
         try:
             await run_workers(work(), handle, workers=job.concurrency, stop=stop)
@@ -381,110 +443,158 @@ async def _run_tiles(
     return stats
 
 
-async def _process_tile(
-    run: _Run,
-    plan: ItemPlan,
-    writer: ItemWriter,
-    record: TileRecord,
-    done: frozenset[str],
-    item_stats: ItemStats,
-    tile: Tile,
-    part_failures: list[RemoteError] | None = None,
-) -> bool:
-    """Fetch, decode, write and record one tile; True once it is recorded as finished.
+async def _mark_complete_items(
+    store: Store,
+    opened: list[OpenedItem],
+    stats: RunStats,
+) -> None:
+    """Say in each finished item's attributes that it is complete (readers check it)."""
+    marked = False
+    for item, item_stats in zip(opened, stats.items, strict=True):
+        if (
+            item_stats.finished == item_stats.total
+            and not item_stats.failed
+            and not item_stats.abandoned
+        ):
+            await item.writer.mark_complete()
+            marked = True
+    if marked:  # the consolidated copy of the attributes too
+        await consolidate(store)
 
-    Permanent failures are recorded, not raised. A tile the server finds too large is split
-    in four; it is recorded as finished when all its parts are (or as failed, once, when one
-    is not: a part's failure goes to ``part_failures``), and a resumed run skips the parts
-    already finished.
+
+async def _process_tile(run: _Run, work: _Work) -> list[_Work] | None:
+    """Fetch, decode, write and record one tile (or part); returns the parts to fetch
+    instead when the service finds it too large.
+
+    Permanent failures are recorded, not raised. The response body is a unit with its tile:
+    budget is held from before the body is read until the tile is written, released once.
     """
-
-    async def fail(exc: RemoteError) -> bool:
-        if part_failures is not None:
-            part_failures.append(exc)
-        else:
-            await _record_failure(run, record, item_stats, tile, exc)
-        return False
-
-    band_ids = plan.band_ids(tile.group)
+    item = run.items[work.item]
+    plan, writer, record, done = item.plan, item.writer, item.record, item.done
+    tile = work.tile
+    group = plan.tiles.band_groups[tile.group]
+    if work.bands is not None:
+        group = group[work.bands[0] : work.bands[1]]
+    band_ids = [plan.bands[i].id for i in group]
+    dtypes = [plan.bands[i].dtype for i in group]
     grid = plan.grid.window_grid(tile.window)
     body = request_body(plan, grid, band_ids)
-    dtypes = [plan.bands[i].dtype for i in plan.tiles.band_groups[tile.group]]
     height, width = tile.window.height, tile.window.width
-    body_bytes = height * width * sum(d.itemsize for d in dtypes)
-    held = 0
+    most = max_payload_bytes(plan.file_format, band_ids, dtypes, height, width)
 
-    async def take_budget() -> None:
-        nonlocal held
-        held = await run.budget.acquire(body_bytes)
-
-    async def fetch_and_decode() -> tuple[int, dict[str, np.ndarray]]:
-        nonlocal held
-        try:
-            payload = await run.client.get_pixels(plan.asset, body, before_body=take_budget)
+    async def fetch_and_decode() -> tuple[contextlib.AsyncExitStack, int, dict[str, np.ndarray]]:
+        async with contextlib.AsyncExitStack() as attempt:
+            async with run.client.stream_pixels(plan.asset, body, max_bytes=most) as response:
+                # Headers are in: wait for room before reading (the body waits in the socket).
+                await attempt.enter_async_context(run.budget.hold(most))
+                payload = await response.read()
             if plan.file_format == "NPY":  # views into the payload, no copy: cheap
                 arrays = decode_pixels(payload, "NPY", band_ids, dtypes, height, width)
             else:
                 arrays = await asyncio.to_thread(
                     decode_pixels, payload, plan.file_format, band_ids, dtypes, height, width
                 )
-            return len(payload), arrays
-        except BaseException:
-            run.budget.release(held)
-            held = 0
-            raise
+            # The hold goes with the arrays to the write; a failed attempt gives it back here.
+            return attempt.pop_all(), len(payload), arrays
 
     try:
-        try:
-            nbytes, arrays = await run.retry(fetch_and_decode)
-        except _Stopped:
-            return False  # left for the next run, not a failure
-        except RequestTooLarge as exc:
-            parts = split_tile(tile, plan.tiles.chunk)
-            if len(parts) == 1:
-                return await fail(exc)
-            failures: list[RemoteError] = []
-            finished = True
-            for part in parts:
-                if part.key in done:
-                    continue
-                if run.retry.stop.is_set() or not await _process_tile(
-                    run, plan, writer, record, done, item_stats, part, failures
-                ):
-                    finished = False
-            if finished:
-                await record.mark_done(tile.key)
-            elif failures:
-                first = failures[0]
-                summary = type(first)(
-                    f"{len(failures)} of {len(parts)} parts failed: {first.message}",
-                    status=first.status,
-                )
-                await fail(summary)
-            return finished
-        except (PermanentError, RetryableError) as exc:
-            return await fail(exc)
+        held, nbytes, arrays = await run.retry(fetch_and_decode)
+    except _Stopped:
+        await _settle(run, work, finished=False)  # left for the next run, not a failure
+        return None
+    except RequestTooLarge as exc:
+        parts = _split(work, exc, plan.tiles.chunk, len(group))
+        if not parts:
+            await _settle(run, work, finished=False, failure=exc)
+            return None
+        split = _Split(work, remaining=len(parts), parts=len(parts))
+        todo = [_Work(work.item, p.tile, p.bands, split) for p in parts if p.key not in done]
+        split.remaining = len(todo)
+        if not todo:  # every part finished in an earlier run
+            await _finish_split(run, split)
+        return todo
+    except (PermanentError, RetryableError) as exc:
+        await _settle(run, work, finished=False, failure=exc)
+        return None
+    async with held:
         async with run.write_slots:
             checksums = await run.write_loop.run(writer.write_tile(tile.window, arrays))
         del arrays
-    finally:
-        run.budget.release(held)
-        held = 0
     # Only now, with every chunk of the tile stored, does the tile count as finished.
-    await record.mark_done(tile.key, checksums)
-    item_stats.bytes += nbytes
-    item_stats.refusals = 0
-    return True
+    await record.mark_done(work.key, checksums)
+    run.stats.items[work.item].bytes += nbytes
+    run.stats.items[work.item].refusals = 0
+    await _settle(run, work, finished=True)
+    return None
+
+
+def _split(work: _Work, exc: RequestTooLarge, chunk: int, n_bands: int) -> list[_Work]:
+    """The parts that help with this refusal; none when nothing can be cut.
+
+    Too many bands: the bands in two halves, the window as it is. Too large (size or
+    dimensions): the window in up to four, each with all the bands; a window of one chunk
+    with several bands is cut by bands, as that is what is left to make it smaller.
+    """
+    lo, hi = work.bands if work.bands is not None else (0, n_bands)
+    by_bands: list[_Work] = []
+    if hi - lo > 1:
+        middle = lo + (hi - lo) // 2
+        by_bands = [
+            _Work(work.item, work.tile, (lo, middle)),
+            _Work(work.item, work.tile, (middle, hi)),
+        ]
+    if isinstance(exc, TooManyBands):
+        return by_bands
+    windows = split_tile(work.tile, chunk)
+    if len(windows) > 1:
+        return [_Work(work.item, part, work.bands) for part in windows]
+    return by_bands
+
+
+async def _settle(
+    run: _Run, work: _Work, *, finished: bool, failure: RemoteError | None = None
+) -> None:
+    """Account for a tile or part that has ended: finished, failed, or left for later."""
+    split = work.parent
+    if split is None:
+        if finished:
+            run.stats.items[work.item].done += 1
+        elif failure is not None:
+            record = run.items[work.item].record
+            await _record_failure(run, record, run.stats.items[work.item], work.key, failure)
+        return
+    if failure is not None:
+        split.failures.append(failure)
+    elif not finished:
+        split.incomplete = True
+    split.remaining -= 1
+    if split.remaining == 0:
+        await _finish_split(run, split)
+
+
+async def _finish_split(run: _Run, split: _Split) -> None:
+    if split.failures:
+        first = split.failures[0]
+        summary = type(first)(
+            f"{len(split.failures)} of {split.parts} parts failed: {first.message}",
+            status=first.status,
+        )
+        await _settle(run, split.work, finished=False, failure=summary)
+    elif split.incomplete:
+        await _settle(run, split.work, finished=False)
+    else:
+        await run.items[split.work.item].record.mark_done(split.work.key)
+        await _settle(run, split.work, finished=True)
 
 
 async def _record_failure(
-    run: _Run, record: TileRecord, item_stats: ItemStats, tile: Tile, exc: RemoteError
+    run: _Run, record: TileRecord, item_stats: ItemStats, key: str, exc: RemoteError
 ) -> None:
-    reason = exc.message
+    reason = printable(exc.message, limit=1000)  # server text: no terminal escapes stored
     if isinstance(exc, RetryableError):
         reason = f"gave up after retries: {reason}"
-    item_stats.failed[tile.key] = reason
-    await record.mark_failed(tile.key, reason)
+    item_stats.failed[key] = reason
+    await record.mark_failed(key, reason)
     if not isinstance(exc, Unauthenticated | PermissionDenied):
         return
     item_stats.refusals += 1
@@ -493,6 +603,6 @@ async def _record_failure(
     why = f"{item_stats.refusals} tiles in a row were refused access ({reason})"
     if isinstance(exc, Unauthenticated):  # the credentials, not one asset: stop everything
         run.stats.aborted = f"stopped: {why}"
-        run.retry.stop.set()
+        run.stop.set()
     else:
         item_stats.abandoned = f"left the rest of item {item_stats.label}: {why}"

@@ -21,6 +21,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from bulkpix.errors import printable
 from bulkpix.pipeline import RunStats
 from bulkpix.planning import ItemPlan, item_request_bytes
 
@@ -67,6 +68,7 @@ async def live_progress(
                 task = progress.add_task(f"  {item.label}", total=item.total, **_fields(stats))
                 item_tasks.append((task, index))
         while True:
+            _show_notices(progress.console, stats)
             fields = _fields(stats)
             progress.update(total_task, total=stats.total, completed=stats.finished, **fields)
             for task, index in item_tasks:
@@ -84,9 +86,17 @@ async def live_progress(
                 await drawer
             if stats_ready.done() and not stats_ready.cancelled():
                 stats = stats_ready.result()
+                _show_notices(progress.console, stats)
                 for task in progress.tasks:
                     if task.description == "total":
                         progress.update(task.id, completed=stats.finished, **_fields(stats))
+
+
+def _show_notices(console: Console, stats: RunStats) -> None:
+    """Print the run's notices that have not been printed yet, each once."""
+    for notice in stats.notices[stats.notices_shown :]:
+        console.print(f"bulkpix: {printable(notice)}", markup=False, highlight=False)
+    stats.notices_shown = len(stats.notices)
 
 
 def print_summary(console: Console, stats: RunStats, output: str) -> None:
@@ -113,6 +123,7 @@ def print_summary(console: Console, stats: RunStats, output: str) -> None:
         str(stats.failed),
         f"{stats.bytes / _MB:,.1f}",
     )
+    _show_notices(console, stats)
     console.print(table)
     elapsed = stats.elapsed
     governor = stats.governor
@@ -123,7 +134,8 @@ def print_summary(console: Console, stats: RunStats, output: str) -> None:
     )
     failed = [(item.label, key, why) for item in stats.items for key, why in item.failed.items()]
     for label, key, why in failed[:10]:
-        console.print(f"[red]failed[/red] {label} tile {key}: {why}")
+        console.print(f"[red]failed[/red] {label} tile {key}: ", end="")
+        console.print(printable(why), markup=False, highlight=False)
     if len(failed) > 10:
         console.print(f"... and {len(failed) - 10} more failed tiles (bulkpix status {output})")
 

@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 from zarr.abc.store import Store
 
-from bulkpix.errors import JobError
+from bulkpix.errors import JobError, printable
 from bulkpix.planning import tile_plan_from_fingerprint
 from bulkpix.store.output import OutputKind, RecordedItem, inspect_output
 from bulkpix.store.record import TileRecord
@@ -92,7 +92,8 @@ def print_status(console: Console, report: StatusReport) -> None:
     console.print(table)
     for item in report.items:
         for key, why in sorted(item.failed.items())[:20]:
-            console.print(f"failed {item.label} {key}: {why}", markup=False)
+            # A stored reason quotes the server: printed without its control characters.
+            console.print(f"failed {item.label} {key}: {printable(why)}", markup=False)
     for what in report.damage:
         console.print(f"damaged: {what}", markup=False)
     if report.damage:

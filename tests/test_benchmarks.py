@@ -22,7 +22,7 @@ CLIENT_FIELDS = {"wall_s", "busy_s", "startup_s", "pixels", "expected_pixels", "
                  "first_request_s", "tail_s"}
 EXPECTED_CLIENTS = {
     "quota_bound": {"bare_fetch", "bulkpix", "ee_pool_512", "ee_pool_1024", "gdal_eedai"},
-    "throughput": {"bulkpix", "bare_fetch"},
+    "throughput": {"bulkpix", "bare_fetch", "bulkpix_zstd1"},
     "memory": {"bulkpix_1x", "bulkpix_4x", "bulkpix_16x"},
     "throttled": {"bulkpix"},
 }
@@ -72,6 +72,17 @@ def test_bare_loop_replays_bulkpix_requests(document: dict) -> None:
     assert clients["bare_fetch"]["requests"] >= clients["bulkpix"]["requests"] - \
         clients["bulkpix"]["retries"]
     assert clients["bare_fetch"]["pixel_bytes"] == clients["bulkpix"]["pixel_bytes"]
+
+
+def test_throughput_reports_each_codec(document: dict) -> None:
+    clients = document["scenarios"]["throughput"]["clients"]
+    assert clients["bulkpix"]["extra"]["compression"] == "lz4 1"  # the default
+    assert clients["bulkpix_zstd1"]["extra"]["compression"] == "zstd 1"
+    for name in ("bulkpix", "bulkpix_zstd1"):
+        # The synthetic bands compress: every codec stores less than it was given.
+        assert clients[name]["extra"]["stored_ratio"] > 1.0, name
+    names = {t["name"] for t in document["scenarios"]["throughput"]["targets"]}
+    assert "bulkpix CPU-s/GB (whole process, default codec) / before" in names
 
 
 def test_quota_bound_is_judged_against_the_floor_on_whole_process_time(document: dict) -> None:

@@ -32,6 +32,7 @@ __all__ = [
     "Region",
     "Window",
     "aligned_grid",
+    "describe_crs",
     "native_subgrid",
     "native_window",
     "overlaps",
@@ -133,6 +134,15 @@ def _parse_crs(crs: str) -> CRS:
         return CRS.from_user_input(crs)
     except CRSError as exc:
         raise ValueError(f"unrecognised CRS {crs!r}: {exc}") from exc
+
+
+def describe_crs(crs: str) -> str:
+    """The CRS as WKT, what the output stores; ValueError when it cannot be described
+    (``EPSG:0``, a garbled WKT)."""
+    try:
+        return _parse_crs(crs).to_wkt()
+    except CRSError as exc:
+        raise ValueError(f"cannot describe CRS {crs!r}: {exc}") from None
 
 
 def same_crs(a: str, b: str) -> bool:

@@ -25,6 +25,8 @@ from zarr.storage import LocalStore, WrapperStore
 
 __all__ = ["ChecksumStore", "crc32c"]
 
+_METADATA_NAMES = ("zarr.json", ".zarray", ".zattrs")
+
 
 def crc32c(data: bytes) -> int:
     # The C extension takes bytes only (not a memoryview): a compressed chunk's copy costs
@@ -56,8 +58,11 @@ class ChecksumStore(WrapperStore[Store]):
             return {key: self._crcs.pop(key) for key in keys if key in self._crcs}
 
     async def set(self, key: str, value: Buffer) -> None:
-        array_path, sep, _ = key.rpartition("/c/")
-        tracked = bool(sep) and array_path in self._tracked
+        # A chunk's key is {array}/c/0/1 in Zarr v3 and {array}/0.1 in v2.
+        tracked = (
+            key.rpartition("/c/")[0] in self._tracked
+            or key.rpartition("/")[0] in self._tracked
+        ) and not key.endswith(_METADATA_NAMES)
         if tracked:
             crc = crc32c(value.to_bytes())
         await self._store.set(key, value)

@@ -72,6 +72,10 @@ __all__ = [
 
 BATCH_KEY = f"{RECORD_DIR}/batch.json"  # a batch root's record: the items it was made with
 _METADATA = "zarr.json"
+# Zarr v2 (``zarr_format: 2``) keeps a node's metadata in files of its own.
+_V2_GROUP = ".zgroup"
+_V2_ARRAY = ".zarray"
+_V2_GROUP_FILES = (_V2_GROUP, ".zattrs", ".zmetadata")
 # zarr LocalStore's temp files, the only ones bulkpix leaves: {name}.{uuid4 hex}.partial
 _PARTIAL = re.compile(r".\.[0-9a-f]{32}\.partial\Z")
 # Attributes bulkpix puts on an item's group (copies of its record).
@@ -166,10 +170,11 @@ def check_output_location(output: str) -> None:
     if path.is_file():
         raise JobError(f"output {output} is a file, not a Zarr store")
     recorded = (path / BATCH_KEY).is_file() or (path / RECORD_DIR / JOB_KEY).is_file()
+    is_zarr = (path / _METADATA).is_file() or (path / _V2_GROUP).is_file()
     # A .bulkpix folder alone may hold the lease of a run starting this very moment; what
     # it holds is judged by inspect_output.
     others = path.is_dir() and any(entry.name != RECORD_DIR for entry in path.iterdir())
-    if others and not (path / _METADATA).is_file() and not recorded:
+    if others and not is_zarr and not recorded:
         raise JobError(f"output {output} exists and is not a Zarr store; choose another path")
     if not path.exists():
         parent = path.parent if str(path.parent) else Path(".")
@@ -209,7 +214,7 @@ async def _inspect_once(store: Store, output: str, item_paths: list[str]) -> Out
         candidates = set(batch_names) | {p for p in item_paths if p}
         async for child in store.list_dir(""):
             name = child.rstrip("/")
-            if name and not name.startswith(".") and name != _METADATA:
+            if name and not name.startswith(".") and name != _METADATA:  # .zgroup too
                 candidates.add(name)
         for name in sorted(candidates):
             if await store.exists(f"{name}/{RECORD_DIR}/{JOB_KEY}"):
@@ -257,6 +262,8 @@ async def _looks_empty(store: Store) -> bool:
             return False
     if not keys:
         return True
+    if keys == [_V2_GROUP]:
+        return True
     return keys == [_METADATA] and not await _node_attributes(store, "")
 
 
@@ -278,7 +285,7 @@ async def _node_attributes(store: Store, path: str) -> dict[str, Any] | None:
     key = f"{path}/{_METADATA}" if path else _METADATA
     buffer = await store.get(key, prototype=default_buffer_prototype())
     if buffer is None:
-        return None
+        return await _v2_group_attributes(store, path)
     try:
         document = json.loads(buffer.to_bytes())
     except (ValueError, UnicodeDecodeError):
@@ -300,11 +307,13 @@ async def _inspect_item(store: Store, path: str) -> RecordedItem:
         if isinstance(copy, dict) and isinstance(copy.get("bands"), list):
             bands = _names([b.get("id") for b in copy["bands"] if isinstance(b, dict)])
     prefix = f"{path}/" if path else ""
+    v2 = (fingerprint or {}).get("zarr_format") == 2 or await store.exists(prefix + _V2_GROUP)
+    group_key, array_key = (_V2_GROUP, _V2_ARRAY) if v2 else (_METADATA, _METADATA)
     missing = []
-    if not await store.exists(prefix + _METADATA):
+    if not await store.exists(prefix + group_key):
         missing.append(_METADATA)
     for name in (*bands, *COORD_NAMES):
-        if not await store.exists(f"{prefix}{name}/{_METADATA}"):
+        if not await store.exists(f"{prefix}{name}/{array_key}"):
             missing.append(name)
     return RecordedItem(path, fingerprint, bands, await record.count_done(), tuple(missing))
 
@@ -353,7 +362,9 @@ def check_output(job: Job, state: OutputState, plans: Sequence[ItemPlan], restar
         recorded = state.items.get(plan.path)
         if recorded is None or recorded.fingerprint is None:
             continue
-        changes = fingerprint_diff(recorded.fingerprint, plan.fingerprint(job.compression_level))
+        # Records written before the codec left the fingerprint still carry one: ignored.
+        old = {key: value for key, value in recorded.fingerprint.items() if key != "codec"}
+        changes = fingerprint_diff(old, plan.fingerprint())
         if changes:
             where = f"item {plan.label}" if job.is_batch else "the job"
             raise StoreMismatch(
@@ -405,8 +416,46 @@ def _prune_empty_dirs(base: Path, *, recursive: bool = True) -> None:
         base.rmdir()
 
 
+async def _v2_group_attributes(store: Store, path: str) -> dict[str, Any] | None:
+    prefix = f"{path}/" if path else ""
+    prototype = default_buffer_prototype()
+    if await store.get(prefix + _V2_GROUP, prototype=prototype) is None:
+        return None
+    buffer = await store.get(prefix + ".zattrs", prototype=prototype)
+    try:
+        attributes = json.loads(buffer.to_bytes()) if buffer is not None else {}
+    except (ValueError, UnicodeDecodeError):
+        return {}
+    return attributes if isinstance(attributes, dict) else {}
+
+
+async def _strip_v2_group(store: Store, path: str) -> None:
+    """``_strip_group`` for a Zarr v2 group (``.zgroup``, ``.zattrs``, ``.zmetadata``)."""
+    prefix = f"{path}/" if path else ""
+    ours = {prefix + name for name in _V2_GROUP_FILES}
+    others = False
+    async for other in store.list_prefix(prefix):
+        if other not in ours and other != LEASE_KEY and not _PARTIAL.search(other):
+            others = True
+            break
+    if not others:
+        for key in ours:
+            await store.delete(key)
+        return
+    await store.delete(prefix + ".zmetadata")  # it listed what is gone now
+    attributes = await _v2_group_attributes(store, path)
+    if attributes:
+        for name in _OUR_ATTRIBUTES:
+            attributes.pop(name, None)
+        data = json.dumps(attributes, indent=2).encode()
+        await store.set(prefix + ".zattrs", default_buffer_prototype().buffer.from_bytes(data))
+
+
 async def _strip_group(store: Store, path: str) -> None:
     """The group at ``path`` loses what bulkpix put on it; it goes when nothing else is left."""
+    if await store.exists((f"{path}/" if path else "") + _V2_GROUP):
+        await _strip_v2_group(store, path)
+        return
     key = f"{path}/{_METADATA}" if path else _METADATA
     prefix = f"{path}/" if path else ""
     others = False
@@ -499,7 +548,7 @@ async def claim_output(
     made_dir = local is not None and not local.exists()
     store = state.store or await open_store(job.output)
     token = job_token(
-        [job.is_batch, [(p.path, p.fingerprint(job.compression_level)) for p in plans]]
+        [job.is_batch, [(p.path, p.fingerprint()) for p in plans]]
     )
     paths = [p.path for p in plans]
     try:
@@ -539,7 +588,7 @@ async def _open_items(
         await store.set(
             BATCH_KEY, default_buffer_prototype().buffer.from_bytes(json.dumps(document).encode())
         )
-        await mark_batch_root(store)
+        await mark_batch_root(store, job.zarr_format)
     opened = []
     for plan in plans:
         recorded = state.items.get(plan.path)
@@ -547,7 +596,7 @@ async def _open_items(
         if recorded is None or recorded.missing:
             if recorded is None:
                 # The record first: whatever is made after it is provably bulkpix's.
-                await record.write_fingerprint(plan.fingerprint(job.compression_level))
+                await record.write_fingerprint(plan.fingerprint())
             writer = await ItemWriter.create(
                 wrapped,
                 plan.path,
@@ -555,8 +604,12 @@ async def _open_items(
                 plan.bands,
                 plan.tiles.chunk,
                 attrs={"asset": plan.asset},
+                compression=job.compression,
                 compression_level=job.compression_level,
                 keep_existing=True,
+                zarr_format=plan.zarr_format,
+                band_attrs=plan.band_attrs,
+                fill_values=plan.fill_values,
             )
             done: set[str] = set()
         else:

@@ -1,34 +1,42 @@
-"""The Zarr v3 output: one group per job item, one 2-D array per band, georeferenced.
+"""The Zarr output (v3 by default, v2 on request): one group per job item, one 2-D array per
+band, georeferenced.
 
 Layout of an item group at ``path`` (``""`` is the store's root group)::
 
-    {path}/zarr.json        group; attrs["bulkpix"] = version, grid, bands, chunk;
-                            consolidated metadata so xarray opens it with one read
-    {path}/{band_id}        (height, width) band dtype, chunks (chunk, chunk), zstd,
-                            fill 0, dimension_names ["y", "x"], grid_mapping "spatial_ref"
+    {path}/zarr.json        group; attrs["bulkpix"] = version, grid, bands (in the job's
+                            order), chunk, complete; consolidated metadata so xarray opens
+                            it with one read (v2: .zgroup/.zattrs, .zmetadata at the root)
+    {path}/{band_id}        (height, width) band dtype, chunks (chunk, chunk), the job's codec,
+                            dimensions ["y", "x"] (v2: the _ARRAY_DIMENSIONS attribute),
+                            grid_mapping "spatial_ref", _CRS (what GDAL reads), the band's
+                            units / scale_factor / add_offset / long_name when the asset
+                            gives them; fill value and _FillValue = the job's nodata, when
+                            it declares one (else fill 0 in v3, none in v2, no _FillValue)
     {path}/x, {path}/y      float64 pixel-centre coordinates (CF attributes)
     {path}/spatial_ref      0-d int: crs_wkt / spatial_ref (WKT) and GeoTransform (GDAL order)
     {path}/.bulkpix/...     the tile record (``bulkpix.store.record``), not a Zarr node
 
 This is the layout rioxarray reads (CRS from ``spatial_ref``, transform from its
 ``GeoTransform``, which also carries rotated/sheared grids exactly) and GDAL's Zarr driver
-understands. Only the abstract zarr ``Store`` API is used here, never the local filesystem, so
-the same code writes to object stores.
+understands (CRS from ``_CRS``, geotransform from the regular x/y coordinates; GDAL 3.10
+reads v2 only, 3.11 unsharded v3). Only the abstract zarr ``Store`` API is used here, never
+the local filesystem, so the same code writes to object stores.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import struct
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Protocol, Self
+from typing import Any, Literal, Protocol, Self
 
 import numpy as np
 from affine import Affine
 from zarr.abc.store import Store
 from zarr.api import asynchronous as zarr_async
-from zarr.codecs import ZstdCodec
 from zarr.core.array import AsyncArray
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.group import AsyncGroup
@@ -38,10 +46,12 @@ from zarr.storage import LocalStore, StorePath
 from bulkpix.dtypes import BandSpec
 from bulkpix.errors import StoreError
 from bulkpix.store.checksum import ChecksumStore
+from bulkpix.store.codecs import DEFAULT_COMPRESSION, zarr_compressors
 
 __all__ = [
     "DEFAULT_CHUNK",
-    "DEFAULT_ZSTD_LEVEL",
+    "DEFAULT_COMPRESSION",
+    "DEFAULT_ZARR_FORMAT",
     "BandSpec",
     "GridLike",
     "ItemWriter",
@@ -51,14 +61,17 @@ __all__ = [
 ]
 
 # From benchmarks/write_path.py (2 cores): 1024-px chunks cost ~3.3 CPU-s per GB written,
-# 512 ~5.5, 256 ~10 (per-chunk overhead dominates). zstd level 3 costs about twice level 1's
-# CPU for ~4% smaller output. Level 1 it is.
+# 512 ~5.5, 256 ~10 (per-chunk overhead dominates). The codec: see bulkpix.store.codecs.
 DEFAULT_CHUNK = 1024
-DEFAULT_ZSTD_LEVEL = 1
+
+ZarrFormat = Literal[2, 3]
+DEFAULT_ZARR_FORMAT: ZarrFormat = 3
+ZARR_FORMATS = (2, 3)
 
 GRID_MAPPING = "spatial_ref"
 COORD_NAMES = ("x", "y", GRID_MAPPING)
 ROOT_METADATA_KEY = "zarr.json"
+V2_METADATA_KEYS = (".zgroup", ".zattrs", ".zarray", ".zmetadata")
 RECORD_DIR = ".bulkpix"  # the tile record lives here, see bulkpix.store.record
 LAYOUT_VERSION = 1
 
@@ -118,23 +131,38 @@ async def open_store(url_or_path: str, *, read_only: bool = False) -> Store:
         raise StoreError(f"cannot open {url_or_path!r}: {exc}") from None
 
 
-async def consolidate(store: Store, path: str = "") -> None:
+async def zarr_format_of(store: Store, path: str = "") -> ZarrFormat | None:
+    """The Zarr format (2 or 3) of the group at ``path``, None when there is no group."""
+    prefix = _prefix(path)
+    prototype = default_buffer_prototype()
+    if await store.get(f"{prefix}{ROOT_METADATA_KEY}", prototype=prototype) is not None:
+        return 3
+    if await store.get(f"{prefix}.zgroup", prototype=prototype) is not None:
+        return 2
+    return None
+
+
+async def consolidate(
+    store: Store, path: str = "", zarr_format: ZarrFormat | None = None
+) -> None:
     """Consolidate the metadata of the group at ``path`` and everything under it.
 
     ``xarray.open_zarr(store, group=item)`` looks for consolidated metadata at the store's
     ROOT; call this once with ``path=""`` after all items of a run exist (not from several
-    processes at once: the last writer wins).
+    processes at once: the last writer wins). The format is the group's own unless given.
     """
+    if zarr_format is None:
+        zarr_format = await zarr_format_of(store, path) or DEFAULT_ZARR_FORMAT
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", _NOT_A_NODE_WARNING, ZarrUserWarning)
         warnings.filterwarnings("ignore", _CONSOLIDATED_WARNING, ZarrUserWarning)
-        await zarr_async.consolidate_metadata(store, path=path or None, zarr_format=3)
+        await zarr_async.consolidate_metadata(store, path=path or None, zarr_format=zarr_format)
 
 
-async def mark_batch_root(store: Store) -> None:
+async def mark_batch_root(store: Store, zarr_format: ZarrFormat = DEFAULT_ZARR_FORMAT) -> None:
     """Make the store's root group (if need be) and mark it as holding a bulkpix batch."""
     # A new root is created with its mark in one write: no moment where it exists unmarked.
-    await _open_or_make_group(store, "", {"bulkpix": {"batch": True}})
+    await _open_or_make_group(store, "", {"bulkpix": {"batch": True}}, zarr_format)
 
 
 async def has_keys_under(store: Store, path: str) -> bool:
@@ -152,6 +180,9 @@ async def _drop_root_consolidation(store: Store) -> None:
     Re-consolidating here instead would re-read every item for every item created.
     """
     prototype = default_buffer_prototype()
+    if await store.get(".zmetadata", prototype=prototype) is not None:  # a v2 store
+        await store.delete(".zmetadata")
+        return
     buffer = await store.get(ROOT_METADATA_KEY, prototype=prototype)
     if buffer is None:
         return
@@ -284,23 +315,39 @@ class ItemWriter:
         chunk: int = DEFAULT_CHUNK,
         attrs: Mapping[str, Any] | None = None,
         *,
-        compression_level: int | None = DEFAULT_ZSTD_LEVEL,
+        compression: str = DEFAULT_COMPRESSION,
+        compression_level: int | None = None,
         overwrite: bool = False,
+        zarr_format: ZarrFormat = DEFAULT_ZARR_FORMAT,
+        band_attrs: Mapping[str, Mapping[str, Any]] | None = None,
+        fill_values: Mapping[str, float] | None = None,
         keep_existing: bool = False,
     ) -> Self:
         """Create the item group and all its arrays (no pixel data is written).
 
-        ``compression_level=None`` stores chunks uncompressed. If anything already exists
-        under ``path`` this raises ``StoreError`` unless ``overwrite`` (which deletes it all,
-        tile record included) or ``keep_existing``: then only the nodes this writer makes are
-        written (the group's metadata, keeping attributes it does not set; band arrays that
-        are missing or of another shape; the coordinates) and anything else under ``path``
-        (a user's own arrays, the tile record) stays.
+        ``compression`` names the chunk codec (``bulkpix.store.codecs``: none, zstd, lz4,
+        gzip) and ``compression_level`` its level (None: the codec's default). If anything
+        already exists under ``path`` this raises ``StoreError`` unless ``overwrite`` (which
+        deletes it all, tile record included) or ``keep_existing``: then only the nodes this
+        writer makes are written (the group's metadata, keeping attributes it does not set;
+        band arrays that are missing or of another shape; the coordinates) and anything else
+        under ``path`` (a user's own arrays, the tile record) stays. ``band_attrs`` adds
+        attributes to a band's array (units, scale_factor, ...); ``fill_values`` declares a
+        band's nodata: its fill value and ``_FillValue``, which xarray masks and GDAL reports
+        as nodata. A band without one
+        declares none (its v3 fill value is 0, which v3 readers do not take for nodata).
         """
         path = path.strip("/")
         _check_band_names(bands)
         if chunk <= 0:
             raise ValueError(f"chunk must be positive, got {chunk}")
+        if zarr_format not in ZARR_FORMATS:
+            raise ValueError(f"zarr_format must be 2 or 3, got {zarr_format}")
+        band_attrs = band_attrs or {}
+        fill_values = dict(fill_values or {})
+        for band in bands:
+            if band.id in fill_values:
+                fill_values[band.id] = _fill_value(band, fill_values[band.id])
         if not keep_existing and await has_keys_under(store, path):
             if not overwrite:
                 raise StoreError(
@@ -315,36 +362,57 @@ class ItemWriter:
             "layout": LAYOUT_VERSION,
             "version": _bulkpix_version(),
             "grid": grid_to_json(grid),
+            # The job's band order: zarr lists arrays in no particular order, so readers
+            # (bulkpix.open, export, preview) take the order from here.
             "bands": [{"id": b.id, "dtype": b.dtype.str} for b in bands],
             "chunk": chunk,
+            "complete": False,  # set by mark_complete once every tile is stored
         }
         if keep_existing:
-            group = await _open_or_make_group(store, path, group_attrs)
+            group = await _open_or_make_group(store, path, group_attrs, zarr_format)
         else:
-            group = await AsyncGroup.from_store(StorePath(store, path), attributes=group_attrs)
-        compressors = None if compression_level is None else ZstdCodec(level=compression_level)
-
-        arrays = await asyncio.gather(
-            *(
-                _make_array(
-                    group,
-                    keep_existing,
-                    name=band.id,
-                    shape=(height, width),
-                    dtype=band.dtype,
-                    chunks=(chunk, chunk),
-                    compressors=compressors,
-                    fill_value=0,
-                    dimension_names=("y", "x"),
-                    # "coordinates" makes xarray keep spatial_ref as a coordinate, as
-                    # rioxarray itself writes it.
-                    attributes={"grid_mapping": GRID_MAPPING, "coordinates": GRID_MAPPING},
-                )
-                for band in bands
+            group = await AsyncGroup.from_store(
+                StorePath(store, path), attributes=group_attrs, zarr_format=zarr_format
             )
-        )
-        await _write_georeferencing(group, grid, chunk, keep_existing=keep_existing)
-        await consolidate(store, path)
+        compressors = zarr_compressors(compression, compression_level, zarr_format)
+        crs_attr = {"wkt": _crs_wkt(grid.crs)}
+
+        def array_attrs(band: BandSpec) -> dict[str, Any]:
+            # "coordinates" makes xarray keep spatial_ref as a coordinate, as rioxarray
+            # itself writes it; _CRS is where GDAL's Zarr driver looks for the CRS.
+            out: dict[str, Any] = {
+                "grid_mapping": GRID_MAPPING,
+                "coordinates": GRID_MAPPING,
+                "_CRS": crs_attr,
+            }
+            out.update(band_attrs.get(band.id, {}))
+            if zarr_format == 3 and band.id in fill_values:
+                # v3 readers do not take the fill value for nodata; xarray masks _FillValue.
+                out["_FillValue"] = _fill_value_attribute(band, fill_values[band.id])
+            return out
+
+        def fill_value(band: BandSpec) -> Any:
+            if band.id in fill_values:
+                return fill_values[band.id]
+            # v2 readers (xarray, GDAL) take the fill value for nodata: declare none.
+            return None if zarr_format == 2 else 0
+
+        async def band_array(band: BandSpec) -> AsyncArray:
+            return await _make_array(
+                group,
+                keep_existing,
+                name=band.id,
+                shape=(height, width),
+                dtype=band.dtype,
+                chunks=(chunk, chunk),
+                compressors=compressors,
+                fill_value=fill_value(band),
+                **_dimensions(zarr_format, ("y", "x"), array_attrs(band)),
+            )
+
+        arrays = await asyncio.gather(*(band_array(band) for band in bands))
+        await _write_georeferencing(group, grid, chunk, zarr_format, keep_existing=keep_existing)
+        await consolidate(store, path, zarr_format)
         if path:
             await _drop_root_consolidation(store)
         return cls(
@@ -373,7 +441,9 @@ class ItemWriter:
 
         async def open_band(band: BandSpec) -> AsyncArray:
             try:
-                array = await AsyncArray.open(StorePath(store, _prefix(path) + band.id))
+                array = await AsyncArray.open(
+                    StorePath(store, _prefix(path) + band.id), zarr_format=None
+                )
             except (FileNotFoundError, KeyError) as exc:
                 raise StoreError(
                     f"band array {band.id!r} at {path or '(root)'!r} is missing: {exc}"
@@ -401,7 +471,9 @@ class ItemWriter:
         path = path.strip("/")
         try:
             # Fresh metadata from the store, not a possibly stale consolidated copy.
-            group = await AsyncGroup.open(StorePath(store, path), use_consolidated=False)
+            group = await AsyncGroup.open(
+                StorePath(store, path), use_consolidated=False, zarr_format=None
+            )
         except (FileNotFoundError, KeyError) as exc:
             raise StoreError(f"no bulkpix output at {path or '(root)'!r}: {exc}") from None
         info = group.attrs.get("bulkpix")
@@ -481,8 +553,20 @@ class ItemWriter:
             "bands": [{"id": b.id, "dtype": b.dtype.str} for b in self.bands],
             "shape": [self.height, self.width],
             "chunk": self.chunk,
-            "codecs": [c.to_dict() for c in getattr(first.metadata, "codecs", ())],
+            "codecs": _codecs(first),
         }
+
+    async def mark_complete(self) -> None:
+        """Record in the group's attributes that every tile is stored (readers check
+        ``attrs["bulkpix"]["complete"]``). Re-consolidate the root afterwards."""
+        group = await AsyncGroup.open(
+            StorePath(self.store, self.path), use_consolidated=False, zarr_format=None
+        )
+        info = dict(group.attrs.get("bulkpix") or {})
+        if info.get("complete") is True:
+            return
+        info["complete"] = True
+        await group.update_attributes({"bulkpix": info})
 
     def _check_tile(self, window: WindowLike, arrays: Mapping[str, np.ndarray]) -> None:
         expected = {b.id for b in self.bands}
@@ -517,6 +601,14 @@ class ItemWriter:
                 raise ValueError(f"band {band.id!r} is {value.dtype}, output is {band.dtype}")
 
 
+def _codecs(array: AsyncArray) -> list[dict[str, Any]]:
+    metadata = array.metadata
+    if hasattr(metadata, "codecs"):  # v3
+        return [c.to_dict() for c in metadata.codecs]
+    compressor = getattr(metadata, "compressor", None)  # v2: one numcodecs compressor
+    return [compressor.get_config()] if compressor is not None else []
+
+
 def _on_chunk_edge(offset: int, chunk: int, size: int) -> bool:
     return offset % chunk == 0 or offset == size
 
@@ -534,7 +626,39 @@ def _check_band_names(bands: Sequence[BandSpec]) -> None:
             raise StoreError(f"band id {band_id!r} cannot name a Zarr array")
 
 
-async def _open_or_make_group(store: Store, path: str, attributes: dict[str, Any]) -> AsyncGroup:
+def _dimensions(
+    zarr_format: int, names: tuple[str, ...], attributes: dict[str, Any]
+) -> dict[str, Any]:
+    """Dimension names as each format holds them: v3 metadata, or v2's xarray attribute."""
+    if zarr_format == 2:
+        return {"attributes": {"_ARRAY_DIMENSIONS": list(names), **attributes}}
+    return {"dimension_names": names, "attributes": attributes}
+
+
+def _fill_value(band: BandSpec, value: float) -> Any:
+    """The nodata value as the band's type holds it; StoreError when it cannot."""
+    kind = band.dtype.kind
+    if kind in "iu":
+        info = np.iinfo(band.dtype)
+        if not (float(value).is_integer() and info.min <= value <= info.max):
+            raise StoreError(
+                f"nodata {value} for band {band.id!r} is not a {band.dtype.name} value"
+            )
+        return int(value)
+    return float(value)
+
+
+def _fill_value_attribute(band: BandSpec, value: float) -> int | str:
+    """``_FillValue`` as xarray writes it in a v3 array's attributes: an integer as is, a
+    float as the base64 of its little-endian float64 bytes (so NaN survives JSON)."""
+    if band.dtype.kind in "iu":
+        return int(value)
+    return base64.standard_b64encode(struct.pack("<d", float(value))).decode()
+
+
+async def _open_or_make_group(
+    store: Store, path: str, attributes: dict[str, Any], zarr_format: ZarrFormat
+) -> AsyncGroup:
     """The group at ``path`` with ``attributes`` set, made if missing, others' attributes kept.
 
     Runs of the same job may make it at the same moment: whoever loses opens the winner's.
@@ -542,7 +666,7 @@ async def _open_or_make_group(store: Store, path: str, attributes: dict[str, Any
     for attempt in range(2):
         try:
             group = await zarr_async.open_group(
-                store=store, path=path, mode="a", zarr_format=3, attributes=attributes
+                store=store, path=path, mode="a", zarr_format=zarr_format, attributes=attributes
             )
             break
         except (ContainsGroupError, ContainsArrayError):
@@ -588,7 +712,12 @@ async def _existing_array(group: AsyncGroup, name: str) -> AsyncArray | None:
 
 
 async def _write_georeferencing(
-    group: AsyncGroup, grid: GridLike, chunk: int, *, keep_existing: bool = False
+    group: AsyncGroup,
+    grid: GridLike,
+    chunk: int,
+    zarr_format: ZarrFormat = DEFAULT_ZARR_FORMAT,
+    *,
+    keep_existing: bool = False,
 ) -> None:
     """The x/y centre coordinates and the spatial_ref grid-mapping variable."""
     wkt = _crs_wkt(grid.crs)
@@ -607,8 +736,7 @@ async def _write_georeferencing(
             chunks=(min(coord_chunk, max(values.size, 1)),),
             compressors=None,
             fill_value=np.nan,
-            dimension_names=(name,),
-            attributes=attrs,
+            **_dimensions(zarr_format, (name,), attrs),
         )
         await array.setitem(slice(None), values)
 
@@ -618,14 +746,18 @@ async def _write_georeferencing(
         name=GRID_MAPPING,
         shape=(),
         dtype=np.int64,
-        fill_value=0,
+        # v2 readers would mask a fill value of 0 and turn the variable into a NaN.
+        fill_value=None if zarr_format == 2 else 0,
         compressors=None,
-        dimension_names=(),
-        attributes={
-            "crs_wkt": wkt,
-            "spatial_ref": wkt,
-            "GeoTransform": gdal_geotransform(grid.transform),
-        },
+        **_dimensions(
+            zarr_format,
+            (),
+            {
+                "crs_wkt": wkt,
+                "spatial_ref": wkt,
+                "GeoTransform": gdal_geotransform(grid.transform),
+            },
+        ),
     )
     await asyncio.gather(
         write_coordinate("x", x_centres, x_attrs),
