@@ -302,3 +302,24 @@ def test_two_processes_of_the_same_job_share_the_output(tmp_path: Path) -> None:
     np.testing.assert_array_equal(root["u16"][:], synthetic_pixels(2, rows, cols))
     assert len(list((output / ".bulkpix" / "done").iterdir())) == 25
     assert not (output / LEASE_KEY).exists()  # the last one out released it
+
+
+def test_a_run_that_lost_its_lease_stores_no_more_chunks() -> None:
+    from bulkpix.store.checksum import ChecksumStore
+
+    async def go() -> None:
+        store = MemoryStore()
+        lease = Lease(store, "job-a")
+        await lease.acquire()
+        chunks = ChecksumStore(store, guard=lease.check)
+        chunks.track(["B4"])
+        data = default_buffer_prototype().buffer.from_bytes(b"chunk")
+        await chunks.set("B4/c/0/0", data)
+        await _put_lease(store, job="job-b")
+        await lease.renew()
+        with pytest.raises(LeaseLost):
+            await chunks.set("B4/c/0/1", data)
+        assert await store.get("B4/c/0/1", prototype=default_buffer_prototype()) is None
+        assert chunks.take(["B4/c/0/0", "B4/c/0/1"]) == {"B4/c/0/0": 0x4A6B8E44}  # crc32c(b"chunk")
+
+    asyncio.run(go())

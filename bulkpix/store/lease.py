@@ -112,7 +112,7 @@ class Lease:
         output: str = "the output",
         ttl_s: float = DEFAULT_TTL_S,
         clock: Callable[[], float] = time.time,
-        monotonic: Callable[[], float] = time.monotonic,
+        monotonic: Callable[[], float] | None = None,
     ) -> None:
         self.store = store
         self.job = job
@@ -120,7 +120,9 @@ class Lease:
         self.output = output
         self.ttl_s = ttl_s
         self.clock = clock  # wall clock: expiries are compared across processes and hosts
-        self.monotonic = monotonic  # this run's own deadline, immune to clock steps
+        # This run's own deadline: immune to clock steps, and counting time asleep (a run
+        # suspended past its expiry must find out before it writes again).
+        self.monotonic = monotonic or _boot_clock
         self.run_id = uuid.uuid4().hex
         self.since = datetime.now(UTC).isoformat(timespec="seconds")
         self.joined = False  # True: another run of this job held it when this one started
@@ -248,6 +250,12 @@ class Lease:
                 await self._renewer
         if self._lost is None:
             await self.release()
+
+
+def _boot_clock() -> float:
+    if hasattr(time, "CLOCK_BOOTTIME"):  # Linux: monotonic, and counts suspend
+        return time.clock_gettime(time.CLOCK_BOOTTIME)
+    return time.monotonic()
 
 
 def _pid_alive(pid: int) -> bool:

@@ -562,7 +562,7 @@ async def claim_output(
             if restart:
                 await clear_output(store, state)
                 state = await inspect_store(store, job.output, paths)
-            wrapped = ChecksumStore(store, durable=job.durable)
+            wrapped = ChecksumStore(store, durable=job.durable, guard=lease.check)
             items = await _open_items(job, plans, state, store, wrapped, lease)
             # Metadata is complete once every item exists: consolidate now, once, so xarray
             # opens the store (or any item of it) with one read even while tiles are written.
