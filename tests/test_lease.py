@@ -323,3 +323,25 @@ def test_a_run_that_lost_its_lease_stores_no_more_chunks() -> None:
         assert chunks.take(["B4/c/0/0", "B4/c/0/1"]) == {"B4/c/0/0": 0x4A6B8E44}  # crc32c(b"chunk")
 
     asyncio.run(go())
+
+
+def test_two_runs_creating_the_lease_at_once_on_a_check_then_put_store() -> None:
+    """fsspec object stores create-if-absent by checking, then putting: both runs may put.
+    Reading back only after the settling time, both read the same winner."""
+
+    class CheckThenPut(MemoryStore):
+        async def set_if_not_exists(self, key: str, value: Any) -> None:
+            if not await self.exists(key):
+                await asyncio.sleep(0.1)  # the request's latency: the other run checks too
+                await self.set(key, value)
+
+    async def go() -> None:
+        store = CheckThenPut()
+        runs = [Lease(store, f"job-{name}", settle_s=1.0) for name in "ab"]
+        outcomes = await asyncio.gather(*(run.acquire() for run in runs), return_exceptions=True)
+        assert sorted(type(o).__name__ for o in outcomes) == ["NoneType", "OutputInUse"]
+        _, info = await read_lease(store)
+        winner = runs[outcomes.index(None)]
+        assert info is not None and info.run_id == winner.run_id
+
+    run_virtual(go)
