@@ -11,10 +11,11 @@ noise) through ``bulkpix.store.ItemWriter`` into a LocalStore in a temp dir and 
    and the longest event-loop stall seen while writing;
 3. for one chunk/level: async vs sync zarr API, field views vs contiguous copies, and tiles
    one at a time vs several concurrently;
-4. every codec a job may choose (``compression:`` none, zstd 1/3, lz4, gzip 1) at the
-   default 1024-px chunk, on three kinds of pixels: realistic (smooth fields plus sensor
-   noise), the emulator's synthetic bands (what the benchmark scenarios fetch) and random
-   bytes (nothing to compress): CPU-s per GB and the ratio.
+4. every codec a job may choose (``compression:`` none, zstd 1/3, lz4 1/5, gzip 1) at
+   the default 1024-px chunk (best of three runs each), on three kinds of pixels:
+   realistic (smooth fields plus sensor noise), the emulator's synthetic bands (what the
+   benchmark scenarios fetch) and random bytes (nothing to compress): CPU-s per GB and
+   the ratio. ``--codecs`` runs only this part.
 
 MB are of raw (uncompressed) pixel data, 1 MB = 1e6 bytes. CPU-s are the whole process's
 (all threads). Numbers depend on the disk and page cache; compare rows, not machines.

@@ -15,14 +15,11 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
-
-import numpy as np
+from typing import TYPE_CHECKING, TypeVar
 
 from bulkpix.assets import asset_name
 from bulkpix.ee.auth import load_credentials
 from bulkpix.ee.client import EEClient, Timeouts
-from bulkpix.ee.decode import decode_pixels, max_payload_bytes
 from bulkpix.errors import (
     JobError,
     PermanentError,
@@ -34,29 +31,25 @@ from bulkpix.errors import (
     Unauthenticated,
     printable,
 )
-from bulkpix.geometry.tiling import Tile, split_tile
 from bulkpix.job import EmulatorSection, Job
-from bulkpix.planning import (
-    AssetInfo,
-    ItemPlan,
-    parse_asset,
-    plan_item,
-    request_body,
-)
-from bulkpix.store.output import (
-    OpenedItem,
-    OutputState,
-    check_output_location,
-    claim_output,
-    inspect_output,
-)
-from bulkpix.store.record import TileRecord
+from bulkpix.store.location import check_output_location
 from bulkpix.store.write_loop import WriteLoop
-from bulkpix.store.zarr_store import Store, consolidate
 from bulkpix.transfer.budget import ByteBudget
 from bulkpix.transfer.limits import Governor
 from bulkpix.transfer.pool import run_workers
 from bulkpix.transfer.retry import RetryBudget, RetryPolicy, retrying
+
+# Planning and the store (numpy, zarr, rasterio: about half a second of imports on a slow
+# machine) are imported where they are used, after the first request is on its way:
+# `_import_store_side` loads them on a thread while the asset metadata call is in flight.
+if TYPE_CHECKING:
+    import numpy as np
+    from zarr.abc.store import Store
+
+    from bulkpix.geometry.tiling import Tile
+    from bulkpix.planning import AssetInfo, ItemPlan
+    from bulkpix.store.output import OpenedItem, OutputState
+    from bulkpix.store.record import TileRecord
 
 __all__ = ["ItemStats", "RunStats", "plan_job", "run_job"]
 
@@ -184,20 +177,38 @@ def _job_path(job: Job, path: str) -> Path:
 # --------------------------------------------------------------------------- planning
 
 
+def _import_store_side() -> None:
+    """Import what planning, decoding and writing need (run on a thread)."""
+    import bulkpix.ee.decode
+    import bulkpix.planning
+    import bulkpix.store.record
+    import bulkpix.store.zarr_store  # noqa: F401
+
+
 async def _fetch_assets(job: Job, client: EEClient, retry: _Retry) -> dict[str, AssetInfo]:
     """One GET per distinct asset, for band types and the native grid."""
+    # The first call goes out first; the store side's imports overlap its round trip.
+    importing = asyncio.ensure_future(asyncio.to_thread(_import_store_side))
     infos: dict[str, AssetInfo] = {}
-    for item in job.resolved_items():
-        name = asset_name(item.asset or "")
-        if name not in infos:
-            metadata = await retry(lambda n=name: client.get_asset(n))
-            infos[name] = parse_asset(metadata, name)
+    try:
+        for item in job.resolved_items():
+            name = asset_name(item.asset or "")
+            if name not in infos:
+                metadata = await retry(lambda n=name: client.get_asset(n))
+                await importing
+                from bulkpix.planning import parse_asset
+
+                infos[name] = parse_asset(metadata, name)
+    finally:
+        await importing  # never left running behind an error
     return infos
 
 
 def _plan_items(
     job: Job, infos: dict[str, AssetInfo], output: OutputState | None = None
 ) -> list[ItemPlan]:
+    from bulkpix.planning import plan_item
+
     plans = []
     for index, spec in enumerate(job.resolved_items()):
         # An item resumed keeps the tile shape its record says it was started with.
@@ -381,6 +392,8 @@ async def run_job(
             stats.ended = time.monotonic()
             stats.interrupted = True
             return stats
+        from bulkpix.store.output import claim_output, inspect_output
+
         state = await inspect_output(job.output, [s.name or "" for s in job.resolved_items()])
         plans = _plan_items(job, infos, state)
         async with claim_output(job, plans, state, restart=restart) as output:
@@ -449,6 +462,8 @@ async def _mark_complete_items(
     stats: RunStats,
 ) -> None:
     """Say in each finished item's attributes that it is complete (readers check it)."""
+    from bulkpix.store.zarr_store import consolidate
+
     marked = False
     for item, item_stats in zip(opened, stats.items, strict=True):
         if (
@@ -469,6 +484,9 @@ async def _process_tile(run: _Run, work: _Work) -> list[_Work] | None:
     Permanent failures are recorded, not raised. The response body is a unit with its tile:
     budget is held from before the body is read until the tile is written, released once.
     """
+    from bulkpix.ee.decode import decode_pixels, max_payload_bytes
+    from bulkpix.planning import request_body
+
     item = run.items[work.item]
     plan, writer, record, done = item.plan, item.writer, item.record, item.done
     tile = work.tile
@@ -545,6 +563,8 @@ def _split(work: _Work, exc: RequestTooLarge, chunk: int, n_bands: int) -> list[
         ]
     if isinstance(exc, TooManyBands):
         return by_bands
+    from bulkpix.geometry.tiling import split_tile
+
     windows = split_tile(work.tile, chunk)
     if len(windows) > 1:
         return [_Work(work.item, part, work.bands) for part in windows]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.progress import (
@@ -23,7 +24,9 @@ from rich.table import Table
 
 from bulkpix.errors import printable
 from bulkpix.pipeline import RunStats
-from bulkpix.planning import ItemPlan, item_request_bytes
+
+if TYPE_CHECKING:  # planning loads numpy and rasterio: only `bulkpix plan` needs it here
+    from bulkpix.planning import ItemPlan
 
 __all__ = ["live_progress", "print_plan", "print_summary"]
 
@@ -142,6 +145,8 @@ def print_summary(console: Console, stats: RunStats, output: str) -> None:
 
 def print_plan(console: Console, plans: list[ItemPlan]) -> None:
     """Grid, tiles, bytes and requests of every item, as ``bulkpix plan`` shows them."""
+    from bulkpix.planning import item_request_bytes
+
     total_requests = 0
     total_bytes = 0
     for plan in plans:

@@ -168,7 +168,7 @@ def test_the_emulator_a_job_starts_gets_its_qps_window(
 @pytest.mark.parametrize(
     ("keys", "expected"),
     [
-        ({}, ("lz4", 1)),
+        ({}, ("lz4", 5)),
         ({"compression": "none"}, ("none", None)),
         ({"compression": "zstd"}, ("zstd", 1)),
         ({"compression": "zstd", "compression_level": 7}, ("zstd", 7)),

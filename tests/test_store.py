@@ -220,6 +220,7 @@ async def test_reopen_for_resume_keeps_bands_and_writes(tmp_path):
     # The default codec, lz4 inside blosc, byte-shuffled: kept by the reopened arrays.
     codec = writer.describe()["codecs"][-1]
     assert codec["name"] == "blosc" and codec["configuration"]["cname"] == "lz4"
+    assert codec["configuration"]["shuffle"] == "shuffle"  # bytes, not bits, for every band
 
 
 async def test_open_of_nothing_or_foreign_group_is_a_store_error(tmp_path):

@@ -404,20 +404,27 @@ class ResponseBody:
         # One buffer of the declared length (already bounded): response.read() would gather
         # pieces and join them, briefly taking twice the body's size.
         buffer = bytearray(declared or 0)
+        # Pieces are copied in through a memoryview: assigning bytes to a bytearray slice
+        # first copies them into a temporary bytearray (a second copy of every body).
+        view = memoryview(buffer) if declared is not None else None
         filled = 0
-        async for piece in self._pieces():
-            end = filled + len(piece)
-            if end > self.max_bytes or (declared is not None and end > declared):
-                raise BadPayload(
-                    f"{self._where}: the response runs past "
-                    f"{min(self.max_bytes, declared or self.max_bytes):,} bytes",
-                    status=self.status,
-                )
-            if declared is None:
-                buffer += piece
-            else:
-                buffer[filled:end] = piece
-            filled = end
+        try:
+            async for piece in self._pieces():
+                end = filled + len(piece)
+                if end > self.max_bytes or (declared is not None and end > declared):
+                    raise BadPayload(
+                        f"{self._where}: the response runs past "
+                        f"{min(self.max_bytes, declared or self.max_bytes):,} bytes",
+                        status=self.status,
+                    )
+                if view is None:
+                    buffer += piece
+                else:
+                    view[filled:end] = piece
+                filled = end
+        finally:
+            if view is not None:
+                view.release()
         if declared is not None and filled < declared:
             raise TransportError(
                 f"{self._where}: body cut short ({filled} of {declared} bytes)", status=200

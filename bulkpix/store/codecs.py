@@ -7,7 +7,7 @@ output is created.
 Only codecs of the Zarr v3 core and registered extensions are offered (``zstd``, ``blosc``
 with lz4 inside, ``gzip``), so other readers (zarr-python, xarray, GDAL's Zarr driver) can
 read what bulkpix writes. Blosc shuffles the bytes of multi-byte types before compressing
-(bit-shuffles one-byte types).
+(byte shuffling: bit shuffling one-byte bands cost more CPU than it saved).
 """
 
 from __future__ import annotations
@@ -28,9 +28,10 @@ CompressionName = Literal["none", "zstd", "lz4", "gzip"]
 
 # Chosen from `python -m benchmarks.write_path --codecs` and the throughput scenario's codec
 # variants (benchmarks/RESULTS.md). On realistic bands (smooth fields plus noise) blosc-lz4
-# with byte shuffling costs ~25% less CPU per GB than zstd level 1 and stores 1.46x smaller
-# against zstd's 1.18x; on the emulator's synthetic bands the two cost the same within noise.
-# Uncompressed costs the least CPU in zarr but the most in the kernel writing it all out.
+# with byte shuffling costs ~35% less CPU per GB than zstd level 1 and stores 1.40x smaller
+# against zstd's 1.18x; on the emulator's synthetic bands and on random bytes the two cost
+# about the same. Uncompressed costs the least CPU in zarr but the most in the kernel
+# writing it all out (the whole process pays more), and the most disk.
 DEFAULT_COMPRESSION: CompressionName = "lz4"
 
 
@@ -62,8 +63,9 @@ class Codec:
 CODECS: dict[str, Codec] = {
     "none": Codec("none", 0, 0, 0),
     "zstd": Codec("zstd", 1, 22, 1),
-    # blosc's clevel: 1 is lz4's fastest (small blocks), 9 its largest blocks.
-    "lz4": Codec("lz4", 1, 9, 1),
+    # blosc's clevel (its block size and lz4's effort): 5, blosc's own default, cost no more
+    # CPU than 1 in benchmarks/write_path.py and stored 1.40x / 42x against 1.39x / 18x.
+    "lz4": Codec("lz4", 1, 9, 5),
     "gzip": Codec("gzip", 1, 9, 1),
 }
 assert set(CODECS) == set(get_args(CompressionName))
@@ -97,5 +99,5 @@ def zarr_compressors(name: str, level: int | None = None, zarr_format: int = 3) 
     if codec.name == "zstd":
         return ZstdCodec(level=level)
     if codec.name == "lz4":
-        return BloscCodec(cname="lz4", clevel=level)
+        return BloscCodec(cname="lz4", clevel=level, shuffle="shuffle")
     return GzipCodec(level=level)

@@ -44,7 +44,7 @@ from zarr.core.buffer import default_buffer_prototype
 from zarr.storage import LocalStore, MemoryStore
 
 from bulkpix.errors import LeaseLost, OutputInUse
-from bulkpix.store.zarr_store import RECORD_DIR
+from bulkpix.store.location import RECORD_DIR
 
 __all__ = ["DEFAULT_TTL_S", "LEASE_KEY", "Lease", "LeaseInfo", "read_lease"]
 

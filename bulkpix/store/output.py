@@ -35,14 +35,21 @@ from zarr.abc.store import Store
 from zarr.core.buffer import default_buffer_prototype
 from zarr.storage import LocalStore
 
-from bulkpix.errors import JobError, StoreDamaged, StoreError, StoreMismatch
+from bulkpix.errors import StoreDamaged, StoreError, StoreMismatch
 from bulkpix.store import lease as lease_module
 from bulkpix.store.checksum import ChecksumStore
 from bulkpix.store.lease import LEASE_KEY, Lease, job_token
-from bulkpix.store.record import JOB_KEY, TileRecord, fingerprint_diff
+from bulkpix.store.location import (
+    BATCH_KEY,
+    JOB_KEY,
+    RECORD_DIR,
+    V2_GROUP,
+    V3_METADATA,
+    check_output_location,
+)
+from bulkpix.store.record import TileRecord, fingerprint_diff
 from bulkpix.store.zarr_store import (
     COORD_NAMES,
-    RECORD_DIR,
     ItemWriter,
     consolidate,
     has_keys_under,
@@ -70,10 +77,9 @@ __all__ = [
     "remove_partials",
 ]
 
-BATCH_KEY = f"{RECORD_DIR}/batch.json"  # a batch root's record: the items it was made with
-_METADATA = "zarr.json"
+_METADATA = V3_METADATA
 # Zarr v2 (``zarr_format: 2``) keeps a node's metadata in files of its own.
-_V2_GROUP = ".zgroup"
+_V2_GROUP = V2_GROUP
 _V2_ARRAY = ".zarray"
 _V2_GROUP_FILES = (_V2_GROUP, ".zattrs", ".zmetadata")
 # zarr LocalStore's temp files, the only ones bulkpix leaves: {name}.{uuid4 hex}.partial
@@ -160,29 +166,6 @@ class OutputState:
 
 
 # --------------------------------------------------------------------------- looking
-
-
-def check_output_location(output: str) -> None:
-    """Refuse an output that cannot be ours before anything is written."""
-    if "://" in output:
-        return
-    path = Path(output).expanduser()
-    if path.is_file():
-        raise JobError(f"output {output} is a file, not a Zarr store")
-    recorded = (path / BATCH_KEY).is_file() or (path / RECORD_DIR / JOB_KEY).is_file()
-    is_zarr = (path / _METADATA).is_file() or (path / _V2_GROUP).is_file()
-    # A .bulkpix folder alone may hold the lease of a run starting this very moment; what
-    # it holds is judged by inspect_output.
-    others = path.is_dir() and any(entry.name != RECORD_DIR for entry in path.iterdir())
-    if others and not is_zarr and not recorded:
-        raise JobError(f"output {output} exists and is not a Zarr store; choose another path")
-    if not path.exists():
-        parent = path.parent if str(path.parent) else Path(".")
-        probe = parent
-        while not probe.exists():
-            probe = probe.parent
-        if probe.is_file():
-            raise JobError(f"output {output}: {probe} is a file, not a directory")
 
 
 async def inspect_output(output: str, item_paths: Iterable[str] = ()) -> OutputState:

@@ -38,11 +38,10 @@ from zarr.abc.store import Store
 from zarr.core.buffer import default_buffer_prototype
 
 from bulkpix.errors import StoreError
-from bulkpix.store.zarr_store import RECORD_DIR
+from bulkpix.store.location import JOB_KEY, RECORD_DIR
 
 __all__ = ["JOB_KEY", "TileRecord", "fingerprint_diff"]
 
-JOB_KEY = "job.json"  # the item's fingerprint, under {path}/.bulkpix/
 
 MARKER_VERSION = 1
 # Keys become object names: keep them to characters every store and filesystem accepts.

@@ -47,6 +47,7 @@ from bulkpix.dtypes import BandSpec
 from bulkpix.errors import StoreError
 from bulkpix.store.checksum import ChecksumStore
 from bulkpix.store.codecs import DEFAULT_COMPRESSION, zarr_compressors
+from bulkpix.store.location import RECORD_DIR
 
 __all__ = [
     "DEFAULT_CHUNK",
@@ -72,7 +73,6 @@ GRID_MAPPING = "spatial_ref"
 COORD_NAMES = ("x", "y", GRID_MAPPING)
 ROOT_METADATA_KEY = "zarr.json"
 V2_METADATA_KEYS = (".zgroup", ".zattrs", ".zarray", ".zmetadata")
-RECORD_DIR = ".bulkpix"  # the tile record lives here, see bulkpix.store.record
 LAYOUT_VERSION = 1
 
 # zarr warns about every object under a group that is not a Zarr node (our .bulkpix
@@ -334,8 +334,8 @@ class ItemWriter:
         under ``path`` (a user's own arrays, the tile record) stays. ``band_attrs`` adds
         attributes to a band's array (units, scale_factor, ...); ``fill_values`` declares a
         band's nodata: its fill value and ``_FillValue``, which xarray masks and GDAL reports
-        as nodata. A band without one
-        declares none (its v3 fill value is 0, which v3 readers do not take for nodata).
+        as nodata. A band without one declares none (its v3 fill value is 0, which v3 readers
+        do not take for nodata).
         """
         path = path.strip("/")
         _check_band_names(bands)
@@ -397,20 +397,22 @@ class ItemWriter:
             # v2 readers (xarray, GDAL) take the fill value for nodata: declare none.
             return None if zarr_format == 2 else 0
 
-        async def band_array(band: BandSpec) -> AsyncArray:
-            return await _make_array(
-                group,
-                keep_existing,
-                name=band.id,
-                shape=(height, width),
-                dtype=band.dtype,
-                chunks=(chunk, chunk),
-                compressors=compressors,
-                fill_value=fill_value(band),
-                **_dimensions(zarr_format, ("y", "x"), array_attrs(band)),
+        arrays = await asyncio.gather(
+            *(
+                _make_array(
+                    group,
+                    keep_existing,
+                    name=band.id,
+                    shape=(height, width),
+                    dtype=band.dtype,
+                    chunks=(chunk, chunk),
+                    compressors=compressors,
+                    fill_value=fill_value(band),
+                    **_dimensions(zarr_format, ("y", "x"), array_attrs(band)),
+                )
+                for band in bands
             )
-
-        arrays = await asyncio.gather(*(band_array(band) for band in bands))
+        )
         await _write_georeferencing(group, grid, chunk, zarr_format, keep_existing=keep_existing)
         await consolidate(store, path, zarr_format)
         if path:
@@ -510,14 +512,22 @@ class ItemWriter:
         when the store is a ``ChecksumStore`` (else an empty dict).
         """
         self._check_tile(window, arrays)
-        selection = (
-            slice(window.row_off, window.row_off + window.height),
-            slice(window.col_off, window.col_off + window.width),
-        )
-        # zarr copies each chunk out of the array itself (a strided copy is as cheap as a
-        # contiguous one), so field views of the NPY record array go in as they are.
+        # One setitem per chunk: given exactly one whole chunk, zarr encodes the value as it
+        # is; given several, it first fills a new chunk with the fill value and copies the
+        # value in (twice the memory traffic: ~40% of the write's CPU for 2048-px tiles in
+        # 1024-px chunks). Field views of the NPY record array go in as they are: the
+        # encoder's copy to contiguous bytes is the one copy.
         await asyncio.gather(
-            *(self._arrays[band].setitem(selection, array) for band, array in arrays.items())
+            *(
+                self._arrays[band].setitem(
+                    (slice(row, row + height), slice(col, col + width)),
+                    array[row - window.row_off : row - window.row_off + height,
+                          col - window.col_off : col - window.col_off + width],
+                )
+                for row, height in _chunk_spans(window.row_off, window.height, self.chunk)
+                for col, width in _chunk_spans(window.col_off, window.width, self.chunk)
+                for band, array in arrays.items()
+            )
         )
         if not isinstance(self.store, ChecksumStore):
             return {}
@@ -607,6 +617,12 @@ def _codecs(array: AsyncArray) -> list[dict[str, Any]]:
         return [c.to_dict() for c in metadata.codecs]
     compressor = getattr(metadata, "compressor", None)  # v2: one numcodecs compressor
     return [compressor.get_config()] if compressor is not None else []
+
+
+def _chunk_spans(offset: int, length: int, chunk: int) -> list[tuple[int, int]]:
+    """(start, length) of each chunk along one axis of a chunk-aligned window."""
+    return [(start, min(chunk, offset + length - start))
+            for start in range(offset, offset + length, chunk)]
 
 
 def _on_chunk_edge(offset: int, chunk: int, size: int) -> bool:
