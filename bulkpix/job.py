@@ -48,6 +48,7 @@ _ITEM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 PositiveInt = Annotated[int, Field(gt=0)]
 PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 NonNegativeFloat = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+OutputSide = Annotated[int, Field(gt=0, le=2**24)]  # planning.MAX_OUTPUT_SIDE
 
 
 class _Strict(BaseModel):
@@ -191,6 +192,9 @@ class _ItemFields(_Strict):
     region: Region | None = None
     crs: str | None = None
     scale: PositiveFloat | None = None
+    # The whole region at this many pixels, [width, height], instead of a scale (as the
+    # service's grid.dimensions rescales a region); the pixel size is the extent / dimensions.
+    dimensions: tuple[OutputSide, OutputSide] | None = None
     workload_tag: str | None = None
     # A number for every band, or band id -> value: the value that marks missing pixels.
     # getPixels sends masked pixels as 0, so `nodata: 0` is what marks them.
@@ -215,6 +219,12 @@ class _ItemFields(_Strict):
         if not all(v is None or math.isfinite(v) or math.isnan(v) for v in values):
             raise ValueError("nodata must be a number (or NaN)")
         return value
+
+    @model_validator(mode="after")
+    def _scale_or_dimensions(self) -> _ItemFields:
+        if self.scale is not None and self.dimensions is not None:
+            raise ValueError("give scale or dimensions, not both")
+        return self
 
     @field_validator("bands")
     @classmethod
@@ -368,7 +378,12 @@ class Job(_ItemFields):
         resolved = []
         for index, item in enumerate(self.items):
             fields = dict(shared)
-            fields.update({k: v for k, v in item.model_dump(exclude_unset=True).items()})
+            own = item.model_dump(exclude_unset=True)
+            # An item's scale replaces the shared dimensions, and its dimensions the shared scale.
+            for key, other in (("scale", "dimensions"), ("dimensions", "scale")):
+                if own.get(key) is not None:
+                    fields[other] = None
+            fields.update(own)
             if not fields.get("name"):
                 fields["name"] = f"item{index:04d}"
             resolved.append(ItemSpec(**fields))

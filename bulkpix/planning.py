@@ -25,6 +25,7 @@ from bulkpix.geometry.grid import (
     native_subgrid,
     region_bounds,
     same_crs,
+    sized_grid,
 )
 from bulkpix.geometry.tiling import ServiceModel, TilePlan, plan_tiles
 from bulkpix.job import ItemSpec, Job
@@ -314,7 +315,30 @@ def _select_bands(spec: ItemSpec, asset: AssetInfo) -> tuple[BandSpec, ...]:
     return tuple(by_id[b] for b in spec.bands)
 
 
+def _sized_output_grid(
+    spec: ItemSpec, asset: AssetInfo, native: PixelGrid, base_dir: Any
+) -> PixelGrid:
+    """``dimensions``: the region's bounding box in the output CRS (the asset's footprint
+    without a region), rescaled to the requested size. Not clipped to the asset and not
+    snapped, as the service does it: pixels outside the asset are fill."""
+    assert spec.dimensions is not None
+    crs = spec.crs or native.crs
+    footprint = native.footprint_bounds(crs)
+    if spec.region is None:
+        return sized_grid(crs, spec.dimensions, footprint)
+    region = spec.region.load_geometry(base_dir)
+    bounds = region_bounds(region, spec.region.region_crs, crs)
+    if (
+        max(bounds[0], footprint[0]) >= min(bounds[2], footprint[2])
+        or max(bounds[1], footprint[1]) >= min(bounds[3], footprint[3])
+    ):
+        raise JobError(f"the region does not overlap asset {asset.name}")
+    return sized_grid(crs, spec.dimensions, bounds)
+
+
 def _output_grid(spec: ItemSpec, asset: AssetInfo, native: PixelGrid, base_dir: Any) -> PixelGrid:
+    if spec.dimensions is not None:
+        return _sized_output_grid(spec, asset, native, base_dir)
     crs = spec.crs or native.crs
     native_scale = (abs(native.transform.a), abs(native.transform.e))
     is_native_crs = same_crs(crs, native.crs)
@@ -323,7 +347,10 @@ def _output_grid(spec: ItemSpec, asset: AssetInfo, native: PixelGrid, base_dir: 
         spec.scale is None or (north_up and native_scale == (spec.scale, spec.scale))
     )
     if not is_native_crs and spec.scale is None:
-        raise JobError(f"key 'scale' is required when crs ({crs}) is not the asset's own")
+        raise JobError(
+            f"key 'scale' is required when crs ({crs}) is not the asset's own "
+            "(or give dimensions: [width, height])"
+        )
 
     if use_native:
         if spec.region is None:
