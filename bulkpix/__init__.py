@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 __all__ = [
     "ItemSummary",
+    "JobTooLarge",
     "RunSummary",
     "__version__",
     "aplan",
@@ -39,10 +40,15 @@ if TYPE_CHECKING:
         plan,
         run,
     )
+    from bulkpix.errors import JobTooLarge
 
 
 def __getattr__(name: str) -> Any:
     # The API module (and through it the pipeline) loads on first use, not on `import bulkpix`.
+    if name == "JobTooLarge":
+        from bulkpix.errors import JobTooLarge
+
+        return JobTooLarge
     if name in __all__ and name != "__version__":
         from bulkpix import api
 

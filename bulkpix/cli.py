@@ -11,12 +11,12 @@ import argparse
 import asyncio
 import signal
 import sys
-from collections.abc import Sequence
-from typing import NoReturn
+from collections.abc import Coroutine, Sequence
+from typing import Any, NoReturn
 
 from rich.console import Console
 
-from bulkpix.errors import BulkpixError, JobError, StoreMismatch
+from bulkpix.errors import BulkpixError, JobError, JobTooLarge, StoreMismatch
 
 __all__ = ["main"]
 
@@ -41,6 +41,9 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("job", help="the YAML job file")
     run.add_argument("--restart", action="store_true", help="discard the old output first")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
+    run.add_argument(
+        "--yes", action="store_true", help="run a job far larger than its assets' pixels unasked"
+    )
     run.add_argument("--debug", action="store_true", help="show tracebacks")
 
     plan = commands.add_parser("plan", help="show the grid and tiles; fetch no pixels")
@@ -163,11 +166,11 @@ def _fail(exc: BaseException | str) -> None:
 def _run(args: argparse.Namespace, err: Console) -> int:
     from bulkpix.job import load_job
     from bulkpix.pipeline import RunStats, run_job
-    from bulkpix.progress import live_progress, print_summary
+    from bulkpix.progress import confirm_large_job, live_progress, print_summary
 
     job = load_job(args.job)
 
-    async def go() -> RunStats:
+    async def go(yes: bool) -> RunStats:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         main_task = asyncio.current_task()
@@ -186,13 +189,21 @@ def _run(args: argparse.Namespace, err: Console) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, on_signal)
         stats_ready: asyncio.Future[RunStats] = loop.create_future()
+        def running() -> Coroutine[Any, Any, RunStats]:
+            return run_job(job, restart=args.restart, stop=stop, stats_ready=stats_ready, yes=yes)
+
         if args.quiet:
-            return await run_job(job, restart=args.restart, stop=stop, stats_ready=stats_ready)
+            return await running()
         async with live_progress(err, stats_ready):
-            return await run_job(job, restart=args.restart, stop=stop, stats_ready=stats_ready)
+            return await running()
 
     try:
-        stats = asyncio.run(go())
+        try:
+            stats = asyncio.run(go(args.yes))
+        except JobTooLarge as exc:  # nothing written yet: ask (on a terminal), then go again
+            if not confirm_large_job(err, exc):
+                raise
+            stats = asyncio.run(go(True))
     except asyncio.CancelledError:
         err.print(
             f"bulkpix: aborted; finished tiles are kept. Resume with: bulkpix run {args.job}",
@@ -232,11 +243,12 @@ def _run(args: argparse.Namespace, err: Console) -> int:
 def _plan(args: argparse.Namespace) -> int:
     from bulkpix.job import load_job
     from bulkpix.pipeline import plan_job
+    from bulkpix.planning import job_plan
     from bulkpix.progress import print_plan
 
     job = load_job(args.job)
     plans = asyncio.run(plan_job(job))
-    print_plan(_console(), plans)
+    print_plan(_console(), job_plan(plans, job))
     return EXIT_OK
 
 

@@ -18,6 +18,7 @@ __all__ = [
     "BadPayload",
     "BulkpixError",
     "JobError",
+    "JobTooLarge",
     "LeaseLost",
     "NotFound",
     "OutputInUse",
@@ -45,6 +46,19 @@ class BulkpixError(Exception):
 
 class JobError(BulkpixError, ValueError):
     """The job file or the command's arguments are wrong (exit code 2)."""
+
+
+class JobTooLarge(JobError):
+    """The job would write far more pixels than its assets hold there, or a huge amount in
+    any case; it runs only when confirmed (``bulkpix run --yes``, ``bulkpix.run(yes=True)``).
+    ``summary`` says how large, in one line."""
+
+    def __init__(self, summary: str) -> None:
+        super().__init__(
+            f"{summary}; check scale and dimensions, or confirm with `bulkpix run --yes` "
+            "(Python: yes=True)"
+        )
+        self.summary = summary
 
 
 class StoreError(BulkpixError, OSError):

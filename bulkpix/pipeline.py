@@ -25,6 +25,7 @@ from bulkpix.ee.client import EEClient, Timeouts
 from bulkpix.ee.decode import decode_pixels, max_payload_bytes
 from bulkpix.errors import (
     JobError,
+    JobTooLarge,
     PermanentError,
     PermissionDenied,
     RemoteError,
@@ -42,6 +43,7 @@ from bulkpix.planning import (
     parse_asset,
     plan_item,
     request_body,
+    size_warning,
 )
 from bulkpix.store.output import (
     OpenedItem,
@@ -370,8 +372,14 @@ async def run_job(
     restart: bool = False,
     stop: asyncio.Event | None = None,
     stats_ready: asyncio.Future[RunStats] | None = None,
+    yes: bool = False,
 ) -> RunStats:
-    """Run (or resume) a job; returns its counters. ``stop`` asks for a graceful halt."""
+    """Run (or resume) a job; returns its counters. ``stop`` asks for a graceful halt.
+
+    A job far larger than its assets' native pixels (``planning.size_warning``) raises
+    ``JobTooLarge`` before the output is touched, unless ``yes``; items an earlier run has
+    started are not asked about again.
+    """
     check_output_location(job.output)
     stop = stop or asyncio.Event()
     async with _session(job, stop) as (client, retry, stats):
@@ -383,6 +391,11 @@ async def run_job(
             return stats
         state = await inspect_output(job.output, [s.name or "" for s in job.resolved_items()])
         plans = _plan_items(job, infos, state)
+        if not yes:
+            started = {path for path, item in state.items.items() if item.done and not restart}
+            warning = size_warning([p for p in plans if p.path not in started])
+            if warning is not None:
+                raise JobTooLarge(warning)
         async with claim_output(job, plans, state, restart=restart) as output:
             await _run_tiles(job, client, retry, stats, output.items, stop, stats_ready)
             await _mark_complete_items(output.store, output.items, stats)

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import sys
+from collections.abc import AsyncIterator, Sequence
+from typing import TextIO
 
 from rich.console import Console
 from rich.progress import (
@@ -21,11 +23,18 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from bulkpix.errors import printable
+from bulkpix.errors import JobTooLarge, printable
 from bulkpix.pipeline import RunStats
-from bulkpix.planning import ItemPlan, item_request_bytes
+from bulkpix.planning import (
+    Estimate,
+    ItemPlan,
+    JobPlan,
+    human_bytes,
+    human_seconds,
+    item_request_bytes,
+)
 
-__all__ = ["live_progress", "print_plan", "print_summary"]
+__all__ = ["confirm_large_job", "live_progress", "print_plan", "print_summary"]
 
 _MAX_ITEM_BARS = 8
 _MB = 1e6
@@ -140,11 +149,15 @@ def print_summary(console: Console, stats: RunStats, output: str) -> None:
         console.print(f"... and {len(failed) - 10} more failed tiles (bulkpix status {output})")
 
 
-def print_plan(console: Console, plans: list[ItemPlan]) -> None:
-    """Grid, tiles, bytes and requests of every item, as ``bulkpix plan`` shows them."""
+def print_plan(console: Console, plans: JobPlan | Sequence[ItemPlan]) -> None:
+    """Grid, tiles, bytes and requests of every item, as ``bulkpix plan`` shows them; with a
+    ``JobPlan``, the disk and time estimates and the size warning too."""
     total_requests = 0
     total_bytes = 0
-    for plan in plans:
+    estimates: Sequence[Estimate | None] = (
+        plans.item_estimates if isinstance(plans, JobPlan) else [None] * len(plans)
+    )
+    for plan, cost in zip(plans, estimates, strict=True):
         grid = plan.grid
         t = grid.transform
         tiles = plan.tiles
@@ -161,4 +174,42 @@ def print_plan(console: Console, plans: list[ItemPlan]) -> None:
             f" (chunk {tiles.chunk}, {len(tiles.band_groups)} band group(s))"
         )
         console.print(f"  bytes      {nbytes / _MB:,.1f} MB as the service counts them")
+        if cost is not None:
+            console.print(
+                f"  disk       about {human_bytes(cost.disk_bytes)} "
+                f"({human_bytes(cost.pixel_bytes)} uncompressed)"
+            )
     console.print(f"[bold]{total_requests}[/bold] requests, {total_bytes / _MB:,.1f} MB in all")
+    if not isinstance(plans, JobPlan):
+        return
+    total, service = plans.estimate, plans.service
+    console.print(
+        f"time       about {human_seconds(total.seconds)} if the quota holds: "
+        f"{plans.concurrency} in flight, {plans.qps:g} requests/s, each request "
+        f"{service.base_s:g} s + {service.per_mb_s:g} s/MB (service_model)"
+    )
+    console.print(
+        f"disk       about {human_bytes(total.disk_bytes)}: {plans.compression} assumed to "
+        f"store the {human_bytes(total.pixel_bytes)} of pixels at {plans.compression_ratio:.0%} "
+        "(the uncompressed size is the most it can take)"
+    )
+    if plans.size_warning:
+        console.print(
+            f"[yellow]note[/yellow]: {plans.size_warning}; `bulkpix run` will ask before "
+            "starting (--yes to skip)",
+            highlight=False,
+        )
+
+
+def confirm_large_job(console: Console, exc: JobTooLarge, stdin: TextIO | None = None) -> bool:
+    """Ask "continue? [y/N]" about a job ``exc`` says is large; False (ask nothing) when
+    ``stdin`` (default: sys.stdin) is not a terminal, so scripts must say ``--yes``."""
+    stdin = stdin or sys.stdin
+    if not stdin.isatty():
+        return False
+    console.print(f"bulkpix: {exc.summary}", markup=False, highlight=False)
+    console.print("continue? [y/N] ", markup=False, highlight=False, end="")
+    answer = stdin.readline()
+    if not answer:  # end of input (Ctrl-D)
+        console.print()
+    return answer.strip().lower() in ("y", "yes")
