@@ -91,6 +91,12 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     preview.add_argument("--debug", action="store_true", help="show tracebacks")
 
+    schema = commands.add_parser("schema", help="print the job file's JSON Schema, for editors")
+    schema.add_argument(
+        "--markdown", action="store_true", help="the job reference as Markdown tables instead"
+    )
+    schema.add_argument("--debug", action="store_true", help="show tracebacks")
+
     commands.add_parser("emulator", help="serve the local Earth Engine stand-in", add_help=False)
     return parser
 
@@ -128,6 +134,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _export(args)
         if args.command == "preview":
             return _preview(args)
+        if args.command == "schema":
+            from bulkpix.schema import markdown_reference, schema_text
+
+            sys.stdout.write(markdown_reference() if args.markdown else schema_text())
+            return EXIT_OK
         return _status(args)
     except (JobError, StoreMismatch) as exc:
         if args.debug:
