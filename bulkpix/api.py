@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     import xarray
+    from rich.console import Console
 
     from bulkpix.job import Job
     from bulkpix.pipeline import RunStats
@@ -110,11 +111,15 @@ async def arun(
     progress: bool | None = None,
     stop: asyncio.Event | None = None,
     yes: bool = False,
+    console: Console | None = None,
 ) -> RunSummary:
     """Run or resume a job to completion on the running loop; returns its summary.
 
     ``progress``: draw a live progress bar (None: only where someone can see it, a terminal
-    or a notebook). ``stop``: set it to halt gracefully (the tiles in flight finish).
+    or a notebook). In a notebook the bar is rich's live display, which needs ipywidgets;
+    without it a plain progress line is printed every 10 s instead. ``console``: the rich
+    Console to draw on (default: a new one on stdout, which finds a notebook by itself).
+    ``stop``: set it to halt gracefully (the tiles in flight finish).
     ``yes``: run a job far larger than its assets' native pixels (``bulkpix.plan(job)
     .size_warning`` says why); without it such a job raises ``bulkpix.JobTooLarge`` before
     anything is written.
@@ -122,17 +127,17 @@ async def arun(
     from bulkpix.pipeline import run_job
 
     resolved = load(job)
-    show = _can_show_progress() if progress is None else progress
+    show = _can_show_progress(console) if progress is None else progress
     if not show:
         stats = await run_job(resolved, restart=restart, stop=stop, yes=yes)
         return RunSummary.from_stats(stats, resolved.output)
 
     from rich.console import Console
 
-    from bulkpix.progress import live_progress
+    from bulkpix.progress import progress_display
 
     stats_ready: asyncio.Future[RunStats] = asyncio.get_running_loop().create_future()
-    async with live_progress(Console(), stats_ready):
+    async with progress_display(console or Console(), stats_ready):
         stats = await run_job(
             resolved, restart=restart, stop=stop, stats_ready=stats_ready, yes=yes
         )
@@ -145,6 +150,7 @@ def run(
     restart: bool = False,
     progress: bool | None = None,
     yes: bool = False,
+    console: Console | None = None,
 ) -> RunSummary:
     """``arun`` for callers without a loop, or inside one (a notebook cell): blocks until done.
 
@@ -152,7 +158,9 @@ def run(
     summary says ``interrupted``; a second one aborts at once. Either way a rerun resumes.
     """
     return _sync(
-        lambda stop: arun(job, restart=restart, progress=progress, stop=stop, yes=yes)
+        lambda stop: arun(
+            job, restart=restart, progress=progress, stop=stop, yes=yes, console=console
+        )
     )
 
 
@@ -285,8 +293,8 @@ def _run_on_thread(make: Callable[[asyncio.Event | None], Coroutine[Any, Any, T]
     return outcome["value"]
 
 
-def _can_show_progress() -> bool:
+def _can_show_progress(console: Console | None) -> bool:
     from rich.console import Console
 
-    console = Console()
+    console = console or Console()
     return console.is_jupyter or console.is_terminal

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import TextIO
 
 from rich.console import Console
@@ -34,7 +36,14 @@ from bulkpix.planning import (
     item_request_bytes,
 )
 
-__all__ = ["confirm_large_job", "live_progress", "print_plan", "print_summary"]
+__all__ = [
+    "confirm_large_job",
+    "live_progress",
+    "print_plan",
+    "print_summary",
+    "progress_display",
+    "text_progress",
+]
 
 _MAX_ITEM_BARS = 8
 _MB = 1e6
@@ -99,6 +108,87 @@ async def live_progress(
                 for task in progress.tasks:
                     if task.description == "total":
                         progress.update(task.id, completed=stats.finished, **_fields(stats))
+            # Draw the final counts now: in a notebook, stopping the display draws nothing more.
+            progress.refresh()
+
+
+TEXT_PROGRESS_EVERY_S = 10.0
+"""Seconds between the lines of the plain progress (a notebook without ipywidgets)."""
+
+
+def progress_display(
+    console: Console, stats_ready: asyncio.Future[RunStats]
+) -> AbstractAsyncContextManager[None]:
+    """The progress display ``console`` can show.
+
+    rich's live bars on a terminal, and in a notebook where ipywidgets is installed (rich
+    redraws them in an output widget). A notebook without ipywidgets cannot redraw in place
+    (rich would only warn), so there a plain line is written every
+    ``TEXT_PROGRESS_EVERY_S`` seconds to the console's file, the cell's output.
+    """
+    if console.is_jupyter and not _has_ipywidgets():
+
+        def write(line: str) -> None:
+            console.file.write(line + "\n")
+            console.file.flush()
+
+        return text_progress(stats_ready, write)
+    return live_progress(console, stats_ready)
+
+
+def _has_ipywidgets() -> bool:
+    try:
+        importlib.import_module("ipywidgets")  # rich's live display in Jupyter draws in it
+    except ImportError:
+        return False
+    return True
+
+
+def status_line(stats: RunStats) -> str:
+    """One line of progress: tiles, bytes, rate, retries and the time left at this pace."""
+    fields = _fields(stats)
+    share = f" ({stats.finished / stats.total:.0%})" if stats.total else ""
+    line = (
+        f"bulkpix: {stats.finished}/{stats.total} tiles{share}, {fields['mb']}, "
+        f"{fields['rate']}, {fields['retries']}"
+    )
+    fetched = sum(item.done for item in stats.items)
+    remaining = stats.total - stats.finished
+    if fetched and remaining and stats.ended is None:
+        line += f", about {human_seconds(stats.elapsed / fetched * remaining)} left"
+    return line
+
+
+@contextlib.asynccontextmanager
+async def text_progress(
+    stats_ready: asyncio.Future[RunStats],
+    write: Callable[[str], None],
+    every: float = TEXT_PROGRESS_EVERY_S,
+) -> AsyncIterator[None]:
+    """``status_line`` every ``every`` seconds, and once at the end, through ``write``."""
+
+    def notices(stats: RunStats) -> None:
+        for notice in stats.notices[stats.notices_shown :]:
+            write(f"bulkpix: {printable(notice)}")
+        stats.notices_shown = len(stats.notices)
+
+    async def report() -> None:
+        stats = await stats_ready
+        while True:
+            await asyncio.sleep(every)
+            notices(stats)
+            write(status_line(stats))
+
+    reporter = asyncio.create_task(report())
+    try:
+        yield
+    finally:
+        reporter.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reporter
+        if stats_ready.done() and not stats_ready.cancelled():
+            notices(stats_ready.result())
+            write(status_line(stats_ready.result()))
 
 
 def _show_notices(console: Console, stats: RunStats) -> None:
