@@ -142,7 +142,7 @@ def test_a_run_that_lost_its_lease_writes_no_more_markers() -> None:
 def test_the_lease_is_renewed_while_the_run_lives_and_lost_when_renewals_fail() -> None:
     async def go() -> None:
         store = MemoryStore()
-        async with Lease(store, "job-a", ttl_s=60, clock=loop_now) as lease:
+        async with Lease(store, "job-a", ttl_s=60, clock=loop_now, monotonic=loop_now) as lease:
             await asyncio.sleep(600)  # ten virtual minutes: forty renewals
             _, info = await read_lease(store)
             assert info is not None and info.expires > loop_now() + 30
@@ -270,3 +270,32 @@ def test_a_run_whose_lease_is_taken_stops_with_one_line(
     # Each of the two workers recorded at most the tile it had in hand when the loss was seen.
     assert len(list(done.iterdir())) <= taken_with + 2
     assert json.loads(lease_path.read_text())["job"] == "someone-else"
+
+
+def test_two_processes_of_the_same_job_share_the_output(tmp_path: Path) -> None:
+    """Cooperating runs of one job (what the Dask issue needs) are not refused."""
+    output = tmp_path / "out.zarr"
+    bbox = [602000, 5181280, 608400, 5187680]
+    with emulator_thread(synthetic={ASSET: SYNTH}, service_base_s=0.05) as emu:
+        job = write_job(tmp_path / "a.yaml", **_race_keys(emu.url, output, bbox))
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-m", "bulkpix", "run", "--quiet", str(job)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+            )
+            for _ in range(2)
+        ]
+        try:
+            results = [
+                (proc.wait(60), proc.stderr.read() if proc.stderr else b"") for proc in procs
+            ]
+        finally:
+            for proc in procs:
+                proc.kill()
+    assert [code for code, _ in results] == [0, 0], results
+    root = zarr.open_group(output, mode="r")
+    rows, cols = np.arange(1232, 1232 + 640), np.arange(200, 200 + 640)
+    np.testing.assert_array_equal(root["u16"][:], synthetic_pixels(2, rows, cols))
+    assert len(list((output / ".bulkpix" / "done").iterdir())) == 25
+    assert not (output / LEASE_KEY).exists()  # the last one out released it

@@ -200,3 +200,66 @@ def test_a_run_cut_short_while_making_an_item_is_made_again(tmp_path: Path) -> N
     np.testing.assert_array_equal(
         zarr.open_group(output, mode="r")["u8"][:], synthetic_pixels(0, ROWS, COLS)
     )
+
+
+# ----------------------------------------------------------------------------- damaged stores
+
+
+def _damage_truncated_record(output: Path, item: str) -> str:
+    record = output / item / ".bulkpix" / "job.json"
+    record.write_bytes(record.read_bytes()[:25])
+    return f"the record {item + '/' if item else ''}.bulkpix/job.json is unreadable"
+
+
+def _damage_root_metadata(output: Path, item: str) -> str:
+    (output / item / "zarr.json").unlink()
+    return f"the group metadata {item + '/' if item else ''}zarr.json is missing"
+
+
+def _damage_band_array(output: Path, item: str) -> str:
+    import shutil
+
+    shutil.rmtree(output / item / "u8")
+    return f"the band array {item + '/' if item else ''}u8 is missing"
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [_damage_truncated_record, _damage_root_metadata, _damage_band_array],
+    ids=["truncated-record", "deleted-zarr-json", "deleted-band-array"],
+)
+@pytest.mark.parametrize("batch", [False, True], ids=["single", "batch"])
+def test_a_damaged_output_is_named_and_repaired_by_restart(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], damage: Any, batch: bool
+) -> None:
+    output = tmp_path / "out.zarr"
+    item = "a" if batch else ""
+    with emulator_thread(synthetic={ASSET: SYNTH}) as emu:
+        more = {"items": [{"name": "a"}]} if batch else {}
+        job = write_job(tmp_path / "j.yaml", **_keys(emu.url, output, **more))
+        assert main(["run", "--quiet", str(job)]) == 0
+        group = zarr.open_group(output / item, mode="a", use_consolidated=False)
+        group.create_array("mine", shape=(2,), dtype="uint8", fill_value=4)
+        what = damage(output, item)
+        where = f"item a: {what}" if batch else what
+        capsys.readouterr()
+
+        # Named, in one line, by run (refused without --restart), status and verify.
+        assert main(["run", "--quiet", str(job)]) == 1
+        err = capsys.readouterr().err
+        assert f"is damaged: {where}" in err and "--restart" in err
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+        assert main(["status", str(output)]) == 1
+        out = capsys.readouterr().out
+        assert f"damaged: {where}" in out and "complete" not in out.replace("incomplete", "")
+        assert main(["verify", str(output)]) == 1
+        assert f"damaged: {where}" in capsys.readouterr().out
+
+        start = len(emu.log)
+        assert main(["run", "--quiet", "--restart", str(job)]) == 0
+        assert _pixel_requests(emu, start) == 4
+    root = zarr.open_group(output / item, mode="r")
+    np.testing.assert_array_equal(root["u8"][:], synthetic_pixels(0, ROWS, COLS))
+    assert (root["mine"][:] == 4).all()  # what the user added outlived the repair
+    assert main(["status", str(output)]) == 0
+    assert main(["verify", str(output)]) == 0

@@ -26,10 +26,10 @@ from zarr.storage import LocalStore, WrapperStore
 __all__ = ["ChecksumStore", "crc32c"]
 
 
-def crc32c(data: bytes | memoryview) -> int:
-    # The C extension takes bytes only: a compressed chunk's copy costs far less than its
-    # compression did.
-    return int(google_crc32c.value(data if isinstance(data, bytes) else bytes(data)))
+def crc32c(data: bytes) -> int:
+    # The C extension takes bytes only (not a memoryview): a compressed chunk's copy costs
+    # far less than its compression did.
+    return int(google_crc32c.value(data))
 
 
 class ChecksumStore(WrapperStore[Store]):
@@ -59,7 +59,7 @@ class ChecksumStore(WrapperStore[Store]):
         array_path, sep, _ = key.rpartition("/c/")
         tracked = bool(sep) and array_path in self._tracked
         if tracked:
-            crc = crc32c(value.as_buffer_like())
+            crc = crc32c(value.to_bytes())
         await self._store.set(key, value)
         if tracked:
             if self.durable and isinstance(self._store, LocalStore):

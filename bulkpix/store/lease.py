@@ -112,18 +112,20 @@ class Lease:
         output: str = "the output",
         ttl_s: float = DEFAULT_TTL_S,
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
         self.job = job
         self.exclusive = exclusive
         self.output = output
         self.ttl_s = ttl_s
-        self.clock = clock
+        self.clock = clock  # wall clock: expiries are compared across processes and hosts
+        self.monotonic = monotonic  # this run's own deadline, immune to clock steps
         self.run_id = uuid.uuid4().hex
         self.since = datetime.now(UTC).isoformat(timespec="seconds")
         self.joined = False  # True: another run of this job held it when this one started
         self._lost: str | None = None
-        self._valid_until = 0.0  # clock(): no renewal for a whole ttl means lost
+        self._valid_until = 0.0  # monotonic(): no renewal for a whole ttl means lost
         self._renewer: asyncio.Task[None] | None = None
 
     # ---------------------------------------------------------------- holding
@@ -147,7 +149,7 @@ class Lease:
     async def _write(self) -> None:
         data = default_buffer_prototype().buffer.from_bytes(self._mine().to_json())
         await self.store.set(LEASE_KEY, data)
-        self._valid_until = self.clock() + self.ttl_s
+        self._valid_until = self.monotonic() + self.ttl_s
 
     async def _create(self) -> bool:
         """Create the lease if none exists; True if this run's is the one read back."""
@@ -155,7 +157,7 @@ class Lease:
         await self.store.set_if_not_exists(LEASE_KEY, data)
         _, now_held = await read_lease(self.store)
         if now_held is not None and now_held.run_id == self.run_id:
-            self._valid_until = self.clock() + self.ttl_s
+            self._valid_until = self.monotonic() + self.ttl_s
             return True
         return False
 
@@ -206,7 +208,7 @@ class Lease:
                 f"output {self.output}: this run lost its lease to {self._lost}; "
                 "it stopped before writing more"
             )
-        if self.clock() > self._valid_until:
+        if self.monotonic() > self._valid_until:
             raise LeaseLost(
                 f"output {self.output}: the lease could not be renewed for {self.ttl_s:.0f} s; "
                 "this run stopped before writing more"

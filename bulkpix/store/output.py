@@ -170,8 +170,11 @@ def check_output_location(output: str) -> None:
     if path.is_file():
         raise JobError(f"output {output} is a file, not a Zarr store")
     recorded = (path / BATCH_KEY).is_file() or (path / RECORD_DIR / JOB_KEY).is_file()
+    # A .bulkpix folder alone may hold the lease of a run starting this very moment; what
+    # it holds is judged by inspect_output.
+    others = path.is_dir() and any(entry.name != RECORD_DIR for entry in path.iterdir())
     is_zarr = (path / _METADATA).is_file() or (path / _V2_GROUP).is_file()
-    if path.is_dir() and any(path.iterdir()) and not is_zarr and not recorded:
+    if others and not is_zarr and not recorded:
         raise JobError(f"output {output} exists and is not a Zarr store; choose another path")
     if not path.exists():
         parent = path.parent if str(path.parent) else Path(".")
@@ -193,6 +196,16 @@ async def inspect_output(output: str, item_paths: Iterable[str] = ()) -> OutputS
 
 async def inspect_store(store: Store, output: str, item_paths: Iterable[str] = ()) -> OutputState:
     item_paths = list(item_paths)
+    state = await _inspect_once(store, output, item_paths)
+    if state.kind is OutputKind.FOREIGN and (
+        await store.exists(f"{RECORD_DIR}/{JOB_KEY}") or await store.exists(BATCH_KEY)
+    ):
+        # A run of the same job made its record while this one looked: look again.
+        state = await _inspect_once(store, output, item_paths)
+    return state
+
+
+async def _inspect_once(store: Store, output: str, item_paths: list[str]) -> OutputState:
     batch_exists, batch_names, batch_readable = await _read_batch_record(store)
     items: dict[str, RecordedItem] = {}
     if await store.exists(f"{RECORD_DIR}/{JOB_KEY}"):
@@ -214,7 +227,16 @@ async def inspect_store(store: Store, output: str, item_paths: Iterable[str] = (
         where = f"item {item.path}: " if batch else ""
         damage.extend(where + what for what in item.damage)
     foreign = tuple(
-        [p for p in item_paths if p and p not in items and await has_keys_under(store, p)]
+        [
+            p
+            for p in item_paths
+            if p
+            and p not in items
+            and await has_keys_under(store, p)
+            # Checked after the keys: a run of this job writes an item's record before its
+            # nodes, so keys without a record now are someone else's.
+            and not await store.exists(f"{p}/{RECORD_DIR}/{JOB_KEY}")
+        ]
     )
     if items or batch_exists:
         if damage:

@@ -40,7 +40,7 @@ from zarr.api import asynchronous as zarr_async
 from zarr.core.array import AsyncArray
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.group import AsyncGroup
-from zarr.errors import ZarrUserWarning
+from zarr.errors import ContainsArrayError, ContainsGroupError, ZarrUserWarning
 from zarr.storage import LocalStore, StorePath
 
 from bulkpix.dtypes import BandSpec
@@ -161,13 +161,8 @@ async def consolidate(
 
 async def mark_batch_root(store: Store, zarr_format: ZarrFormat = DEFAULT_ZARR_FORMAT) -> None:
     """Make the store's root group (if need be) and mark it as holding a bulkpix batch."""
-    mark: dict[str, Any] = {"bulkpix": {"batch": True}}
     # A new root is created with its mark in one write: no moment where it exists unmarked.
-    group = await zarr_async.open_group(
-        store=store, path="", mode="a", zarr_format=zarr_format, attributes=mark
-    )
-    if group.attrs.get("bulkpix") != mark["bulkpix"]:
-        await group.update_attributes(mark)
+    await _open_or_make_group(store, "", {"bulkpix": {"batch": True}}, zarr_format)
 
 
 async def has_keys_under(store: Store, path: str) -> bool:
@@ -374,17 +369,11 @@ class ItemWriter:
             "complete": False,  # set by mark_complete once every tile is stored
         }
         if keep_existing:
-            group = await zarr_async.open_group(
-                store=store, path=path, mode="a", zarr_format=zarr_format, attributes=group_attrs
-            )
-            if group.attrs.get("bulkpix") != group_attrs["bulkpix"]:
-                group = await group.update_attributes(group_attrs)
-            existing = await _matching_arrays(group, bands, (height, width), chunk)
+            group = await _open_or_make_group(store, path, group_attrs, zarr_format)
         else:
             group = await AsyncGroup.from_store(
                 StorePath(store, path), attributes=group_attrs, zarr_format=zarr_format
             )
-            existing = {}
         compressors = zarr_compressors(compression, compression_level, zarr_format)
         crs_attr = {"wkt": _crs_wkt(grid.crs)}
 
@@ -408,22 +397,23 @@ class ItemWriter:
             # v2 readers (xarray, GDAL) take the fill value for nodata: declare none.
             return None if zarr_format == 2 else 0
 
-        async def band_array(band: BandSpec) -> AsyncArray:
-            if band.id in existing:
-                return existing[band.id]
-            return await group.create_array(
-                name=band.id,
-                shape=(height, width),
-                dtype=band.dtype,
-                chunks=(chunk, chunk),
-                compressors=compressors,
-                fill_value=fill_value(band),
-                overwrite=keep_existing,
-                **_dimensions(zarr_format, ("y", "x"), array_attrs(band)),
+        arrays = await asyncio.gather(
+            *(
+                _make_array(
+                    group,
+                    keep_existing,
+                    name=band.id,
+                    shape=(height, width),
+                    dtype=band.dtype,
+                    chunks=(chunk, chunk),
+                    compressors=compressors,
+                    fill_value=fill_value(band),
+                    **_dimensions(zarr_format, ("y", "x"), array_attrs(band)),
+                )
+                for band in bands
             )
-
-        arrays = await asyncio.gather(*(band_array(band) for band in bands))
-        await _write_georeferencing(group, grid, chunk, zarr_format, overwrite=keep_existing)
+        )
+        await _write_georeferencing(group, grid, chunk, zarr_format, keep_existing=keep_existing)
         await consolidate(store, path, zarr_format)
         if path:
             await _drop_root_consolidation(store)
@@ -492,7 +482,11 @@ class ItemWriter:
         if not isinstance(info, dict) or info.get("layout") != LAYOUT_VERSION:
             raise StoreError(f"the group at {path or '(root)'!r} was not written by bulkpix")
         bands = [BandSpec(b["id"], np.dtype(b["dtype"])) for b in info["bands"]]
-        arrays = await asyncio.gather(*(group.getitem(b.id) for b in bands))
+        arrays = []
+        for node in await asyncio.gather(*(group.getitem(b.id) for b in bands)):
+            if not isinstance(node, AsyncArray):
+                raise StoreError(f"{node.path!r} is a group, not a band array")
+            arrays.append(node)
         grid = info["grid"]
         return cls(
             store,
@@ -664,24 +658,59 @@ def _fill_value_attribute(band: BandSpec, value: float) -> int | str:
     return base64.standard_b64encode(struct.pack("<d", float(value))).decode()
 
 
-async def _matching_arrays(
-    group: AsyncGroup, bands: Sequence[BandSpec], shape: tuple[int, int], chunk: int
-) -> dict[str, AsyncArray]:
-    """The band arrays that already exist in ``group`` with the shape, type and chunks asked."""
-    found: dict[str, AsyncArray] = {}
-    for band in bands:
+async def _open_or_make_group(
+    store: Store, path: str, attributes: dict[str, Any], zarr_format: ZarrFormat
+) -> AsyncGroup:
+    """The group at ``path`` with ``attributes`` set, made if missing, others' attributes kept.
+
+    Runs of the same job may make it at the same moment: whoever loses opens the winner's.
+    """
+    for attempt in range(2):
         try:
-            node = await group.getitem(band.id)
-        except KeyError:
-            continue
+            group = await zarr_async.open_group(
+                store=store, path=path, mode="a", zarr_format=zarr_format, attributes=attributes
+            )
+            break
+        except (ContainsGroupError, ContainsArrayError):
+            if attempt:
+                raise
+    if any(group.attrs.get(name) != value for name, value in attributes.items()):
+        group = await group.update_attributes(attributes)
+    return group
+
+
+async def _make_array(
+    group: AsyncGroup, keep_existing: bool, *, name: str, shape: tuple[int, ...], **kwargs: Any
+) -> AsyncArray:
+    """Create an array; with ``keep_existing`` one that already exists with the same shape,
+    type and chunks is kept (made by an earlier or a concurrent run of the same job)."""
+    if not keep_existing:
+        return await group.create_array(name=name, shape=shape, **kwargs)
+    existing = await _existing_array(group, name)
+    if existing is not None:
+        chunks = kwargs.get("chunks")
         if (
-            isinstance(node, AsyncArray)
-            and node.shape == shape
-            and node.dtype == band.dtype
-            and node.chunks == (chunk, chunk)
+            existing.shape == shape
+            and existing.dtype == np.dtype(kwargs["dtype"])
+            and (chunks is None or existing.chunks == tuple(chunks))
         ):
-            found[band.id] = node
-    return found
+            return existing
+        return await group.create_array(name=name, shape=shape, overwrite=True, **kwargs)
+    try:
+        return await group.create_array(name=name, shape=shape, **kwargs)
+    except (ContainsArrayError, ContainsGroupError):
+        made = await _existing_array(group, name)  # a concurrent run made it just now
+        if made is None:
+            raise
+        return made
+
+
+async def _existing_array(group: AsyncGroup, name: str) -> AsyncArray | None:
+    try:
+        node = await group.getitem(name)
+    except KeyError:
+        return None
+    return node if isinstance(node, AsyncArray) else None
 
 
 async def _write_georeferencing(
@@ -690,7 +719,7 @@ async def _write_georeferencing(
     chunk: int,
     zarr_format: ZarrFormat = DEFAULT_ZARR_FORMAT,
     *,
-    overwrite: bool = False,
+    keep_existing: bool = False,
 ) -> None:
     """The x/y centre coordinates and the spatial_ref grid-mapping variable."""
     wkt = _crs_wkt(grid.crs)
@@ -700,26 +729,28 @@ async def _write_georeferencing(
     coord_chunk = max(chunk, 1 << 16)
 
     async def write_coordinate(name: str, values: np.ndarray, attrs: dict[str, Any]) -> None:
-        array = await group.create_array(
+        array = await _make_array(
+            group,
+            keep_existing,
             name=name,
             shape=values.shape,
             dtype=np.float64,
             chunks=(min(coord_chunk, max(values.size, 1)),),
             compressors=None,
             fill_value=np.nan,
-            overwrite=overwrite,
             **_dimensions(zarr_format, (name,), attrs),
         )
         await array.setitem(slice(None), values)
 
-    spatial_ref = await group.create_array(
+    spatial_ref = await _make_array(
+        group,
+        keep_existing,
         name=GRID_MAPPING,
         shape=(),
         dtype=np.int64,
         # v2 readers would mask a fill value of 0 and turn the variable into a NaN.
         fill_value=None if zarr_format == 2 else 0,
         compressors=None,
-        overwrite=overwrite,
         **_dimensions(
             zarr_format,
             (),
