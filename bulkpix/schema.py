@@ -89,7 +89,10 @@ def _type_text(prop: dict[str, Any]) -> str:
     kind = prop.get("type")
     if kind == "array":
         if "prefixItems" in prop:
-            return "[" + ", ".join(_type_text(p) for p in prop["prefixItems"]) + "]"
+            texts = [_type_text(p) for p in prop["prefixItems"]]
+            if len(set(texts)) == 1:
+                return f"[{len(texts)} × {texts[0]}]"
+            return "[" + ", ".join(texts) + "]"
         items = prop.get("items")
         return f"list of {_type_text(items)}" if items else "list"
     if kind == "object":
@@ -104,7 +107,7 @@ def _type_text(prop: dict[str, Any]) -> str:
                       ("maximum", "<=")):
         if key in prop:
             bounds.append(f"{sign} {_number(prop[key])}")
-    return f"{name} {', '.join(bounds)}" if bounds else name
+    return f"{name} {' and '.join(bounds)}" if bounds else name
 
 
 def _default_text(name: str, prop: dict[str, Any], required: Sequence[str]) -> str:

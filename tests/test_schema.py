@@ -126,7 +126,8 @@ def test_the_reference_lists_every_key() -> None:
                     "visualization"):
         assert f"### `{section}`" in text
     assert "| `retries.max_attempts` | integer > 0 | `8` |" in text
-    assert "| `dimensions` | [integer > 0, <= 16,777,216, integer > 0, <= 16,777,216] |" in text
+    assert "| `dimensions` | [2 × integer > 0 and <= 16,777,216] |" in text
+    assert "| `tile` | `auto` or [2 × integer > 0] | `auto` |" in text
 
 
 def test_cli_schema_prints_it(capsys: pytest.CaptureFixture[str]) -> None:
