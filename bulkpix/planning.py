@@ -587,7 +587,7 @@ ASSUMED_COMPRESSION: Mapping[str, float] = {
 What ``python -m benchmarks.write_path --codecs`` measured on realistic bands (smooth fields
 plus noise): blosc-lz4 with shuffling stores 1.46x smaller, zstd 1.18x; gzip is taken as zstd.
 Real imagery varies both ways (masked or flat areas compress far better, noisy bands worse):
-the raw size is the bound, this is a guide.
+about the raw size is the most to expect, this ratio is a guide.
 """
 
 
@@ -597,7 +597,7 @@ class Estimate:
 
     requests: int
     request_bytes: int  # as the service counts them (a mask byte per band and pixel)
-    pixel_bytes: int  # the output's pixels, uncompressed: the most the output can take
+    pixel_bytes: int  # the output's pixels, uncompressed: about the most to expect on disk
     disk_bytes: int  # pixel_bytes at the codec's assumed ratio (ASSUMED_COMPRESSION)
     seconds: float  # wall time at the job's concurrency, qps and service model
 

@@ -281,7 +281,7 @@ def print_plan(console: Console, plans: JobPlan | Sequence[ItemPlan]) -> None:
     console.print(
         f"disk       about {human_bytes(total.disk_bytes)}: {plans.compression} assumed to "
         f"store the {human_bytes(total.pixel_bytes)} of pixels at {plans.compression_ratio:.0%} "
-        "(the uncompressed size is the most it can take)"
+        "(about the most to expect is the uncompressed size)"
     )
     if plans.size_warning:
         console.print(
