@@ -43,7 +43,7 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--restart", action="store_true", help="discard the old output first")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     run.add_argument(
-        "--yes", action="store_true", help="run a job far larger than its assets' pixels unasked"
+        "--yes", action="store_true", help="do not ask before a job far past the native pixels"
     )
     run.add_argument("--debug", action="store_true", help="show tracebacks")
 
