@@ -5,7 +5,7 @@ The Python API (``bulkpix.api``) is a thin shell over the async core in ``bulkpi
     import bulkpix
     summary = bulkpix.run("configs/demo.yaml")      # also inside a notebook's running loop
     summary = await bulkpix.arun("configs/demo.yaml")
-    plans = bulkpix.plan("configs/demo.yaml")       # grids and tiles, no pixels fetched
+    plans = bulkpix.plan("configs/demo.yaml")       # grids, tiles, estimates; no pixels
     ds = bulkpix.open("out/demo.zarr")              # the output as an xarray Dataset
 
 Importing ``bulkpix`` is cheap: each function loads what it needs when it is called.
