@@ -23,6 +23,7 @@ from bulkpix.ee.auth import load_credentials
 from bulkpix.ee.client import EEClient, RequestTimeouts
 from bulkpix.errors import (
     JobError,
+    JobTooLarge,
     PermanentError,
     PermissionDenied,
     RemoteError,
@@ -365,8 +366,14 @@ async def run_job(
     restart: bool = False,
     stop: asyncio.Event | None = None,
     stats_ready: asyncio.Future[RunStats] | None = None,
+    yes: bool = False,
 ) -> RunStats:
-    """Run (or resume) a job; returns its counters. ``stop`` asks for a graceful halt."""
+    """Run (or resume) a job; returns its counters. ``stop`` asks for a graceful halt.
+
+    A job far larger than its assets' native pixels (``planning.size_warning``) raises
+    ``JobTooLarge`` before the output is touched, unless ``yes``; items an earlier run has
+    started are not asked about again.
+    """
     check_output_location(job.output)
     stop = stop or asyncio.Event()
     async with _session(job, stop) as (client, retry, stats):
@@ -380,6 +387,13 @@ async def run_job(
 
         state = await inspect_output(job.output, [s.name or "" for s in job.resolved_items()])
         plans = _plan_items(job, infos, state)
+        if not yes:
+            started = {path for path, item in state.items.items() if item.done and not restart}
+            from bulkpix.planning import size_warning
+
+            warning = size_warning([p for p in plans if p.path not in started])
+            if warning is not None:
+                raise JobTooLarge(warning)
         async with claim_output(job, plans, state, restart=restart) as output:
             await _run_tiles(job, client, retry, stats, output.items, stop, stats_ready)
             await _mark_complete_items(output.store, output.items, stats)

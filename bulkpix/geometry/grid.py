@@ -37,6 +37,7 @@ __all__ = [
     "native_window",
     "region_bounds",
     "same_crs",
+    "sized_grid",
 ]
 
 Bounds: TypeAlias = tuple[float, float, float, float]
@@ -553,3 +554,26 @@ def aligned_grid(
     transform = Affine(scale_x, 0.0, col0 * scale_x, 0.0, -scale_y, row1 * scale_y)
     return PixelGrid(CRS.of(crs), transform, col1 - col0, row1 - row0)
 
+
+def sized_grid(crs: CRSLike, dimensions: tuple[int, int], bounds: Sequence[float]) -> PixelGrid:
+    """North-up grid of exactly ``dimensions`` = (width, height) pixels spanning ``bounds``.
+
+    What the service does with ``grid.dimensions`` and a ``region``: the region's bounding box
+    is rescaled to the requested size, so the pixel size is the extent over the dimensions
+    (``(xmax - xmin) / width`` by ``(ymax - ymin) / height``, not square in general) and the
+    grid's edges are the bounds' own, not snapped to any lattice.
+    """
+    width, height = dimensions
+    for name, value in (("width", width), ("height", height)):
+        if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"dimensions {name} must be a positive int, got {value!r}")
+    xmin, ymin, xmax, ymax = _as_bbox(bounds)
+    if not (xmax > xmin and ymax > ymin):
+        raise ValueError(
+            f"the region has no area in {crs} ({xmin}, {ymin}, {xmax}, {ymax}); "
+            "dimensions needs a region with an extent in both directions"
+        )
+    pixel_x = (xmax - xmin) / width
+    pixel_y = (ymax - ymin) / height
+    transform = Affine(pixel_x, 0.0, xmin, 0.0, -pixel_y, ymax)
+    return PixelGrid(CRS.of(crs), transform, int(width), int(height))
