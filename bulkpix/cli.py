@@ -1,4 +1,5 @@
-"""``bulkpix run | plan | status | export | preview | emulator``: a thin shell over the async core.
+"""``bulkpix run | plan | status | verify | export | preview | emulator``: a thin shell over the
+async core.
 
 Exit codes: 0 done; 1 a failure while running (failed tiles, asset not found, access denied);
 2 a bad job file, bad arguments or an output holding another job; 130 interrupted (resumable).
@@ -91,6 +92,14 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     preview.add_argument("--debug", action="store_true", help="show tracebacks")
 
+    verify = commands.add_parser(
+        "verify",
+        help="re-read every stored chunk against its checksum; clear the tiles that fail "
+        "(exit 0 ok, 1 damage found, 2 not a bulkpix output)",
+    )
+    verify.add_argument("output", help="the output store")
+    verify.add_argument("--debug", action="store_true", help="show tracebacks")
+
     commands.add_parser("emulator", help="serve the local Earth Engine stand-in", add_help=False)
     return parser
 
@@ -128,6 +137,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _export(args)
         if args.command == "preview":
             return _preview(args)
+        if args.command == "verify":
+            return _verify(args)
         return _status(args)
     except (JobError, StoreMismatch) as exc:
         if args.debug:
@@ -305,6 +316,40 @@ def _status(args: argparse.Namespace) -> int:
     report = asyncio.run(read_status(args.output))
     print_status(_console(), report)
     return EXIT_OK if report.complete else EXIT_FAILED
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from bulkpix.store.verify import verify_output
+
+    report = asyncio.run(verify_output(args.output))
+    out = _console()
+    checked = sum(item.tiles for item in report.items)
+    chunks = sum(item.chunks for item in report.items)
+    unverified = sum(item.unverified for item in report.items)
+    for what in report.damage:
+        out.print(f"damaged: {what}", markup=False)
+    for item in report.items:
+        for bad in item.bad:
+            out.print(
+                f"bad chunk: item {item.label}, tile {bad.tile}, {bad.chunk}: {bad.why}",
+                markup=False,
+            )
+    bad_tiles = sum(len(item.cleared) for item in report.items)
+    out.print(
+        f"verified {checked} tile(s), {chunks} chunk(s)"
+        + (f"; {unverified} tile(s) recorded without checksums" if unverified else ""),
+        markup=False,
+    )
+    if bad_tiles:
+        out.print(
+            f"{bad_tiles} tile(s) failed and were cleared: rerun the job to fetch them again",
+            markup=False,
+        )
+    if report.damage:
+        out.print(
+            "`bulkpix run --restart` discards the damaged output and starts again", markup=False
+        )
+    return EXIT_OK if report.ok else EXIT_FAILED
 
 
 if __name__ == "__main__":

@@ -18,7 +18,9 @@ __all__ = [
     "BadPayload",
     "BulkpixError",
     "JobError",
+    "LeaseLost",
     "NotFound",
+    "OutputInUse",
     "PermanentError",
     "PermissionDenied",
     "QuotaExceeded",
@@ -27,6 +29,7 @@ __all__ = [
     "RequestTooLarge",
     "RetryableError",
     "ServerError",
+    "StoreDamaged",
     "StoreError",
     "StoreMismatch",
     "TooManyBands",
@@ -50,6 +53,18 @@ class StoreError(BulkpixError, OSError):
 
 class StoreMismatch(StoreError):
     """The output already holds a different job; the message says what changed."""
+
+
+class OutputInUse(StoreMismatch):
+    """Another run holds the output's lease; the message names it (host, pid, since)."""
+
+
+class LeaseLost(StoreError):
+    """This run no longer holds its output's lease: it stops before writing another marker."""
+
+
+class StoreDamaged(StoreError):
+    """The output's record or its arrays are damaged; the message names what is wrong."""
 
 
 class RemoteError(BulkpixError):

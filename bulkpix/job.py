@@ -299,6 +299,8 @@ class Job(_ItemFields):
     compression_level: int | None = None  # None: the codec's default level
     # 3: what xarray and zarr read (GDAL from 3.11); 2: what GDAL 3.10 (rasterio's) reads.
     zarr_format: Literal[2, 3] = 3
+    # fsync each chunk file (and its directory) before the tile's done-marker is written.
+    durable: bool = False
     timeouts: Timeouts = Timeouts()
     retries: Retries = Retries()
     service_model: ServiceModelSpec = ServiceModelSpec()

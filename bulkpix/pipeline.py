@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from bulkpix.assets import asset_name
 from bulkpix.ee.auth import load_credentials
@@ -28,13 +27,12 @@ from bulkpix.errors import (
     RemoteError,
     RequestTooLarge,
     RetryableError,
-    StoreError,
-    StoreMismatch,
     TooManyBands,
     Unauthenticated,
     printable,
 )
 from bulkpix.job import EmulatorSection, Job
+from bulkpix.store.location import check_output_location
 from bulkpix.store.write_loop import WriteLoop
 from bulkpix.transfer.budget import ByteBudget
 from bulkpix.transfer.limits import Governor
@@ -50,8 +48,8 @@ if TYPE_CHECKING:
 
     from bulkpix.geometry.tiling import Tile
     from bulkpix.planning import AssetInfo, ItemPlan
+    from bulkpix.store.output import OpenedItem, OutputState
     from bulkpix.store.record import TileRecord
-    from bulkpix.store.zarr_store import ItemWriter
 
 __all__ = ["ItemStats", "RunStats", "plan_job", "run_job"]
 
@@ -206,13 +204,19 @@ async def _fetch_assets(job: Job, client: EEClient, retry: _Retry) -> dict[str, 
     return infos
 
 
-def _plan_items(job: Job, infos: dict[str, AssetInfo]) -> list[ItemPlan]:
+def _plan_items(
+    job: Job, infos: dict[str, AssetInfo], output: OutputState | None = None
+) -> list[ItemPlan]:
     from bulkpix.planning import plan_item
 
     plans = []
     for index, spec in enumerate(job.resolved_items()):
+        # An item resumed keeps the tile shape its record says it was started with.
+        recorded_tile = output.recorded_tile(spec.name or "") if output is not None else None
         try:
-            plans.append(plan_item(spec, infos[asset_name(spec.asset or "")], job))
+            plans.append(
+                plan_item(spec, infos[asset_name(spec.asset or "")], job, recorded_tile)
+            )
         except JobError as exc:
             if job.is_batch:
                 raise JobError(f"item {spec.name or index}: {exc}") from None
@@ -315,187 +319,6 @@ async def _session(
             yield client, _Retry(job, stats, stop or asyncio.Event()), stats
 
 
-def _check_output_location(output: str) -> None:
-    """Refuse an output that cannot be ours before anything is written."""
-    if "://" in output:
-        return
-    path = Path(output).expanduser()
-    if path.is_file():
-        raise JobError(f"output {output} is a file, not a Zarr store")
-    is_zarr = (path / "zarr.json").is_file() or (path / ".zgroup").is_file()
-    if path.is_dir() and any(path.iterdir()) and not is_zarr:
-        raise JobError(f"output {output} exists and is not a Zarr store; choose another path")
-    if not path.exists():
-        parent = path.parent if str(path.parent) else Path(".")
-        probe = parent
-        while not probe.exists():
-            probe = probe.parent
-        if probe.is_file():
-            raise JobError(f"output {output}: {probe} is a file, not a directory")
-
-
-async def _node_attributes(store: Store, path: str) -> dict[str, Any] | None:
-    """The attributes of the Zarr node at ``path``, or None when there is none."""
-    from zarr.core.buffer import default_buffer_prototype
-
-    prefix = f"{path}/" if path else ""
-    prototype = default_buffer_prototype()
-    buffer = await store.get(f"{prefix}zarr.json", prototype=prototype)
-    if buffer is None:  # a Zarr v2 node: its attributes are a file of their own
-        if await store.get(f"{prefix}.zgroup", prototype=prototype) is None:
-            return None
-        buffer = await store.get(f"{prefix}.zattrs", prototype=prototype)
-        if buffer is None:
-            return {}
-        try:
-            attributes = json.loads(buffer.to_bytes())
-        except ValueError:
-            return {}
-        return attributes if isinstance(attributes, dict) else {}
-    try:
-        document = json.loads(buffer.to_bytes())
-    except ValueError:
-        return {}
-    attributes = document.get("attributes") if isinstance(document, dict) else None
-    return attributes if isinstance(attributes, dict) else {}
-
-
-async def _keys_under(store: Store, path: str, most: int) -> list[str]:
-    """Up to ``most`` keys under ``path``: enough to tell empty, bare and full apart."""
-    prefix = f"{path}/" if path else ""
-    keys = []
-    async for key in store.list_prefix(prefix):
-        keys.append(key)
-        if len(keys) >= most:
-            break
-    return keys
-
-
-async def _has_item_records(store: Store) -> bool:
-    """Whether any child group of the root holds a bulkpix record (a batch output, including
-    one written before batch roots were marked)."""
-    from bulkpix.store.record import TileRecord
-
-    async for child in store.list_dir(""):
-        name = child.rstrip("/")
-        if name.startswith(".") or name == "zarr.json":  # .zgroup, .zattrs too
-            continue
-        if await TileRecord(store, name).fingerprint() is not None:
-            return True
-    return False
-
-
-async def _check_output(
-    job: Job, store: Store, plans: list[ItemPlan], restart: bool
-) -> list[ItemPlan]:
-    """Refuse an output that holds another job, or data bulkpix did not write.
-
-    Returns the plans to run: with ``tile: auto``, an item resumed keeps the tile shape it was
-    started with, so changing the quota settings between runs does not orphan its tiles.
-    """
-    from bulkpix.planning import replan_with_tile
-    from bulkpix.store.record import TileRecord, fingerprint_diff
-    from bulkpix.store.zarr_store import has_keys_under
-
-    output = job.output
-    root_attrs = await _node_attributes(store, "")
-    root_fp = await TileRecord(store, "").fingerprint()
-    root_mark = root_attrs.get("bulkpix") if root_attrs is not None else None
-    batch_root = isinstance(root_mark, dict) and root_mark.get("batch") is True
-    items_recorded = root_fp is None and await _has_item_records(store)
-    keys = await _keys_under(store, "", 2)
-    # Nothing at all, or only a bare root group (a run killed right after making it).
-    bare = keys in (["zarr.json"], [".zgroup"]) or sorted(keys) == [".zattrs", ".zgroup"]
-    empty = not keys or (bare and not root_attrs)
-    ours = root_fp is not None or root_mark is not None or items_recorded
-    if not empty and not ours:
-        advice = "--restart will not delete it" if restart else "use another output"
-        raise StoreMismatch(f"output {output} holds data bulkpix did not write; {advice}")
-    if restart:
-        return plans
-    if job.is_batch and root_fp is not None:
-        raise StoreMismatch(
-            f"output {output} holds a single-item job, this is a batch; "
-            "use --restart to replace it, or another output"
-        )
-    if not job.is_batch and root_fp is None and (batch_root or items_recorded):
-        raise StoreMismatch(
-            f"output {output} holds a batch job; use --restart to replace it, or another output"
-        )
-    checked = []
-    for plan in plans:
-        old = await TileRecord(store, plan.path).fingerprint()
-        if old is None:
-            attrs = await _node_attributes(store, plan.path)
-            foreign = (attrs is not None and "bulkpix" not in attrs) or (
-                attrs is None and await has_keys_under(store, plan.path)
-            )
-            if plan.path and foreign:
-                raise StoreMismatch(
-                    f"output {output} holds data bulkpix did not write at {plan.path}; "
-                    "use another item name or output"
-                )
-            checked.append(plan)
-            continue
-        if job.tile == "auto":
-            plan = replan_with_tile(plan, old.get("tile"))
-        # Records written before the codec left the fingerprint still carry one: ignored.
-        old = {key: value for key, value in old.items() if key != "codec"}
-        changes = fingerprint_diff(old, plan.fingerprint())
-        if changes:
-            where = f"item {plan.label}" if job.is_batch else "the job"
-            raise StoreMismatch(
-                f"output {output} holds a different job ({where} changed: "
-                f"{'; '.join(changes)}); use --restart to discard it, or another output"
-            )
-        checked.append(plan)
-    return checked
-
-
-async def _open_items(
-    job: Job, store: Store, plans: list[ItemPlan], stats: RunStats
-) -> list[tuple[ItemPlan, ItemWriter, TileRecord, set[str]]]:
-    from bulkpix.store.record import TileRecord
-    from bulkpix.store.zarr_store import ItemWriter, mark_batch_root
-
-    opened = []
-    if job.is_batch:
-        # Marks the root as a bulkpix batch output before any item exists in it.
-        await mark_batch_root(store, job.zarr_format)
-    for plan in plans:
-        record = TileRecord(store, plan.path)
-        fingerprint = plan.fingerprint()
-        if await record.fingerprint() is None:
-            writer = await ItemWriter.create(
-                store,
-                plan.path,
-                plan.grid,
-                plan.bands,
-                plan.tiles.chunk,
-                attrs={"asset": plan.asset},
-                compression=job.compression,
-                compression_level=job.compression_level,
-                overwrite=True,
-                zarr_format=plan.zarr_format,
-                band_attrs=plan.band_attrs,
-                fill_values=plan.fill_values,
-            )
-            await record.write_fingerprint(fingerprint)
-            done: set[str] = set()
-        else:
-            writer = await ItemWriter.open(store, plan.path)
-            done = await record.done_keys()
-            for key in list((await record.failed()).keys()):
-                await record.clear_failed(key)
-        # Parts of split tiles have markers of their own: count the plan's tiles only.
-        finished = sum(1 for key in done if plan.tiles.has_tile_key(key))
-        stats.items.append(
-            ItemStats(label=plan.label, total=plan.tiles.n_tiles, done_before=finished)
-        )
-        opened.append((plan, writer, record, done))
-    return opened
-
-
 @dataclass
 class _Run:
     """What every tile of a run shares. ``stop`` is the run's: Ctrl-C, or the run deciding
@@ -508,7 +331,7 @@ class _Run:
     write_slots: asyncio.Semaphore
     stats: RunStats
     stop: asyncio.Event
-    items: list[tuple[ItemPlan, ItemWriter, TileRecord, set[str]]]
+    items: list[OpenedItem]
 
 
 # A job whose every request is refused (credentials revoked, project lost access) stops after
@@ -560,7 +383,7 @@ async def run_job(
     stats_ready: asyncio.Future[RunStats] | None = None,
 ) -> RunStats:
     """Run (or resume) a job; returns its counters. ``stop`` asks for a graceful halt."""
-    _check_output_location(job.output)
+    check_output_location(job.output)
     stop = stop or asyncio.Event()
     async with _session(job, stop) as (client, retry, stats):
         try:
@@ -569,69 +392,86 @@ async def run_job(
             stats.ended = time.monotonic()
             stats.interrupted = True
             return stats
-        from bulkpix.store.zarr_store import consolidate, open_store
+        from bulkpix.store.output import claim_output, inspect_output
 
-        plans = _plan_items(job, infos)
-        store = await open_store(job.output)
-        plans = await _check_output(job, store, plans, restart)
-        if restart:
-            await _clear_store(store)
-        opened = await _open_items(job, store, plans, stats)
-        # Metadata is complete once every item exists: consolidate now, once, so xarray
-        # opens the store (or any item of it) with one read even while tiles are written.
-        await consolidate(store)
-        if stats_ready is not None and not stats_ready.done():
-            stats_ready.set_result(stats)
-        stats.started = time.monotonic()
+        state = await inspect_output(job.output, [s.name or "" for s in job.resolved_items()])
+        plans = _plan_items(job, infos, state)
+        async with claim_output(job, plans, state, restart=restart) as output:
+            await _run_tiles(job, client, retry, stats, output.items, stop, stats_ready)
+            await _mark_complete_items(output.store, output.items, stats)
+            return stats
 
-        def work() -> Iterator[_Work]:
-            for index, (plan, _w, _r, done) in enumerate(opened):
-                for tile in plan.tiles.tiles():
-                    if stats.items[index].abandoned:
-                        break
-                    if tile.key not in done:
-                        yield _Work(index, tile)
 
-        async with WriteLoop() as write_loop:
-            run = _Run(
-                client=client,
-                retry=retry,
-                budget=ByteBudget(job.memory_mb * 2**20),
-                write_loop=write_loop,
-                # Two tiles compress at once: more only lengthens stalls on 2 cores.
-                write_slots=asyncio.Semaphore(2),
-                stats=stats,
-                stop=stop,
-                items=opened,
-            )
+async def _run_tiles(
+    job: Job,
+    client: EEClient,
+    retry: _Retry,
+    stats: RunStats,
+    opened: list[OpenedItem],
+    stop: asyncio.Event,
+    stats_ready: asyncio.Future[RunStats] | None,
+) -> RunStats:
+    for item in opened:
+        # Parts of split tiles have markers of their own: count the plan's tiles only.
+        finished = sum(1 for key in item.done if item.plan.tiles.has_tile_key(key))
+        stats.items.append(
+            ItemStats(label=item.plan.label, total=item.plan.tiles.n_tiles, done_before=finished)
+        )
+    if stats_ready is not None and not stats_ready.done():
+        stats_ready.set_result(stats)
+    stats.started = time.monotonic()
 
-            async def handle(item: _Work) -> list[_Work] | None:
-                if stop.is_set() or stats.items[item.item].abandoned:
-                    await _settle(run, item, finished=False)
-                    return None
-                return await _process_tile(run, item)
+    def work() -> Iterator[_Work]:
+        for index, item in enumerate(opened):
+            for tile in item.plan.tiles.tiles():
+                if stats.items[index].abandoned:
+                    break
+                if tile.key not in item.done:
+                    yield _Work(index, tile)
 
-            try:
-                await run_workers(work(), handle, workers=job.concurrency, stop=stop)
-            finally:
-                stats.ended = time.monotonic()
-                stats.interrupted = stop.is_set() and stats.aborted is None
-        await _mark_complete_items(store, opened, stats)
-        return stats
+    async with WriteLoop() as write_loop:
+        run = _Run(
+            client=client,
+            retry=retry,
+            budget=ByteBudget(job.memory_mb * 2**20),
+            write_loop=write_loop,
+            # Two tiles compress at once: more only lengthens stalls on 2 cores.
+            write_slots=asyncio.Semaphore(2),
+            stats=stats,
+            stop=stop,
+            items=opened,
+        )
+
+        async def handle(item: _Work) -> list[_Work] | None:
+            if stop.is_set() or stats.items[item.item].abandoned:
+                await _settle(run, item, finished=False)
+                return None
+            return await _process_tile(run, item)
+
+        try:
+            await run_workers(work(), handle, workers=job.concurrency, stop=stop)
+        finally:
+            stats.ended = time.monotonic()
+            stats.interrupted = stop.is_set() and stats.aborted is None
+    return stats
 
 
 async def _mark_complete_items(
     store: Store,
-    opened: list[tuple[ItemPlan, ItemWriter, TileRecord, set[str]]],
+    opened: list[OpenedItem],
     stats: RunStats,
 ) -> None:
     """Say in each finished item's attributes that it is complete (readers check it)."""
     from bulkpix.store.zarr_store import consolidate
 
     marked = False
-    for (_plan, writer, _record, _done), item in zip(opened, stats.items, strict=True):
-        if item.finished == item.total and not item.failed and not item.abandoned:
-            await writer.mark_complete()
+    for item, item_stats in zip(opened, stats.items, strict=True):
+        if (
+            item_stats.finished == item_stats.total
+            and not item_stats.failed
+            and not item_stats.abandoned
+        ):
+            await item.writer.mark_complete()
             marked = True
     if marked:  # the consolidated copy of the attributes too
         await consolidate(store)
@@ -647,7 +487,8 @@ async def _process_tile(run: _Run, work: _Work) -> list[_Work] | None:
     from bulkpix.ee.decode import decode_pixels, max_payload_bytes
     from bulkpix.planning import request_body
 
-    plan, writer, record, done = run.items[work.item]
+    item = run.items[work.item]
+    plan, writer, record, done = item.plan, item.writer, item.record, item.done
     tile = work.tile
     group = plan.tiles.band_groups[tile.group]
     if work.bands is not None:
@@ -695,10 +536,10 @@ async def _process_tile(run: _Run, work: _Work) -> list[_Work] | None:
         return None
     async with held:
         async with run.write_slots:
-            await run.write_loop.run(writer.write_tile(tile.window, arrays))
+            checksums = await run.write_loop.run(writer.write_tile(tile.window, arrays))
         del arrays
     # Only now, with every chunk of the tile stored, does the tile count as finished.
-    await record.mark_done(work.key)
+    await record.mark_done(work.key, checksums)
     run.stats.items[work.item].bytes += nbytes
     run.stats.items[work.item].refusals = 0
     await _settle(run, work, finished=True)
@@ -739,7 +580,7 @@ async def _settle(
         if finished:
             run.stats.items[work.item].done += 1
         elif failure is not None:
-            _plan, _writer, record, _done = run.items[work.item]
+            record = run.items[work.item].record
             await _record_failure(run, record, run.stats.items[work.item], work.key, failure)
         return
     if failure is not None:
@@ -762,8 +603,7 @@ async def _finish_split(run: _Run, split: _Split) -> None:
     elif split.incomplete:
         await _settle(run, split.work, finished=False)
     else:
-        _plan, _writer, record, _done = run.items[split.work.item]
-        await record.mark_done(split.work.key)
+        await run.items[split.work.item].record.mark_done(split.work.key)
         await _settle(run, split.work, finished=True)
 
 
@@ -786,10 +626,3 @@ async def _record_failure(
         run.stop.set()
     else:
         item_stats.abandoned = f"left the rest of item {item_stats.label}: {why}"
-
-
-async def _clear_store(store: Store) -> None:
-    try:
-        await store.delete_dir("")
-    except (OSError, NotImplementedError) as exc:
-        raise StoreError(f"cannot clear the old output: {exc}") from None

@@ -6,11 +6,11 @@ beyond reading a region file named by the job.
 
 from __future__ import annotations
 
-import dataclasses
+import contextlib
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -34,7 +34,6 @@ __all__ = [
     "ItemPlan",
     "parse_asset",
     "plan_item",
-    "replan_with_tile",
     "tile_plan_from_fingerprint",
 ]
 
@@ -67,7 +66,7 @@ class ItemPlan:
     tiles: TilePlan
     file_format: str
     workload_tag: str | None
-    zarr_format: int = 3
+    zarr_format: Literal[2, 3] = 3
     # Per output band: its declared nodata (fill value) and its array attributes.
     fill_values: Mapping[str, float] = field(default_factory=dict)
     band_attrs: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
@@ -354,8 +353,15 @@ def _output_grid(spec: ItemSpec, asset: AssetInfo, native: PixelGrid, base_dir: 
     return aligned_grid(crs, spec.scale, bounds)
 
 
-def plan_item(spec: ItemSpec, asset: AssetInfo, job: Job) -> ItemPlan:
-    """Choose the output grid and cut it into tiles. Raises JobError for impossible items."""
+def plan_item(
+    spec: ItemSpec, asset: AssetInfo, job: Job, recorded_tile: tuple[int, int] | None = None
+) -> ItemPlan:
+    """Choose the output grid and cut it into tiles. Raises JobError for impossible items.
+
+    ``recorded_tile``: the tile shape an earlier run of this item was started with (from the
+    output's record). With ``tile: auto`` it is kept, so changing the quota settings between
+    runs does not orphan finished tiles; a shape that no longer fits is planned afresh.
+    """
     bands = _select_bands(spec, asset)
     native = asset.grids.get(bands[0].id)
     if native is None:
@@ -386,7 +392,7 @@ def plan_item(spec: ItemSpec, asset: AssetInfo, job: Job) -> ItemPlan:
         raise JobError(f"file_format GEO_TIFF needs one data type for all bands ({kinds}); use NPY")
     source_bands: tuple[str, ...] = ()
     visualization = None
-    file_format = job.file_format
+    file_format: str = job.file_format
     band_attrs = {b.id: _band_attrs(asset.band_metadata.get(b.id, {})) for b in bands}
     if spec.visualization is not None:
         # The service draws the source bands as 8-bit RGB; PNG keeps it lossless. Tiles
@@ -410,17 +416,25 @@ def plan_item(spec: ItemSpec, asset: AssetInfo, job: Job) -> ItemPlan:
         }
     except ValueError as exc:
         raise JobError(str(exc)) from None
-    tiles = plan_tiles(
-        grid.height,
-        grid.width,
-        itemsizes,
-        job.chunk,
-        job.tile,
-        concurrency=job.concurrency,
-        qps=job.qps,
-        service=ServiceModel(job.service_model.base_s, job.service_model.per_mb_s),
-        max_inflight_bytes=job.memory_mb * 2**20,
-    )
+    def tiling(tile: Any) -> TilePlan:
+        return plan_tiles(
+            grid.height,
+            grid.width,
+            itemsizes,
+            job.chunk,
+            tile,
+            concurrency=job.concurrency,
+            qps=job.qps,
+            service=ServiceModel(job.service_model.base_s, job.service_model.per_mb_s),
+            max_inflight_bytes=job.memory_mb * 2**20,
+        )
+
+    tiles = None
+    if job.tile == "auto" and recorded_tile is not None:
+        with contextlib.suppress(ValueError):
+            tiles = tiling(recorded_tile)
+    if tiles is None:
+        tiles = tiling(job.tile)
     return ItemPlan(
         name=spec.name,
         asset=asset_name(spec.asset or ""),
@@ -476,29 +490,6 @@ def item_request_bytes(item: ItemPlan) -> int:
         * item.grid.height
         * request_bytes_per_pixel([np.dtype(b.dtype) for b in item.bands])
     )
-
-
-def replan_with_tile(plan: ItemPlan, tile: Any) -> ItemPlan:
-    """The same item cut into tiles of ``tile`` = [height, width] (from an earlier run's
-    fingerprint); the plan as it is when that shape does not fit it."""
-    if not (isinstance(tile, list | tuple) and len(tile) == 2):
-        return plan
-    height, width = (int(v) for v in tile)
-    if (height, width) == (plan.tiles.tile_height, plan.tiles.tile_width):
-        return plan
-    try:
-        tiles = TilePlan(
-            plan.tiles.height,
-            plan.tiles.width,
-            plan.tiles.chunk,
-            height,
-            width,
-            plan.tiles.band_groups,
-            plan.tiles.itemsizes,
-        )
-    except ValueError:
-        return plan
-    return dataclasses.replace(plan, tiles=tiles)
 
 
 def tile_plan_from_fingerprint(fingerprint: Mapping[str, Any]) -> TilePlan | None:

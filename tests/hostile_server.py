@@ -107,6 +107,7 @@ PIXEL_MODES = (
     "ok",  # correct NPY pixels
     "huge_length",  # 200 declaring Content-Length 10**12, then a trickle
     "gzip_bomb",  # 200, Content-Encoding gzip, 4 MB expanding to 4 GiB
+    "endless",  # 200, chunked with no Content-Length, 1 GiB of zeros
     "huge_error",  # 500 whose body is 1 GiB (streamed)
     "retry_after_day",  # 429, Retry-After: 86400
     "retry_after_1e300",  # 429, Retry-After: 1e300
@@ -198,6 +199,15 @@ class HostileServer:
             with contextlib.suppress(ConnectionError):
                 for block in _gzip_bomb_blocks(BOMB_EXPANDED):
                     await response.write(block)
+            return response
+        if mode == "endless":
+            response = web.StreamResponse(status=200)
+            response.enable_chunked_encoding()
+            await response.prepare(request)
+            chunk = bytes(2**16)
+            with contextlib.suppress(ConnectionError):
+                for _ in range(2**30 // len(chunk)):
+                    await response.write(chunk)
             return response
         if mode == "huge_error":
             response = web.StreamResponse(status=500, headers={"Content-Length": str(2**30)})

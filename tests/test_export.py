@@ -192,3 +192,36 @@ def test_a_rotated_grid_keeps_its_geotransform_in_the_cog(tmp_path: Path) -> Non
     export_cog(str(output), tmp_path / "o.tif")
     with rasterio.open(tmp_path / "o.tif") as dataset:
         assert dataset.transform == rotated
+
+
+def test_the_users_path_run_v2_with_nodata_then_export_and_preview(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """bulkpix run (a job file with zarr_format, nodata) -> GDAL reads it -> export -> preview."""
+    from bulkpix.emulator import SyntheticAsset
+    from tests.conftest import emulator_thread, write_job
+
+    asset = "projects/demo/assets/synth"
+    with emulator_thread(synthetic={asset: SyntheticAsset(width=700, height=500)}) as emu:
+        job = write_job(
+            tmp_path / "job.yaml",
+            asset=asset,
+            bands=["u16", "u8"],
+            output=str(tmp_path / "out.zarr"),
+            endpoint=emu.url,
+            credentials="none",
+            chunk=256,
+            zarr_format=2,
+            nodata={"u16": 0},
+        )
+        assert main(["run", "--quiet", str(job)]) == 0
+    output = tmp_path / "out.zarr"
+    with rasterio.open(f'ZARR:"{output}":/u16') as dataset:
+        assert dataset.crs == CRS.from_epsg(32633) and dataset.nodata == 0
+        u16 = dataset.read(1)
+    assert main(["export", str(output), str(tmp_path / "u16.tif"), "--bands", "u16"]) == 0
+    with rasterio.open(tmp_path / "u16.tif") as dataset:
+        assert dataset.nodata == 0 and dataset.transform == Affine(10, 0, 600000, 0, -10, 5200000)
+        np.testing.assert_array_equal(dataset.read(1), u16)
+    assert main(["preview", str(output), str(tmp_path / "q.png"), "--size", "70"]) == 0
+    assert "70 x 50 px of u16" in capsys.readouterr().out

@@ -126,6 +126,16 @@ async def test_a_gzip_bomb_is_cut_at_the_bound(server: HostileServer, traced: No
     assert peak_mib() < (correct_bound() + MARGIN) / MiB
 
 
+async def test_a_body_of_no_declared_length_is_cut_at_the_bound(
+    server: HostileServer, traced: None
+) -> None:
+    server.pixels = "endless"
+    async with client_for(server) as client:
+        with pytest.raises(BadPayload, match="runs past"):
+            await client.get_pixels(ASSET, pixel_body(), max_bytes=correct_bound())
+    assert peak_mib() < (correct_bound() + MARGIN) / MiB
+
+
 async def test_a_huge_error_body_is_read_only_in_part(server: HostileServer, traced: None) -> None:
     server.pixels = "huge_error"
     async with client_for(server) as client:
@@ -159,7 +169,7 @@ def _job(server: HostileServer, output: Path, **keys: Any) -> Any:
     )
 
 
-@pytest.mark.parametrize("mode", ["huge_length", "gzip_bomb", "huge_error"])
+@pytest.mark.parametrize("mode", ["huge_length", "gzip_bomb", "endless", "huge_error"])
 async def test_a_run_stays_within_memory_mb(
     server: HostileServer, tmp_path: Path, traced: None, mode: str
 ) -> None:

@@ -101,12 +101,13 @@ def _decode_npy(
     record_dtype, shape, header_len = _read_npy_header(payload)
     if shape != (height, width):
         raise BadPayload(f"NPY shape {shape}, expected {(height, width)}")
-    if record_dtype.names is None:
+    fields = record_dtype.fields
+    if record_dtype.names is None or fields is None:
         raise BadPayload(f"NPY is not a record array (dtype {record_dtype})")
     if list(record_dtype.names) != band_ids:
         raise BadPayload(f"NPY fields {list(record_dtype.names)}, expected {band_ids}")
     for band_id, want in zip(band_ids, expected, strict=True):
-        got = record_dtype.fields[band_id][0]
+        got = fields[band_id][0]
         if not _same_type(got, want):
             raise BadPayload(f"NPY field {band_id!r} is {got}, expected {want}")
     data_len = height * width * record_dtype.itemsize

@@ -203,7 +203,7 @@ def _write_scratch(
     with rasterio.open(path, "w", **profile) as dst:
         for index, band in enumerate(bands, start=1):
             for row, col, height, width in blocks(source.height, source.width, step):
-                data = band.array[row : row + height, col : col + width]
+                data = np.asarray(band.array[row : row + height, col : col + width])
                 if data.dtype != dtype:
                     data = data.astype(dtype)
                 if to_nan and band.nodata is not None:

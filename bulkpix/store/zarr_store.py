@@ -30,8 +30,8 @@ import base64
 import json
 import struct
 import warnings
-from collections.abc import Mapping, Sequence
-from typing import Any, Protocol, Self
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Literal, Protocol, Self
 
 import numpy as np
 from affine import Affine
@@ -40,12 +40,14 @@ from zarr.api import asynchronous as zarr_async
 from zarr.core.array import AsyncArray
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.group import AsyncGroup
-from zarr.errors import ZarrUserWarning
+from zarr.errors import ContainsArrayError, ContainsGroupError, ZarrUserWarning
 from zarr.storage import LocalStore, StorePath
 
 from bulkpix.dtypes import BandSpec
 from bulkpix.errors import StoreError
+from bulkpix.store.checksum import ChecksumStore
 from bulkpix.store.codecs import DEFAULT_COMPRESSION, zarr_compressors
+from bulkpix.store.location import RECORD_DIR
 
 __all__ = [
     "DEFAULT_CHUNK",
@@ -63,14 +65,14 @@ __all__ = [
 # 512 ~5.5, 256 ~10 (per-chunk overhead dominates). The codec: see bulkpix.store.codecs.
 DEFAULT_CHUNK = 1024
 
-DEFAULT_ZARR_FORMAT = 3
+ZarrFormat = Literal[2, 3]
+DEFAULT_ZARR_FORMAT: ZarrFormat = 3
 ZARR_FORMATS = (2, 3)
 
 GRID_MAPPING = "spatial_ref"
 COORD_NAMES = ("x", "y", GRID_MAPPING)
 ROOT_METADATA_KEY = "zarr.json"
 V2_METADATA_KEYS = (".zgroup", ".zattrs", ".zarray", ".zmetadata")
-RECORD_DIR = ".bulkpix"  # the tile record lives here, see bulkpix.store.record
 LAYOUT_VERSION = 1
 
 # zarr warns about every object under a group that is not a Zarr node (our .bulkpix
@@ -129,7 +131,7 @@ async def open_store(url_or_path: str, *, read_only: bool = False) -> Store:
         raise StoreError(f"cannot open {url_or_path!r}: {exc}") from None
 
 
-async def zarr_format_of(store: Store, path: str = "") -> int | None:
+async def zarr_format_of(store: Store, path: str = "") -> ZarrFormat | None:
     """The Zarr format (2 or 3) of the group at ``path``, None when there is no group."""
     prefix = _prefix(path)
     prototype = default_buffer_prototype()
@@ -140,7 +142,9 @@ async def zarr_format_of(store: Store, path: str = "") -> int | None:
     return None
 
 
-async def consolidate(store: Store, path: str = "", zarr_format: int | None = None) -> None:
+async def consolidate(
+    store: Store, path: str = "", zarr_format: ZarrFormat | None = None
+) -> None:
     """Consolidate the metadata of the group at ``path`` and everything under it.
 
     ``xarray.open_zarr(store, group=item)`` looks for consolidated metadata at the store's
@@ -155,15 +159,10 @@ async def consolidate(store: Store, path: str = "", zarr_format: int | None = No
         await zarr_async.consolidate_metadata(store, path=path or None, zarr_format=zarr_format)
 
 
-async def mark_batch_root(store: Store, zarr_format: int = DEFAULT_ZARR_FORMAT) -> None:
+async def mark_batch_root(store: Store, zarr_format: ZarrFormat = DEFAULT_ZARR_FORMAT) -> None:
     """Make the store's root group (if need be) and mark it as holding a bulkpix batch."""
-    mark = {"bulkpix": {"batch": True}}
     # A new root is created with its mark in one write: no moment where it exists unmarked.
-    group = await zarr_async.open_group(
-        store=store, path="", mode="a", zarr_format=zarr_format, attributes=mark
-    )
-    if group.attrs.get("bulkpix") != mark["bulkpix"]:
-        await group.update_attributes(mark)
+    await _open_or_make_group(store, "", {"bulkpix": {"batch": True}}, zarr_format)
 
 
 async def has_keys_under(store: Store, path: str) -> bool:
@@ -301,8 +300,7 @@ class ItemWriter:
         # Empty chunks are written like any other: zarr's all-equal check per chunk costs
         # more CPU than storing a few bytes of zstd for a chunk of zeros.
         self._arrays = {
-            name: array.with_config({"write_empty_chunks": True})
-            for name, array in arrays.items()
+            name: array.with_config({"write_empty_chunks": True}) for name, array in arrays.items()
         }
 
     # ---------------------------------------------------------------- construction
@@ -320,19 +318,24 @@ class ItemWriter:
         compression: str = DEFAULT_COMPRESSION,
         compression_level: int | None = None,
         overwrite: bool = False,
-        zarr_format: int = DEFAULT_ZARR_FORMAT,
+        zarr_format: ZarrFormat = DEFAULT_ZARR_FORMAT,
         band_attrs: Mapping[str, Mapping[str, Any]] | None = None,
         fill_values: Mapping[str, float] | None = None,
+        keep_existing: bool = False,
     ) -> Self:
         """Create the item group and all its arrays (no pixel data is written).
 
         ``compression`` names the chunk codec (``bulkpix.store.codecs``: none, zstd, lz4,
         gzip) and ``compression_level`` its level (None: the codec's default). If anything
         already exists under ``path`` this raises ``StoreError`` unless ``overwrite`` (which
-        deletes it all, tile record included). ``band_attrs`` adds attributes to a band's
-        array (units, scale_factor, ...); ``fill_values`` declares a band's nodata: its fill
-        value and ``_FillValue``, which xarray masks and GDAL reports as nodata. A band
-        without one declares none (its v3 fill value is 0, which v3 readers do not take for nodata).
+        deletes it all, tile record included) or ``keep_existing``: then only the nodes this
+        writer makes are written (the group's metadata, keeping attributes it does not set;
+        band arrays that are missing or of another shape; the coordinates) and anything else
+        under ``path`` (a user's own arrays, the tile record) stays. ``band_attrs`` adds
+        attributes to a band's array (units, scale_factor, ...); ``fill_values`` declares a
+        band's nodata: its fill value and ``_FillValue``, which xarray masks and GDAL reports
+        as nodata. A band without one declares none (its v3 fill value is 0, which v3 readers
+        do not take for nodata).
         """
         path = path.strip("/")
         _check_band_names(bands)
@@ -345,7 +348,7 @@ class ItemWriter:
         for band in bands:
             if band.id in fill_values:
                 fill_values[band.id] = _fill_value(band, fill_values[band.id])
-        if await has_keys_under(store, path):
+        if not keep_existing and await has_keys_under(store, path):
             if not overwrite:
                 raise StoreError(
                     f"the store already holds data at {path or '(root)'!r}; "
@@ -365,9 +368,12 @@ class ItemWriter:
             "chunk": chunk,
             "complete": False,  # set by mark_complete once every tile is stored
         }
-        group = await AsyncGroup.from_store(
-            StorePath(store, path), attributes=group_attrs, zarr_format=zarr_format
-        )
+        if keep_existing:
+            group = await _open_or_make_group(store, path, group_attrs, zarr_format)
+        else:
+            group = await AsyncGroup.from_store(
+                StorePath(store, path), attributes=group_attrs, zarr_format=zarr_format
+            )
         compressors = zarr_compressors(compression, compression_level, zarr_format)
         crs_attr = {"wkt": _crs_wkt(grid.crs)}
 
@@ -393,7 +399,9 @@ class ItemWriter:
 
         arrays = await asyncio.gather(
             *(
-                group.create_array(
+                _make_array(
+                    group,
+                    keep_existing,
                     name=band.id,
                     shape=(height, width),
                     dtype=band.dtype,
@@ -405,10 +413,50 @@ class ItemWriter:
                 for band in bands
             )
         )
-        await _write_georeferencing(group, grid, chunk, zarr_format)
+        await _write_georeferencing(group, grid, chunk, zarr_format, keep_existing=keep_existing)
         await consolidate(store, path, zarr_format)
         if path:
             await _drop_root_consolidation(store)
+        return cls(
+            store,
+            path,
+            dict(zip((b.id for b in bands), arrays, strict=True)),
+            bands,
+            chunk,
+            height,
+            width,
+        )
+
+    @classmethod
+    async def open_recorded(
+        cls,
+        store: Store,
+        path: str,
+        bands: Sequence[BandSpec],
+        chunk: int,
+        height: int,
+        width: int,
+    ) -> Self:
+        """Reopen an item from what its record says (the record owns the item's layout;
+        the group's ``bulkpix`` attribute is only a copy for other readers)."""
+        path = path.strip("/")
+
+        async def open_band(band: BandSpec) -> AsyncArray:
+            try:
+                array = await AsyncArray.open(
+                    StorePath(store, _prefix(path) + band.id), zarr_format=None
+                )
+            except (FileNotFoundError, KeyError) as exc:
+                raise StoreError(
+                    f"band array {band.id!r} at {path or '(root)'!r} is missing: {exc}"
+                ) from None
+            if not isinstance(array, AsyncArray) or array.shape != (height, width):
+                raise StoreError(
+                    f"band array {band.id!r} at {path or '(root)'!r} does not match its record"
+                )
+            return array
+
+        arrays = await asyncio.gather(*(open_band(b) for b in bands))
         return cls(
             store,
             path,
@@ -434,7 +482,11 @@ class ItemWriter:
         if not isinstance(info, dict) or info.get("layout") != LAYOUT_VERSION:
             raise StoreError(f"the group at {path or '(root)'!r} was not written by bulkpix")
         bands = [BandSpec(b["id"], np.dtype(b["dtype"])) for b in info["bands"]]
-        arrays = await asyncio.gather(*(group.getitem(b.id) for b in bands))
+        arrays = []
+        for node in await asyncio.gather(*(group.getitem(b.id) for b in bands)):
+            if not isinstance(node, AsyncArray):
+                raise StoreError(f"{node.path!r} is a group, not a band array")
+            arrays.append(node)
         grid = info["grid"]
         return cls(
             store,
@@ -448,12 +500,16 @@ class ItemWriter:
 
     # ---------------------------------------------------------------- writing
 
-    async def write_tile(self, window: WindowLike, arrays: Mapping[str, np.ndarray]) -> None:
+    async def write_tile(
+        self, window: WindowLike, arrays: Mapping[str, np.ndarray]
+    ) -> dict[str, int]:
         """Write one decoded tile: every band's (height, width) array at the window's offset.
 
         The window must be chunk-aligned (its edges on multiples of ``chunk`` or on the
         array's edge) so that every chunk is written whole: no read-modify-write, and tiles
-        written concurrently never touch the same chunk. Returns once every chunk is stored.
+        written concurrently never touch the same chunk. Returns once every chunk is stored,
+        with the crc32c of each stored chunk by its key relative to the item (``B4/c/0/1``)
+        when the store is a ``ChecksumStore`` (else an empty dict).
         """
         self._check_tile(window, arrays)
         # One setitem per chunk: given exactly one whole chunk, zarr encodes the value as it
@@ -473,6 +529,32 @@ class ItemWriter:
                 for band, array in arrays.items()
             )
         )
+        if not isinstance(self.store, ChecksumStore):
+            return {}
+        keys = self.chunk_keys(window, arrays)
+        prefix = _prefix(self.path)
+        crcs = self.store.take(prefix + key for key in keys)
+        return {key[len(prefix) :]: crc for key, crc in crcs.items()}
+
+    def chunk_keys(self, window: WindowLike, bands: Iterable[str]) -> list[str]:
+        """The store keys (relative to the item) of the chunks a window covers, per band."""
+        rows = range(
+            window.row_off // self.chunk, -(-(window.row_off + window.height) // self.chunk)
+        )
+        cols = range(
+            window.col_off // self.chunk, -(-(window.col_off + window.width) // self.chunk)
+        )
+        keys = []
+        for band in bands:
+            metadata = self._arrays[band].metadata
+            for i in rows:
+                for j in cols:
+                    keys.append(f"{band}/{metadata.encode_chunk_key((i, j))}")
+        return keys
+
+    def array_paths(self) -> list[str]:
+        """Store paths of the band arrays (what a ``ChecksumStore`` should track)."""
+        return [_prefix(self.path) + b.id for b in self.bands]
 
     def describe(self) -> dict[str, Any]:
         """What of this output belongs in the job fingerprint: bands, chunking, codecs."""
@@ -590,8 +672,68 @@ def _fill_value_attribute(band: BandSpec, value: float) -> int | str:
     return base64.standard_b64encode(struct.pack("<d", float(value))).decode()
 
 
+async def _open_or_make_group(
+    store: Store, path: str, attributes: dict[str, Any], zarr_format: ZarrFormat
+) -> AsyncGroup:
+    """The group at ``path`` with ``attributes`` set, made if missing, others' attributes kept.
+
+    Runs of the same job may make it at the same moment: whoever loses opens the winner's.
+    """
+    for attempt in range(2):
+        try:
+            group = await zarr_async.open_group(
+                store=store, path=path, mode="a", zarr_format=zarr_format, attributes=attributes
+            )
+            break
+        except (ContainsGroupError, ContainsArrayError):
+            if attempt:
+                raise
+    if any(group.attrs.get(name) != value for name, value in attributes.items()):
+        group = await group.update_attributes(attributes)
+    return group
+
+
+async def _make_array(
+    group: AsyncGroup, keep_existing: bool, *, name: str, shape: tuple[int, ...], **kwargs: Any
+) -> AsyncArray:
+    """Create an array; with ``keep_existing`` one that already exists with the same shape,
+    type and chunks is kept (made by an earlier or a concurrent run of the same job)."""
+    if not keep_existing:
+        return await group.create_array(name=name, shape=shape, **kwargs)
+    existing = await _existing_array(group, name)
+    if existing is not None:
+        chunks = kwargs.get("chunks")
+        if (
+            existing.shape == shape
+            and existing.dtype == np.dtype(kwargs["dtype"])
+            and (chunks is None or existing.chunks == tuple(chunks))
+        ):
+            return existing
+        return await group.create_array(name=name, shape=shape, overwrite=True, **kwargs)
+    try:
+        return await group.create_array(name=name, shape=shape, **kwargs)
+    except (ContainsArrayError, ContainsGroupError):
+        made = await _existing_array(group, name)  # a concurrent run made it just now
+        if made is None:
+            raise
+        return made
+
+
+async def _existing_array(group: AsyncGroup, name: str) -> AsyncArray | None:
+    try:
+        node = await group.getitem(name)
+    except KeyError:
+        return None
+    return node if isinstance(node, AsyncArray) else None
+
+
 async def _write_georeferencing(
-    group: AsyncGroup, grid: GridLike, chunk: int, zarr_format: int = DEFAULT_ZARR_FORMAT
+    group: AsyncGroup,
+    grid: GridLike,
+    chunk: int,
+    zarr_format: ZarrFormat = DEFAULT_ZARR_FORMAT,
+    *,
+    keep_existing: bool = False,
 ) -> None:
     """The x/y centre coordinates and the spatial_ref grid-mapping variable."""
     wkt = _crs_wkt(grid.crs)
@@ -601,7 +743,9 @@ async def _write_georeferencing(
     coord_chunk = max(chunk, 1 << 16)
 
     async def write_coordinate(name: str, values: np.ndarray, attrs: dict[str, Any]) -> None:
-        array = await group.create_array(
+        array = await _make_array(
+            group,
+            keep_existing,
             name=name,
             shape=values.shape,
             dtype=np.float64,
@@ -612,7 +756,9 @@ async def _write_georeferencing(
         )
         await array.setitem(slice(None), values)
 
-    spatial_ref = await group.create_array(
+    spatial_ref = await _make_array(
+        group,
+        keep_existing,
         name=GRID_MAPPING,
         shape=(),
         dtype=np.int64,
