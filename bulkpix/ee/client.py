@@ -49,7 +49,7 @@ from bulkpix.errors import (
     Unauthenticated,
     printable,
 )
-from bulkpix.geometry.tiling import MAX_REQUEST_BYTES
+from bulkpix.limits import MAX_REQUEST_BYTES
 from bulkpix.transfer.limits import Governor
 
 __all__ = [

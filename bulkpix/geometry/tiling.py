@@ -20,6 +20,7 @@ import numpy as np
 
 from bulkpix.dtypes import request_bytes_per_pixel
 from bulkpix.geometry.grid import Window
+from bulkpix.limits import MAX_BANDS, MAX_REQUEST_BYTES, MAX_SIDE
 
 __all__ = [
     "MAX_BANDS",
@@ -34,12 +35,6 @@ __all__ = [
     "split_tile",
 ]
 
-MAX_REQUEST_BYTES = 50_331_648
-"""48 MiB: the service's limit on width * height * sum(itemsize + 1) of one request."""
-MAX_SIDE = 32_768
-"""Most pixels per side of one request."""
-MAX_BANDS = 1_024
-"""Most bands in one request."""
 
 SQUARENESS_WEIGHT = 0.02
 """Auto tiling: a tile whose sides differ by a factor 2**k scores ``1 + 0.02 * k`` worse."""
