@@ -228,7 +228,9 @@ def test_second_ctrl_c_with_the_in_process_emulator_is_one_clean_line(tmp_path: 
         tmp_path / "job.yaml", asset=ASSET, output=str(output), endpoint="emulator",
         region={"bbox": [600000, 5160000, 640000, 5200000], "region_crs": "EPSG:32633"},
         chunk=256, tile=[256, 256], concurrency=8,
-        emulator={"service_base_s": 0.5},  # tiles in flight when the second Ctrl-C comes
+        # Tiles stay in flight for seconds after the first Ctrl-C, so the second one finds
+        # them there even on a loaded machine.
+        emulator={"service_base_s": 3.0},
     )
     proc = subprocess.Popen(
         [sys.executable, "-m", "bulkpix", "run", "--quiet", str(job)],
