@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     write_json(args.json, meta, results)
     console.print(f"figures written to {args.json}")
     if args.markdown is not None:
-        args.markdown.write_text(markdown_tables(results))
+        args.markdown.write_text(markdown_tables(results, meta["machine"]))
     return 0
 
 

@@ -21,9 +21,9 @@ _LISTENING = "listening on "
 
 
 def bulkpix_command() -> list[str]:
-    """The ``bulkpix`` entry point of this interpreter's environment."""
-    script = Path(sys.executable).with_name("bulkpix")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "bulkpix"]
+    """``bulkpix`` as ``python -m bulkpix``: the checkout on ``sys.path`` runs, whatever
+    console script an older install left in the environment."""
+    return [sys.executable, "-m", "bulkpix"]
 
 
 @dataclass(frozen=True)

@@ -24,17 +24,39 @@ def _pixels_ok(c: ClientFigures) -> str:
     return "yes" if c.verified else "n/a"
 
 
+_COLUMNS = ("client", "wall s", "busy s", "first req s", "tail s", "MB/s", "MB/s busy",
+            "requests", "retries", "429 %", "CPU s", "CPU s/GB", "server CPU s", "peak RSS MB",
+            "pixels ok")
+# Columns a scenario adds when its clients carry the figure (ClientFigures.extra).
+_EXTRA_COLUMNS = {"wall_over_floor": "wall / floor", "wall_over_ideal": "wall / ideal",
+                  "compression": "codec", "stored_ratio": "stored ratio"}
+
+
+def _extras(result: ScenarioResult) -> list[str]:
+    return [key for key in _EXTRA_COLUMNS if any(key in c.extra for c in result.clients)]
+
+
+def _format_extra(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.2f}"
+    return "" if value is None else str(value)
+
+
+def _row(c: ClientFigures, extras: Sequence[str]) -> list[str]:
+    return [c.client, f"{c.wall_s:.2f}", f"{c.busy_s:.2f}", f"{c.first_request_s:.2f}",
+            f"{c.tail_s:.2f}", f"{c.mb_per_s:.1f}", f"{c.mb_per_s_busy:.1f}", str(c.requests),
+            str(c.retries), f"{c.share_429:.1%}", f"{c.cpu_s:.2f}", f"{c.cpu_s_per_gb:.2f}",
+            f"{c.emulator_cpu_s:.2f}", f"{c.peak_rss_mb:.0f}", _pixels_ok(c),
+            *(_format_extra(c.extra.get(key)) for key in extras)]
+
+
 def _client_table(result: ScenarioResult) -> Table:
     table = Table(title=result.title, title_justify="left")
-    for column in ("client", "wall s", "busy s", "MB/s", "MB/s busy", "requests", "retries",
-                   "429 %", "CPU s", "CPU s/GB", "server CPU s", "peak RSS MB", "pixels ok"):
-        table.add_column(column, justify="left" if column == "client" else "right")
+    extras = _extras(result)
+    for column in (*_COLUMNS, *(_EXTRA_COLUMNS[key] for key in extras)):
+        table.add_column(column, justify="left" if column in ("client", "codec") else "right")
     for c in result.clients:
-        pixels_ok = _pixels_ok(c)
-        table.add_row(c.client, f"{c.wall_s:.2f}", f"{c.busy_s:.2f}", f"{c.mb_per_s:.1f}",
-                      f"{c.mb_per_s_busy:.1f}", str(c.requests), str(c.retries),
-                      f"{c.share_429:.1%}", f"{c.cpu_s:.2f}", f"{c.cpu_s_per_gb:.1f}",
-                      f"{c.emulator_cpu_s:.2f}", f"{c.peak_rss_mb:.0f}", pixels_ok)
+        table.add_row(*_row(c, extras))
     return table
 
 
@@ -76,23 +98,31 @@ def write_json(path: Path, meta: dict[str, Any], results: Sequence[ScenarioResul
     path.write_text(json.dumps(document, indent=2) + "\n")
 
 
-def markdown_tables(results: Sequence[ScenarioResult]) -> str:
-    """The same tables in Markdown (for benchmarks/RESULTS.md)."""
+def machine_line(machine: dict[str, Any]) -> str:
+    """The CPU a figure was measured on, as every table in RESULTS.md names it."""
+    return f"{machine.get('cpu_model', 'unknown CPU')}, {machine.get('nproc', '?')} CPUs"
+
+
+def markdown_tables(results: Sequence[ScenarioResult],
+                    machine: dict[str, Any] | None = None) -> str:
+    """The same tables in Markdown (for benchmarks/RESULTS.md), each naming the CPU."""
     lines: list[str] = []
-    header = ("client", "wall s", "busy s", "MB/s", "MB/s busy", "requests", "retries",
-              "429 %", "CPU s", "CPU s/GB", "server CPU s", "peak RSS MB", "pixels ok")
+    where = f" ({machine_line(machine)})" if machine else ""
     for result in results:
-        lines += [f"### {result.title}", "", "| " + " | ".join(header) + " |",
+        extras = _extras(result)
+        header = (*_COLUMNS, *(_EXTRA_COLUMNS[key] for key in extras))
+        lines += [f"### {result.title}{where}", "", "| " + " | ".join(header) + " |",
                   "|" + "---|" * len(header)]
         for c in result.clients:
-            ok = _pixels_ok(c)
-            lines.append(
-                f"| {c.client} | {c.wall_s:.2f} | {c.busy_s:.2f} | {c.mb_per_s:.1f} | "
-                f"{c.mb_per_s_busy:.1f} | {c.requests} | {c.retries} | {c.share_429:.1%} | "
-                f"{c.cpu_s:.2f} | {c.cpu_s_per_gb:.1f} | {c.emulator_cpu_s:.2f} | "
-                f"{c.peak_rss_mb:.0f} | {ok} |")
+            lines.append("| " + " | ".join(_row(c, extras)) + " |")
         lines.append("")
-    lines += ["### Targets", "", "| scenario | target | value | met | note |",
+        if result.ideal.get("seconds"):
+            lines += [f"Service-model ideal: {result.ideal['seconds']:.2f} s "
+                      f"({result.ideal.get('requests')} requests).", ""]
+        lines += [f"- {note}" for note in result.notes]
+        if result.notes:
+            lines.append("")
+    lines += [f"### Targets{where}", "", "| scenario | target | value | met | note |",
               "|---|---|---|---|---|"]
     for r in results:
         for t in r.targets:

@@ -10,7 +10,12 @@ noise) through ``bulkpix.store.ItemWriter`` into a LocalStore in a temp dir and 
    256/512/1024/2048 and no compression / zstd 1 / zstd 3: MB/s, CPU-s per GB, ratio,
    and the longest event-loop stall seen while writing;
 3. for one chunk/level: async vs sync zarr API, field views vs contiguous copies, and tiles
-   one at a time vs several concurrently.
+   one at a time vs several concurrently;
+4. every codec a job may choose (``compression:`` none, zstd 1/3, lz4 1/5, gzip 1) at
+   the default 1024-px chunk (best of three runs each), on three kinds of pixels:
+   realistic (smooth fields plus sensor noise), the emulator's synthetic bands (what the
+   benchmark scenarios fetch) and random bytes (nothing to compress): CPU-s per GB and
+   the ratio. ``--codecs`` runs only this part.
 
 MB are of raw (uncompressed) pixel data, 1 MB = 1e6 bytes. CPU-s are the whole process's
 (all threads). Numbers depend on the disk and page cache; compare rows, not machines.
@@ -34,8 +39,10 @@ import numpy as np
 import zarr
 from affine import Affine
 
+from bulkpix.emulator.synthetic import SYNTHETIC_BANDS, synthetic_pixels
 from bulkpix.geometry.grid import PixelGrid as Grid
 from bulkpix.geometry.grid import Window
+from bulkpix.store.codecs import CODECS
 from bulkpix.store.zarr_store import BandSpec, ItemWriter, open_store
 
 BAND_DTYPES = {"B_u8": "uint8", "B_i16": "int16", "B_u16": "uint16", "B_f32": "float32"}
@@ -140,12 +147,16 @@ async def measure(
 
 
 async def new_writer(
-    root: Path, shape: tuple[int, int], chunk: int, level: int | None
+    root: Path, shape: tuple[int, int], chunk: int, level: int | None, compression: str = "zstd"
 ) -> ItemWriter:
+    """``level=None`` with the default ``compression`` means: uncompressed."""
     shutil.rmtree(root, ignore_errors=True)
     store = await open_store(str(root))
     grid = Grid("EPSG:32633", Affine(10, 0, 600000, 0, -10, 5200000), shape[1], shape[0])
-    return await ItemWriter.create(store, "", grid, bands(), chunk, compression_level=level)
+    if compression == "zstd" and level is None:
+        compression = "none"
+    return await ItemWriter.create(store, "", grid, bands(), chunk, compression=compression,
+                                   compression_level=level)
 
 
 async def write_tiles(
@@ -282,6 +293,57 @@ async def variants(tmp: Path, chunk: int, level: int, n_tiles: int) -> list[Resu
     return results
 
 
+# The codecs compared: (compression, level) as a job names them.
+CODEC_CASES: list[tuple[str, int | None]] = [
+    ("none", None), ("zstd", 1), ("zstd", 3), ("lz4", 1), ("lz4", 5), ("gzip", 1)]
+assert {name for name, _ in CODEC_CASES} == set(CODECS)
+
+
+def synthetic_record_tile(height: int, width: int) -> np.ndarray:
+    """The emulator's synthetic bands, as one NPY record array (the benchmarks' pixels)."""
+    rows, cols = np.arange(height), np.arange(width)
+    record = np.empty((height, width), dtype=[(k, v) for k, v in BAND_DTYPES.items()])
+    for index, (name, (_, dtype)) in enumerate(zip(BAND_DTYPES, SYNTHETIC_BANDS, strict=True)):
+        assert np.dtype(BAND_DTYPES[name]) == dtype
+        record[name] = synthetic_pixels(index, rows, cols)
+    return record
+
+
+def random_record_tile(height: int, width: int, seed: int) -> np.ndarray:
+    """Random bytes in every band: nothing to compress (the worst case for a codec)."""
+    dtype = np.dtype([(k, v) for k, v in BAND_DTYPES.items()])
+    raw = np.random.default_rng(seed).integers(0, 256, height * width * dtype.itemsize,
+                                               dtype=np.uint8)
+    return raw.view(dtype).reshape(height, width)
+
+
+async def codec_grid(tmp: Path, chunk: int, n_tiles: int) -> list[Result]:
+    """Each codec on each kind of pixels: n_tiles 2048x2048 tiles, two at a time."""
+    shape = (TILE, n_tiles * TILE)
+    windows = [Window(0, i * TILE, TILE, TILE) for i in range(n_tiles)]
+    kinds = {
+        "realistic": make_record_tile(TILE, TILE, 4),
+        "synthetic": synthetic_record_tile(TILE, TILE),
+        "random": random_record_tile(TILE, TILE, 5),
+    }
+    results = []
+    for kind, record in kinds.items():
+        views = [(w, field_views(record, w)) for w in windows]
+        for compression, level in CODEC_CASES:
+            label = f"{kind:<9} {compression}" + ("" if level is None else f" {level}")
+            tries = []
+            # The first write of a run warms zarr's caches and the codec: best of three.
+            for _ in range(3):
+                root = tmp / "codec"
+                writer = await new_writer(root, shape, chunk, level, compression)
+                tries.append(await measure(label, root, n_tiles * record.nbytes,
+                                           lambda writer=writer, views=views: write_tiles(
+                                               writer, views, 2)))
+            results.append(min(tries, key=lambda r: r.cpu_s))
+    shutil.rmtree(tmp / "codec", ignore_errors=True)
+    return results
+
+
 # --------------------------------------------------------------------------- report
 
 
@@ -297,7 +359,7 @@ def print_table(title: str, results: list[Result]) -> None:
         )
 
 
-async def main(quick: bool) -> None:
+async def main(quick: bool, codecs_only: bool = False) -> None:
     print(gil_check())
     print(
         f"zarr {zarr.__version__}, numcodecs {numcodecs.__version__}; zarr.config "
@@ -309,6 +371,8 @@ async def main(quick: bool) -> None:
     levels: list[int | None] = [None, 1] if quick else [None, 1, 3]
     with tempfile.TemporaryDirectory(prefix="bulkpix-bench-") as tmp_name:
         tmp = Path(tmp_name)
+        if codecs_only:
+            return await print_codecs(tmp, quick)
         region = await region_grid(tmp, chunks, levels)
         print_table(
             f"{REGION[1]}x{REGION[0]} region, 4 bands (9 B/px, "
@@ -320,9 +384,20 @@ async def main(quick: bool) -> None:
             f"{n_tiles} tiles of {TILE}x{TILE}x4 bands, chunk 512, zstd 1",
             await variants(tmp, 512, 1, n_tiles),
         )
+        await print_codecs(tmp, quick)
+
+
+async def print_codecs(tmp: Path, quick: bool) -> None:
+    n_tiles = 2 if quick else 6
+    print_table(
+        f"codecs: {n_tiles} tiles of {TILE}x{TILE}x4 bands (9 B/px), chunk 1024, 2 at a time",
+        await codec_grid(tmp, 1024, n_tiles),
+    )
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer cases, for a smoke run")
-    asyncio.run(main(parser.parse_args().quick))
+    parser.add_argument("--codecs", action="store_true", help="only the codec comparison")
+    arguments = parser.parse_args()
+    asyncio.run(main(arguments.quick, arguments.codecs))

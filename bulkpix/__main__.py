@@ -1,5 +1,3 @@
-import sys
+from bulkpix.cli import entry
 
-from bulkpix.cli import main
-
-sys.exit(main())
+entry()

@@ -175,7 +175,13 @@ def open(output: str | Path, item: str | None = None, **kwargs: Any) -> xarray.D
     with contextlib.suppress(ImportError):
         import rioxarray  # noqa: F401  (registers the .rio accessor)
     kwargs.setdefault("decode_coords", "all")
-    return xr.open_zarr(str(output), group=item, **kwargs)
+    ds = xr.open_zarr(str(output), group=item, **kwargs)
+    # Zarr lists arrays in no set order: put the bands in the job's order.
+    info = ds.attrs.get("bulkpix")
+    order = [b.get("id") for b in info.get("bands", [])] if isinstance(info, dict) else []
+    if order and set(order) == set(ds.data_vars):
+        ds = ds[order]
+    return ds
 
 
 # --------------------------------------------------------------------------- sync shell

@@ -10,12 +10,18 @@ catch ``ValueError`` or ``PermissionError`` keep working.
 
 from __future__ import annotations
 
+import re
+import unicodedata
+
 __all__ = [
+    "BadMetadata",
     "BadPayload",
     "BulkpixError",
     "CredentialsMissing",
     "JobError",
+    "LeaseLost",
     "NotFound",
+    "OutputInUse",
     "PermanentError",
     "PermissionDenied",
     "QuotaExceeded",
@@ -24,10 +30,13 @@ __all__ = [
     "RequestTooLarge",
     "RetryableError",
     "ServerError",
+    "StoreDamaged",
     "StoreError",
     "StoreMismatch",
+    "TooManyBands",
     "TransportError",
     "Unauthenticated",
+    "printable",
 ]
 
 
@@ -51,11 +60,24 @@ class StoreMismatch(StoreError):
     """The output already holds a different job; the message says what changed."""
 
 
+class OutputInUse(StoreMismatch):
+    """Another run holds the output's lease; the message names it (host, pid, since)."""
+
+
+class LeaseLost(StoreError):
+    """This run no longer holds its output's lease: it stops before writing another marker."""
+
+
+class StoreDamaged(StoreError):
+    """The output's record or its arrays are damaged; the message names what is wrong."""
+
+
 class RemoteError(BulkpixError):
     """A call to the Earth Engine REST API failed.
 
     ``status`` is the HTTP status (0 when no response arrived); ``retry_after`` is the
-    server's Retry-After in seconds when it sent one.
+    server's Retry-After in seconds when it sent one, capped at the longest wait bulkpix
+    accepts; ``asked_wait`` is what the server asked for when that was longer.
     """
 
     def __init__(
@@ -64,11 +86,13 @@ class RemoteError(BulkpixError):
         *,
         status: int = 0,
         retry_after: float | None = None,
+        asked_wait: float | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.status = status
         self.retry_after = retry_after
+        self.asked_wait = asked_wait
 
 
 class RetryableError(RemoteError):
@@ -100,7 +124,11 @@ class RequestInvalid(PermanentError, ValueError):
 
 
 class RequestTooLarge(RequestInvalid):
-    """400 for request size: the tile must be split."""
+    """400 for request size or grid dimensions: the tile must be split into smaller windows."""
+
+
+class TooManyBands(RequestTooLarge):
+    """400 for the number of bands: the tile's bands must be split (its window is fine)."""
 
 
 class Unauthenticated(PermanentError, PermissionError):
@@ -113,3 +141,36 @@ class PermissionDenied(PermanentError, PermissionError):
 
 class NotFound(PermanentError, LookupError):
     """404 NOT_FOUND."""
+
+
+class BadMetadata(PermanentError, ValueError):
+    """The service's asset metadata is not something bulkpix can build an output from
+    (a band without an id, a grid of zero pixels, a CRS nobody can describe, ...)."""
+
+
+# ESC-introduced sequences (CSI "ESC [ ... final", OSC "ESC ] ... BEL|ST", and two-byte ones)
+# go whole: dropping only the ESC would leave "[2J" litter in the message.
+_ESCAPE_SEQUENCE = re.compile(
+    r"\x1b\[[0-?]*[ -/]*[@-~]"  # CSI
+    r"|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?"  # OSC, ended by BEL or ST
+    r"|\x1b[@-Z\\-_]"  # other two-byte escapes
+    r"|\x9b[0-?]*[ -/]*[@-~]"  # 8-bit CSI
+)
+
+
+def printable(text: str, *, limit: int | None = None) -> str:
+    """``text`` safe to print or store: what a server (or any outsider) said, without the
+    control characters that could drive a terminal (ESC, BEL, C1 codes, bidi overrides).
+
+    Escape sequences are removed whole; line breaks and tabs become spaces, so the text
+    stays on one line. ``limit`` cuts it to that many characters, with "...".
+    """
+    text = _ESCAPE_SEQUENCE.sub("", text)
+    cleaned = "".join(
+        " " if ch in "\t\n\r\v\f" else ch
+        for ch in text
+        if ch in "\t\n\r\v\f" or unicodedata.category(ch) not in ("Cc", "Cf", "Cs")
+    )
+    if limit is not None and len(cleaned) > limit:
+        cleaned = cleaned[: max(0, limit - 3)] + "..."
+    return cleaned

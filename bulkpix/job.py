@@ -41,6 +41,7 @@ from bulkpix.files import (
     FileRefused,
     read_bounded,
 )
+from bulkpix.store.codecs import DEFAULT_COMPRESSION, CompressionName, codec_for
 
 __all__ = [
     "DEFAULT_ENDPOINT",
@@ -48,6 +49,7 @@ __all__ = [
     "ItemSpec",
     "Job",
     "Region",
+    "Visualization",
     "load_job",
     "parse_job",
 ]
@@ -218,6 +220,62 @@ class Region(_Strict):
         return data
 
 
+class Visualization(_Strict):
+    """The service's ``visualizationOptions``: the bands come back as 8-bit RGB (stored as
+    three uint8 bands, vis-red, vis-green, vis-blue)."""
+
+    bands: list[str] = Field(min_length=1, max_length=3)
+    min: float | list[float] | None = None
+    max: float | list[float] | None = None
+    palette: list[str] | None = Field(default=None, min_length=1)
+    gamma: PositiveFloat | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Visualization:
+        count = len(self.bands)
+        if count == 2:
+            raise ValueError("visualization.bands must be 1 band or 3 (red, green, blue)")
+        if self.palette is not None and count != 1:
+            raise ValueError("visualization.palette goes with one band only")
+        if (self.min is None) != (self.max is None):
+            raise ValueError("visualization needs both min and max, or neither")
+        for key in ("min", "max"):
+            value = getattr(self, key)
+            if isinstance(value, list) and len(value) not in (1, count):
+                raise ValueError(f"visualization.{key} needs 1 or {count} values")
+            values = value if isinstance(value, list) else [value]
+            if not all(v is None or math.isfinite(v) for v in values):
+                raise ValueError(f"visualization.{key} must be finite numbers")
+        for color in self.palette or []:
+            if not re.fullmatch(r"#?([0-9A-Fa-f]{3}|[0-9A-Fa-f]{6})", color):
+                raise ValueError(f"visualization.palette: {color!r} is not an RGB hex colour")
+        return self
+
+    def ranges(self) -> list[tuple[float, float]] | None:
+        """One (min, max) per band, or None for the service's default."""
+        if self.min is None or self.max is None:
+            return None
+        count = len(self.bands)
+
+        def spread(value: float | list[float]) -> list[float]:
+            values = value if isinstance(value, list) else [value]
+            return values * count if len(values) == 1 else values
+
+        return list(zip(spread(self.min), spread(self.max), strict=True))
+
+    def options(self) -> dict[str, Any]:
+        """The getPixels ``visualizationOptions`` object."""
+        out: dict[str, Any] = {}
+        ranges = self.ranges()
+        if ranges is not None:
+            out["ranges"] = [{"min": low, "max": high} for low, high in ranges]
+        if self.palette is not None:
+            out["paletteColors"] = [c if c.startswith("#") else f"#{c}" for c in self.palette]
+        if self.gamma is not None:
+            out["gamma"] = self.gamma
+        return out
+
+
 class _ItemFields(_Strict):
     asset: str | None = None
     bands: list[str] | None = Field(default=None, min_length=1)
@@ -225,6 +283,10 @@ class _ItemFields(_Strict):
     crs: str | None = None
     scale: PositiveFloat | None = None
     workload_tag: str | None = None
+    # A number for every band, or band id -> value: the value that marks missing pixels.
+    # getPixels sends masked pixels as 0, so `nodata: 0` is what marks them.
+    nodata: float | dict[str, float] | None = None
+    visualization: Visualization | None = None
 
     _crs = field_validator("crs")(_check_crs)
 
@@ -240,6 +302,16 @@ class _ItemFields(_Strict):
             ):
                 raise ValueError(f"{short(value)} is not an asset id")
             asset_name(value)  # raises ValueError with the reason
+        return value
+
+    @field_validator("nodata")
+    @classmethod
+    def _finite_nodata(
+        cls, value: float | dict[str, float] | None
+    ) -> float | dict[str, float] | None:
+        values = value.values() if isinstance(value, dict) else [value]
+        if not all(v is None or math.isfinite(v) or math.isnan(v) for v in values):
+            raise ValueError("nodata must be a number (or NaN)")
         return value
 
     @field_validator("bands")
@@ -302,6 +374,8 @@ class Retries(_Strict):
     backoff_base: PositiveFloat = 0.5
     backoff_cap: Annotated[float, Field(gt=0, le=3600, allow_inf_nan=False)] = 30.0
     budget: Annotated[int, Field(ge=0)] = 10_000
+    # The longest any wait may be, a server's Retry-After included (never below backoff_cap).
+    max_wait: Annotated[float, Field(gt=0, le=86_400)] = 300.0
 
 
 class ServiceModelSpec(_Strict):
@@ -347,7 +421,12 @@ class Job(_ItemFields):
     chunk: Annotated[int, Field(ge=16, le=32768)] = 1024
     tile: Literal["auto"] | tuple[PositiveInt, PositiveInt] = "auto"
     memory_mb: Annotated[int, Field(ge=16)] = 128
-    compression_level: Annotated[int, Field(ge=0, le=22)] = 1
+    compression: CompressionName = DEFAULT_COMPRESSION  # the chunk codec (store/codecs.py)
+    compression_level: int | None = None  # None: the codec's default level
+    # 3: what xarray and zarr read (GDAL from 3.11); 2: what GDAL 3.10 (rasterio's) reads.
+    zarr_format: Literal[2, 3] = 3
+    # fsync each chunk file (and its directory) before the tile's done-marker is written.
+    durable: bool = False
     timeouts: Timeouts = Timeouts()
     retries: Retries = Retries()
     service_model: ServiceModelSpec = ServiceModelSpec()
@@ -411,8 +490,7 @@ class Job(_ItemFields):
             raise ValueError(f"tile {list(self.tile)} must be multiples of chunk ({self.chunk})")
         if self.emulator is not None and self.endpoint != "emulator":
             raise ValueError("the emulator section goes with endpoint: emulator")
-        if self.file_format == "GEO_TIFF" and self.compression_level < 0:
-            raise ValueError("compression_level must be >= 0")
+        codec_for(self.compression, self.compression_level)  # a level this codec has
         items = self.resolved_items()
         names = [item.name for item in items]
         duplicates = sorted({n for n in names if names.count(n) > 1 and n is not None})
@@ -422,6 +500,9 @@ class Job(_ItemFields):
             where = f"items[{index}]" if self.items else "job"
             if item.asset is None:
                 raise ValueError(f"{where}: asset is missing")
+            vis = item.visualization
+            if vis is not None and item.bands is not None and item.bands != vis.bands:
+                raise ValueError(f"{where}: bands and visualization.bands differ; give one")
         return self
 
     @property

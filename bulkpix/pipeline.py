@@ -10,23 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import os
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
-
-import numpy as np
-from zarr.abc.store import Store
-from zarr.core.buffer import default_buffer_prototype
+from typing import TYPE_CHECKING, TypeVar
 
 from bulkpix.assets import asset_name
 from bulkpix.ee.auth import load_credentials
 from bulkpix.ee.client import EEClient, Timeouts
-from bulkpix.ee.decode import decode_pixels
 from bulkpix.errors import (
     JobError,
     PermanentError,
@@ -34,33 +27,29 @@ from bulkpix.errors import (
     RemoteError,
     RequestTooLarge,
     RetryableError,
-    StoreError,
-    StoreMismatch,
+    TooManyBands,
     Unauthenticated,
+    printable,
 )
-from bulkpix.geometry.tiling import Tile, split_tile
 from bulkpix.job import EmulatorSection, Job
-from bulkpix.planning import (
-    AssetInfo,
-    ItemPlan,
-    parse_asset,
-    plan_item,
-    replan_with_tile,
-    request_body,
-)
-from bulkpix.store.record import TileRecord, fingerprint_diff
+from bulkpix.store.location import check_output_location
 from bulkpix.store.write_loop import WriteLoop
-from bulkpix.store.zarr_store import (
-    ItemWriter,
-    consolidate,
-    has_keys_under,
-    mark_batch_root,
-    open_store,
-)
 from bulkpix.transfer.budget import ByteBudget
 from bulkpix.transfer.limits import Governor
 from bulkpix.transfer.pool import run_workers
 from bulkpix.transfer.retry import RetryBudget, RetryPolicy, retrying
+
+# Planning and the store (numpy, zarr, rasterio: about half a second of imports on a slow
+# machine) are imported where they are used, after the first request is on its way:
+# `_import_store_side` loads them on a thread while the asset metadata call is in flight.
+if TYPE_CHECKING:
+    import numpy as np
+    from zarr.abc.store import Store
+
+    from bulkpix.geometry.tiling import Tile
+    from bulkpix.planning import AssetInfo, ItemPlan
+    from bulkpix.store.output import OpenedItem, OutputState
+    from bulkpix.store.record import TileRecord
 
 __all__ = ["ItemStats", "RunStats", "plan_job", "run_job"]
 
@@ -96,6 +85,9 @@ class RunStats:
     interrupted: bool = False
     aborted: str | None = None  # why the run stopped by itself, if it did
     governor: Governor | None = None
+    # Things the user should hear about once (the progress display prints each once).
+    notices: list[str] = field(default_factory=list)
+    notices_shown: int = 0  # how many of them the live display has printed
 
     @property
     def total(self) -> int:
@@ -185,22 +177,46 @@ def _job_path(job: Job, path: str) -> Path:
 # --------------------------------------------------------------------------- planning
 
 
+def _import_store_side() -> None:
+    """Import what planning, decoding and writing need (run on a thread)."""
+    import bulkpix.ee.decode
+    import bulkpix.planning
+    import bulkpix.store.record
+    import bulkpix.store.zarr_store  # noqa: F401
+
+
 async def _fetch_assets(job: Job, client: EEClient, retry: _Retry) -> dict[str, AssetInfo]:
     """One GET per distinct asset, for band types and the native grid."""
+    # The first call goes out first; the store side's imports overlap its round trip.
+    importing = asyncio.ensure_future(asyncio.to_thread(_import_store_side))
     infos: dict[str, AssetInfo] = {}
-    for item in job.resolved_items():
-        name = asset_name(item.asset or "")
-        if name not in infos:
-            metadata = await retry(lambda n=name: client.get_asset(n))
-            infos[name] = parse_asset(metadata, name)
+    try:
+        for item in job.resolved_items():
+            name = asset_name(item.asset or "")
+            if name not in infos:
+                metadata = await retry(lambda n=name: client.get_asset(n))
+                await importing
+                from bulkpix.planning import parse_asset
+
+                infos[name] = parse_asset(metadata, name)
+    finally:
+        await importing  # never left running behind an error
     return infos
 
 
-def _plan_items(job: Job, infos: dict[str, AssetInfo]) -> list[ItemPlan]:
+def _plan_items(
+    job: Job, infos: dict[str, AssetInfo], output: OutputState | None = None
+) -> list[ItemPlan]:
+    from bulkpix.planning import plan_item
+
     plans = []
     for index, spec in enumerate(job.resolved_items()):
+        # An item resumed keeps the tile shape its record says it was started with.
+        recorded_tile = output.recorded_tile(spec.name or "") if output is not None else None
         try:
-            plans.append(plan_item(spec, infos[asset_name(spec.asset or "")], job))
+            plans.append(
+                plan_item(spec, infos[asset_name(spec.asset or "")], job, recorded_tile)
+            )
         except JobError as exc:
             if job.is_batch:
                 raise JobError(f"item {spec.name or index}: {exc}") from None
@@ -224,20 +240,24 @@ class _Stopped(Exception):
 class _Retry:
     """The run's one retry loop, bound to its policy, budget and counters.
 
-    Its backoff sleeps end early when the run is asked to stop: Ctrl-C stops issuing requests
-    at once, and a tile caught between attempts is left for the next run, not failed.
+    Its backoff sleeps end early when the run's ``stop`` is set (the run owns that event):
+    Ctrl-C stops issuing requests at once, and a tile caught between attempts is left for the
+    next run, not failed. A server asking for a longer wait than ``retries.max_wait`` is
+    told no, and the user is told once.
     """
 
-    def __init__(self, job: Job, stats: RunStats) -> None:
+    def __init__(self, job: Job, stats: RunStats, stop: asyncio.Event) -> None:
         self.policy = RetryPolicy(
             max_attempts=job.retries.max_attempts,
             base_s=job.retries.backoff_base,
             cap_s=job.retries.backoff_cap,
+            max_wait_s=_max_wait(job),
         )
         self.budget = RetryBudget(job.retries.budget)
         self.rng = random.Random()
         self.stats = stats
-        self.stop = asyncio.Event()
+        self.stop = stop
+        self._said_long_wait = False
 
     async def _sleep(self, delay: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -247,6 +267,14 @@ class _Retry:
 
     def _on_retry(self, exc: BaseException, attempt: int, delay: float) -> None:
         self.stats.retries += 1
+        asked = getattr(exc, "asked_wait", None)
+        if asked is not None and not self._said_long_wait:
+            self._said_long_wait = True
+            shown = f"{asked:,.0f} s" if asked < 1e12 else "forever"
+            self.stats.notices.append(
+                f"the service asked to wait {shown} before retrying; waiting "
+                f"{self.policy.max_wait_s:g} s at most (retries.max_wait)"
+            )
 
     async def __call__(self, fn: Callable[[], Awaitable[T]]) -> T:
         return await retrying(
@@ -259,11 +287,18 @@ class _Retry:
         )
 
 
+def _max_wait(job: Job) -> float:
+    """The longest wait a server may impose: ``retries.max_wait``, never below the backoff cap."""
+    return max(job.retries.max_wait, job.retries.backoff_cap)
+
+
 @contextlib.asynccontextmanager
-async def _session(job: Job) -> AsyncIterator[tuple[EEClient, _Retry, RunStats]]:
+async def _session(
+    job: Job, stop: asyncio.Event | None = None
+) -> AsyncIterator[tuple[EEClient, _Retry, RunStats]]:
     stats = RunStats()
     auth = load_credentials(job.credentials_spec)
-    governor = Governor(job.concurrency, job.qps)
+    governor = Governor(job.concurrency, job.qps, max_pause_s=_max_wait(job))
     stats.governor = governor
     async with _endpoint_url(job) as url:
         client = EEClient(
@@ -278,174 +313,16 @@ async def _session(job: Job) -> AsyncIterator[tuple[EEClient, _Retry, RunStats]]
                 total_s=job.timeouts.total,
             ),
             pool_size=job.concurrency,
+            max_wait_s=_max_wait(job),
         )
         async with client:
-            yield client, _Retry(job, stats), stats
-
-
-def _check_output_location(output: str) -> None:
-    """Refuse an output that cannot be ours before anything is written."""
-    if "://" in output:
-        return
-    path = Path(output).expanduser()
-    for link in (path, *path.parents):
-        if link.is_symlink() and not link.exists():  # mkdir would say only "File exists"
-            raise JobError(
-                f"output {output}: {link} is a symbolic link to {os.readlink(link)}, which "
-                "does not exist; create its target, or remove the link"
-            )
-    if path.is_file():
-        raise JobError(f"output {output} is a file, not a Zarr store")
-    if path.exists() and not path.is_dir():  # /dev/null, a FIFO, a socket
-        raise JobError(f"output {output} exists and is not a directory")
-    if path.is_dir() and any(path.iterdir()) and not (path / "zarr.json").is_file():
-        raise JobError(f"output {output} exists and is not a Zarr store; choose another path")
-    if not path.exists():
-        parent = path.parent if str(path.parent) else Path(".")
-        probe = parent
-        while not probe.exists():
-            probe = probe.parent
-        if probe.is_file():
-            raise JobError(f"output {output}: {probe} is a file, not a directory")
-
-
-async def _node_attributes(store: Store, path: str) -> dict[str, Any] | None:
-    """The attributes of the Zarr node at ``path``, or None when there is none."""
-    key = f"{path}/zarr.json" if path else "zarr.json"
-    buffer = await store.get(key, prototype=default_buffer_prototype())
-    if buffer is None:
-        return None
-    try:
-        document = json.loads(buffer.to_bytes())
-    except ValueError:
-        return {}
-    attributes = document.get("attributes") if isinstance(document, dict) else None
-    return attributes if isinstance(attributes, dict) else {}
-
-
-async def _keys_under(store: Store, path: str, most: int) -> list[str]:
-    """Up to ``most`` keys under ``path``: enough to tell empty, bare and full apart."""
-    prefix = f"{path}/" if path else ""
-    keys = []
-    async for key in store.list_prefix(prefix):
-        keys.append(key)
-        if len(keys) >= most:
-            break
-    return keys
-
-
-async def _has_item_records(store: Store) -> bool:
-    """Whether any child group of the root holds a bulkpix record (a batch output, including
-    one written before batch roots were marked)."""
-    async for child in store.list_dir(""):
-        name = child.rstrip("/")
-        if name.startswith(".") or name == "zarr.json":
-            continue
-        if await TileRecord(store, name).fingerprint() is not None:
-            return True
-    return False
-
-
-async def _check_output(
-    job: Job, store: Store, plans: list[ItemPlan], restart: bool
-) -> list[ItemPlan]:
-    """Refuse an output that holds another job, or data bulkpix did not write.
-
-    Returns the plans to run: with ``tile: auto``, an item resumed keeps the tile shape it was
-    started with, so changing the quota settings between runs does not orphan its tiles.
-    """
-    output = job.output
-    root_attrs = await _node_attributes(store, "")
-    root_fp = await TileRecord(store, "").fingerprint()
-    root_mark = root_attrs.get("bulkpix") if root_attrs is not None else None
-    batch_root = isinstance(root_mark, dict) and root_mark.get("batch") is True
-    items_recorded = root_fp is None and await _has_item_records(store)
-    keys = await _keys_under(store, "", 2)
-    # Nothing at all, or only a bare root group (a run killed right after making it).
-    empty = not keys or (keys == ["zarr.json"] and not root_attrs)
-    ours = root_fp is not None or root_mark is not None or items_recorded
-    if not empty and not ours:
-        advice = "--restart will not delete it" if restart else "use another output"
-        raise StoreMismatch(f"output {output} holds data bulkpix did not write; {advice}")
-    if restart:
-        return plans
-    if job.is_batch and root_fp is not None:
-        raise StoreMismatch(
-            f"output {output} holds a single-item job, this is a batch; "
-            "use --restart to replace it, or another output"
-        )
-    if not job.is_batch and root_fp is None and (batch_root or items_recorded):
-        raise StoreMismatch(
-            f"output {output} holds a batch job; use --restart to replace it, or another output"
-        )
-    checked = []
-    for plan in plans:
-        old = await TileRecord(store, plan.path).fingerprint()
-        if old is None:
-            attrs = await _node_attributes(store, plan.path)
-            foreign = (attrs is not None and "bulkpix" not in attrs) or (
-                attrs is None and await has_keys_under(store, plan.path)
-            )
-            if plan.path and foreign:
-                raise StoreMismatch(
-                    f"output {output} holds data bulkpix did not write at {plan.path}; "
-                    "use another item name or output"
-                )
-            checked.append(plan)
-            continue
-        if job.tile == "auto":
-            plan = replan_with_tile(plan, old.get("tile"))
-        changes = fingerprint_diff(old, plan.fingerprint(job.compression_level))
-        if changes:
-            where = f"item {plan.label}" if job.is_batch else "the job"
-            raise StoreMismatch(
-                f"output {output} holds a different job ({where} changed: "
-                f"{'; '.join(changes)}); use --restart to discard it, or another output"
-            )
-        checked.append(plan)
-    return checked
-
-
-async def _open_items(
-    job: Job, store: Store, plans: list[ItemPlan], stats: RunStats
-) -> list[tuple[ItemPlan, ItemWriter, TileRecord, set[str]]]:
-    opened = []
-    if job.is_batch:
-        # Marks the root as a bulkpix batch output before any item exists in it.
-        await mark_batch_root(store)
-    for plan in plans:
-        record = TileRecord(store, plan.path)
-        fingerprint = plan.fingerprint(job.compression_level)
-        if await record.fingerprint() is None:
-            writer = await ItemWriter.create(
-                store,
-                plan.path,
-                plan.grid,
-                plan.bands,
-                plan.tiles.chunk,
-                attrs={"asset": plan.asset},
-                compression_level=job.compression_level,
-                overwrite=True,
-            )
-            await record.write_fingerprint(fingerprint)
-            done: set[str] = set()
-        else:
-            writer = await ItemWriter.open(store, plan.path)
-            done = await record.done_keys()
-            for key in list((await record.failed()).keys()):
-                await record.clear_failed(key)
-        # Parts of split tiles have markers of their own: count the plan's tiles only.
-        finished = sum(1 for key in done if plan.tiles.has_tile_key(key))
-        stats.items.append(
-            ItemStats(label=plan.label, total=plan.tiles.n_tiles, done_before=finished)
-        )
-        opened.append((plan, writer, record, done))
-    return opened
+            yield client, _Retry(job, stats, stop or asyncio.Event()), stats
 
 
 @dataclass
 class _Run:
-    """What every tile of a run shares."""
+    """What every tile of a run shares. ``stop`` is the run's: Ctrl-C, or the run deciding
+    by itself that it cannot go on (its credentials refused)."""
 
     client: EEClient
     retry: _Retry
@@ -453,12 +330,49 @@ class _Run:
     write_loop: WriteLoop
     write_slots: asyncio.Semaphore
     stats: RunStats
-    refusals: int = 0  # tiles refused for access (401/403) in a row, since the last success
+    stop: asyncio.Event
+    items: list[OpenedItem]
 
 
 # A job whose every request is refused (credentials revoked, project lost access) stops after
 # this many tiles in a row, rather than spending one request on each of its other tiles.
 REFUSALS_BEFORE_STOPPING = 20
+
+
+@dataclass
+class _Split:
+    """A tile the server found too large, waiting for its parts.
+
+    It is recorded as finished once every part is, or as failed (once, with the first
+    part's reason) once every part has ended and one failed; a part left by a stop leaves
+    the tile for the next run, which skips the parts already finished.
+    """
+
+    work: _Work
+    remaining: int
+    parts: int
+    failures: list[RemoteError] = field(default_factory=list)
+    incomplete: bool = False
+
+
+@dataclass(frozen=True)
+class _Work:
+    """One request of the run: a tile of an item, or a part of a split one.
+
+    ``bands`` narrows the tile's band group to positions ``[lo, hi)`` when the service
+    refused its band count; ``parent`` is the split this work is a part of.
+    """
+
+    item: int
+    tile: Tile
+    bands: tuple[int, int] | None = None
+    parent: _Split | None = field(default=None, compare=False)
+
+    @property
+    def key(self) -> str:
+        if self.bands is None:
+            return self.tile.key
+        return f"{self.tile.key}_b{self.bands[0]}-{self.bands[1]}"
 
 
 async def run_job(
@@ -469,168 +383,238 @@ async def run_job(
     stats_ready: asyncio.Future[RunStats] | None = None,
 ) -> RunStats:
     """Run (or resume) a job; returns its counters. ``stop`` asks for a graceful halt."""
-    _check_output_location(job.output)
+    check_output_location(job.output)
     stop = stop or asyncio.Event()
-    async with _session(job) as (client, retry, stats):
-        retry.stop = stop
+    async with _session(job, stop) as (client, retry, stats):
         try:
             infos = await _fetch_assets(job, client, retry)
         except _Stopped:  # Ctrl-C while the metadata call waited to be retried
             stats.ended = time.monotonic()
             stats.interrupted = True
             return stats
-        plans = _plan_items(job, infos)
-        store = await open_store(job.output)
-        plans = await _check_output(job, store, plans, restart)
-        if restart:
-            await _clear_store(store)
-        opened = await _open_items(job, store, plans, stats)
-        # Metadata is complete once every item exists: consolidate now, once, so xarray
-        # opens the store (or any item of it) with one read even while tiles are written.
+        from bulkpix.store.output import claim_output, inspect_output
+
+        state = await inspect_output(job.output, [s.name or "" for s in job.resolved_items()])
+        plans = _plan_items(job, infos, state)
+        async with claim_output(job, plans, state, restart=restart) as output:
+            await _run_tiles(job, client, retry, stats, output.items, stop, stats_ready)
+            await _mark_complete_items(output.store, output.items, stats)
+            return stats
+
+
+async def _run_tiles(
+    job: Job,
+    client: EEClient,
+    retry: _Retry,
+    stats: RunStats,
+    opened: list[OpenedItem],
+    stop: asyncio.Event,
+    stats_ready: asyncio.Future[RunStats] | None,
+) -> RunStats:
+    for item in opened:
+        # Parts of split tiles have markers of their own: count the plan's tiles only.
+        finished = sum(1 for key in item.done if item.plan.tiles.has_tile_key(key))
+        stats.items.append(
+            ItemStats(label=item.plan.label, total=item.plan.tiles.n_tiles, done_before=finished)
+        )
+    if stats_ready is not None and not stats_ready.done():
+        stats_ready.set_result(stats)
+    stats.started = time.monotonic()
+
+    def work() -> Iterator[_Work]:
+        for index, item in enumerate(opened):
+            for tile in item.plan.tiles.tiles():
+                if stats.items[index].abandoned:
+                    break
+                if tile.key not in item.done:
+                    yield _Work(index, tile)
+
+    async with WriteLoop() as write_loop:
+        run = _Run(
+            client=client,
+            retry=retry,
+            budget=ByteBudget(job.memory_mb * 2**20),
+            write_loop=write_loop,
+            # Two tiles compress at once: more only lengthens stalls on 2 cores.
+            write_slots=asyncio.Semaphore(2),
+            stats=stats,
+            stop=stop,
+            items=opened,
+        )
+
+        async def handle(item: _Work) -> list[_Work] | None:
+            if stop.is_set() or stats.items[item.item].abandoned:
+                await _settle(run, item, finished=False)
+                return None
+            return await _process_tile(run, item)
+
+        try:
+            await run_workers(work(), handle, workers=job.concurrency, stop=stop)
+        finally:
+            stats.ended = time.monotonic()
+            stats.interrupted = stop.is_set() and stats.aborted is None
+    return stats
+
+
+async def _mark_complete_items(
+    store: Store,
+    opened: list[OpenedItem],
+    stats: RunStats,
+) -> None:
+    """Say in each finished item's attributes that it is complete (readers check it)."""
+    from bulkpix.store.zarr_store import consolidate
+
+    marked = False
+    for item, item_stats in zip(opened, stats.items, strict=True):
+        if (
+            item_stats.finished == item_stats.total
+            and not item_stats.failed
+            and not item_stats.abandoned
+        ):
+            await item.writer.mark_complete()
+            marked = True
+    if marked:  # the consolidated copy of the attributes too
         await consolidate(store)
-        if stats_ready is not None and not stats_ready.done():
-            stats_ready.set_result(stats)
-        stats.started = time.monotonic()
-
-        def work() -> Iterator[tuple[int, Tile]]:
-            for index, (plan, _w, _r, done) in enumerate(opened):
-                for tile in plan.tiles.tiles():
-                    if stats.items[index].abandoned:
-                        break
-                    if tile.key not in done:
-                        yield index, tile
-
-        async with WriteLoop() as write_loop:
-            run = _Run(
-                client=client,
-                retry=retry,
-                budget=ByteBudget(job.memory_mb * 2**20),
-                write_loop=write_loop,
-                # Two tiles compress at once: more only lengthens stalls on 2 cores.
-                write_slots=asyncio.Semaphore(2),
-                stats=stats,
-            )
-
-            async def handle(work_item: tuple[int, Tile]) -> None:
-                index, tile = work_item
-                if stop.is_set() or stats.items[index].abandoned:
-                    return
-                plan, writer, record, done = opened[index]
-                if await _process_tile(run, plan, writer, record, done, stats.items[index], tile):
-                    stats.items[index].done += 1
-
-            try:
-                await run_workers(work(), handle, workers=job.concurrency, stop=stop)
-            finally:
-                stats.ended = time.monotonic()
-                stats.interrupted = stop.is_set() and stats.aborted is None
-        return stats
 
 
-async def _process_tile(
-    run: _Run,
-    plan: ItemPlan,
-    writer: ItemWriter,
-    record: TileRecord,
-    done: set[str],
-    item_stats: ItemStats,
-    tile: Tile,
-    part_failures: list[RemoteError] | None = None,
-) -> bool:
-    """Fetch, decode, write and record one tile; True once it is recorded as finished.
+async def _process_tile(run: _Run, work: _Work) -> list[_Work] | None:
+    """Fetch, decode, write and record one tile (or part); returns the parts to fetch
+    instead when the service finds it too large.
 
-    Permanent failures are recorded, not raised. A tile the server finds too large is split
-    in four; it is recorded as finished when all its parts are (or as failed, once, when one
-    is not: a part's failure goes to ``part_failures``), and a resumed run skips the parts
-    already finished.
+    Permanent failures are recorded, not raised. The response body is a unit with its tile:
+    budget is held from before the body is read until the tile is written, released once.
     """
+    from bulkpix.ee.decode import decode_pixels, max_payload_bytes
+    from bulkpix.planning import request_body
 
-    async def fail(exc: RemoteError) -> bool:
-        if part_failures is not None:
-            part_failures.append(exc)
-        else:
-            await _record_failure(run, record, item_stats, tile, exc)
-        return False
-
-    band_ids = plan.band_ids(tile.group)
+    item = run.items[work.item]
+    plan, writer, record, done = item.plan, item.writer, item.record, item.done
+    tile = work.tile
+    group = plan.tiles.band_groups[tile.group]
+    if work.bands is not None:
+        group = group[work.bands[0] : work.bands[1]]
+    band_ids = [plan.bands[i].id for i in group]
+    dtypes = [plan.bands[i].dtype for i in group]
     grid = plan.grid.window_grid(tile.window)
     body = request_body(plan, grid, band_ids)
-    dtypes = [plan.bands[i].dtype for i in plan.tiles.band_groups[tile.group]]
     height, width = tile.window.height, tile.window.width
-    body_bytes = height * width * sum(d.itemsize for d in dtypes)
-    held = 0
+    most = max_payload_bytes(plan.file_format, band_ids, dtypes, height, width)
 
-    async def take_budget() -> None:
-        nonlocal held
-        held = await run.budget.acquire(body_bytes)
-
-    async def fetch_and_decode() -> tuple[int, dict[str, np.ndarray]]:
-        nonlocal held
-        try:
-            payload = await run.client.get_pixels(plan.asset, body, before_body=take_budget)
+    async def fetch_and_decode() -> tuple[contextlib.AsyncExitStack, int, dict[str, np.ndarray]]:
+        async with contextlib.AsyncExitStack() as attempt:
+            async with run.client.stream_pixels(plan.asset, body, max_bytes=most) as response:
+                # Headers are in: wait for room before reading (the body waits in the socket).
+                await attempt.enter_async_context(run.budget.hold(most))
+                payload = await response.read()
             if plan.file_format == "NPY":  # views into the payload, no copy: cheap
                 arrays = decode_pixels(payload, "NPY", band_ids, dtypes, height, width)
             else:
                 arrays = await asyncio.to_thread(
                     decode_pixels, payload, plan.file_format, band_ids, dtypes, height, width
                 )
-            return len(payload), arrays
-        except BaseException:
-            run.budget.release(held)
-            held = 0
-            raise
+            # The hold goes with the arrays to the write; a failed attempt gives it back here.
+            return attempt.pop_all(), len(payload), arrays
 
     try:
-        try:
-            nbytes, arrays = await run.retry(fetch_and_decode)
-        except _Stopped:
-            return False  # left for the next run, not a failure
-        except RequestTooLarge as exc:
-            parts = split_tile(tile, plan.tiles.chunk)
-            if len(parts) == 1:
-                return await fail(exc)
-            failures: list[RemoteError] = []
-            finished = True
-            for part in parts:
-                if part.key in done:
-                    continue
-                if run.retry.stop.is_set() or not await _process_tile(
-                    run, plan, writer, record, done, item_stats, part, failures
-                ):
-                    finished = False
-            if finished:
-                await record.mark_done(tile.key)
-            elif failures:
-                first = failures[0]
-                summary = type(first)(
-                    f"{len(failures)} of {len(parts)} parts failed: {first.message}",
-                    status=first.status,
-                )
-                await fail(summary)
-            return finished
-        except (PermanentError, RetryableError) as exc:
-            return await fail(exc)
+        held, nbytes, arrays = await run.retry(fetch_and_decode)
+    except _Stopped:
+        await _settle(run, work, finished=False)  # left for the next run, not a failure
+        return None
+    except RequestTooLarge as exc:
+        parts = _split(work, exc, plan.tiles.chunk, len(group))
+        if not parts:
+            await _settle(run, work, finished=False, failure=exc)
+            return None
+        split = _Split(work, remaining=len(parts), parts=len(parts))
+        todo = [_Work(work.item, p.tile, p.bands, split) for p in parts if p.key not in done]
+        split.remaining = len(todo)
+        if not todo:  # every part finished in an earlier run
+            await _finish_split(run, split)
+        return todo
+    except (PermanentError, RetryableError) as exc:
+        await _settle(run, work, finished=False, failure=exc)
+        return None
+    async with held:
         async with run.write_slots:
-            await run.write_loop.run(writer.write_tile(tile.window, arrays))
+            checksums = await run.write_loop.run(writer.write_tile(tile.window, arrays))
         del arrays
-    finally:
-        run.budget.release(held)
-        held = 0
     # Only now, with every chunk of the tile stored, does the tile count as finished.
-    await record.mark_done(tile.key)
-    item_stats.bytes += nbytes
-    item_stats.refusals = 0
-    return True
+    await record.mark_done(work.key, checksums)
+    run.stats.items[work.item].bytes += nbytes
+    run.stats.items[work.item].refusals = 0
+    await _settle(run, work, finished=True)
+    return None
+
+
+def _split(work: _Work, exc: RequestTooLarge, chunk: int, n_bands: int) -> list[_Work]:
+    """The parts that help with this refusal; none when nothing can be cut.
+
+    Too many bands: the bands in two halves, the window as it is. Too large (size or
+    dimensions): the window in up to four, each with all the bands; a window of one chunk
+    with several bands is cut by bands, as that is what is left to make it smaller.
+    """
+    lo, hi = work.bands if work.bands is not None else (0, n_bands)
+    by_bands: list[_Work] = []
+    if hi - lo > 1:
+        middle = lo + (hi - lo) // 2
+        by_bands = [
+            _Work(work.item, work.tile, (lo, middle)),
+            _Work(work.item, work.tile, (middle, hi)),
+        ]
+    if isinstance(exc, TooManyBands):
+        return by_bands
+    from bulkpix.geometry.tiling import split_tile
+
+    windows = split_tile(work.tile, chunk)
+    if len(windows) > 1:
+        return [_Work(work.item, part, work.bands) for part in windows]
+    return by_bands
+
+
+async def _settle(
+    run: _Run, work: _Work, *, finished: bool, failure: RemoteError | None = None
+) -> None:
+    """Account for a tile or part that has ended: finished, failed, or left for later."""
+    split = work.parent
+    if split is None:
+        if finished:
+            run.stats.items[work.item].done += 1
+        elif failure is not None:
+            record = run.items[work.item].record
+            await _record_failure(run, record, run.stats.items[work.item], work.key, failure)
+        return
+    if failure is not None:
+        split.failures.append(failure)
+    elif not finished:
+        split.incomplete = True
+    split.remaining -= 1
+    if split.remaining == 0:
+        await _finish_split(run, split)
+
+
+async def _finish_split(run: _Run, split: _Split) -> None:
+    if split.failures:
+        first = split.failures[0]
+        summary = type(first)(
+            f"{len(split.failures)} of {split.parts} parts failed: {first.message}",
+            status=first.status,
+        )
+        await _settle(run, split.work, finished=False, failure=summary)
+    elif split.incomplete:
+        await _settle(run, split.work, finished=False)
+    else:
+        await run.items[split.work.item].record.mark_done(split.work.key)
+        await _settle(run, split.work, finished=True)
 
 
 async def _record_failure(
-    run: _Run, record: TileRecord, item_stats: ItemStats, tile: Tile, exc: RemoteError
+    run: _Run, record: TileRecord, item_stats: ItemStats, key: str, exc: RemoteError
 ) -> None:
-    reason = exc.message
+    reason = printable(exc.message, limit=1000)  # server text: no terminal escapes stored
     if isinstance(exc, RetryableError):
         reason = f"gave up after retries: {reason}"
-    item_stats.failed[tile.key] = reason
-    await record.mark_failed(tile.key, reason)
+    item_stats.failed[key] = reason
+    await record.mark_failed(key, reason)
     if not isinstance(exc, Unauthenticated | PermissionDenied):
         return
     item_stats.refusals += 1
@@ -639,13 +623,6 @@ async def _record_failure(
     why = f"{item_stats.refusals} tiles in a row were refused access ({reason})"
     if isinstance(exc, Unauthenticated):  # the credentials, not one asset: stop everything
         run.stats.aborted = f"stopped: {why}"
-        run.retry.stop.set()
+        run.stop.set()
     else:
         item_stats.abandoned = f"left the rest of item {item_stats.label}: {why}"
-
-
-async def _clear_store(store: Store) -> None:
-    try:
-        await store.delete_dir("")
-    except (OSError, NotImplementedError) as exc:
-        raise StoreError(f"cannot clear the old output: {exc}") from None

@@ -6,21 +6,23 @@ beyond reading a region file named by the job.
 
 from __future__ import annotations
 
-import dataclasses
+import contextlib
+import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import numpy as np
 
 from bulkpix import __version__
 from bulkpix.assets import asset_name
 from bulkpix.dtypes import BandSpec, numpy_dtype, request_bytes_per_pixel
-from bulkpix.errors import JobError
+from bulkpix.errors import BadMetadata, JobError, printable
 from bulkpix.geometry.grid import (
     PixelGrid,
     aligned_grid,
     describe_bounds,
+    describe_crs,
     native_subgrid,
     region_bounds,
     same_crs,
@@ -33,7 +35,6 @@ __all__ = [
     "ItemPlan",
     "parse_asset",
     "plan_item",
-    "replan_with_tile",
     "tile_plan_from_fingerprint",
 ]
 
@@ -51,6 +52,8 @@ class AssetInfo:
     bands: tuple[BandSpec, ...]
     grids: Mapping[str, PixelGrid]
     update_time: str | None
+    # Per band, what the asset says of it beyond type and grid (units, description, ...).
+    band_metadata: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,14 @@ class ItemPlan:
     tiles: TilePlan
     file_format: str
     workload_tag: str | None
+    zarr_format: Literal[2, 3] = 3
+    # Per output band: its declared nodata (fill value) and its array attributes.
+    fill_values: Mapping[str, float] = field(default_factory=dict)
+    band_attrs: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    # With a visualization: the getPixels visualizationOptions and the bands they draw on
+    # (the output's bands are then vis-red, vis-green, vis-blue).
+    visualization: Mapping[str, Any] | None = None
+    source_bands: tuple[str, ...] = ()
 
     @property
     def path(self) -> str:
@@ -76,8 +87,12 @@ class ItemPlan:
     def band_ids(self, group: int) -> list[str]:
         return [self.bands[i].id for i in self.tiles.band_groups[group]]
 
-    def fingerprint(self, compression_level: int) -> dict[str, Any]:
-        """What must not change between runs writing into the same output."""
+    def fingerprint(self) -> dict[str, Any]:
+        """What must not change between runs writing into the same output.
+
+        Not the codec: each array's own metadata names it, and a resumed output keeps the
+        codec it was created with whatever the job says now (every chunk decodes the same).
+        """
         t = self.grid.transform
         return {
             "asset": self.asset,
@@ -89,40 +104,207 @@ class ItemPlan:
             "chunk": self.tiles.chunk,
             "tile": [self.tiles.tile_height, self.tiles.tile_width],
             "band_groups": [list(g) for g in self.tiles.band_groups],
-            "codec": f"zstd-{compression_level}",
             "n_tiles": self.tiles.n_tiles,
             "bulkpix": __version__.split(".")[0],
-        }
+        } | self._output_options()
+
+    def _output_options(self) -> dict[str, Any]:
+        # Only when set, so outputs written before these options existed still match.
+        options: dict[str, Any] = {}
+        if self.zarr_format != 3:
+            options["zarr_format"] = self.zarr_format
+        if self.fill_values:
+            # NaN != NaN would make every resume look changed: compare its text.
+            options["nodata"] = {k: repr(float(v)) for k, v in self.fill_values.items()}
+        if self.visualization is not None:
+            options["visualization"] = {
+                "bands": list(self.source_bands),
+                **dict(self.visualization),
+            }
+        return options
 
 
 def parse_asset(metadata: Mapping[str, Any], requested_name: str) -> AssetInfo:
-    """Band types and grids of an image asset, from its proto3-JSON metadata."""
+    """Band types and grids of an image asset, from its proto3-JSON metadata.
+
+    Everything the output will be built from is checked here, before any store exists: an
+    answer bulkpix cannot use raises ``BadMetadata`` naming what is wrong with it.
+    """
     kind = metadata.get("type", "IMAGE")
     if kind != "IMAGE":
-        raise JobError(f"asset {requested_name} is a {kind}, not an IMAGE")
-    raw_bands = metadata.get("bands") or []
-    if not raw_bands:
+        raise JobError(f"asset {requested_name} is a {_quote(kind)}, not an IMAGE")
+
+    def bad(what: str) -> BadMetadata:
+        return BadMetadata(f"asset {requested_name}: the service's metadata is unusable: {what}")
+
+    raw_bands = metadata.get("bands")
+    if raw_bands is None or raw_bands == []:
         raise JobError(f"asset {requested_name} has no bands")
+    if not isinstance(raw_bands, list):
+        raise bad(f"'bands' is a {_json_kind(raw_bands)}, not a list")
     bands = []
     grids = {}
-    for band in raw_bands:
-        band_id = band["id"]
+    band_metadata: dict[str, dict[str, Any]] = {}
+    for position, band in enumerate(raw_bands, start=1):
+        if not isinstance(band, dict):
+            raise bad(f"band {position} is a {_json_kind(band)}, not an object")
+        band_id = band.get("id")
+        if not isinstance(band_id, str) or not band_id:
+            raise bad(f"band {position} has no 'id'")
+        problem = _band_id_problem(band_id)
+        if problem:
+            raise bad(f"band {position} id {_quote(band_id)} {problem}")
+        data_type = band.get("dataType")
+        if data_type is not None and not isinstance(data_type, dict):
+            raise bad(f"band {band_id}: 'dataType' is a {_json_kind(data_type)}, not an object")
+        band_metadata[band_id] = {
+            k: band[k] for k in ("units", "description", "scale", "offset") if k in band
+        }
         try:
-            dtype = numpy_dtype(band.get("dataType"))
+            dtype = numpy_dtype(data_type)
         except ValueError as exc:
-            raise JobError(f"asset {requested_name}, band {band_id}: {exc}") from None
+            message = printable(str(exc), limit=200)
+            raise JobError(f"asset {requested_name}, band {band_id}: {message}") from None
+        except (TypeError, AttributeError):
+            raise bad(f"band {band_id}: malformed 'dataType'") from None
         bands.append(BandSpec(band_id, dtype))
         if "grid" in band:
-            grids[band_id] = PixelGrid.from_ee(band["grid"])
+            grid_problem, grid = _parse_grid(band["grid"])
+            if grid is None:
+                raise bad(f"band {band_id}: {grid_problem}")
+            grids[band_id] = grid
+    ids = [b.id for b in bands]
+    duplicates = sorted({i for i in ids if ids.count(i) > 1})
+    if duplicates:
+        raise bad(f"band id {_quote(duplicates[0])} appears more than once")
+    name = metadata.get("name", requested_name)
+    update_time = metadata.get("updateTime")
     return AssetInfo(
-        name=metadata.get("name", requested_name),
+        name=name if isinstance(name, str) and name == printable(name) else requested_name,
         bands=tuple(bands),
         grids=grids,
-        update_time=metadata.get("updateTime"),
+        update_time=update_time if isinstance(update_time, str) else None,
+        band_metadata=band_metadata,
     )
 
 
+# Names the output itself uses next to the band arrays (coordinates, grid mapping, record).
+_RESERVED_NAMES = frozenset({"x", "y", "spatial_ref", "zarr.json", ".bulkpix"})
+_MAX_BAND_ID = 255
+# An output side of 2**31 px or more is no image the service serves.
+_MAX_GRID_SIDE = 2**31 - 1
+
+
+def _band_id_problem(band_id: str) -> str | None:
+    """Why ``band_id`` cannot name a Zarr array (and a directory) in the output, if it cannot."""
+    if any(not ch.isprintable() for ch in band_id):
+        return "holds control characters"
+    if len(band_id) > _MAX_BAND_ID:
+        return f"is longer than {_MAX_BAND_ID} characters"
+    if band_id in _RESERVED_NAMES:
+        return "clashes with a name the output reserves"
+    if "/" in band_id or "\\" in band_id:
+        return "holds a path separator"
+    if band_id.startswith((".", "__")):
+        return "starts with '.' or '__', which Zarr reserves"
+    return None
+
+
+def _parse_grid(raw: Any) -> tuple[str, PixelGrid | None]:
+    """(problem, None) or ("", grid) for a band's ``grid`` JSON."""
+    if not isinstance(raw, dict):
+        return f"'grid' is a {_json_kind(raw)}, not an object", None
+    crs = raw.get("crsCode") or raw.get("crsWkt")
+    if not isinstance(crs, str) or not crs.strip():
+        return "the grid names no CRS", None
+    try:
+        describe_crs(crs)
+    except ValueError:
+        return f"CRS {_quote(crs)} is not one bulkpix can describe", None
+    affine = raw.get("affineTransform")
+    if not isinstance(affine, dict):
+        return "the grid has no affineTransform", None
+    values = []
+    for key in ("scaleX", "shearX", "translateX", "shearY", "scaleY", "translateY"):
+        value = affine.get(key, 0.0)
+        if isinstance(value, bool) or not isinstance(value, int | float | str):
+            return f"{key} is not a number", None
+        try:
+            number = float(value)
+        except ValueError:
+            return f"{key} {_quote(value)} is not a number", None
+        if not math.isfinite(number):
+            return f"{key} is {number}", None
+        values.append(number)
+    a, b, _c, d, e, _f = values
+    if a * e - b * d == 0 or not math.isfinite(a * e - b * d):
+        return f"the affine transform is degenerate (scaleX {a:g}, scaleY {e:g})", None
+    dims = raw.get("dimensions")
+    if not isinstance(dims, dict):
+        return "the grid has no dimensions", None
+    sides = []
+    for key in ("width", "height"):
+        value = dims.get(key, 0)
+        if isinstance(value, str) and value.strip().isdigit():
+            value = int(value)  # proto3 JSON may quote 64-bit integers
+        if isinstance(value, bool) or not isinstance(value, int):
+            return f"{key} {_quote(value)} is not a whole number", None
+        if not 0 < value <= _MAX_GRID_SIDE:
+            return f"{key} is {value}", None
+        sides.append(value)
+    try:
+        return "", PixelGrid.from_ee(raw)
+    except (ValueError, TypeError) as exc:
+        return f"malformed grid: {exc}", None
+
+
+def _json_kind(value: Any) -> str:
+    return {dict: "object", list: "list", str: "string", bool: "boolean"}.get(
+        type(value), "number" if isinstance(value, int | float) else "null"
+    )
+
+
+def _quote(value: Any, limit: int = 60) -> str:
+    """A bounded, printable quote of something the service said."""
+    return repr(printable(str(value), limit=limit))
+
+
+VISUALIZATION_BANDS = ("vis-red", "vis-green", "vis-blue")
+
+
+def _band_attrs(metadata: Mapping[str, Any]) -> dict[str, Any]:
+    """CF attributes of one band from what the asset says of it."""
+    attrs: dict[str, Any] = {}
+    if isinstance(metadata.get("units"), str):
+        attrs["units"] = printable(metadata["units"], limit=200)
+    if isinstance(metadata.get("description"), str):
+        attrs["long_name"] = attrs["description"] = printable(metadata["description"], limit=2000)
+    for key, cf_name in (("scale", "scale_factor"), ("offset", "add_offset")):
+        value = metadata.get(key)
+        if isinstance(value, int | float) and math.isfinite(value):
+            attrs[cf_name] = float(value)
+    if attrs.get("scale_factor") == 1.0 and attrs.get("add_offset", 0.0) == 0.0:
+        attrs.pop("scale_factor")  # an identity: nothing for readers to apply
+    if attrs.get("add_offset") == 0.0:
+        attrs.pop("add_offset")
+    return attrs
+
+
+def _fill_values(spec: ItemSpec, bands: Sequence[BandSpec]) -> dict[str, float]:
+    if spec.nodata is None:
+        return {}
+    if not isinstance(spec.nodata, dict):
+        return {b.id: spec.nodata for b in bands}
+    ids = [b.id for b in bands]
+    unknown = [k for k in spec.nodata if k not in ids]
+    if unknown:
+        raise JobError(f"nodata names band {', '.join(unknown)}, not an output band ({ids})")
+    return dict(spec.nodata)
+
+
 def _select_bands(spec: ItemSpec, asset: AssetInfo) -> tuple[BandSpec, ...]:
+    if spec.visualization is not None:
+        spec = spec.model_copy(update={"bands": spec.visualization.bands})
     if spec.bands is None:
         return asset.bands
     by_id = {b.id: b for b in asset.bands}
@@ -195,8 +377,15 @@ def _intersect(a: Sequence[float], b: Sequence[float]) -> bool:
     return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 
 
-def plan_item(spec: ItemSpec, asset: AssetInfo, job: Job) -> ItemPlan:
-    """Choose the output grid and cut it into tiles. Raises JobError for impossible items."""
+def plan_item(
+    spec: ItemSpec, asset: AssetInfo, job: Job, recorded_tile: tuple[int, int] | None = None
+) -> ItemPlan:
+    """Choose the output grid and cut it into tiles. Raises JobError for impossible items.
+
+    ``recorded_tile``: the tile shape an earlier run of this item was started with (from the
+    output's record). With ``tile: auto`` it is kept, so changing the quota settings between
+    runs does not orphan finished tiles; a shape that no longer fits is planned afresh.
+    """
     bands = _select_bands(spec, asset)
     native = asset.grids.get(bands[0].id)
     if native is None:
@@ -214,30 +403,93 @@ def plan_item(spec: ItemSpec, asset: AssetInfo, job: Job) -> ItemPlan:
             f"{MAX_OUTPUT_SIDE:,} px a side bulkpix handles; use a coarser scale or a "
             "smaller region"
         )
-    if job.file_format == "GEO_TIFF" and len({b.dtype for b in bands}) > 1:
+    if job.zarr_format == 2 and not grid.is_north_up:
+        # GDAL takes a v2 array's geotransform from its 1-D x/y coordinates, which cannot
+        # hold a rotation: it would place the image wrongly without a word.
+        raise JobError(
+            "the output grid is rotated or sheared, which GDAL cannot read from a Zarr v2 "
+            "store; use zarr_format: 3 (and `bulkpix export` for a GeoTIFF)"
+        )
+    mixed = len({b.dtype for b in bands}) > 1
+    if job.file_format == "GEO_TIFF" and mixed and spec.visualization is None:
         kinds = ", ".join(f"{b.id}={b.dtype.name}" for b in bands)
         raise JobError(f"file_format GEO_TIFF needs one data type for all bands ({kinds}); use NPY")
-    itemsizes = [b.dtype.itemsize for b in bands]
-    tiles = plan_tiles(
-        grid.height,
-        grid.width,
-        itemsizes,
-        job.chunk,
-        job.tile,
-        concurrency=job.concurrency,
-        qps=job.qps,
-        service=ServiceModel(job.service_model.base_s, job.service_model.per_mb_s),
-        max_inflight_bytes=job.memory_mb * 2**20,
-    )
+    source_bands: tuple[str, ...] = ()
+    visualization = None
+    file_format: str = job.file_format
+    band_attrs = {b.id: _band_attrs(asset.band_metadata.get(b.id, {})) for b in bands}
+    if spec.visualization is not None:
+        # The service draws the source bands as 8-bit RGB; PNG keeps it lossless. Tiles
+        # are sized for the source bands, the larger request.
+        source_bands = tuple(b.id for b in bands)
+        visualization = spec.visualization.options()
+        widest = max(b.dtype.itemsize for b in bands)
+        bands = tuple(BandSpec(name, np.dtype("uint8")) for name in VISUALIZATION_BANDS)
+        band_attrs = {
+            name: {"long_name": f"{colour} of a visualization of {', '.join(source_bands)}"}
+            for name, colour in zip(VISUALIZATION_BANDS, ("red", "green", "blue"), strict=True)
+        }
+        file_format = "PNG"
+        itemsizes = [widest] * len(bands)
+    else:
+        itemsizes = [b.dtype.itemsize for b in bands]
+    try:
+        fill_values = {
+            b.id: v for b, v in zip(bands, _checked_nodata(spec, bands), strict=True)
+            if v is not None
+        }
+    except ValueError as exc:
+        raise JobError(str(exc)) from None
+    def tiling(tile: Any) -> TilePlan:
+        return plan_tiles(
+            grid.height,
+            grid.width,
+            itemsizes,
+            job.chunk,
+            tile,
+            concurrency=job.concurrency,
+            qps=job.qps,
+            service=ServiceModel(job.service_model.base_s, job.service_model.per_mb_s),
+            max_inflight_bytes=job.memory_mb * 2**20,
+        )
+
+    tiles = None
+    if job.tile == "auto" and recorded_tile is not None:
+        with contextlib.suppress(ValueError):
+            tiles = tiling(recorded_tile)
+    if tiles is None:
+        tiles = tiling(job.tile)
     return ItemPlan(
         name=spec.name,
         asset=asset_name(spec.asset or ""),
         bands=bands,
         grid=grid,
         tiles=tiles,
-        file_format=job.file_format,
+        file_format=file_format,
         workload_tag=spec.workload_tag,
+        zarr_format=job.zarr_format,
+        fill_values=fill_values,
+        band_attrs={k: v for k, v in band_attrs.items() if v},
+        visualization=visualization,
+        source_bands=source_bands,
     )
+
+
+def _checked_nodata(spec: ItemSpec, bands: Sequence[BandSpec]) -> list[float | None]:
+    """Each band's nodata, or None; ValueError when a band's type cannot hold it."""
+    values = _fill_values(spec, bands)
+    out: list[float | None] = []
+    for band in bands:
+        value = values.get(band.id)
+        if value is not None and band.dtype.kind in "iu":
+            info = np.iinfo(band.dtype)
+            if not (float(value).is_integer() and info.min <= value <= info.max):
+                raise ValueError(
+                    f"nodata {value} for band {band.id} is not a {band.dtype.name} value"
+                )
+            value = int(value)
+        out.append(value)
+    return out
 
 
 def request_body(item: ItemPlan, grid: PixelGrid, band_ids: Sequence[str]) -> dict[str, Any]:
@@ -247,6 +499,9 @@ def request_body(item: ItemPlan, grid: PixelGrid, band_ids: Sequence[str]) -> di
         "bandIds": list(band_ids),
         "grid": grid.to_ee(),
     }
+    if item.visualization is not None:
+        body["bandIds"] = list(item.source_bands)
+        body["visualizationOptions"] = dict(item.visualization)
     if item.workload_tag:
         body["workloadTag"] = item.workload_tag
     return body
@@ -259,29 +514,6 @@ def item_request_bytes(item: ItemPlan) -> int:
         * item.grid.height
         * request_bytes_per_pixel([np.dtype(b.dtype) for b in item.bands])
     )
-
-
-def replan_with_tile(plan: ItemPlan, tile: Any) -> ItemPlan:
-    """The same item cut into tiles of ``tile`` = [height, width] (from an earlier run's
-    fingerprint); the plan as it is when that shape does not fit it."""
-    if not (isinstance(tile, list | tuple) and len(tile) == 2):
-        return plan
-    height, width = (int(v) for v in tile)
-    if (height, width) == (plan.tiles.tile_height, plan.tiles.tile_width):
-        return plan
-    try:
-        tiles = TilePlan(
-            plan.tiles.height,
-            plan.tiles.width,
-            plan.tiles.chunk,
-            height,
-            width,
-            plan.tiles.band_groups,
-            plan.tiles.itemsizes,
-        )
-    except ValueError:
-        return plan
-    return dataclasses.replace(plan, tiles=tiles)
 
 
 def tile_plan_from_fingerprint(fingerprint: Mapping[str, Any]) -> TilePlan | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.progress import (
@@ -21,8 +22,11 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from bulkpix.errors import printable
 from bulkpix.pipeline import RunStats
-from bulkpix.planning import ItemPlan, item_request_bytes
+
+if TYPE_CHECKING:  # planning loads numpy and rasterio: only `bulkpix plan` needs it here
+    from bulkpix.planning import ItemPlan
 
 __all__ = ["live_progress", "print_plan", "print_summary"]
 
@@ -67,6 +71,7 @@ async def live_progress(
                 task = progress.add_task(f"  {item.label}", total=item.total, **_fields(stats))
                 item_tasks.append((task, index))
         while True:
+            _show_notices(progress.console, stats)
             fields = _fields(stats)
             progress.update(total_task, total=stats.total, completed=stats.finished, **fields)
             for task, index in item_tasks:
@@ -84,9 +89,17 @@ async def live_progress(
                 await drawer
             if stats_ready.done() and not stats_ready.cancelled():
                 stats = stats_ready.result()
+                _show_notices(progress.console, stats)
                 for task in progress.tasks:
                     if task.description == "total":
                         progress.update(task.id, completed=stats.finished, **_fields(stats))
+
+
+def _show_notices(console: Console, stats: RunStats) -> None:
+    """Print the run's notices that have not been printed yet, each once."""
+    for notice in stats.notices[stats.notices_shown :]:
+        console.print(f"bulkpix: {printable(notice)}", markup=False, highlight=False)
+    stats.notices_shown = len(stats.notices)
 
 
 def print_summary(console: Console, stats: RunStats, output: str) -> None:
@@ -113,6 +126,7 @@ def print_summary(console: Console, stats: RunStats, output: str) -> None:
         str(stats.failed),
         f"{stats.bytes / _MB:,.1f}",
     )
+    _show_notices(console, stats)
     console.print(table)
     elapsed = stats.elapsed
     governor = stats.governor
@@ -123,13 +137,16 @@ def print_summary(console: Console, stats: RunStats, output: str) -> None:
     )
     failed = [(item.label, key, why) for item in stats.items for key, why in item.failed.items()]
     for label, key, why in failed[:10]:
-        console.print(f"[red]failed[/red] {label} tile {key}: {why}")
+        console.print(f"[red]failed[/red] {label} tile {key}: ", end="")
+        console.print(printable(why), markup=False, highlight=False)
     if len(failed) > 10:
         console.print(f"... and {len(failed) - 10} more failed tiles (bulkpix status {output})")
 
 
 def print_plan(console: Console, plans: list[ItemPlan]) -> None:
     """Grid, tiles, bytes and requests of every item, as ``bulkpix plan`` shows them."""
+    from bulkpix.planning import item_request_bytes
+
     total_requests = 0
     total_bytes = 0
     for plan in plans:

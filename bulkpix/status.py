@@ -1,19 +1,18 @@
-"""``bulkpix status OUTPUT``: what an output holds, read from its record alone."""
+"""``bulkpix status OUTPUT``: what an output holds, read from its record, and any damage."""
 
 from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 from zarr.abc.store import Store
 
-from bulkpix.errors import JobError
+from bulkpix.errors import JobError, printable
 from bulkpix.planning import tile_plan_from_fingerprint
+from bulkpix.store.output import OutputKind, RecordedItem, inspect_output
 from bulkpix.store.record import TileRecord
-from bulkpix.store.zarr_store import open_store
 
 __all__ = ["ItemStatus", "StatusReport", "print_status", "read_status"]
 
@@ -26,59 +25,55 @@ class ItemStatus:
     done: int
     failed: dict[str, str]
     nbytes: int
+    damage: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
 class StatusReport:
     output: str
     items: list[ItemStatus] = field(default_factory=list)
+    damage: tuple[str, ...] = ()  # everything damaged in the output, each naming where
 
     @property
     def complete(self) -> bool:
-        return bool(self.items) and all(i.done >= i.total and not i.failed for i in self.items)
+        return (
+            bool(self.items)
+            and not self.damage
+            and all(i.done >= i.total and not i.failed and not i.damage for i in self.items)
+        )
 
 
-async def _item_status(store: Store, path: str) -> ItemStatus | None:
-    record = TileRecord(store, path)
-    fingerprint = await record.fingerprint()
-    if fingerprint is None:
-        return None
+async def _item_status(store: Store, item: RecordedItem) -> ItemStatus:
+    record = TileRecord(store, item.path)
+    fingerprint = item.fingerprint or {}
     nbytes = 0
     with contextlib.suppress(AttributeError, NotImplementedError, FileNotFoundError):
-        nbytes = await store.getsize_prefix(path)
+        nbytes = await store.getsize_prefix(item.path)
     plan = tile_plan_from_fingerprint(fingerprint)
     done = await record.done_keys()
     if plan is not None:  # parts of split tiles have markers of their own
         done = {key for key in done if plan.has_tile_key(key)}
     return ItemStatus(
-        label=path or "(root)",
+        label=item.label,
         asset=str(fingerprint.get("asset", "?")),
         total=int(fingerprint.get("n_tiles", 0)),
         done=len(done),
         failed=await record.failed(),
         nbytes=nbytes,
+        damage=item.damage,
     )
 
 
 async def read_status(output: str) -> StatusReport:
-    if "://" not in output and not (Path(output) / "zarr.json").is_file():
-        raise JobError(f"{output} is not a bulkpix output (no zarr.json there)")
-    store = await open_store(output, read_only=True)
-    root = await _item_status(store, "")
-    if root is not None:
-        return StatusReport(output, [root])
-    items = []
-    children = sorted([c async for c in store.list_dir("")])
-    for child in children:
-        child = child.rstrip("/")
-        if child.startswith(".") or child == "zarr.json":
-            continue
-        status = await _item_status(store, child)
-        if status is not None:
-            items.append(status)
-    if not items:
+    state = await inspect_output(output)
+    if state.kind is OutputKind.EMPTY or state.store is None:
+        raise JobError(f"{output} is not a bulkpix output (it holds no bulkpix record)")
+    if state.kind is OutputKind.FOREIGN:
+        raise JobError(f"{output} is not a bulkpix output (it holds data bulkpix did not write)")
+    items = [await _item_status(state.store, item) for item in state.items.values()]
+    if not items and not state.damage:
         raise JobError(f"{output} holds no bulkpix job record")
-    return StatusReport(output, items)
+    return StatusReport(output, items, state.damage)
 
 
 def print_status(console: Console, report: StatusReport) -> None:
@@ -97,6 +92,14 @@ def print_status(console: Console, report: StatusReport) -> None:
     console.print(table)
     for item in report.items:
         for key, why in sorted(item.failed.items())[:20]:
-            console.print(f"failed {item.label} {key}: {why}", markup=False)
-    state = "complete" if report.complete else "incomplete: rerun the job to fetch what is missing"
+            # A stored reason quotes the server: printed without its control characters.
+            console.print(f"failed {item.label} {key}: {printable(why)}", markup=False)
+    for what in report.damage:
+        console.print(f"damaged: {what}", markup=False)
+    if report.damage:
+        state = "damaged: `bulkpix run --restart` discards what bulkpix wrote and starts again"
+    elif report.complete:
+        state = "complete"
+    else:
+        state = "incomplete: rerun the job to fetch what is missing"
     console.print(state)

@@ -22,7 +22,7 @@ CLIENT_FIELDS = {"wall_s", "busy_s", "startup_s", "pixels", "expected_pixels", "
                  "first_request_s", "tail_s"}
 EXPECTED_CLIENTS = {
     "quota_bound": {"bare_fetch", "bulkpix", "ee_pool_512", "ee_pool_1024", "gdal_eedai"},
-    "throughput": {"bulkpix", "bare_fetch"},
+    "throughput": {"bulkpix", "bare_fetch", "bulkpix_zstd1"},
     "memory": {"bulkpix_1x", "bulkpix_4x", "bulkpix_16x"},
     "throttled": {"bulkpix"},
 }
@@ -32,14 +32,23 @@ EXPECTED_CLIENTS = {
 def document(tmp_path_factory: pytest.TempPathFactory) -> dict:
     workdir = tmp_path_factory.mktemp("bench")
     path = workdir / "results.json"
-    assert main(["--size", "tiny", "--json", str(path), "--workdir", str(workdir)]) == 0
-    return json.loads(path.read_text())
+    markdown = workdir / "results.md"
+    assert main(["--size", "tiny", "--json", str(path), "--workdir", str(workdir),
+                 "--markdown", str(markdown)]) == 0
+    document = json.loads(path.read_text())
+    document["markdown"] = markdown.read_text()
+    return document
 
 
 def test_every_scenario_and_client_is_reported(document: dict) -> None:
     assert document["meta"]["size"] == "tiny"
     assert document["meta"]["machine"]["nproc"] >= 1
     assert set(document["scenarios"]) == set(EXPECTED_CLIENTS)
+    # Every Markdown table names the CPU its figures were measured on.
+    cpu = document["meta"]["machine"]["cpu_model"]
+    headings = [line for line in document["markdown"].splitlines() if line.startswith("### ")]
+    assert len(headings) == len(EXPECTED_CLIENTS) + 1  # and the targets
+    assert all(cpu in heading for heading in headings)
     for name, clients in EXPECTED_CLIENTS.items():
         scenario = document["scenarios"][name]
         assert set(scenario["clients"]) == clients, name
@@ -74,6 +83,17 @@ def test_bare_loop_replays_bulkpix_requests(document: dict) -> None:
     assert clients["bare_fetch"]["pixel_bytes"] == clients["bulkpix"]["pixel_bytes"]
 
 
+def test_throughput_reports_each_codec(document: dict) -> None:
+    clients = document["scenarios"]["throughput"]["clients"]
+    assert clients["bulkpix"]["extra"]["compression"] == "lz4 5"  # the default
+    assert clients["bulkpix_zstd1"]["extra"]["compression"] == "zstd 1"
+    for name in ("bulkpix", "bulkpix_zstd1"):
+        # The synthetic bands compress: every codec stores less than it was given.
+        assert clients[name]["extra"]["stored_ratio"] > 1.0, name
+    names = {t["name"] for t in document["scenarios"]["throughput"]["targets"]}
+    assert "bulkpix CPU-s/GB (whole process, default codec) / before" in names
+
+
 def test_quota_bound_is_judged_against_the_floor_on_whole_process_time(document: dict) -> None:
     scenario = document["scenarios"]["quota_bound"]
     clients = scenario["clients"]
@@ -87,6 +107,7 @@ def test_quota_bound_is_judged_against_the_floor_on_whole_process_time(document:
         assert 0 <= figures["first_request_s"] <= figures["startup_s"] + 1e-6
         assert 0 <= figures["tail_s"] < figures["wall_s"]
     names = {t["name"] for t in scenario["targets"]}
+    assert "| wall / floor | wall / ideal |" in document["markdown"]
     assert "bulkpix whole process / bare loop (floor)" in names
     assert "bulkpix first request after process start" in names
     assert "bulkpix last response to exit" in names

@@ -56,3 +56,15 @@ async def test_over_release_is_an_error() -> None:
     budget = ByteBudget(10)
     with pytest.raises(RuntimeError):
         budget.release(1)
+
+
+async def test_hold_gives_back_exactly_once_however_the_block_ends() -> None:
+    budget = ByteBudget(100)
+    async with budget.hold(70) as taken:
+        assert taken == 70 and budget.held == 70
+    assert budget.held == 0
+    with pytest.raises(KeyError):
+        async with budget.hold(10**9) as taken:  # clamped to the capacity
+            assert taken == 100
+            raise KeyError("boom")
+    assert budget.held == 0

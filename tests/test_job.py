@@ -79,6 +79,10 @@ def test_batch_items_inherit_and_override() -> None:
         ({"asset": "projects/x"}, "projects/PROJECT/assets/ID"),
         ({"emulator": {"synthetic": {}}}, "endpoint: emulator"),
         ({"items": [{"name": "a b", "asset": "x/y"}]}, "may hold only letters"),
+        ({"compression": "brotli"}, "key 'compression'"),
+        ({"compression": "zstd", "compression_level": 23}, "zstd must be 1 to 22, got 23"),
+        ({"compression": "lz4", "compression_level": 0}, "lz4 must be 1 to 9, got 0"),
+        ({"compression": "none", "compression_level": 3}, "not compression: none"),
     ],
 )
 def test_bad_keys_one_line(keys: dict, expected: str) -> None:
@@ -159,6 +163,24 @@ def test_the_emulator_a_job_starts_gets_its_qps_window(
     assert main(["run", "--quiet", str(job)]) == 0
     [config] = started
     assert (config.qps_window, config.max_qps) == ("second", 50)
+
+
+@pytest.mark.parametrize(
+    ("keys", "expected"),
+    [
+        ({}, ("lz4", 5)),
+        ({"compression": "none"}, ("none", None)),
+        ({"compression": "zstd"}, ("zstd", 1)),
+        ({"compression": "zstd", "compression_level": 7}, ("zstd", 7)),
+        ({"compression": "gzip", "compression_level": 9}, ("gzip", 9)),
+    ],
+)
+def test_compression_and_its_level(keys: dict, expected: tuple) -> None:
+    from bulkpix.store.codecs import codec_for
+
+    job = parse_job({**BASE, **keys})
+    codec, level = codec_for(job.compression, job.compression_level)
+    assert (codec.name, level) == expected
 
 
 # --------------------------------------------------------------------------- hostile job files

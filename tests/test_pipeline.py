@@ -279,3 +279,26 @@ async def test_object_store_output_through_fsspec(tmp_path: Path) -> None:
             np.testing.assert_array_equal(group[band][:], synthetic_pixels(index, rows, cols))
     finally:
         fsspec.filesystem("memory").rm(url.removeprefix("memory://").split("/")[0], recursive=True)
+
+
+async def test_a_resumed_output_keeps_its_codec_whatever_the_job_says_now(
+    tmp_path: Path,
+) -> None:
+    """The codec is each array's own metadata, not part of the job fingerprint: resuming
+    with another ``compression`` goes on in the codec the output was created with."""
+    from bulkpix.store.record import TileRecord
+    from bulkpix.store.zarr_store import open_store
+
+    synthetic = SyntheticAsset(width=600, height=500)
+    keys: dict[str, Any] = {"bands": ["u16"], "chunk": 256, "compression": "zstd"}
+    async with run_emulator(EmulatorConfig(synthetic={ASSET: synthetic})) as emu:
+        output, _ = await _run(emu.url, tmp_path, **keys)
+        # A record from before the codec left the fingerprint carries one: ignored too.
+        record = TileRecord(await open_store(str(output)), "")
+        old = await record.fingerprint()
+        assert old is not None and "codec" not in old
+        await record.write_fingerprint({**old, "codec": "zstd-1"})
+        _, stats = await _run(emu.url, tmp_path, **{**keys, "compression": "gzip"})
+    assert stats.items[0].done == 0 and stats.items[0].done_before == stats.items[0].total
+    codecs = zarr.open_array(str(output / "u16"), mode="r").metadata.to_dict()["codecs"]
+    assert codecs[-1]["name"] == "zstd"

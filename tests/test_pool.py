@@ -187,3 +187,50 @@ async def test_arguments_are_checked() -> None:
         await run_workers([1], handle, workers=0)
     with pytest.raises(ValueError):
         await run_workers([1], handle, workers=1, queue_size=0)
+
+
+async def test_follow_up_items_are_handled_before_the_call_returns() -> None:
+    handled: list[str] = []
+    in_flight = peak = 0
+
+    async def handle(item: str) -> list[str] | None:
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        await asyncio.sleep(0)
+        in_flight -= 1
+        handled.append(item)
+        # The last item splits late, after the producer has told every worker to end.
+        if item in ("a", "z") or (len(item) == 2 and item[1] == "0"):
+            return [f"{item}{n}" for n in range(4)]
+        return None
+
+    await run_workers(["a", "b", "c", "z"], handle, workers=3)
+    expected = {"a", "b", "c", "z"} | {f"{p}{n}" for p in "az" for n in range(4)}
+    expected |= {f"{p}0{n}" for p in "az" for n in range(4)}
+    assert sorted(handled) == sorted(expected)
+    assert len(handled) == len(expected)  # each once
+    assert peak <= 3
+    assert other_tasks() == set()
+
+
+async def test_follow_ups_go_to_idle_workers_too() -> None:
+    started: list[str] = []
+    gate = asyncio.Event()
+
+    async def handle(item: str) -> list[str] | None:
+        started.append(item)
+        if item == "split":
+            for _ in range(10):  # long enough for the other workers to be told to end
+                await asyncio.sleep(0)
+            return ["p1", "p2", "p3"]
+        await gate.wait()  # the parts hold their workers: all three run at once
+        return None
+
+    runner = asyncio.create_task(run_workers(["split"], handle, workers=3))
+    for _ in range(40):
+        await asyncio.sleep(0)
+    assert sorted(started) == ["p1", "p2", "p3", "split"]
+    gate.set()
+    await runner
+    assert other_tasks() == set()

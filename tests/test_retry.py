@@ -213,3 +213,11 @@ async def test_cancellation_is_not_retried() -> None:
     with pytest.raises(asyncio.CancelledError):
         await retrying(fn, policy=RetryPolicy(), budget=None, rng=random.Random(0), sleep=sleep)
     assert fn.calls() == 1 and sleep.calls == []
+
+
+def test_no_wait_exceeds_max_wait() -> None:
+    policy = RetryPolicy(base_s=0.5, cap_s=30.0, max_wait_s=60.0)
+    for retry_after in (86_400.0, 1e300, float("inf")):
+        assert backoff_delay(3, policy, random.Random(0), retry_after=retry_after) == 60.0
+    with pytest.raises(ValueError):
+        RetryPolicy(max_wait_s=-1)

@@ -217,7 +217,10 @@ async def test_reopen_for_resume_keeps_bands_and_writes(tmp_path):
     await writer.write_tile(Window(0, 0, 32, 32), arrays)
     group = zarr.open_group(str(tmp_path / "out.zarr"), path="x1", mode="r")
     np.testing.assert_array_equal(group["NDVI"][:], arrays["NDVI"])
-    assert writer.describe()["codecs"][-1]["name"] == "zstd"
+    # The default codec, lz4 inside blosc, byte-shuffled: kept by the reopened arrays.
+    codec = writer.describe()["codecs"][-1]
+    assert codec["name"] == "blosc" and codec["configuration"]["cname"] == "lz4"
+    assert codec["configuration"]["shuffle"] == "shuffle"  # bytes, not bits, for every band
 
 
 async def test_open_of_nothing_or_foreign_group_is_a_store_error(tmp_path):
@@ -247,9 +250,29 @@ async def test_existing_output_needs_overwrite(tmp_path):
 
 async def test_uncompressed_option(tmp_path):
     _, writer = await new_item(
-        tmp_path, Grid("EPSG:32633", UTM, width=16, height=16), compression_level=None
+        tmp_path, Grid("EPSG:32633", UTM, width=16, height=16), compression="none"
     )
     assert [c["name"] for c in writer.describe()["codecs"]] == ["bytes"]
+
+
+@pytest.mark.parametrize(
+    ("compression", "level", "codec"),
+    [("zstd", 3, {"name": "zstd", "level": 3}), ("lz4", 5, {"name": "blosc", "clevel": 5}),
+     ("gzip", 1, {"name": "gzip", "level": 1})],
+)
+async def test_every_codec_a_job_may_name_round_trips(tmp_path, compression, level, codec):
+    _, writer = await new_item(
+        tmp_path, Grid("EPSG:32633", UTM, width=32, height=32), compression=compression,
+        compression_level=level,
+    )
+    arrays = tile_data(Window(0, 0, 32, 32))
+    await writer.write_tile(Window(0, 0, 32, 32), arrays)
+    written = writer.describe()["codecs"][-1]
+    assert written["name"] == codec.pop("name")
+    assert codec.items() <= written["configuration"].items()
+    group = zarr.open_group(str(tmp_path / "out.zarr"), mode="r")
+    for band, values in arrays.items():
+        np.testing.assert_array_equal(group[band][:], values)
 
 
 @pytest.mark.parametrize("band_id", ["x", "spatial_ref", "a/b", "__meta", ".bulkpix"])

@@ -19,9 +19,10 @@ __all__ = ["bulkpix_argv", "verify_store", "write_job"]
 
 def write_job(path: Path, *, url: str, window: Window, output: Path,
               service_model: tuple[float, float] | None = None, concurrency: int = 40,
-              qps: float = 100.0, tile: tuple[int, int] | None = None) -> Path:
+              qps: float = 100.0, tile: tuple[int, int] | None = None,
+              compression: tuple[str, int | None] | None = None) -> Path:
     """A job file with bulkpix's defaults except where the scenario says otherwise;
-    ``service_model`` is (base_s, per_mb_s)."""
+    ``service_model`` is (base_s, per_mb_s), ``compression`` (codec, level or None)."""
     job: dict[str, Any] = {
         "asset": ASSET,
         "bands": list(BAND_DTYPES),
@@ -37,6 +38,10 @@ def write_job(path: Path, *, url: str, window: Window, output: Path,
         job["service_model"] = {"base_s": service_model[0], "per_mb_s": service_model[1]}
     if tile is not None:
         job["tile"] = list(tile)
+    if compression is not None:
+        job["compression"] = compression[0]
+        if compression[1] is not None:
+            job["compression_level"] = compression[1]
     path.parent.mkdir(parents=True, exist_ok=True)
     if output.exists():
         shutil.rmtree(output)  # a fresh output each run: no resuming

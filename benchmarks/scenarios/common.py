@@ -54,7 +54,9 @@ def big_asset() -> tuple[tuple[str, int, int], ...]:
 
 def run_bulkpix(ctx: Context, emulator: EmulatorProcess, label: str, window: Window, *,
                 settings: EmulatorSettings | None = None,
-                tile: tuple[int, int] | None = None) -> tuple[ClientFigures, RequestStats]:
+                tile: tuple[int, int] | None = None,
+                compression: tuple[str, int | None] | None = None,
+                ) -> tuple[ClientFigures, RequestStats]:
     """``bulkpix run`` on ``window``; ``settings`` given means: tell bulkpix's tiler the
     emulator's service model (otherwise the job keeps bulkpix's default model)."""
     work = ctx.workdir / label
@@ -62,7 +64,7 @@ def run_bulkpix(ctx: Context, emulator: EmulatorProcess, label: str, window: Win
     model = ((settings.service_base_s, settings.service_per_mb_s) if settings is not None
              else None)
     job = write_job(work / "job.yaml", url=emulator.url, window=window, output=output,
-                    tile=tile, service_model=model)
+                    tile=tile, service_model=model, compression=compression)
     return measure_client(label, bulkpix_argv(job), emulator, work,
                           expected_pixels=window.pixels, timeout_s=ctx.size.child_timeout_s,
                           verify=lambda: verify_store(output, window))

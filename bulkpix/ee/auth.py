@@ -16,17 +16,17 @@ import urllib.parse
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
-
-import google.auth
-import google.auth.credentials
-import google.auth.exceptions
-import google.auth.transport.requests
-import google.oauth2.credentials
-import google.oauth2.service_account
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from bulkpix.errors import CredentialsMissing, JobError, TransportError, Unauthenticated
 from bulkpix.files import CREDENTIALS_FILE_MAX_BYTES, FileRefused, read_bounded
+
+# google-auth (with requests, and cryptography for service accounts) costs 0.1-0.35 s to
+# import: each is imported where it is used, so `credentials: none` never loads it.
+if TYPE_CHECKING:
+    import google.auth.credentials
+    import google.oauth2.credentials
+    import google.oauth2.service_account
 
 __all__ = [
     "EE_SCOPES",
@@ -120,6 +120,8 @@ class GoogleAuth:
         self.refreshes = 0
         self._utcnow = utcnow
         self._lock = asyncio.Lock()
+        import google.auth.transport.requests
+
         self._request = google.auth.transport.requests.Request()
 
     def _needs_refresh(self) -> bool:
@@ -148,6 +150,8 @@ class GoogleAuth:
         await self._refresh_if(lambda: self.credentials.token == rejected)
 
     async def _refresh_if(self, still_needed: Callable[[], bool]) -> None:
+        import google.auth.exceptions
+
         async with self._lock:
             if not still_needed():
                 return  # another caller refreshed while we waited for the lock
@@ -232,6 +236,9 @@ def earthengine_credentials_path() -> Path:
 
 def _load_default(scopes: Sequence[str]) -> GoogleAuth:
     """Application Default Credentials, else the file ``earthengine authenticate`` wrote."""
+    import google.auth
+    import google.auth.exceptions
+
     missing = False
     try:
         credentials, project = google.auth.default(scopes=list(scopes))
@@ -323,6 +330,8 @@ def _service_account(
     if not isinstance(info.get("token_uri"), str):
         raise JobError(f"service-account key {path}: token_uri is not a string")
     _check_token_uri(info["token_uri"], path)
+    import google.oauth2.service_account
+
     try:
         return google.oauth2.service_account.Credentials.from_service_account_info(
             info, scopes=list(scopes)
@@ -340,6 +349,8 @@ def _user_credentials(path: Path, info: dict[str, Any]) -> google.oauth2.credent
             f"authorized-user credentials {path} are missing {', '.join(sorted(missing))}"
         )
     failure = ""
+    import google.oauth2.credentials
+
     try:
         credentials = google.oauth2.credentials.Credentials.from_authorized_user_info(info)
     except (ValueError, TypeError, KeyError) as exc:  # e.g. a malformed "expiry"

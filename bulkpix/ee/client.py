@@ -1,8 +1,14 @@
 """EEClient: the one place where aiohttp exceptions and HTTP statuses become bulkpix errors.
 
-Every call runs inside ``governor.slot()`` (so 429s steer the concurrency limit) and reads
-the whole body. Messages name the operation, the asset, the status and the server's own
-message, and never carry request headers: aiohttp's ``request_info`` holds the
+Every call runs inside ``governor.slot()`` (so 429s steer the concurrency limit). Nothing a
+server sends can take more memory or time than a correct answer could: bodies are read up to
+the most a correct answer can be (``BadPayload`` past it, decided from Content-Length before
+reading when possible), identity encoding is asked for (and a compressed body is decompressed
+only up to the same bound), error bodies are read up to 64 KiB, Retry-After is capped at
+``max_wait_s``, and server text is stripped of control characters (``errors.printable``).
+
+Messages name the operation, the asset, the status and the server's own message, and never
+carry request headers: aiohttp's ``request_info`` holds the
 ``Authorization`` header, so no aiohttp exception is chained or quoted beyond its class
 name and text, and any echo of the token is scrubbed.
 """
@@ -10,10 +16,12 @@ name and text, and any echo of the token is scrubbed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import json
 import math
-from collections.abc import Awaitable, Callable
+import zlib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import TracebackType
@@ -26,6 +34,7 @@ from yarl import URL
 from bulkpix import __version__
 from bulkpix.ee.auth import TokenProvider, is_loopback_host
 from bulkpix.errors import (
+    BadMetadata,
     BadPayload,
     JobError,
     NotFound,
@@ -35,17 +44,47 @@ from bulkpix.errors import (
     RequestInvalid,
     RequestTooLarge,
     ServerError,
+    TooManyBands,
     TransportError,
     Unauthenticated,
+    printable,
 )
+from bulkpix.geometry.tiling import MAX_REQUEST_BYTES
 from bulkpix.transfer.limits import Governor
 
-__all__ = ["EEClient", "Timeouts", "is_loopback_host", "parse_retry_after"]
+__all__ = [
+    "MAX_ERROR_BYTES",
+    "MAX_METADATA_BYTES",
+    "MAX_PIXELS_BYTES",
+    "EEClient",
+    "ResponseBody",
+    "Timeouts",
+    "is_loopback_host",
+    "parse_retry_after",
+]
 
 _USER_AGENT = f"bulkpix/{__version__}"
 _MAX_MESSAGE = 300
-# Phrases of the service's 400 for an oversized request: the tile must be split.
-_TOO_LARGE_HINTS = ("total request size", "must be less than or equal to")
+# The service's 400s for its limits (EE_API.md, "Limits"). Only these split a tile, and each
+# along the axis that helps: smaller windows for size and dimensions, fewer bands for the
+# band count. Any other "must be less than or equal to" is a plain invalid request.
+_SIZE_LIMIT_HINTS = ("total request size", "grid dimensions", "pixels on each side")
+_BAND_LIMIT_HINTS = ("number of bands",)
+# The most any getPixels answer can be: the service's request-size limit (which counts more
+# bytes per pixel than the payload holds) plus room for a GeoTIFF's tags. Callers that know
+# the request pass a tighter bound.
+MAX_PIXELS_BYTES = MAX_REQUEST_BYTES + (4 << 20)
+# Asset metadata is a few KB; a million bands' worth of properties would still fit.
+MAX_METADATA_BYTES = 32 << 20
+# An error's text: enough for any google.rpc.Status, never a body-sized buffer.
+MAX_ERROR_BYTES = 64 << 10
+# The longest wait a server's Retry-After may impose unless the caller says otherwise.
+DEFAULT_MAX_WAIT_S = 300.0
+_DECOMPRESSORS = {
+    "gzip": 16 + zlib.MAX_WBITS,
+    "x-gzip": 16 + zlib.MAX_WBITS,
+    "deflate": 32 + zlib.MAX_WBITS,  # zlib or gzip header, whichever arrives
+}
 _TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
     aiohttp.ClientError,  # connection, payload, disconnect, malformed response, ...
     asyncio.TimeoutError,
@@ -105,6 +144,7 @@ class EEClient:
         api_version: str = "v1",
         timeouts: Timeouts = Timeouts(),
         pool_size: int = 40,
+        max_wait_s: float = DEFAULT_MAX_WAIT_S,
     ) -> None:
         url = URL(base_url)
         if url.scheme not in ("http", "https") or not url.host:
@@ -123,12 +163,17 @@ class EEClient:
         self.api_version = api_version.strip("/")
         self.timeouts = timeouts
         self.pool_size = pool_size
+        self.max_wait_s = max_wait_s
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> EEClient:
         connector = aiohttp.TCPConnector(limit=self.pool_size, limit_per_host=self.pool_size)
         self._session = aiohttp.ClientSession(
-            connector=connector, timeout=self.timeouts.to_aiohttp(), raise_for_status=False
+            connector=connector,
+            timeout=self.timeouts.to_aiohttp(),
+            raise_for_status=False,
+            # Bodies are decompressed here, with a bound, if a server ignores our identity.
+            auto_decompress=False,
         )
         return self
 
@@ -147,57 +192,72 @@ class EEClient:
 
     # -- API -----------------------------------------------------------------------------
     async def get_asset(self, name: str) -> dict[str, Any]:
-        """Asset metadata: ``GET {base}/{version}/{name}``."""
-        payload = await self._call("GET", "get asset", name, f"/{name}")
+        """Asset metadata: ``GET {base}/{version}/{name}``.
+
+        JSON the decoder cannot take in (nested past Python's recursion limit, say) is
+        ``BadMetadata``: the service's answer, not the network, is at fault.
+        """
+        async with self._stream("GET", "get asset", name, f"/{name}", None, MAX_METADATA_BYTES) as (
+            response
+        ):
+            payload = await response.read()
+        where = f"get asset {name}"
         try:
             asset = json.loads(payload)
+        except RecursionError:
+            raise BadMetadata(f"{where}: the service's answer nests too deep", status=200) from None
         except ValueError:
-            raise BadPayload(f"get asset {name}: response is not JSON", status=200) from None
+            raise BadPayload(f"{where}: response is not JSON", status=200) from None
         if not isinstance(asset, dict):
-            raise BadPayload(f"get asset {name}: response is not a JSON object", status=200)
+            raise BadMetadata(f"{where}: the service's answer is not a JSON object", status=200)
         return asset
 
     async def get_pixels(
-        self,
-        name: str,
-        body: dict[str, Any],
-        *,
-        before_body: Callable[[], Awaitable[None]] | None = None,
+        self, name: str, body: dict[str, Any], *, max_bytes: int | None = None
     ) -> bytes | bytearray:
         """``POST {base}/{version}/{name}:getPixels``; the raw response bytes.
 
-        ``before_body`` is awaited once a successful response's headers are in and before its
-        body is read: the caller's memory budget can hold the body back (in the socket and on
-        the server) until there is room for it.
+        The body is read only up to ``max_bytes`` (default: the most any getPixels answer can
+        be); a larger one is ``BadPayload``.
         """
-        return await self._call(
-            "POST", "getPixels", name, f"/{name}:getPixels", body, before_body=before_body
+        async with self.stream_pixels(name, body, max_bytes=max_bytes) as response:
+            return await response.read()
+
+    def stream_pixels(
+        self, name: str, body: dict[str, Any], *, max_bytes: int | None = None
+    ) -> contextlib.AbstractAsyncContextManager[ResponseBody]:
+        """``getPixels`` as a stream, like httpx's ``stream()``: the block is entered once a
+        successful response's headers are in, and its body is read only when the block asks
+        (``await response.read()``). The caller can wait for memory first, while the body
+        waits in the socket and on the server. Errors are raised before the block runs.
+        """
+        return self._stream(
+            "POST",
+            "getPixels",
+            name,
+            f"/{name}:getPixels",
+            body,
+            MAX_PIXELS_BYTES if max_bytes is None else max_bytes,
         )
 
     # -- internals -----------------------------------------------------------------------
-    async def _call(
-        self,
-        method: str,
-        operation: str,
-        name: str,
-        path: str,
-        body: Any = None,
-        *,
-        before_body: Callable[[], Awaitable[None]] | None = None,
-    ) -> bytes | bytearray:
+    @contextlib.asynccontextmanager
+    async def _stream(
+        self, method: str, operation: str, name: str, path: str, body: Any, max_bytes: int
+    ) -> AsyncIterator[ResponseBody]:
         url = f"{self.base_url}/{self.api_version}{path}"
-        try:
-            return await self._send(
-                method, operation, name, url, body, may_refresh=True, before_body=before_body
-            )
-        except _TokenRejected:
-            pass
-        await self.auth.refresh()
-        return await self._send(
-            method, operation, name, url, body, may_refresh=False, before_body=before_body
-        )
+        for may_refresh in (True, False):
+            try:
+                async with self._open(
+                    method, operation, name, url, body, max_bytes=max_bytes, may_refresh=may_refresh
+                ) as response:
+                    yield response
+                return
+            except _TokenRejected:
+                await self.auth.refresh()
 
-    async def _send(
+    @contextlib.asynccontextmanager
+    async def _open(
         self,
         method: str,
         operation: str,
@@ -205,16 +265,17 @@ class EEClient:
         url: str,
         body: Any,
         *,
+        max_bytes: int,
         may_refresh: bool,
-        before_body: Callable[[], Awaitable[None]] | None = None,
-    ) -> bytes | bytearray:
+    ) -> AsyncIterator[ResponseBody]:
         if self._session is None:
             raise RuntimeError("EEClient must be used as 'async with EEClient(...) as client'")
         # Headers first: a token refresh must not hold a quota slot.
         auth_headers = await self.auth.headers()
         secrets = [v for k, v in auth_headers.items() if k.lower() == "authorization"]
         secrets += [v.split(" ", 1)[-1] for v in secrets]  # the bare token too
-        headers = {**auth_headers, "User-Agent": _USER_AGENT}
+        # Identity: a compressed body could expand past any bound before we saw its size.
+        headers = {**auth_headers, "User-Agent": _USER_AGENT, "Accept-Encoding": "identity"}
         if self.project:
             headers["X-Goog-User-Project"] = self.project
         where = f"{operation} {name}"
@@ -225,65 +286,187 @@ class EEClient:
             # Authorization header.
             problem: RemoteError | None = None
             try:
-                async with self._session.request(
+                response = await self._session.request(
                     method, url, json=body, headers=headers, allow_redirects=False
-                ) as response:
-                    if 200 <= response.status < 300:
-                        if before_body is not None:
-                            await before_body()
-                        payload = await _read_body(response)
-                    else:
-                        payload = await response.read()
-                    status = response.status
-                    response_headers = response.headers
+                )
             except aiohttp.InvalidURL:
                 problem = RequestInvalid(f"{where}: invalid URL")
             except _TRANSPORT_ERRORS as exc:
                 problem = TransportError(_scrub(f"{where}: {_describe(exc)}", secrets))
             if problem is not None:
                 raise problem
-
-            if 200 <= status < 300:
-                _check_length(payload, response_headers, where)
-                return payload
-            if status == 401 and may_refresh and self.auth.has_credentials:
-                raise _TokenRejected
-            raise _status_error(status, payload, response_headers, where, secrets)
-
-
-async def _read_body(response: aiohttp.ClientResponse) -> bytes | bytearray:
-    """The body, read straight into one buffer of its declared length.
-
-    ``response.read()`` gathers the pieces and joins them, so a large body briefly takes
-    twice its size; bodies are tens of MB, and many may arrive at once.
-    """
-    declared = response.content_length
-    if declared is None or response.headers.get("Content-Encoding", "identity") != "identity":
-        return await response.read()
-    buffer = bytearray(declared)
-    view = memoryview(buffer)
-    filled = 0
-    async for piece in response.content.iter_any():
-        end = min(filled + len(piece), declared)
-        view[filled:end] = piece[: end - filled]
-        filled = end
-    view.release()
-    if filled < declared:
-        del buffer[filled:]  # cut short: _check_length names it
-    return buffer
+            stream = ResponseBody(response, where, secrets, max_bytes, self.max_wait_s)
+            try:
+                if not 200 <= response.status < 300:
+                    payload = await stream.read_capped(MAX_ERROR_BYTES)
+                    if response.status == 401 and may_refresh and self.auth.has_credentials:
+                        raise _TokenRejected
+                    raise _status_error(
+                        response.status, payload, response.headers, where, secrets, self.max_wait_s
+                    )
+                yield stream
+            finally:
+                stream.close()
 
 
-def _check_length(payload: bytes | bytearray, headers: CIMultiDictProxy[str], where: str) -> None:
-    # With a content coding, Content-Length counts the encoded bytes, not what read() gave.
-    if headers.get("Content-Encoding", "identity").lower() != "identity":
-        return
+class ResponseBody:
+    """A successful response whose body is read on demand, at most ``max_bytes`` of it."""
+
+    def __init__(
+        self,
+        response: aiohttp.ClientResponse,
+        where: str,
+        secrets: list[str],
+        max_bytes: int,
+        max_wait_s: float,
+    ) -> None:
+        self._response = response
+        self._where = where
+        self._secrets = secrets
+        self.max_bytes = max_bytes
+        self._complete = False
+        self._max_wait_s = max_wait_s
+
+    @property
+    def status(self) -> int:
+        return self._response.status
+
+    @property
+    def headers(self) -> CIMultiDictProxy[str]:
+        return self._response.headers
+
+    async def read(self) -> bytearray:
+        """The whole body; ``BadPayload`` as soon as it is known to exceed ``max_bytes``
+        (from Content-Length, before anything is read, or while reading)."""
+        headers = self._response.headers
+        coding = headers.get("Content-Encoding", "identity").strip().lower() or "identity"
+        declared = _declared_length(headers)
+        if coding == "identity" and declared is not None and declared > self.max_bytes:
+            raise BadPayload(
+                f"{self._where}: the response declares {declared:,} bytes, more than the "
+                f"{self.max_bytes:,} a correct answer can be",
+                status=self.status,
+            )
+        if coding == "identity":
+            body = await self._read_identity(declared)
+        elif coding in _DECOMPRESSORS:
+            body = await self._read_decompressed(coding)
+        else:
+            raise BadPayload(
+                f"{self._where}: unsupported Content-Encoding {printable(coding, limit=40)!r}",
+                status=self.status,
+            )
+        self._complete = True
+        return body
+
+    async def read_capped(self, limit: int) -> bytes:
+        """At most ``limit`` bytes of the body (an error's text): the rest is never read."""
+        collected = bytearray()
+        problem: RemoteError | None = None
+        try:
+            while len(collected) < limit:
+                piece = await self._response.content.read(limit - len(collected))
+                if not piece:
+                    self._complete = True
+                    break
+                collected += piece
+        except _TRANSPORT_ERRORS as exc:  # an error whose text did not arrive: keep what did
+            problem = TransportError(_scrub(f"{self._where}: {_describe(exc)}", self._secrets))
+        if problem is not None and not collected:
+            raise problem
+        return bytes(collected)
+
+    def close(self) -> None:
+        # An unread or partly read body: drop the connection rather than drain it (it may
+        # be 10**12 bytes long).
+        if self._complete:
+            self._response.release()
+        else:
+            self._response.close()
+
+    async def _pieces(self) -> AsyncIterator[bytes]:
+        problem: RemoteError | None = None
+        iterator = self._response.content.iter_any().__aiter__()
+        while True:
+            try:
+                piece = await iterator.__anext__()
+            except StopAsyncIteration:
+                return
+            except _TRANSPORT_ERRORS as exc:
+                problem = TransportError(
+                    _scrub(f"{self._where}: {_describe(exc)}", self._secrets), status=200
+                )
+            if problem is not None:
+                raise problem
+            yield piece
+
+    async def _read_identity(self, declared: int | None) -> bytearray:
+        # One buffer of the declared length (already bounded): response.read() would gather
+        # pieces and join them, briefly taking twice the body's size.
+        buffer = bytearray(declared or 0)
+        # Pieces are copied in through a memoryview: assigning bytes to a bytearray slice
+        # first copies them into a temporary bytearray (a second copy of every body).
+        view = memoryview(buffer) if declared is not None else None
+        filled = 0
+        try:
+            async for piece in self._pieces():
+                end = filled + len(piece)
+                if end > self.max_bytes or (declared is not None and end > declared):
+                    raise BadPayload(
+                        f"{self._where}: the response runs past "
+                        f"{min(self.max_bytes, declared or self.max_bytes):,} bytes",
+                        status=self.status,
+                    )
+                if view is None:
+                    buffer += piece
+                else:
+                    view[filled:end] = piece
+                filled = end
+        finally:
+            if view is not None:
+                view.release()
+        if declared is not None and filled < declared:
+            raise TransportError(
+                f"{self._where}: body cut short ({filled} of {declared} bytes)", status=200
+            )
+        return buffer
+
+    async def _read_decompressed(self, coding: str) -> bytearray:
+        # Asked for identity and got a coding anyway: decompress, never past the bound
+        # (max_length caps each step's output; the rest stays in unconsumed_tail).
+        decompressor = zlib.decompressobj(_DECOMPRESSORS[coding])
+        out = bytearray()
+        room = self.max_bytes
+        async for piece in self._pieces():
+            data = piece
+            while data:
+                try:
+                    chunk = decompressor.decompress(data, room + 1)
+                except zlib.error as exc:
+                    raise BadPayload(
+                        f"{self._where}: corrupt {coding} body: {exc}", status=self.status
+                    ) from None
+                if len(chunk) > room:
+                    raise BadPayload(
+                        f"{self._where}: the {coding} body expands past the "
+                        f"{self.max_bytes:,} bytes a correct answer can be",
+                        status=self.status,
+                    )
+                out += chunk
+                room -= len(chunk)
+                data = decompressor.unconsumed_tail
+                if decompressor.eof:
+                    break
+        if not decompressor.eof:
+            raise TransportError(f"{self._where}: {coding} body cut short", status=200)
+        return out
+
+
+def _declared_length(headers: CIMultiDictProxy[str]) -> int | None:
     declared = headers.get("Content-Length")
-    if declared is None or not declared.isdigit():
-        return
-    if len(payload) != int(declared):
-        raise TransportError(
-            f"{where}: body cut short ({len(payload)} of {declared} bytes)", status=200
-        )
+    if declared is None or not declared.strip().isdigit():
+        return None
+    return int(declared)
 
 
 def _status_error(
@@ -292,17 +475,19 @@ def _status_error(
     headers: CIMultiDictProxy[str],
     where: str,
     secrets: list[str],
+    max_wait_s: float = DEFAULT_MAX_WAIT_S,
 ) -> RemoteError:
     rpc_status, server_message = _parse_rpc_status(payload)
     label = f"HTTP {status} {rpc_status}" if rpc_status else f"HTTP {status}"
     message = _scrub(
         f"{where}: {label}: {server_message}" if server_message else f"{where}: {label}", secrets
     )
-    retry_after = parse_retry_after(headers.get("Retry-After"))
+    asked = parse_retry_after(headers.get("Retry-After"))
+    retry_after = asked if asked is None else min(asked, max_wait_s)
+    asked_wait = asked if asked is not None and asked > max_wait_s else None
     cls: type[RemoteError]
     if status == 400:
-        lowered = server_message.lower()
-        cls = RequestTooLarge if any(h in lowered for h in _TOO_LARGE_HINTS) else RequestInvalid
+        cls = _classify_400(server_message)
     elif status == 401:
         cls = Unauthenticated
     elif status == 403:
@@ -315,7 +500,16 @@ def _status_error(
         cls = ServerError
     else:  # other 4xx, and 1xx/3xx we never asked for (redirects are not followed)
         cls = RequestInvalid
-    return cls(message, status=status, retry_after=retry_after)
+    return cls(message, status=status, retry_after=retry_after, asked_wait=asked_wait)
+
+
+def _classify_400(server_message: str) -> type[RequestInvalid]:
+    lowered = server_message.lower()
+    if any(hint in lowered for hint in _BAND_LIMIT_HINTS):
+        return TooManyBands
+    if any(hint in lowered for hint in _SIZE_LIMIT_HINTS):
+        return RequestTooLarge
+    return RequestInvalid
 
 
 def _parse_rpc_status(payload: bytes | bytearray) -> tuple[str, str]:
@@ -332,8 +526,8 @@ def _parse_rpc_status(payload: bytes | bytearray) -> tuple[str, str]:
 
 
 def _one_line(text: str) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= _MAX_MESSAGE else text[: _MAX_MESSAGE - 3] + "..."
+    # Server text: no terminal escapes, one line, bounded.
+    return printable(" ".join(printable(text).split()), limit=_MAX_MESSAGE)
 
 
 def _describe(exc: BaseException) -> str:

@@ -19,7 +19,7 @@ from numpy.lib import format as npy_format
 
 from bulkpix.errors import BadPayload
 
-__all__ = ["decode_pixels"]
+__all__ = ["decode_pixels", "max_payload_bytes"]
 
 # An NPY 1.0 header is at most 10 (magic, version, length) + 65535 bytes; 2.0 allows more but
 # the service sends 1.0. Only this prefix is copied into a BytesIO for header parsing.
@@ -30,6 +30,35 @@ _NPY_HEADER_READERS = {
     (1, 0): npy_format.read_array_header_1_0,
     (2, 0): npy_format.read_array_header_2_0,
 }
+
+
+# What a GeoTIFF adds to its pixels: the header, tags and GeoKeys (a few KB), and an offset
+# and a byte count (8 bytes each in BigTIFF) per strip or tile per band, a strip being at
+# least a row. Deflate can grow incompressible data by 5 bytes per 16 KiB block.
+_GEOTIFF_FIXED_OVERHEAD = 1 << 20
+_GEOTIFF_PER_ROW_AND_BAND = 16
+
+
+def max_payload_bytes(
+    file_format: str, band_ids: Sequence[str], dtypes: Sequence[np.dtype], height: int, width: int
+) -> int:
+    """The most bytes a correct getPixels answer for this request can take.
+
+    The client reads no further: a body past this bound is not those pixels whatever it
+    holds, so it is refused before it can take memory the byte budget did not grant.
+    """
+    pixels = height * width * sum(np.dtype(d).itemsize for d in dtypes)
+    if file_format.upper() == "NPY":
+        # The header is a dict literal: each field costs its quoted name (a repr may escape a
+        # character to 10 bytes) and its type string; plus magic, shape and padding.
+        fields = sum(10 * len(b) + 32 for b in band_ids)
+        return pixels + fields + 256
+    return (
+        pixels
+        + pixels // 1000
+        + _GEOTIFF_PER_ROW_AND_BAND * height * max(1, len(band_ids))
+        + _GEOTIFF_FIXED_OVERHEAD
+    )
 
 
 def decode_pixels(
@@ -54,7 +83,9 @@ def decode_pixels(
         return _decode_npy(memoryview(payload), list(band_ids), expected, height, width)
     if fmt == "GEO_TIFF":
         return _decode_geotiff(payload, list(band_ids), expected, height, width)
-    raise ValueError(f"cannot decode file format {file_format!r} (NPY and GEO_TIFF only)")
+    if fmt == "PNG":
+        return _decode_png(payload, list(band_ids), expected, height, width)
+    raise ValueError(f"cannot decode file format {file_format!r} (NPY, GEO_TIFF and PNG only)")
 
 
 # --------------------------------------------------------------------------- NPY
@@ -70,12 +101,13 @@ def _decode_npy(
     record_dtype, shape, header_len = _read_npy_header(payload)
     if shape != (height, width):
         raise BadPayload(f"NPY shape {shape}, expected {(height, width)}")
-    if record_dtype.names is None:
+    fields = record_dtype.fields
+    if record_dtype.names is None or fields is None:
         raise BadPayload(f"NPY is not a record array (dtype {record_dtype})")
     if list(record_dtype.names) != band_ids:
         raise BadPayload(f"NPY fields {list(record_dtype.names)}, expected {band_ids}")
     for band_id, want in zip(band_ids, expected, strict=True):
-        got = record_dtype.fields[band_id][0]
+        got = fields[band_id][0]
         if not _same_type(got, want):
             raise BadPayload(f"NPY field {band_id!r} is {got}, expected {want}")
     data_len = height * width * record_dtype.itemsize
@@ -157,3 +189,44 @@ def _check_geotiff(
     for got, want in zip(dataset.dtypes, expected, strict=True):
         if np.dtype(got) != want:
             raise BadPayload(f"GeoTIFF band type {got}, expected {want}")
+
+
+# --------------------------------------------------------------------------- PNG
+
+
+def _decode_png(
+    payload: bytes | bytearray | memoryview,
+    band_ids: list[str],
+    expected: list[np.dtype],
+    height: int,
+    width: int,
+) -> dict[str, np.ndarray]:
+    """8-bit PNG (a visualization): gray, RGB, or RGB(A) whose alpha (masked pixels) is
+    dropped, as those pixels are already 0."""
+    import warnings
+
+    from rasterio.errors import NotGeoreferencedWarning, RasterioError
+    from rasterio.io import MemoryFile
+
+    if any(d != np.uint8 for d in expected):
+        raise ValueError("a PNG holds 8-bit bands only")
+    try:
+        with warnings.catch_warnings(), MemoryFile(bytes(payload)) as memfile:
+            # The grid is the request's; a PNG carries none, which is no news.
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with memfile.open() as dataset:
+                if (dataset.height, dataset.width) != (height, width):
+                    raise BadPayload(
+                        f"PNG is {dataset.height}x{dataset.width}, expected {height}x{width}"
+                    )
+                if dataset.count < len(band_ids) or np.dtype(dataset.dtypes[0]) != np.uint8:
+                    raise BadPayload(
+                        f"PNG has {dataset.count} {dataset.dtypes[0]} bands, "
+                        f"expected {len(band_ids)} uint8"
+                    )
+                stack = dataset.read(list(range(1, len(band_ids) + 1)))
+    except BadPayload:
+        raise
+    except (RasterioError, ValueError) as exc:
+        raise BadPayload(f"unreadable PNG payload: {exc}") from None
+    return {band_id: stack[i] for i, band_id in enumerate(band_ids)}

@@ -43,6 +43,24 @@ _SYNTHETIC_UPDATE_TIME = "2024-01-01T00:00:00Z"
 class Band:
     id: str
     dtype: np.dtype
+    # What the asset says of the band beyond its type (from a file's band metadata):
+    # served as the band's units, description, scale and offset.
+    units: str | None = None
+    description: str | None = None
+    scale: float = 1.0
+    offset: float = 0.0
+
+    def extra_metadata(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.units:
+            out["units"] = self.units
+        if self.description:
+            out["description"] = self.description
+        if self.scale != 1.0 or self.offset != 0.0:  # proto3 style: defaults left out
+            out["scale"] = _ee_number(self.scale)
+            if self.offset:
+                out["offset"] = _ee_number(self.offset)
+        return out
 
 
 @dataclass(frozen=True)
@@ -118,7 +136,7 @@ class Asset(ABC):
             "sizeBytes": str(size),
             "bands": [
                 {"id": b.id, "dataType": ee_data_type(b.dtype), "grid": grid,
-                 "pyramidingPolicy": "MEAN"}
+                 "pyramidingPolicy": "MEAN", **b.extra_metadata()}
                 for b in self.bands
             ],
         }
@@ -197,7 +215,14 @@ class FileAsset(Asset):
                 for index, (dtype, description) in enumerate(
                         zip(dataset.dtypes, dataset.descriptions, strict=True), start=1):
                     band_id = description or f"B{len(bands) + 1}"
-                    bands.append(Band(band_id, np.dtype(dtype)))
+                    tags = dataset.tags(index)
+                    bands.append(Band(
+                        band_id, np.dtype(dtype),
+                        units=dataset.units[index - 1] or None,
+                        description=tags.get("description") or tags.get("DESCRIPTION"),
+                        scale=float(dataset.scales[index - 1]),
+                        offset=float(dataset.offsets[index - 1]),
+                    ))
                     self._sources.append((os.fspath(path), index))
             newest = max(newest, os.path.getmtime(path))
         assert grid is not None

@@ -146,7 +146,8 @@ def _asset_outline(asset: Asset, crs: CRS) -> tuple[np.ndarray, np.ndarray]:
     w, h = float(asset.width), float(asset.height)
     cols = np.concatenate([steps * w, np.full_like(steps, w), steps * w, np.zeros_like(steps)])
     rows = np.concatenate([np.zeros_like(steps), steps * h, np.full_like(steps, h), steps * h])
-    xs, ys = asset.transform @ (cols, rows)
+    a, b, c, d, e, f = asset.transform[:6]
+    xs, ys = a * cols + b * rows + c, d * cols + e * rows + f
     if crs != asset.crs:
         xs, ys = _transformer(asset.crs, crs).transform(xs, ys)
     return np.asarray(xs), np.asarray(ys)

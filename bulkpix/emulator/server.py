@@ -146,6 +146,7 @@ class Emulator:
             if name is None or request.method != expected_method:
                 raise ApiError(404, f"Method not found: {request.method} {path}.")
             self._authorize(request)
+            response: web.StreamResponse
             with self.quota.slot():
                 if op == "get_asset":
                     response = web.json_response(self._asset(name).metadata())
@@ -174,8 +175,9 @@ class Emulator:
         body = await _json_body(request)
         record["workload_tag"] = body.get("workloadTag")
         band_ids = _band_ids(body.get("bandIds"), asset)
-        band_indexes = [asset.band_index(b) for b in band_ids]
-        dtypes = [asset.bands[i].dtype for i in band_indexes]  # type: ignore[index]
+        # _band_ids has refused ids the asset lacks: every index is found.
+        band_indexes = [i for b in band_ids if (i := asset.band_index(b)) is not None]
+        dtypes = [asset.bands[i].dtype for i in band_indexes]
         file_format = body.get("fileFormat") or "AUTO_JPEG_PNG"
         if not isinstance(file_format, str):
             raise ApiError(400, f"Invalid fileFormat: {file_format!r}.")

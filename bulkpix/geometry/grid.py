@@ -16,14 +16,15 @@ import sys
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import numpy as np
 from affine import Affine
-from rasterio.crs import CRS
-from rasterio.errors import CRSError
-from rasterio.warp import transform as _warp_points
-from rasterio.warp import transform_bounds
+
+# rasterio (GDAL and PROJ behind it, ~0.2 s to import) loads only when a CRS is parsed or
+# coordinates are reprojected: grids in one CRS, and the request path, never need it.
+if TYPE_CHECKING:
+    from rasterio.crs import CRS
 
 __all__ = [
     "SNAP_TOLERANCE_PX",
@@ -33,6 +34,7 @@ __all__ = [
     "Window",
     "aligned_grid",
     "describe_bounds",
+    "describe_crs",
     "is_lonlat_crs",
     "lonlat_problem",
     "native_subgrid",
@@ -132,10 +134,24 @@ class Window:
 @lru_cache(maxsize=256)
 def _parse_crs(crs: str) -> CRS:
     # Cached: parsing WKT is slow and the same few strings are compared again and again.
+    from rasterio.crs import CRS
+    from rasterio.errors import CRSError
+
     try:
         return CRS.from_user_input(crs)
     except CRSError as exc:
         raise ValueError(f"unrecognised CRS {crs!r}: {exc}") from exc
+
+
+def describe_crs(crs: str) -> str:
+    """The CRS as WKT, what the output stores; ValueError when it cannot be described
+    (``EPSG:0``, a garbled WKT)."""
+    from rasterio.errors import CRSError
+
+    try:
+        return _parse_crs(crs).to_wkt()
+    except CRSError as exc:
+        raise ValueError(f"cannot describe CRS {crs!r}: {exc}") from None
 
 
 def same_crs(a: str, b: str) -> bool:
@@ -405,6 +421,8 @@ def _densify(points: np.ndarray, n: int = DENSIFY_PTS) -> np.ndarray:
 
 def _transform_points(src_crs: str, dst_crs: str, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
     """Points mapped to ``dst_crs`` as an (n, 2) array; points PROJ cannot map are dropped."""
+    from rasterio.warp import transform as _warp_points
+
     try:
         out_x, out_y = _warp_points(src_crs, dst_crs, xs.tolist(), ys.tolist())
         out = np.column_stack([out_x, out_y])
@@ -456,6 +474,8 @@ def region_bounds(
         problem = lonlat_problem(bbox, region_crs)
         if problem:
             raise ValueError(f"bbox {describe_bounds(bbox)} is {problem}")
+    from rasterio.warp import transform_bounds
+
     return tuple(  # type: ignore[return-value]
         float(v) for v in transform_bounds(region_crs, dst_crs, *bbox, densify_pts=DENSIFY_PTS)
     )

@@ -3,7 +3,8 @@
 Layout, under the item group at ``path``::
 
     {path}/.bulkpix/job.json            the job fingerprint (JSON)
-    {path}/.bulkpix/done/{tile_key}     one small JSON object per finished tile
+    {path}/.bulkpix/done/{tile_key}     one small JSON object per finished tile, with the
+                                        crc32c of every chunk it stored: {"key", "chunks"}
     {path}/.bulkpix/failed/{tile_key}   one per tile that failed for good: {"key", "reason"}
 
 Why it is crash-safe and safe for many writers without a database or locks:
@@ -29,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -36,9 +38,10 @@ from zarr.abc.store import Store
 from zarr.core.buffer import default_buffer_prototype
 
 from bulkpix.errors import StoreError
-from bulkpix.store.zarr_store import RECORD_DIR
+from bulkpix.store.location import JOB_KEY, RECORD_DIR
 
-__all__ = ["TileRecord", "fingerprint_diff"]
+__all__ = ["JOB_KEY", "TileRecord", "fingerprint_diff"]
+
 
 MARKER_VERSION = 1
 # Keys become object names: keep them to characters every store and filesystem accepts.
@@ -51,10 +54,16 @@ _READ_CONCURRENCY = 64
 class TileRecord:
     """Finished/failed tiles and the job fingerprint of the item group at ``path``."""
 
-    def __init__(self, store: Store, path: str = "") -> None:
+    def __init__(
+        self, store: Store, path: str = "", *, guard: Callable[[], None] | None = None
+    ) -> None:
         self.store = store
         path = path.strip("/")
+        self.path = path
         self.prefix = f"{path}/{RECORD_DIR}/" if path else f"{RECORD_DIR}/"
+        # Called before every marker is written; raises (LeaseLost) when this run may no
+        # longer write into the output.
+        self._guard = guard
 
     # ---------------------------------------------------------------- fingerprint
 
@@ -73,13 +82,32 @@ class TileRecord:
 
     # ---------------------------------------------------------------- done tiles
 
-    async def mark_done(self, key: str) -> None:
-        """Record ``key`` as finished. Call only after all of its chunks are written."""
+    async def mark_done(self, key: str, chunks: Mapping[str, int] | None = None) -> None:
+        """Record ``key`` as finished. Call only after all of its chunks are written.
+
+        ``chunks`` maps each stored chunk's key (relative to the item) to its crc32c, for
+        ``bulkpix verify``.
+        """
         _check_key(key)
-        await self._put(
-            self._done_prefix + key,
-            {"key": key, "v": MARKER_VERSION, "time": _now()},
-        )
+        marker: dict[str, Any] = {"key": key, "v": MARKER_VERSION, "time": _now()}
+        if chunks:
+            marker["chunks"] = dict(chunks)
+        await self._put(self._done_prefix + key, marker)
+
+    async def done_markers(self) -> dict[str, dict[str, Any]]:
+        """Every valid done-marker by tile key (what ``done_keys`` counts), as stored."""
+        names = [name async for name in self._list_names(self._done_prefix)]
+        markers = await self._read_many(self._done_prefix, names)
+        return {
+            name: marker
+            for name, marker in zip(names, markers, strict=True)
+            if isinstance(marker, dict) and marker.get("key") == name
+        }
+
+    async def clear_done(self, key: str) -> None:
+        """Forget that ``key`` finished: the next run fetches it again."""
+        _check_key(key)
+        await self.store.delete(self._done_prefix + key)
 
     async def done_keys(self, *, validate: bool = True) -> set[str]:
         """Keys of finished tiles.
@@ -128,14 +156,25 @@ class TileRecord:
         await self.store.delete(self._failed_prefix + key)
 
     async def clear(self) -> None:
-        """Forget everything: fingerprint, finished and failed tiles."""
-        await self.store.delete_dir(self.prefix)
+        """Forget everything: fingerprint, finished and failed tiles (the lease, which lives
+        beside the root's record, is not part of it)."""
+        await self.store.delete(self._job_key)
+        await self.store.delete_dir(self._done_prefix)
+        await self.store.delete_dir(self._failed_prefix)
+
+    async def has_fingerprint(self) -> bool:
+        """Whether a fingerprint object exists, readable or not."""
+        return await self.store.exists(self._job_key)
+
+    async def count_done(self) -> int:
+        """How many done-markers are listed (not read: a quick look for status and checks)."""
+        return len([name async for name in self._list_names(self._done_prefix)])
 
     # ---------------------------------------------------------------- helpers
 
     @property
     def _job_key(self) -> str:
-        return self.prefix + "job.json"
+        return self.prefix + JOB_KEY
 
     @property
     def _done_prefix(self) -> str:
@@ -146,10 +185,12 @@ class TileRecord:
         return self.prefix + "failed/"
 
     async def _put(self, key: str, value: dict[str, Any]) -> None:
+        if self._guard is not None:
+            self._guard()
         data = json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
         await self.store.set(key, default_buffer_prototype().buffer.from_bytes(data))
 
-    async def _list_names(self, prefix: str):
+    async def _list_names(self, prefix: str) -> AsyncIterator[str]:
         """Names of the objects directly under ``prefix`` that can be tile keys."""
         async for store_key in self.store.list_prefix(prefix):
             name = store_key[len(prefix) :] if store_key.startswith(prefix) else ""

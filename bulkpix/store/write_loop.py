@@ -64,9 +64,7 @@ class WriteLoop:
         if self._loop is not None and self._thread is not None:
             # Writes still running (the run failed or was cancelled) end here, on their own
             # loop, before it stops: nothing is left pending to call back into a dead loop.
-            await asyncio.wrap_future(
-                asyncio.run_coroutine_threadsafe(_cancel_all(), self._loop)
-            )
+            await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(_cancel_all(), self._loop))
             self._loop.call_soon_threadsafe(self._loop.stop)
             await asyncio.to_thread(self._thread.join)
         self._loop = None

@@ -1,46 +1,58 @@
-"""The Zarr v3 output: one group per job item, one 2-D array per band, georeferenced.
+"""The Zarr output (v3 by default, v2 on request): one group per job item, one 2-D array per
+band, georeferenced.
 
 Layout of an item group at ``path`` (``""`` is the store's root group)::
 
-    {path}/zarr.json        group; attrs["bulkpix"] = version, grid, bands, chunk;
-                            consolidated metadata so xarray opens it with one read
-    {path}/{band_id}        (height, width) band dtype, chunks (chunk, chunk), zstd,
-                            fill 0, dimension_names ["y", "x"], grid_mapping "spatial_ref"
+    {path}/zarr.json        group; attrs["bulkpix"] = version, grid, bands (in the job's
+                            order), chunk, complete; consolidated metadata so xarray opens
+                            it with one read (v2: .zgroup/.zattrs, .zmetadata at the root)
+    {path}/{band_id}        (height, width) band dtype, chunks (chunk, chunk), the job's codec,
+                            dimensions ["y", "x"] (v2: the _ARRAY_DIMENSIONS attribute),
+                            grid_mapping "spatial_ref", _CRS (what GDAL reads), the band's
+                            units / scale_factor / add_offset / long_name when the asset
+                            gives them; fill value and _FillValue = the job's nodata, when
+                            it declares one (else fill 0 in v3, none in v2, no _FillValue)
     {path}/x, {path}/y      float64 pixel-centre coordinates (CF attributes)
     {path}/spatial_ref      0-d int: crs_wkt / spatial_ref (WKT) and GeoTransform (GDAL order)
     {path}/.bulkpix/...     the tile record (``bulkpix.store.record``), not a Zarr node
 
 This is the layout rioxarray reads (CRS from ``spatial_ref``, transform from its
 ``GeoTransform``, which also carries rotated/sheared grids exactly) and GDAL's Zarr driver
-understands. Only the abstract zarr ``Store`` API is used here, never the local filesystem, so
-the same code writes to object stores.
+understands (CRS from ``_CRS``, geotransform from the regular x/y coordinates; GDAL 3.10
+reads v2 only, 3.11 unsharded v3). Only the abstract zarr ``Store`` API is used here, never
+the local filesystem, so the same code writes to object stores.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import struct
 import warnings
-from collections.abc import Mapping, Sequence
-from typing import Any, Protocol, Self
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Literal, Protocol, Self
 
 import numpy as np
 from affine import Affine
 from zarr.abc.store import Store
 from zarr.api import asynchronous as zarr_async
-from zarr.codecs import ZstdCodec
 from zarr.core.array import AsyncArray
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.group import AsyncGroup
-from zarr.errors import ZarrUserWarning
+from zarr.errors import ContainsArrayError, ContainsGroupError, ZarrUserWarning
 from zarr.storage import LocalStore, StorePath
 
 from bulkpix.dtypes import BandSpec
 from bulkpix.errors import StoreError
+from bulkpix.store.checksum import ChecksumStore
+from bulkpix.store.codecs import DEFAULT_COMPRESSION, zarr_compressors
+from bulkpix.store.location import RECORD_DIR
 
 __all__ = [
     "DEFAULT_CHUNK",
-    "DEFAULT_ZSTD_LEVEL",
+    "DEFAULT_COMPRESSION",
+    "DEFAULT_ZARR_FORMAT",
     "BandSpec",
     "GridLike",
     "ItemWriter",
@@ -50,15 +62,17 @@ __all__ = [
 ]
 
 # From benchmarks/write_path.py (2 cores): 1024-px chunks cost ~3.3 CPU-s per GB written,
-# 512 ~5.5, 256 ~10 (per-chunk overhead dominates). zstd level 3 costs about twice level 1's
-# CPU for ~4% smaller output. Level 1 it is.
+# 512 ~5.5, 256 ~10 (per-chunk overhead dominates). The codec: see bulkpix.store.codecs.
 DEFAULT_CHUNK = 1024
-DEFAULT_ZSTD_LEVEL = 1
+
+ZarrFormat = Literal[2, 3]
+DEFAULT_ZARR_FORMAT: ZarrFormat = 3
+ZARR_FORMATS = (2, 3)
 
 GRID_MAPPING = "spatial_ref"
 COORD_NAMES = ("x", "y", GRID_MAPPING)
 ROOT_METADATA_KEY = "zarr.json"
-RECORD_DIR = ".bulkpix"  # the tile record lives here, see bulkpix.store.record
+V2_METADATA_KEYS = (".zgroup", ".zattrs", ".zarray", ".zmetadata")
 LAYOUT_VERSION = 1
 
 # zarr warns about every object under a group that is not a Zarr node (our .bulkpix
@@ -117,28 +131,38 @@ async def open_store(url_or_path: str, *, read_only: bool = False) -> Store:
         raise StoreError(f"cannot open {url_or_path!r}: {exc}") from None
 
 
-async def consolidate(store: Store, path: str = "") -> None:
+async def zarr_format_of(store: Store, path: str = "") -> ZarrFormat | None:
+    """The Zarr format (2 or 3) of the group at ``path``, None when there is no group."""
+    prefix = _prefix(path)
+    prototype = default_buffer_prototype()
+    if await store.get(f"{prefix}{ROOT_METADATA_KEY}", prototype=prototype) is not None:
+        return 3
+    if await store.get(f"{prefix}.zgroup", prototype=prototype) is not None:
+        return 2
+    return None
+
+
+async def consolidate(
+    store: Store, path: str = "", zarr_format: ZarrFormat | None = None
+) -> None:
     """Consolidate the metadata of the group at ``path`` and everything under it.
 
     ``xarray.open_zarr(store, group=item)`` looks for consolidated metadata at the store's
     ROOT; call this once with ``path=""`` after all items of a run exist (not from several
-    processes at once: the last writer wins).
+    processes at once: the last writer wins). The format is the group's own unless given.
     """
+    if zarr_format is None:
+        zarr_format = await zarr_format_of(store, path) or DEFAULT_ZARR_FORMAT
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", _NOT_A_NODE_WARNING, ZarrUserWarning)
         warnings.filterwarnings("ignore", _CONSOLIDATED_WARNING, ZarrUserWarning)
-        await zarr_async.consolidate_metadata(store, path=path or None, zarr_format=3)
+        await zarr_async.consolidate_metadata(store, path=path or None, zarr_format=zarr_format)
 
 
-async def mark_batch_root(store: Store) -> None:
+async def mark_batch_root(store: Store, zarr_format: ZarrFormat = DEFAULT_ZARR_FORMAT) -> None:
     """Make the store's root group (if need be) and mark it as holding a bulkpix batch."""
-    mark = {"bulkpix": {"batch": True}}
     # A new root is created with its mark in one write: no moment where it exists unmarked.
-    group = await zarr_async.open_group(
-        store=store, path="", mode="a", zarr_format=3, attributes=mark
-    )
-    if group.attrs.get("bulkpix") != mark["bulkpix"]:
-        await group.update_attributes(mark)
+    await _open_or_make_group(store, "", {"bulkpix": {"batch": True}}, zarr_format)
 
 
 async def has_keys_under(store: Store, path: str) -> bool:
@@ -156,6 +180,9 @@ async def _drop_root_consolidation(store: Store) -> None:
     Re-consolidating here instead would re-read every item for every item created.
     """
     prototype = default_buffer_prototype()
+    if await store.get(".zmetadata", prototype=prototype) is not None:  # a v2 store
+        await store.delete(".zmetadata")
+        return
     buffer = await store.get(ROOT_METADATA_KEY, prototype=prototype)
     if buffer is None:
         return
@@ -273,8 +300,7 @@ class ItemWriter:
         # Empty chunks are written like any other: zarr's all-equal check per chunk costs
         # more CPU than storing a few bytes of zstd for a chunk of zeros.
         self._arrays = {
-            name: array.with_config({"write_empty_chunks": True})
-            for name, array in arrays.items()
+            name: array.with_config({"write_empty_chunks": True}) for name, array in arrays.items()
         }
 
     # ---------------------------------------------------------------- construction
@@ -289,20 +315,40 @@ class ItemWriter:
         chunk: int = DEFAULT_CHUNK,
         attrs: Mapping[str, Any] | None = None,
         *,
-        compression_level: int | None = DEFAULT_ZSTD_LEVEL,
+        compression: str = DEFAULT_COMPRESSION,
+        compression_level: int | None = None,
         overwrite: bool = False,
+        zarr_format: ZarrFormat = DEFAULT_ZARR_FORMAT,
+        band_attrs: Mapping[str, Mapping[str, Any]] | None = None,
+        fill_values: Mapping[str, float] | None = None,
+        keep_existing: bool = False,
     ) -> Self:
         """Create the item group and all its arrays (no pixel data is written).
 
-        ``compression_level=None`` stores chunks uncompressed. If anything already exists
-        under ``path`` this raises ``StoreError`` unless ``overwrite`` (which deletes it all,
-        tile record included).
+        ``compression`` names the chunk codec (``bulkpix.store.codecs``: none, zstd, lz4,
+        gzip) and ``compression_level`` its level (None: the codec's default). If anything
+        already exists under ``path`` this raises ``StoreError`` unless ``overwrite`` (which
+        deletes it all, tile record included) or ``keep_existing``: then only the nodes this
+        writer makes are written (the group's metadata, keeping attributes it does not set;
+        band arrays that are missing or of another shape; the coordinates) and anything else
+        under ``path`` (a user's own arrays, the tile record) stays. ``band_attrs`` adds
+        attributes to a band's array (units, scale_factor, ...); ``fill_values`` declares a
+        band's nodata: its fill value and ``_FillValue``, which xarray masks and GDAL reports
+        as nodata. A band without one declares none (its v3 fill value is 0, which v3 readers
+        do not take for nodata).
         """
         path = path.strip("/")
         _check_band_names(bands)
         if chunk <= 0:
             raise ValueError(f"chunk must be positive, got {chunk}")
-        if await has_keys_under(store, path):
+        if zarr_format not in ZARR_FORMATS:
+            raise ValueError(f"zarr_format must be 2 or 3, got {zarr_format}")
+        band_attrs = band_attrs or {}
+        fill_values = dict(fill_values or {})
+        for band in bands:
+            if band.id in fill_values:
+                fill_values[band.id] = _fill_value(band, fill_values[band.id])
+        if not keep_existing and await has_keys_under(store, path):
             if not overwrite:
                 raise StoreError(
                     f"the store already holds data at {path or '(root)'!r}; "
@@ -316,33 +362,101 @@ class ItemWriter:
             "layout": LAYOUT_VERSION,
             "version": _bulkpix_version(),
             "grid": grid_to_json(grid),
+            # The job's band order: zarr lists arrays in no particular order, so readers
+            # (bulkpix.open, export, preview) take the order from here.
             "bands": [{"id": b.id, "dtype": b.dtype.str} for b in bands],
             "chunk": chunk,
+            "complete": False,  # set by mark_complete once every tile is stored
         }
-        group = await AsyncGroup.from_store(StorePath(store, path), attributes=group_attrs)
-        compressors = None if compression_level is None else ZstdCodec(level=compression_level)
+        if keep_existing:
+            group = await _open_or_make_group(store, path, group_attrs, zarr_format)
+        else:
+            group = await AsyncGroup.from_store(
+                StorePath(store, path), attributes=group_attrs, zarr_format=zarr_format
+            )
+        compressors = zarr_compressors(compression, compression_level, zarr_format)
+        crs_attr = {"wkt": _crs_wkt(grid.crs)}
+
+        def array_attrs(band: BandSpec) -> dict[str, Any]:
+            # "coordinates" makes xarray keep spatial_ref as a coordinate, as rioxarray
+            # itself writes it; _CRS is where GDAL's Zarr driver looks for the CRS.
+            out: dict[str, Any] = {
+                "grid_mapping": GRID_MAPPING,
+                "coordinates": GRID_MAPPING,
+                "_CRS": crs_attr,
+            }
+            out.update(band_attrs.get(band.id, {}))
+            if zarr_format == 3 and band.id in fill_values:
+                # v3 readers do not take the fill value for nodata; xarray masks _FillValue.
+                out["_FillValue"] = _fill_value_attribute(band, fill_values[band.id])
+            return out
+
+        def fill_value(band: BandSpec) -> Any:
+            if band.id in fill_values:
+                return fill_values[band.id]
+            # v2 readers (xarray, GDAL) take the fill value for nodata: declare none.
+            return None if zarr_format == 2 else 0
 
         arrays = await asyncio.gather(
             *(
-                group.create_array(
+                _make_array(
+                    group,
+                    keep_existing,
                     name=band.id,
                     shape=(height, width),
                     dtype=band.dtype,
                     chunks=(chunk, chunk),
                     compressors=compressors,
-                    fill_value=0,
-                    dimension_names=("y", "x"),
-                    # "coordinates" makes xarray keep spatial_ref as a coordinate, as
-                    # rioxarray itself writes it.
-                    attributes={"grid_mapping": GRID_MAPPING, "coordinates": GRID_MAPPING},
+                    fill_value=fill_value(band),
+                    **_dimensions(zarr_format, ("y", "x"), array_attrs(band)),
                 )
                 for band in bands
             )
         )
-        await _write_georeferencing(group, grid, chunk)
-        await consolidate(store, path)
+        await _write_georeferencing(group, grid, chunk, zarr_format, keep_existing=keep_existing)
+        await consolidate(store, path, zarr_format)
         if path:
             await _drop_root_consolidation(store)
+        return cls(
+            store,
+            path,
+            dict(zip((b.id for b in bands), arrays, strict=True)),
+            bands,
+            chunk,
+            height,
+            width,
+        )
+
+    @classmethod
+    async def open_recorded(
+        cls,
+        store: Store,
+        path: str,
+        bands: Sequence[BandSpec],
+        chunk: int,
+        height: int,
+        width: int,
+    ) -> Self:
+        """Reopen an item from what its record says (the record owns the item's layout;
+        the group's ``bulkpix`` attribute is only a copy for other readers)."""
+        path = path.strip("/")
+
+        async def open_band(band: BandSpec) -> AsyncArray:
+            try:
+                array = await AsyncArray.open(
+                    StorePath(store, _prefix(path) + band.id), zarr_format=None
+                )
+            except (FileNotFoundError, KeyError) as exc:
+                raise StoreError(
+                    f"band array {band.id!r} at {path or '(root)'!r} is missing: {exc}"
+                ) from None
+            if not isinstance(array, AsyncArray) or array.shape != (height, width):
+                raise StoreError(
+                    f"band array {band.id!r} at {path or '(root)'!r} does not match its record"
+                )
+            return array
+
+        arrays = await asyncio.gather(*(open_band(b) for b in bands))
         return cls(
             store,
             path,
@@ -359,14 +473,20 @@ class ItemWriter:
         path = path.strip("/")
         try:
             # Fresh metadata from the store, not a possibly stale consolidated copy.
-            group = await AsyncGroup.open(StorePath(store, path), use_consolidated=False)
+            group = await AsyncGroup.open(
+                StorePath(store, path), use_consolidated=False, zarr_format=None
+            )
         except (FileNotFoundError, KeyError) as exc:
             raise StoreError(f"no bulkpix output at {path or '(root)'!r}: {exc}") from None
         info = group.attrs.get("bulkpix")
         if not isinstance(info, dict) or info.get("layout") != LAYOUT_VERSION:
             raise StoreError(f"the group at {path or '(root)'!r} was not written by bulkpix")
         bands = [BandSpec(b["id"], np.dtype(b["dtype"])) for b in info["bands"]]
-        arrays = await asyncio.gather(*(group.getitem(b.id) for b in bands))
+        arrays = []
+        for node in await asyncio.gather(*(group.getitem(b.id) for b in bands)):
+            if not isinstance(node, AsyncArray):
+                raise StoreError(f"{node.path!r} is a group, not a band array")
+            arrays.append(node)
         grid = info["grid"]
         return cls(
             store,
@@ -380,23 +500,61 @@ class ItemWriter:
 
     # ---------------------------------------------------------------- writing
 
-    async def write_tile(self, window: WindowLike, arrays: Mapping[str, np.ndarray]) -> None:
+    async def write_tile(
+        self, window: WindowLike, arrays: Mapping[str, np.ndarray]
+    ) -> dict[str, int]:
         """Write one decoded tile: every band's (height, width) array at the window's offset.
 
         The window must be chunk-aligned (its edges on multiples of ``chunk`` or on the
         array's edge) so that every chunk is written whole: no read-modify-write, and tiles
-        written concurrently never touch the same chunk. Returns once every chunk is stored.
+        written concurrently never touch the same chunk. Returns once every chunk is stored,
+        with the crc32c of each stored chunk by its key relative to the item (``B4/c/0/1``)
+        when the store is a ``ChecksumStore`` (else an empty dict).
         """
         self._check_tile(window, arrays)
-        selection = (
-            slice(window.row_off, window.row_off + window.height),
-            slice(window.col_off, window.col_off + window.width),
-        )
-        # zarr copies each chunk out of the array itself (a strided copy is as cheap as a
-        # contiguous one), so field views of the NPY record array go in as they are.
+        # One setitem per chunk: given exactly one whole chunk, zarr encodes the value as it
+        # is; given several, it first fills a new chunk with the fill value and copies the
+        # value in (twice the memory traffic: ~40% of the write's CPU for 2048-px tiles in
+        # 1024-px chunks). Field views of the NPY record array go in as they are: the
+        # encoder's copy to contiguous bytes is the one copy.
         await asyncio.gather(
-            *(self._arrays[band].setitem(selection, array) for band, array in arrays.items())
+            *(
+                self._arrays[band].setitem(
+                    (slice(row, row + height), slice(col, col + width)),
+                    array[row - window.row_off : row - window.row_off + height,
+                          col - window.col_off : col - window.col_off + width],
+                )
+                for row, height in _chunk_spans(window.row_off, window.height, self.chunk)
+                for col, width in _chunk_spans(window.col_off, window.width, self.chunk)
+                for band, array in arrays.items()
+            )
         )
+        if not isinstance(self.store, ChecksumStore):
+            return {}
+        keys = self.chunk_keys(window, arrays)
+        prefix = _prefix(self.path)
+        crcs = self.store.take(prefix + key for key in keys)
+        return {key[len(prefix) :]: crc for key, crc in crcs.items()}
+
+    def chunk_keys(self, window: WindowLike, bands: Iterable[str]) -> list[str]:
+        """The store keys (relative to the item) of the chunks a window covers, per band."""
+        rows = range(
+            window.row_off // self.chunk, -(-(window.row_off + window.height) // self.chunk)
+        )
+        cols = range(
+            window.col_off // self.chunk, -(-(window.col_off + window.width) // self.chunk)
+        )
+        keys = []
+        for band in bands:
+            metadata = self._arrays[band].metadata
+            for i in rows:
+                for j in cols:
+                    keys.append(f"{band}/{metadata.encode_chunk_key((i, j))}")
+        return keys
+
+    def array_paths(self) -> list[str]:
+        """Store paths of the band arrays (what a ``ChecksumStore`` should track)."""
+        return [_prefix(self.path) + b.id for b in self.bands]
 
     def describe(self) -> dict[str, Any]:
         """What of this output belongs in the job fingerprint: bands, chunking, codecs."""
@@ -405,8 +563,20 @@ class ItemWriter:
             "bands": [{"id": b.id, "dtype": b.dtype.str} for b in self.bands],
             "shape": [self.height, self.width],
             "chunk": self.chunk,
-            "codecs": [c.to_dict() for c in first.metadata.codecs],
+            "codecs": _codecs(first),
         }
+
+    async def mark_complete(self) -> None:
+        """Record in the group's attributes that every tile is stored (readers check
+        ``attrs["bulkpix"]["complete"]``). Re-consolidate the root afterwards."""
+        group = await AsyncGroup.open(
+            StorePath(self.store, self.path), use_consolidated=False, zarr_format=None
+        )
+        info = dict(group.attrs.get("bulkpix") or {})
+        if info.get("complete") is True:
+            return
+        info["complete"] = True
+        await group.update_attributes({"bulkpix": info})
 
     def _check_tile(self, window: WindowLike, arrays: Mapping[str, np.ndarray]) -> None:
         expected = {b.id for b in self.bands}
@@ -441,6 +611,20 @@ class ItemWriter:
                 raise ValueError(f"band {band.id!r} is {value.dtype}, output is {band.dtype}")
 
 
+def _codecs(array: AsyncArray) -> list[dict[str, Any]]:
+    metadata = array.metadata
+    if hasattr(metadata, "codecs"):  # v3
+        return [c.to_dict() for c in metadata.codecs]
+    compressor = getattr(metadata, "compressor", None)  # v2: one numcodecs compressor
+    return [compressor.get_config()] if compressor is not None else []
+
+
+def _chunk_spans(offset: int, length: int, chunk: int) -> list[tuple[int, int]]:
+    """(start, length) of each chunk along one axis of a chunk-aligned window."""
+    return [(start, min(chunk, offset + length - start))
+            for start in range(offset, offset + length, chunk)]
+
+
 def _on_chunk_edge(offset: int, chunk: int, size: int) -> bool:
     return offset % chunk == 0 or offset == size
 
@@ -458,7 +642,99 @@ def _check_band_names(bands: Sequence[BandSpec]) -> None:
             raise StoreError(f"band id {band_id!r} cannot name a Zarr array")
 
 
-async def _write_georeferencing(group: AsyncGroup, grid: GridLike, chunk: int) -> None:
+def _dimensions(
+    zarr_format: int, names: tuple[str, ...], attributes: dict[str, Any]
+) -> dict[str, Any]:
+    """Dimension names as each format holds them: v3 metadata, or v2's xarray attribute."""
+    if zarr_format == 2:
+        return {"attributes": {"_ARRAY_DIMENSIONS": list(names), **attributes}}
+    return {"dimension_names": names, "attributes": attributes}
+
+
+def _fill_value(band: BandSpec, value: float) -> Any:
+    """The nodata value as the band's type holds it; StoreError when it cannot."""
+    kind = band.dtype.kind
+    if kind in "iu":
+        info = np.iinfo(band.dtype)
+        if not (float(value).is_integer() and info.min <= value <= info.max):
+            raise StoreError(
+                f"nodata {value} for band {band.id!r} is not a {band.dtype.name} value"
+            )
+        return int(value)
+    return float(value)
+
+
+def _fill_value_attribute(band: BandSpec, value: float) -> int | str:
+    """``_FillValue`` as xarray writes it in a v3 array's attributes: an integer as is, a
+    float as the base64 of its little-endian float64 bytes (so NaN survives JSON)."""
+    if band.dtype.kind in "iu":
+        return int(value)
+    return base64.standard_b64encode(struct.pack("<d", float(value))).decode()
+
+
+async def _open_or_make_group(
+    store: Store, path: str, attributes: dict[str, Any], zarr_format: ZarrFormat
+) -> AsyncGroup:
+    """The group at ``path`` with ``attributes`` set, made if missing, others' attributes kept.
+
+    Runs of the same job may make it at the same moment: whoever loses opens the winner's.
+    """
+    for attempt in range(2):
+        try:
+            group = await zarr_async.open_group(
+                store=store, path=path, mode="a", zarr_format=zarr_format, attributes=attributes
+            )
+            break
+        except (ContainsGroupError, ContainsArrayError):
+            if attempt:
+                raise
+    if any(group.attrs.get(name) != value for name, value in attributes.items()):
+        group = await group.update_attributes(attributes)
+    return group
+
+
+async def _make_array(
+    group: AsyncGroup, keep_existing: bool, *, name: str, shape: tuple[int, ...], **kwargs: Any
+) -> AsyncArray:
+    """Create an array; with ``keep_existing`` one that already exists with the same shape,
+    type and chunks is kept (made by an earlier or a concurrent run of the same job)."""
+    if not keep_existing:
+        return await group.create_array(name=name, shape=shape, **kwargs)
+    existing = await _existing_array(group, name)
+    if existing is not None:
+        chunks = kwargs.get("chunks")
+        if (
+            existing.shape == shape
+            and existing.dtype == np.dtype(kwargs["dtype"])
+            and (chunks is None or existing.chunks == tuple(chunks))
+        ):
+            return existing
+        return await group.create_array(name=name, shape=shape, overwrite=True, **kwargs)
+    try:
+        return await group.create_array(name=name, shape=shape, **kwargs)
+    except (ContainsArrayError, ContainsGroupError):
+        made = await _existing_array(group, name)  # a concurrent run made it just now
+        if made is None:
+            raise
+        return made
+
+
+async def _existing_array(group: AsyncGroup, name: str) -> AsyncArray | None:
+    try:
+        node = await group.getitem(name)
+    except KeyError:
+        return None
+    return node if isinstance(node, AsyncArray) else None
+
+
+async def _write_georeferencing(
+    group: AsyncGroup,
+    grid: GridLike,
+    chunk: int,
+    zarr_format: ZarrFormat = DEFAULT_ZARR_FORMAT,
+    *,
+    keep_existing: bool = False,
+) -> None:
     """The x/y centre coordinates and the spatial_ref grid-mapping variable."""
     wkt = _crs_wkt(grid.crs)
     x_attrs, y_attrs = _coordinate_attrs(grid.crs)
@@ -467,30 +743,37 @@ async def _write_georeferencing(group: AsyncGroup, grid: GridLike, chunk: int) -
     coord_chunk = max(chunk, 1 << 16)
 
     async def write_coordinate(name: str, values: np.ndarray, attrs: dict[str, Any]) -> None:
-        array = await group.create_array(
+        array = await _make_array(
+            group,
+            keep_existing,
             name=name,
             shape=values.shape,
             dtype=np.float64,
             chunks=(min(coord_chunk, max(values.size, 1)),),
             compressors=None,
             fill_value=np.nan,
-            dimension_names=(name,),
-            attributes=attrs,
+            **_dimensions(zarr_format, (name,), attrs),
         )
         await array.setitem(slice(None), values)
 
-    spatial_ref = await group.create_array(
+    spatial_ref = await _make_array(
+        group,
+        keep_existing,
         name=GRID_MAPPING,
         shape=(),
         dtype=np.int64,
-        fill_value=0,
+        # v2 readers would mask a fill value of 0 and turn the variable into a NaN.
+        fill_value=None if zarr_format == 2 else 0,
         compressors=None,
-        dimension_names=(),
-        attributes={
-            "crs_wkt": wkt,
-            "spatial_ref": wkt,
-            "GeoTransform": gdal_geotransform(grid.transform),
-        },
+        **_dimensions(
+            zarr_format,
+            (),
+            {
+                "crs_wkt": wkt,
+                "spatial_ref": wkt,
+                "GeoTransform": gdal_geotransform(grid.transform),
+            },
+        ),
     )
     await asyncio.gather(
         write_coordinate("x", x_centres, x_attrs),

@@ -9,7 +9,9 @@ region, while the server keeps working on the other requests in flight.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import deque
+from collections.abc import AsyncIterator
 
 __all__ = ["ByteBudget"]
 
@@ -52,6 +54,16 @@ class ByteBudget:
                 self._wake()
             raise
         return nbytes
+
+    @contextlib.asynccontextmanager
+    async def hold(self, nbytes: int) -> AsyncIterator[int]:
+        """Hold ``nbytes`` (clamped) for the block; yields what was taken. The one way the
+        pipeline takes budget: it is given back exactly once, however the block ends."""
+        taken = await self.acquire(nbytes)
+        try:
+            yield taken
+        finally:
+            self.release(taken)
 
     def release(self, nbytes: int) -> None:
         self._held -= nbytes

@@ -3,11 +3,16 @@
 Memory stays bounded whatever the number of items: the producer pulls the next item from
 the iterator only when the queue has room, so at most ``queue_size + workers + 1`` items
 exist at once (queued, being handled, and the one waiting to be queued).
+
+A handled item may give back follow-up items (the parts of a tile the server found too
+large): they go to the front of the line, ahead of the iterator's, and are handled by the
+same pool before it returns.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
 from typing import TypeVar
 
@@ -16,6 +21,7 @@ __all__ = ["run_workers"]
 T = TypeVar("T")
 
 _END = object()  # one per worker, after the last item
+_WAKE = object()  # tells an idle worker that follow-up items are waiting
 
 
 async def _iterate(items: Iterable[T] | AsyncIterable[T]) -> AsyncIterator[T]:
@@ -29,7 +35,7 @@ async def _iterate(items: Iterable[T] | AsyncIterable[T]) -> AsyncIterator[T]:
 
 async def run_workers(
     items: Iterable[T] | AsyncIterable[T],
-    handle: Callable[[T], Awaitable[None]],
+    handle: Callable[[T], Awaitable[Iterable[T] | None]],
     workers: int,
     queue_size: int | None = None,
     *,
@@ -40,7 +46,8 @@ async def run_workers(
     If ``handle`` (or the iterator) raises, the other tasks are cancelled and the exception
     is re-raised as is. Cancelling the caller cancels and awaits every task it started.
     Setting ``stop`` stops gracefully: no new item is started, items being handled finish,
-    then the call returns normally.
+    then the call returns normally. Items ``handle`` returns are handled too, before the
+    iterator's next ones.
     """
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
@@ -61,18 +68,61 @@ async def run_workers(
         for _ in range(workers):
             await queue.put(_END)
 
+    follow_ups: deque[T] = deque()
+    busy = 0  # workers inside handle(): each may still give back follow-ups
+    changed = asyncio.Event()
+
+    def poke() -> None:
+        nonlocal changed
+        changed.set()
+        changed = asyncio.Event()
+
     async def work() -> None:
+        nonlocal busy
         me = asyncio.current_task()
         assert me is not None
+        ended = False
         while not stopping():
-            idle.add(me)
+            if follow_ups:
+                item = follow_ups.popleft()
+            elif ended:
+                if busy == 0:
+                    return
+                # The iterator is done, but a busy worker may still hand back parts.
+                idle.add(me)
+                try:
+                    await changed.wait()
+                finally:
+                    idle.discard(me)
+                continue
+            else:
+                idle.add(me)
+                try:
+                    got = await queue.get()
+                finally:
+                    idle.discard(me)
+                if got is _WAKE:
+                    continue
+                if got is _END:
+                    ended = True
+                    continue
+                if stopping():
+                    return
+                item = got  # type: ignore[assignment]
+            busy += 1
             try:
-                item = await queue.get()
+                more = await handle(item)
             finally:
-                idle.discard(me)
-            if item is _END or stopping():
-                return
-            await handle(item)  # type: ignore[arg-type]
+                busy -= 1
+            if more:
+                follow_ups.extend(more)
+                # Workers waiting on an empty queue: a token there wakes them for the rest.
+                for _ in range(min(len(idle), len(follow_ups) - 1)):
+                    try:
+                        queue.put_nowait(_WAKE)
+                    except asyncio.QueueFull:
+                        break
+            poke()
 
     producer = asyncio.create_task(produce(), name="run_workers:producer")
     worker_tasks = {

@@ -28,17 +28,22 @@ _MAX_EXPONENT = 64
 
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
-    """``max_attempts`` counts every call, the first one included."""
+    """``max_attempts`` counts every call, the first one included.
+
+    ``cap_s`` caps the backoff bulkpix chooses; ``max_wait_s`` caps any wait, a server's
+    Retry-After included (a Retry-After of a day, or of 1e300 s, must not hang a run).
+    """
 
     max_attempts: int = 8
     base_s: float = 0.5
     cap_s: float = 30.0
+    max_wait_s: float = 300.0
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
             raise ValueError(f"max_attempts must be >= 1, got {self.max_attempts}")
-        if self.base_s < 0 or self.cap_s < 0:
-            raise ValueError("base_s and cap_s must be >= 0")
+        if self.base_s < 0 or self.cap_s < 0 or self.max_wait_s < 0:
+            raise ValueError("base_s, cap_s and max_wait_s must be >= 0")
 
 
 def is_retryable(exc: BaseException) -> bool:
@@ -55,7 +60,7 @@ def backoff_delay(
     """Seconds to wait after the failed attempt number ``attempt`` (0 for the first call).
 
     Full jitter, ``uniform(0, min(cap, base * 2**attempt))``, spreads the retries of many
-    tiles that failed together; a server's Retry-After is a floor.
+    tiles that failed together; a server's Retry-After is a floor, up to ``max_wait_s``.
     """
     if attempt < 0:
         raise ValueError(f"attempt must be >= 0, got {attempt}")
@@ -63,7 +68,7 @@ def backoff_delay(
     delay = rng.uniform(0.0, ceiling)
     if retry_after is not None and retry_after > delay:
         delay = float(retry_after)
-    return delay
+    return min(delay, policy.max_wait_s)
 
 
 class RetryBudget:

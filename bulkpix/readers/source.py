@@ -1,0 +1,166 @@
+"""One item of an output, as the readers see it: its bands in the job's order, its grid,
+each band's nodata and attributes, and whether every tile is in."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+from affine import Affine
+
+from bulkpix.errors import JobError
+
+__all__ = ["Band", "OutputItem", "blocks", "open_item"]
+
+
+@dataclass(frozen=True)
+class Band:
+    id: str
+    dtype: np.dtype
+    array: zarr.Array
+    nodata: float | None  # the declared fill value, None when the band declares none
+    attrs: dict[str, Any]
+
+    @property
+    def units(self) -> str | None:
+        value = self.attrs.get("units")
+        return value if isinstance(value, str) else None
+
+    @property
+    def scale(self) -> float:
+        return float(self.attrs.get("scale_factor", 1.0))
+
+    @property
+    def offset(self) -> float:
+        return float(self.attrs.get("add_offset", 0.0))
+
+
+@dataclass(frozen=True)
+class OutputItem:
+    output: str
+    path: str  # "" for a single-item output
+    bands: tuple[Band, ...]
+    crs: str
+    transform: Affine
+    width: int
+    height: int
+    chunk: int
+    complete: bool
+
+    def select(self, band_ids: Sequence[str] | None) -> tuple[Band, ...]:
+        """The named bands, in the order named (all of them, in the job's order, for None)."""
+        if not band_ids:
+            return self.bands
+        by_id = {b.id: b for b in self.bands}
+        missing = [b for b in band_ids if b not in by_id]
+        if missing:
+            have = ", ".join(by_id)
+            raise JobError(f"{self.label} has no band {', '.join(missing)} (it has: {have})")
+        return tuple(by_id[b] for b in band_ids)
+
+    @property
+    def label(self) -> str:
+        return f"{self.output} item {self.path}" if self.path else self.output
+
+
+def _is_output(output: str) -> bool:
+    if "://" in output:
+        return True
+    path = Path(output)
+    return (path / "zarr.json").is_file() or (path / ".zgroup").is_file()
+
+
+def open_item(output: str, item: str | None = None) -> OutputItem:
+    """Open an output (or the item ``item`` of a batch output) for reading.
+
+    Raises ``JobError`` with one line when it is not a bulkpix output, when a batch output
+    is given without an item, or when the item does not exist.
+    """
+    output = str(output)
+    if not _is_output(output):
+        raise JobError(f"{output} is not a bulkpix output (no Zarr group there)")
+    with warnings.catch_warnings():
+        # The tile record under .bulkpix is not a Zarr node; zarr says so on every walk.
+        warnings.simplefilter("ignore")
+        try:
+            root = zarr.open_group(store=output, mode="r", zarr_format=None)
+        except (FileNotFoundError, ValueError, KeyError) as exc:
+            raise JobError(f"cannot open {output}: {exc}") from None
+        info = root.attrs.get("bulkpix")
+        if not isinstance(info, dict):
+            raise JobError(f"{output} was not written by bulkpix")
+        if info.get("batch") is True:
+            names = sorted(name for name, _ in root.groups())
+            if item is None:
+                raise JobError(
+                    f"{output} is a batch output; choose an item with --item "
+                    f"(one of: {', '.join(names) or 'none yet'})"
+                )
+            if item not in names:
+                raise JobError(f"{output} has no item {item!r} (it has: {', '.join(names)})")
+            group = root[item]
+            assert isinstance(group, zarr.Group)
+            info = group.attrs.get("bulkpix")
+            path = item
+        else:
+            if item is not None:
+                raise JobError(f"{output} holds a single item; leave out --item")
+            group, path = root, ""
+        if not isinstance(info, dict) or "bands" not in info or "grid" not in info:
+            raise JobError(f"{output}: item {path or '(root)'} was not written by bulkpix")
+        bands = []
+        for entry in info["bands"]:
+            array = group[entry["id"]]
+            assert isinstance(array, zarr.Array)
+            attrs = dict(array.attrs)
+            bands.append(
+                Band(
+                    id=entry["id"],
+                    dtype=np.dtype(entry["dtype"]).newbyteorder("="),
+                    array=array,
+                    nodata=_nodata(array, attrs),
+                    attrs=attrs,
+                )
+            )
+    grid = info["grid"]
+    return OutputItem(
+        output=output,
+        path=path,
+        bands=tuple(bands),
+        crs=str(grid["crs"]),
+        transform=Affine(*grid["transform"]),
+        width=int(grid["width"]),
+        height=int(grid["height"]),
+        chunk=int(info["chunk"]),
+        complete=info.get("complete") is True,
+    )
+
+
+def _nodata(array: zarr.Array, attrs: dict[str, Any]) -> float | None:
+    """The band's declared nodata: ``_FillValue`` (v3), or the fill value (v2 declares
+    nodata that way, and null when there is none)."""
+    if "_FillValue" in attrs:
+        value = array.metadata.fill_value if array.metadata.zarr_format == 3 else None
+        if value is None:
+            return None
+        return float(value)
+    if array.metadata.zarr_format == 2 and array.metadata.fill_value is not None:
+        return float(array.metadata.fill_value)
+    return None
+
+
+def blocks(height: int, width: int, size: int) -> Iterator[tuple[int, int, int, int]]:
+    """(row_off, col_off, height, width) windows of ``size`` covering the grid, row by row."""
+    for row in range(0, height, size):
+        for col in range(0, width, size):
+            yield row, col, min(size, height - row), min(size, width - col)
+
+
+def is_nan(value: float | None) -> bool:
+    return value is not None and math.isnan(value)

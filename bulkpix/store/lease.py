@@ -1,0 +1,268 @@
+"""The output's lease: which run may write into it, kept as one object in the store itself.
+
+``{output}/.bulkpix/lease.json`` names the job that holds the output (a hash of its
+fingerprints), whether the holder is exclusive (a ``--restart``, ``verify``), and the run that
+renewed it last: run id, host, pid, since, and an expiry in wall-clock seconds.
+
+- No file locks: only the zarr Store API (get, set, set_if_not_exists, delete), so the same
+  code works on a local disk and on object stores. A new lease is created with
+  ``set_if_not_exists`` and read back; whoever's run id is read back holds it.
+- Runs of the SAME job (not exclusive) share the lease: each renews it with its own details,
+  so cooperating workers (several processes, Dask) can write one output together. A run of a
+  different job, or any exclusive run, is refused with ``OutputInUse`` while the lease is live.
+- A lease is stale once it expired, or when its run was on this host and its pid is gone;
+  a stale lease is taken over.
+- The holder renews every ``ttl / 4``. When a renewal finds the lease held by another job,
+  or no renewal succeeded for a whole ``ttl``, ``check()`` raises ``LeaseLost``; the tile
+  record calls it before writing every marker, so a run that lost its lease stops before
+  recording anything more.
+
+Limit: taking over a STALE lease is delete-then-create. Two runs doing so at the same instant
+can both read themselves back; the loser finds out at its first renewal (at most ``ttl / 4``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Any
+
+from zarr.abc.store import Store
+from zarr.core.buffer import default_buffer_prototype
+
+from bulkpix.errors import LeaseLost, OutputInUse
+from bulkpix.store.location import RECORD_DIR
+
+__all__ = ["DEFAULT_TTL_S", "LEASE_KEY", "Lease", "LeaseInfo", "read_lease"]
+
+LEASE_KEY = f"{RECORD_DIR}/lease.json"
+DEFAULT_TTL_S = 60.0
+_ACQUIRE_ATTEMPTS = 5
+
+
+@dataclass(frozen=True)
+class LeaseInfo:
+    """One lease document as stored."""
+
+    run_id: str
+    job: str
+    exclusive: bool
+    host: str
+    pid: int
+    since: str  # ISO time the renewing run started
+    expires: float  # wall-clock seconds (time.time())
+
+    def live(self, now: float) -> bool:
+        if self.expires <= now:
+            return False
+        # A run on this host whose process is gone holds nothing, whatever its expiry says.
+        return not (self.host == socket.gethostname() and not _pid_alive(self.pid))
+
+    def describe(self) -> str:
+        what = "an exclusive run (--restart or verify)" if self.exclusive else "a run"
+        return f"{what} on host {self.host}, pid {self.pid}, since {self.since}"
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> LeaseInfo | None:
+        try:
+            value = json.loads(data)
+            return cls(
+                run_id=str(value["run_id"]),
+                job=str(value["job"]),
+                exclusive=bool(value["exclusive"]),
+                host=str(value["host"]),
+                pid=int(value["pid"]),
+                since=str(value["since"]),
+                expires=float(value["expires"]),
+            )
+        except (ValueError, TypeError, KeyError, UnicodeDecodeError):
+            return None  # torn or foreign: holds nothing
+
+
+async def read_lease(store: Store) -> tuple[bool, LeaseInfo | None]:
+    """(whether a lease object exists, its content when it parses)."""
+    buffer = await store.get(LEASE_KEY, prototype=default_buffer_prototype())
+    if buffer is None:
+        return False, None
+    return True, LeaseInfo.from_json(buffer.to_bytes())
+
+
+class Lease:
+    """``async with Lease(store, job, exclusive=...) as lease:`` holds the output; use
+    ``lease.check`` as the tile record's guard."""
+
+    def __init__(
+        self,
+        store: Store,
+        job: str,
+        *,
+        exclusive: bool = False,
+        output: str = "the output",
+        ttl_s: float = DEFAULT_TTL_S,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.store = store
+        self.job = job
+        self.exclusive = exclusive
+        self.output = output
+        self.ttl_s = ttl_s
+        self.clock = clock  # wall clock: expiries are compared across processes and hosts
+        self.monotonic = monotonic  # this run's own deadline, immune to clock steps
+        self.run_id = uuid.uuid4().hex
+        self.since = datetime.now(UTC).isoformat(timespec="seconds")
+        self.joined = False  # True: another run of this job held it when this one started
+        self._lost: str | None = None
+        self._valid_until = 0.0  # monotonic(): no renewal for a whole ttl means lost
+        self._renewer: asyncio.Task[None] | None = None
+
+    # ---------------------------------------------------------------- holding
+
+    def _mine(self) -> LeaseInfo:
+        return LeaseInfo(
+            run_id=self.run_id,
+            job=self.job,
+            exclusive=self.exclusive,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            since=self.since,
+            expires=self.clock() + self.ttl_s,
+        )
+
+    def _shares_with(self, other: LeaseInfo) -> bool:
+        return other.run_id == self.run_id or (
+            not self.exclusive and not other.exclusive and other.job == self.job
+        )
+
+    async def _write(self) -> None:
+        data = default_buffer_prototype().buffer.from_bytes(self._mine().to_json())
+        await self.store.set(LEASE_KEY, data)
+        self._valid_until = self.monotonic() + self.ttl_s
+
+    async def _create(self) -> bool:
+        """Create the lease if none exists; True if this run's is the one read back."""
+        data = default_buffer_prototype().buffer.from_bytes(self._mine().to_json())
+        await self.store.set_if_not_exists(LEASE_KEY, data)
+        _, now_held = await read_lease(self.store)
+        if now_held is not None and now_held.run_id == self.run_id:
+            self._valid_until = self.monotonic() + self.ttl_s
+            return True
+        return False
+
+    async def acquire(self) -> None:
+        """Hold (or join) the lease; ``OutputInUse`` naming the holder when it is live."""
+        for _ in range(_ACQUIRE_ATTEMPTS):
+            exists, current = await read_lease(self.store)
+            if not exists:
+                if await self._create():
+                    return
+                continue
+            if current is not None and current.live(self.clock()):
+                if not self._shares_with(current):
+                    raise OutputInUse(
+                        f"output {self.output} is in use by {current.describe()}; wait for "
+                        "it to finish or stop it (a lease left by a dead run expires "
+                        f"{self.ttl_s:.0f} s after its last renewal)"
+                    )
+                self.joined = current.run_id != self.run_id
+                await self._write()
+                return
+            # Stale (expired, its process gone) or unreadable: take it over.
+            with contextlib.suppress(FileNotFoundError):
+                await self.store.delete(LEASE_KEY)
+        raise OutputInUse(f"output {self.output}: could not take its lease (others kept taking it)")
+
+    async def renew(self) -> None:
+        """Extend the lease, or note that it was lost (``check`` then raises)."""
+        if self._lost is not None:
+            return
+        exists, current = await read_lease(self.store)
+        if not exists:
+            # A run sharing it released it on exit: carry it on, unless another took it.
+            if not await self._create():
+                _, current = await read_lease(self.store)
+                if current is None or not self._shares_with(current):
+                    self._lost = current.describe() if current else "an unreadable lease"
+            return
+        if current is None or not self._shares_with(current):
+            self._lost = current.describe() if current else "an unreadable lease"
+            return
+        await self._write()
+
+    def check(self) -> None:
+        """Raise ``LeaseLost`` unless this run still holds the lease."""
+        if self._lost is not None:
+            raise LeaseLost(
+                f"output {self.output}: this run lost its lease to {self._lost}; "
+                "it stopped before writing more"
+            )
+        if self.monotonic() > self._valid_until:
+            raise LeaseLost(
+                f"output {self.output}: the lease could not be renewed for {self.ttl_s:.0f} s; "
+                "this run stopped before writing more"
+            )
+
+    async def release(self) -> None:
+        """Give the lease up if this run renewed it last (a sharing run renews it again)."""
+        with contextlib.suppress(OSError):
+            _, current = await read_lease(self.store)
+            if current is not None and current.run_id == self.run_id:
+                await self.store.delete(LEASE_KEY)
+
+    # ---------------------------------------------------------------- context manager
+
+    async def _renew_forever(self) -> None:
+        while self._lost is None:
+            await asyncio.sleep(self.ttl_s / 4)
+            # A failed renewal (a store hiccup) is retried next time; ``check`` gives up
+            # once a whole ttl passed without one.
+            with contextlib.suppress(OSError):
+                await self.renew()
+
+    async def __aenter__(self) -> Lease:
+        await self.acquire()
+        self._renewer = asyncio.create_task(self._renew_forever(), name="bulkpix-lease")
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._renewer is not None:
+            self._renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._renewer
+        if self._lost is None:
+            await self.release()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # exists, owned by someone else (or cannot tell: assume alive)
+    return True
+
+
+def job_token(parts: Any) -> str:
+    """A short, stable hash of a job's fingerprints: what 'the same job' means to the lease."""
+    import hashlib
+
+    data = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(data).hexdigest()[:16]

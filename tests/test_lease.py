@@ -1,0 +1,301 @@
+"""The output's lease: one writer job at a time, shared by runs of the same job, named when
+it refuses, taken over when stale, and a run that lost it stops before its next marker."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import zarr
+from zarr.core.buffer import default_buffer_prototype
+from zarr.storage import MemoryStore
+
+from bulkpix.cli import main
+from bulkpix.emulator import SyntheticAsset
+from bulkpix.emulator.synthetic import synthetic_pixels
+from bulkpix.errors import LeaseLost, OutputInUse
+from bulkpix.store.lease import LEASE_KEY, Lease, LeaseInfo, read_lease
+from bulkpix.store.record import TileRecord
+from tests.conftest import emulator_thread, loop_now, run_virtual, write_job
+
+ASSET = "projects/demo/assets/synth"
+SYNTH = SyntheticAsset(width=4000, height=4000)
+
+
+async def _put_lease(store: Any, **fields: Any) -> None:
+    info = {
+        "run_id": "other",
+        "job": "another-job",
+        "exclusive": False,
+        "host": "elsewhere",
+        "pid": 4242,
+        "since": "2026-01-01T00:00:00+00:00",
+        "expires": time.time() + 60,
+        **fields,
+    }
+    buffer = default_buffer_prototype().buffer.from_bytes(json.dumps(info).encode())
+    await store.set(LEASE_KEY, buffer)
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_another_job_is_refused_with_the_holder_named() -> None:
+    async def go() -> None:
+        store = MemoryStore()
+        async with Lease(store, "job-a", output="out.zarr") as held:
+            for other in (
+                Lease(store, "job-b", output="out.zarr"),
+                Lease(store, "job-a", exclusive=True, output="out.zarr"),  # a --restart
+            ):
+                with pytest.raises(OutputInUse) as caught:
+                    await other.acquire()
+                message = str(caught.value)
+                assert f"host {socket.gethostname()}" in message
+                assert f"pid {os.getpid()}" in message and f"since {held.since}" in message
+            _, info = await read_lease(store)
+            assert info is not None and info.run_id == held.run_id
+        # Released on exit: the next job takes it at once.
+        assert await read_lease(store) == (False, None)
+        async with Lease(store, "job-b"):
+            pass
+
+    asyncio.run(go())
+
+
+def test_runs_of_the_same_job_share_the_lease() -> None:
+    async def go() -> None:
+        store = MemoryStore()
+        async with Lease(store, "job-a") as first, Lease(store, "job-a") as second:
+            assert not first.joined and second.joined
+            first.check()
+            second.check()
+            await first.renew()
+            await second.renew()
+            first.check()
+            second.check()
+        # Whoever renewed last released it; the other run found it shared, not lost.
+        assert await read_lease(store) == (False, None)
+
+    asyncio.run(go())
+
+
+@pytest.mark.parametrize(
+    "stale",
+    [
+        {"expires": time.time() - 1},  # expired
+        {"host": socket.gethostname(), "pid": "DEAD"},  # its process is gone
+        {"broken": True},  # torn: not JSON
+    ],
+    ids=["expired", "dead-pid", "torn"],
+)
+def test_a_stale_lease_is_taken_over(stale: dict[str, Any]) -> None:
+    store = MemoryStore()
+    if stale.get("broken"):
+        asyncio.run(store.set(LEASE_KEY, default_buffer_prototype().buffer.from_bytes(b'{"run')))
+    else:
+        if stale.get("pid") == "DEAD":
+            stale = {**stale, "pid": _dead_pid()}
+        asyncio.run(_put_lease(store, **stale))
+
+    async def go() -> None:
+        async with Lease(store, "job-b", exclusive=True) as lease:
+            _, info = await read_lease(store)
+            assert info is not None and info.run_id == lease.run_id
+
+    asyncio.run(go())
+
+
+def test_a_run_that_lost_its_lease_writes_no_more_markers() -> None:
+    async def go() -> None:
+        store = MemoryStore()
+        lease = Lease(store, "job-a")
+        await lease.acquire()
+        record = TileRecord(store, "", guard=lease.check)
+        await record.mark_done("g0_r0_c0_h16_w16")
+        # Another job takes the output (say this run was paused past its expiry).
+        await _put_lease(store, job="job-b", host="elsewhere")
+        await lease.renew()
+        with pytest.raises(LeaseLost, match="lost its lease to a run on host elsewhere"):
+            await record.mark_done("g0_r0_c16_h16_w16")
+        assert await record.done_keys() == {"g0_r0_c0_h16_w16"}
+        await lease.release()  # not its lease any more: left alone
+        _, info = await read_lease(store)
+        assert info is not None and info.job == "job-b"
+
+    asyncio.run(go())
+
+
+def test_the_lease_is_renewed_while_the_run_lives_and_lost_when_renewals_fail() -> None:
+    async def go() -> None:
+        store = MemoryStore()
+        async with Lease(store, "job-a", ttl_s=60, clock=loop_now, monotonic=loop_now) as lease:
+            await asyncio.sleep(600)  # ten virtual minutes: forty renewals
+            _, info = await read_lease(store)
+            assert info is not None and info.expires > loop_now() + 30
+            lease.check()
+
+            async def failing_set(*args: Any) -> None:
+                raise OSError("the store went away")
+
+            store.set = failing_set  # type: ignore[method-assign]
+            # The last renewal was at most ttl / 4 ago: the lease holds for 45 s more.
+            await asyncio.sleep(40)
+            lease.check()  # renewals failing, but not yet for a whole ttl
+            await asyncio.sleep(21)
+            with pytest.raises(LeaseLost, match="could not be renewed"):
+                lease.check()
+            del store.set
+
+    run_virtual(go)
+
+
+def test_lease_document_round_trips() -> None:
+    info = LeaseInfo("r", "j", True, "h", 1, "s", 12.5)
+    assert LeaseInfo.from_json(info.to_json()) == info
+    assert LeaseInfo.from_json(b"[]") is None
+
+
+# ----------------------------------------------------------------------------- the race
+
+
+def _race_keys(url: str, output: Path, bbox: list[int]) -> dict[str, Any]:
+    return {
+        "asset": ASSET,
+        "output": str(output),
+        "endpoint": url,
+        "credentials": "none",
+        "bands": ["u16"],
+        "region": {"bbox": bbox, "region_crs": "EPSG:32633"},
+        "chunk": 128,
+        "tile": [128, 128],
+        "concurrency": 2,
+    }
+
+
+def test_a_restart_of_another_job_is_refused_while_a_run_writes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The issue's race: job A running against a slow server; job B, --restart with another
+    region, on the same output. B is refused naming A; A finishes bit-exact."""
+    output = tmp_path / "out.zarr"
+    # 640 x 640 px: 25 tiles, two at a time at 0.15 s each, about 2 s of run.
+    bbox_a = [602000, 5181280, 608400, 5187680]
+    bbox_b = [620000, 5165000, 625120, 5170120]
+    with emulator_thread(synthetic={ASSET: SYNTH}, service_base_s=0.15) as emu:
+        job_a = write_job(tmp_path / "a.yaml", **_race_keys(emu.url, output, bbox_a))
+        job_b = write_job(tmp_path / "b.yaml", **_race_keys(emu.url, output, bbox_b))
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "bulkpix", "run", "--quiet", str(job_a)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        try:
+            deadline = time.monotonic() + 60
+            while not any(r["op"] == "get_pixels" for r in emu.log):
+                assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+                assert time.monotonic() < deadline
+                time.sleep(0.01)  # waiting for A to be writing: the moment the race needs
+            capsys.readouterr()
+            assert main(["run", "--quiet", "--restart", str(job_b)]) == 2
+            err = capsys.readouterr().err
+            assert "in use by a run on host" in err and f"pid {proc.pid}" in err
+            assert proc.poll() is None, "B was refused while A still ran"
+            assert proc.wait(60) == 0
+        finally:
+            proc.kill()
+        requests_a = sum(1 for r in emu.log if r["op"] == "get_pixels")
+    assert requests_a == 25  # B fetched nothing
+    rows = np.arange(1232, 1232 + 640)
+    cols = np.arange(200, 200 + 640)
+    root = zarr.open_group(output, mode="r")
+    np.testing.assert_array_equal(root["u16"][:], synthetic_pixels(2, rows, cols))
+    assert len(list((output / ".bulkpix" / "done").iterdir())) == 25
+    assert main(["status", str(output)]) == 0
+    # Once A is done the output is free: B's --restart goes through.
+    with emulator_thread(synthetic={ASSET: SYNTH}) as emu:
+        job_b = write_job(tmp_path / "b.yaml", **_race_keys(emu.url, output, bbox_b))
+        assert main(["run", "--quiet", "--restart", str(job_b)]) == 0
+
+
+def test_a_run_whose_lease_is_taken_stops_with_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import bulkpix.store.lease as lease_module
+
+    monkeypatch.setattr(lease_module, "DEFAULT_TTL_S", 1.2)  # renewed every 0.3 s
+    output = tmp_path / "out.zarr"
+    bbox = [602000, 5181280, 608400, 5187680]
+    with emulator_thread(synthetic={ASSET: SYNTH}, service_base_s=0.4) as emu:
+        job = write_job(tmp_path / "a.yaml", **_race_keys(emu.url, output, bbox))
+        done = output / ".bulkpix" / "done"
+        lease_path = output / LEASE_KEY
+        taken_with = 0
+
+        def take_it_when_two_tiles_are_done() -> None:
+            nonlocal taken_with
+            deadline = time.monotonic() + 60
+            while not (done.is_dir() and len(list(done.iterdir())) >= 2):
+                assert time.monotonic() < deadline
+                time.sleep(0.005)  # polling for the moment to take the lease
+            document = json.loads(lease_path.read_text())
+            document.update(job="someone-else", run_id="x", host="elsewhere", pid=1)
+            document["expires"] = time.time() + 60
+            (output / "lease.tmp").write_text(json.dumps(document))
+            os.replace(output / "lease.tmp", lease_path)  # whole, as a store writes it
+            taken_with = len(list(done.iterdir()))
+
+        thief = threading.Thread(target=take_it_when_two_tiles_are_done)
+        thief.start()
+        capsys.readouterr()
+        try:
+            assert main(["run", "--quiet", str(job)]) == 1
+        finally:
+            thief.join(60)
+    err = capsys.readouterr().err
+    assert "lost its lease to a run on host elsewhere" in err and "Traceback" not in err
+    # Each of the two workers recorded at most the tile it had in hand when the loss was seen.
+    assert len(list(done.iterdir())) <= taken_with + 2
+    assert json.loads(lease_path.read_text())["job"] == "someone-else"
+
+
+def test_two_processes_of_the_same_job_share_the_output(tmp_path: Path) -> None:
+    """Cooperating runs of one job (what the Dask issue needs) are not refused."""
+    output = tmp_path / "out.zarr"
+    bbox = [602000, 5181280, 608400, 5187680]
+    with emulator_thread(synthetic={ASSET: SYNTH}, service_base_s=0.05) as emu:
+        job = write_job(tmp_path / "a.yaml", **_race_keys(emu.url, output, bbox))
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-m", "bulkpix", "run", "--quiet", str(job)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+            )
+            for _ in range(2)
+        ]
+        try:
+            results = [
+                (proc.wait(60), proc.stderr.read() if proc.stderr else b"") for proc in procs
+            ]
+        finally:
+            for proc in procs:
+                proc.kill()
+    assert [code for code, _ in results] == [0, 0], results
+    root = zarr.open_group(output, mode="r")
+    rows, cols = np.arange(1232, 1232 + 640), np.arange(200, 200 + 640)
+    np.testing.assert_array_equal(root["u16"][:], synthetic_pixels(2, rows, cols))
+    assert len(list((output / ".bulkpix" / "done").iterdir())) == 25
+    assert not (output / LEASE_KEY).exists()  # the last one out released it

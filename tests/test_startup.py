@@ -1,0 +1,123 @@
+"""Start-up loads only what the job needs, when it needs it.
+
+Each check runs in a fresh interpreter and looks at ``sys.modules``: which libraries were
+imported, and which were not yet imported when the first request went out. Never a
+wall-clock assertion.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from bulkpix.emulator import SyntheticAsset
+from tests.conftest import emulator_thread, write_job
+
+ROOT = Path(__file__).resolve().parents[1]
+ASSET = "projects/demo/assets/src"
+
+# What the metadata call does not need; all of it loads after the call is on its way.
+# (numpy does load before it: the client takes the service's request limit from tiling.)
+STORE_SIDE = ("zarr", "rasterio", "bulkpix.planning", "bulkpix.store.zarr_store")
+GOOGLE_AUTH = ("google.auth", "google.oauth2", "cryptography", "requests")
+
+
+def _python(code: str) -> dict:
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def _loaded(names: tuple[str, ...]) -> str:
+    return f"[m for m in {names!r} if m in sys.modules]"
+
+
+def test_importing_the_cli_loads_no_store_auth_or_crs_library() -> None:
+    loaded = _python(
+        f"import json, sys, bulkpix.cli; print(json.dumps({_loaded(STORE_SIDE + GOOGLE_AUTH)}))"
+    )
+    assert loaded == []
+
+
+def test_importing_the_pipeline_leaves_the_store_side_for_later() -> None:
+    loaded = _python(
+        "import json, sys, bulkpix.cli, bulkpix.pipeline, bulkpix.progress; "
+        f"print(json.dumps({_loaded(STORE_SIDE + GOOGLE_AUTH)}))"
+    )
+    assert loaded == []
+
+
+def test_a_job_without_credentials_never_loads_google_auth(tmp_path: Path) -> None:
+    """A whole `bulkpix run` of a `credentials: none` job: google-auth (and cryptography
+    under it) is never imported, and the store side was not yet imported when the asset
+    metadata call went out, but was by the end (the output is written)."""
+    code = """
+import json, sys
+from bulkpix.ee import client
+
+at_first_request = []
+original = client.EEClient.get_asset
+
+async def get_asset(self, name):
+    at_first_request.append(sorted(m for m in STORE_SIDE if m in sys.modules))
+    return await original(self, name)
+
+client.EEClient.get_asset = get_asset
+from bulkpix.cli import main
+
+code = main(["run", "--quiet", sys.argv[1]])
+print(json.dumps({"code": code, "at_first_request": at_first_request[0],
+                  "google": LOADED_GOOGLE, "store_side": LOADED_STORE}))
+"""
+    code = (
+        code.replace("STORE_SIDE", repr(STORE_SIDE))
+        .replace("LOADED_GOOGLE", _loaded(GOOGLE_AUTH))
+        .replace("LOADED_STORE", _loaded(STORE_SIDE))
+    )
+    with emulator_thread(synthetic={ASSET: SyntheticAsset(width=300, height=200)}) as emu:
+        job = write_job(
+            tmp_path / "job.yaml",
+            asset=ASSET,
+            bands=["u8"],
+            output=str(tmp_path / "out.zarr"),
+            endpoint=emu.url,
+            credentials="none",
+            chunk=128,
+        )
+        result = subprocess.run(
+            [sys.executable, "-c", code, str(job)],
+            capture_output=True, text=True, cwd=ROOT, timeout=120,
+        )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["code"] == 0
+    assert report["google"] == []
+    assert report["at_first_request"] == []
+    assert sorted(report["store_side"]) == sorted(STORE_SIDE)
+    assert (tmp_path / "out.zarr" / "u8" / "zarr.json").is_file()
+
+
+def test_the_command_exits_with_mains_code_and_all_it_printed(tmp_path: Path) -> None:
+    """`python -m bulkpix` skips the interpreter's teardown (os._exit): the exit code and
+    everything printed, to a pipe (block-buffered), still come out."""
+    with emulator_thread(synthetic={ASSET: SyntheticAsset(width=300, height=200)}) as emu:
+        job = write_job(
+            tmp_path / "job.yaml", asset=ASSET, output=str(tmp_path / "out.zarr"),
+            endpoint=emu.url, credentials="none", chunk=128,
+        )
+        planned = subprocess.run(
+            [sys.executable, "-m", "bulkpix", "plan", str(job)],
+            capture_output=True, text=True, cwd=ROOT, timeout=120,
+        )
+    assert planned.returncode == 0, planned.stderr
+    assert "size       300 x 200 px" in planned.stdout, planned.stdout
+    missing = subprocess.run(
+        [sys.executable, "-m", "bulkpix", "run", str(tmp_path / "missing.yaml")],
+        capture_output=True, text=True, cwd=ROOT, timeout=120,
+    )
+    assert missing.returncode == 2
+    assert "cannot read the job file" in missing.stderr
