@@ -135,6 +135,7 @@ def test_status_accepts_the_job_file(
     capsys.readouterr()
     assert main(["status", str(job)]) == 0
     assert "24/24" in capsys.readouterr().out
+    assert main(["verify", str(job)]) == 0  # verify takes the job file too
 
 
 def test_dashes_override_the_job_file(
