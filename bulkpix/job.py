@@ -383,6 +383,10 @@ class ServiceModelSpec(_Strict):
     per_mb_s: NonNegativeFloat = 0.05
 
 
+# 16.7 million px a side, as planning's MAX_OUTPUT_SIDE: past that a size is a typo.
+MAX_SYNTHETIC_SIDE = 2**24
+
+
 class EmulatorSection(_Strict):
     """Settings of the in-process stand-in server started by ``endpoint: emulator``."""
 
@@ -402,6 +406,10 @@ class EmulatorSection(_Strict):
             if not re.fullmatch(r"[1-9]\d*x[1-9]\d*", str(size)):
                 raise ValueError(
                     f"synthetic size for {short(name)} must be WIDTHxHEIGHT, got {short(size)}"
+                )
+            if any(int(side) > MAX_SYNTHETIC_SIDE for side in str(size).split("x")):
+                raise ValueError(
+                    f"synthetic size for {short(name)}: at most {MAX_SYNTHETIC_SIDE} px a side"
                 )
         return value
 

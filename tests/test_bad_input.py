@@ -136,6 +136,8 @@ OFFLINE_CASES = [
     ("emulator service of ages", _keys(emulator={"service_base_s": 1e300}),
      "key 'emulator.service_base_s'"),
     ("output is a device", _keys(output="/dev/null"), "exists and is not a directory"),
+    ("emulator synthetic of absurd size",
+     _keys(emulator={"synthetic": {ASSET: "99999999999x99999999999"}}), "px a side"),
     ("utm metres as lon/lat", _keys(region=[600000, 5198720, 601280, 5200000]),
      "did you mean region_crs"),
     ("region file is /dev/zero", _keys(region="/dev/zero"), "not a regular file"),
