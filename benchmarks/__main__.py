@@ -7,6 +7,7 @@ in its own process, prints tables and targets and writes the figures as JSON.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -57,10 +58,11 @@ def main(argv: list[str] | None = None) -> int:
     # Piped output would wrap at 80 columns; the tables need more.
     console = Console() if sys.stdout.isatty() else Console(width=170)
     started = time.time()
+    load_at_start = [round(v, 2) for v in os.getloadavg()]
     results = run(args, console)
     meta = {"size": args.size, "started": started, "seconds": time.time() - started,
             "skip_peers": args.skip_peers, "ideal_formula": FORMULA,
-            "machine": describe_machine()}
+            "machine": describe_machine(), "loadavg_at_start": load_at_start}
     print_results(console, results)
     write_json(args.json, meta, results)
     console.print(f"figures written to {args.json}")

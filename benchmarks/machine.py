@@ -48,6 +48,8 @@ def describe_machine() -> dict[str, Any]:
     except ImportError:
         pass
     return {
+        # Other processes on the same cores skew every figure: the 1/5/15-min load averages.
+        "loadavg": [round(v, 2) for v in os.getloadavg()],
         "nproc": os.cpu_count(),
         "cpu_model": _cpu_model(),
         "ram_gb": round(_ram_gb(), 1),

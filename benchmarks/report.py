@@ -100,7 +100,10 @@ def write_json(path: Path, meta: dict[str, Any], results: Sequence[ScenarioResul
 
 def machine_line(machine: dict[str, Any]) -> str:
     """The CPU a figure was measured on, as every table in RESULTS.md names it."""
-    return f"{machine.get('cpu_model', 'unknown CPU')}, {machine.get('nproc', '?')} CPUs"
+    line = f"{machine.get('cpu_model', 'unknown CPU')}, {machine.get('nproc', '?')} CPUs"
+    if machine.get("loadavg"):
+        line += f", 1-min load {machine['loadavg'][0]:.1f} at the end"
+    return line
 
 
 def markdown_tables(results: Sequence[ScenarioResult],

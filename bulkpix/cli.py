@@ -18,7 +18,7 @@ import os
 import signal
 import sys
 import traceback
-from collections.abc import Iterator, Sequence
+from collections.abc import Coroutine, Iterator, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any, NoReturn
@@ -30,6 +30,7 @@ from bulkpix.errors import (
     BulkpixError,
     CredentialsMissing,
     JobError,
+    JobTooLarge,
     StoreMismatch,
     TransportError,
 )
@@ -60,6 +61,9 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("job", help="the YAML job file")
     run.add_argument("--restart", action="store_true", help="discard the old output first")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
+    run.add_argument(
+        "--yes", action="store_true", help="do not ask before a job far past the native pixels"
+    )
     run.add_argument("--debug", action="store_true", help="show tracebacks")
     _add_job_overrides(run)
 
@@ -117,8 +121,29 @@ def _build_parser() -> argparse.ArgumentParser:
     verify.add_argument("output", help="the output store, or the job file that writes it")
     verify.add_argument("--debug", action="store_true", help="show tracebacks")
 
+    schema = commands.add_parser("schema", help="print the job file's JSON Schema, for editors")
+    schema.add_argument(
+        "--markdown", action="store_true", help="the job reference as Markdown tables instead"
+    )
+    schema.add_argument("--debug", action="store_true", help="show tracebacks")
+
     commands.add_parser("emulator", help="serve the local Earth Engine stand-in", add_help=False)
     return parser
+
+
+def _band_list(text: str) -> list[str]:
+    bands = [b.strip() for b in text.split(",") if b.strip()]
+    if not bands:
+        raise argparse.ArgumentTypeError("give band ids, comma-separated")
+    return bands
+
+
+def _percentiles(text: str) -> tuple[float, float]:
+    try:
+        low, high = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError("give two numbers, LOW,HIGH (e.g. 2,98)") from None
+    return low, high
 
 
 # Keys of the job file a dash can override on `run` and `plan`: (flag, key, type, help).
@@ -194,21 +219,6 @@ def _sigterm_stops() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _band_list(text: str) -> list[str]:
-    bands = [b.strip() for b in text.split(",") if b.strip()]
-    if not bands:
-        raise argparse.ArgumentTypeError("give band ids, comma-separated")
-    return bands
-
-
-def _percentiles(text: str) -> tuple[float, float]:
-    try:
-        low, high = (float(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError("give two numbers, LOW,HIGH (e.g. 2,98)") from None
-    return low, high
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if "emulator" in argv and set(argv[: argv.index("emulator")]) <= {"--debug"}:
@@ -242,6 +252,11 @@ def _dispatch(args: argparse.Namespace, debug: bool) -> int:
             return _preview(args)
         if args.command == "verify":
             return _verify(args)
+        if args.command == "schema":
+            from bulkpix.schema import markdown_reference, schema_text
+
+            sys.stdout.write(markdown_reference() if args.markdown else schema_text())
+            return EXIT_OK
         return _status(args)
     except CredentialsMissing as exc:
         return _failed(exc, EXIT_NO_CREDENTIALS, debug)
@@ -297,11 +312,11 @@ def _fail(exc: BaseException | str) -> None:
 
 def _run(args: argparse.Namespace, err: Console) -> int:
     from bulkpix.pipeline import RunStats, run_job
-    from bulkpix.progress import live_progress, print_summary
+    from bulkpix.progress import confirm_large_job, live_progress, print_summary
 
     job = _load(args)
 
-    async def go() -> RunStats:
+    async def go(yes: bool) -> RunStats:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         main_task = asyncio.current_task()
@@ -320,13 +335,21 @@ def _run(args: argparse.Namespace, err: Console) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, on_signal)
         stats_ready: asyncio.Future[RunStats] = loop.create_future()
+        def running() -> Coroutine[Any, Any, RunStats]:
+            return run_job(job, restart=args.restart, stop=stop, stats_ready=stats_ready, yes=yes)
+
         if args.quiet:
-            return await run_job(job, restart=args.restart, stop=stop, stats_ready=stats_ready)
+            return await running()
         async with live_progress(err, stats_ready):
-            return await run_job(job, restart=args.restart, stop=stop, stats_ready=stats_ready)
+            return await running()
 
     try:
-        stats = asyncio.run(go())
+        try:
+            stats = asyncio.run(go(args.yes))
+        except JobTooLarge as exc:  # nothing written yet: ask (on a terminal), then go again
+            if not confirm_large_job(err, exc):
+                raise
+            stats = asyncio.run(go(True))
     except asyncio.CancelledError:
         err.print(
             f"bulkpix: aborted; finished tiles are kept. Resume with: bulkpix run {args.job}",
@@ -365,6 +388,7 @@ def _run(args: argparse.Namespace, err: Console) -> int:
 
 def _plan(args: argparse.Namespace) -> int:
     from bulkpix.pipeline import plan_job
+    from bulkpix.planning import job_plan
     from bulkpix.progress import print_plan
 
     job = _load(args)
@@ -380,7 +404,7 @@ def _plan(args: argparse.Namespace) -> int:
             f"plan needs the asset's metadata from {job.endpoint}, and cannot reach it "
             f"({exc}); check the network, or plan against `endpoint: emulator` offline"
         ) from None
-    print_plan(_console(), plans)
+    print_plan(_console(), job_plan(plans, job))
     return EXIT_OK
 
 

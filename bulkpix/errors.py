@@ -19,6 +19,7 @@ __all__ = [
     "BulkpixError",
     "CredentialsMissing",
     "JobError",
+    "JobTooLarge",
     "LeaseLost",
     "NotFound",
     "OutputInUse",
@@ -50,6 +51,19 @@ class JobError(BulkpixError, ValueError):
 
 class CredentialsMissing(BulkpixError, PermissionError):
     """No credentials were found at all: the user has not logged in (exit code 3)."""
+
+
+class JobTooLarge(JobError):
+    """The job would write far more pixels than its assets hold there, or a huge amount in
+    any case; it runs only when confirmed (``bulkpix run --yes``, ``bulkpix.run(yes=True)``).
+    ``summary`` says how large, in one line."""
+
+    def __init__(self, summary: str) -> None:
+        super().__init__(
+            f"{summary}; check scale and dimensions, or confirm with `bulkpix run --yes` "
+            "(Python: yes=True)"
+        )
+        self.summary = summary
 
 
 class StoreError(BulkpixError, OSError):

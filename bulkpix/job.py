@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import reprlib
 import urllib.parse
@@ -28,10 +27,14 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    GetJsonSchemaHandler,
+    PrivateAttr,
     ValidationError,
     field_validator,
     model_validator,
 )
+from pydantic.json_schema import JsonSchemaValue, SkipJsonSchema
+from pydantic_core import CoreSchema
 
 from bulkpix.assets import asset_name
 from bulkpix.errors import JobError
@@ -49,6 +52,7 @@ __all__ = [
     "ItemSpec",
     "Job",
     "Region",
+    "ResolvedItem",
     "Visualization",
     "load_job",
     "parse_job",
@@ -73,6 +77,9 @@ MIN_QPS = 0.1
 # through its aliases to at most this many times its own node count, and never past the cap.
 ALIAS_EXPANSION_RATIO = 100
 MAX_EXPANDED_NODES = 1_000_000
+# No job needs more; PyYAML composes recursively, so a deeper document would otherwise run
+# into Python's recursion limit at whatever depth the caller's stack leaves.
+MAX_YAML_DEPTH = 64
 
 # Bounds on single values, so that no message, header or request carries megabytes.
 MAX_ASSET_ID = 1024
@@ -114,25 +121,23 @@ def short(value: Any) -> str:
 PositiveInt = Annotated[int, Field(gt=0)]
 PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 NonNegativeFloat = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+OutputSide = Annotated[int, Field(gt=0, le=2**24)]  # planning.MAX_OUTPUT_SIDE
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # A field's docstring is its description in the JSON Schema (`bulkpix schema`).
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
 def _check_crs(value: str | None) -> str | None:
     if value is None:
         return None
-    import rasterio
-    from rasterio.crs import CRS
-    from rasterio.errors import CRSError
+    from bulkpix.geometry.crs import CRS  # rasterio loads only for a job that names a CRS
 
-    # GDAL would print its own "ERROR 1: ..." line for a bad WKT: ours is the one line.
-    with rasterio.Env(CPL_LOG=os.devnull):
-        try:
-            CRS.from_user_input(value)
-        except (CRSError, ValueError, TypeError):
-            raise ValueError(f"unknown CRS {short(value)}") from None
+    try:
+        CRS.of(value).to_rasterio()  # parsed here once; planning reuses the same CRS
+    except ValueError:
+        raise ValueError(f"unknown CRS {short(value)}") from None
     return value
 
 
@@ -140,9 +145,13 @@ class Region(_Strict):
     """Exactly one of ``bbox``, ``geometry`` (GeoJSON) or ``file`` (a GeoJSON file)."""
 
     bbox: tuple[float, float, float, float] | None = None
+    """[xmin, ymin, xmax, ymax] in region_crs (lon/lat by default)."""
     geometry: dict[str, Any] | None = None
+    """A GeoJSON geometry, Feature or FeatureCollection; only its bounding box is used."""
     file: str | None = None
+    """A GeoJSON file, relative to the job file."""
     region_crs: str = "EPSG:4326"
+    """The CRS of bbox or geometry (EPSG code or WKT); default lon/lat."""
 
     @model_validator(mode="before")
     @classmethod
@@ -179,6 +188,41 @@ class Region(_Strict):
     _crs = field_validator("region_crs")(_check_crs)
 
     _file = field_validator("file")(_check_path)
+
+    @classmethod
+    def __get_pydantic_json_schema__(
+        cls, core_schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        # The shorthands `_shorthand` accepts, so editors do not flag `region: [..]` as wrong.
+        reference = handler(core_schema)
+        schema = handler.resolve_ref_schema(reference)
+        mapping = dict(schema)
+        description = mapping.pop("description", None)
+        schema.clear()
+        schema.update(
+            title="Region",
+            description=description,
+            anyOf=[
+                mapping,
+                {
+                    "description": "A bbox, [xmin, ymin, xmax, ymax] in lon/lat.",
+                    "type": "array",
+                    "prefixItems": [{"type": "number"}] * 4,
+                    "minItems": 4,
+                    "maxItems": 4,
+                },
+                {
+                    "description": "A GeoJSON geometry, Feature or FeatureCollection (lon/lat).",
+                    "type": "object",
+                    "required": ["type"],
+                    "properties": {
+                        "type": {"type": "string", "description": "Polygon, Feature, ..."}
+                    },
+                },
+                {"description": "A GeoJSON file, relative to the job file.", "type": "string"},
+            ],
+        )
+        return reference
 
     def load_geometry(self, base_dir: Path) -> dict[str, Any] | tuple[float, float, float, float]:
         """The bbox, or the GeoJSON object (read from ``file`` relative to the job file)."""
@@ -225,10 +269,15 @@ class Visualization(_Strict):
     three uint8 bands, vis-red, vis-green, vis-blue)."""
 
     bands: list[str] = Field(min_length=1, max_length=3)
+    """One band (drawn through palette, or gray) or three (red, green, blue)."""
     min: float | list[float] | None = None
+    """The value drawn as 0: one for all bands or one per band (with max)."""
     max: float | list[float] | None = None
+    """The value drawn as 255: one for all bands or one per band (with min)."""
     palette: list[str] | None = Field(default=None, min_length=1)
+    """RGB hex colours from min to max, for one band."""
     gamma: PositiveFloat | None = None
+    """Gamma correction."""
 
     @model_validator(mode="after")
     def _consistent(self) -> Visualization:
@@ -278,15 +327,35 @@ class Visualization(_Strict):
 
 class _ItemFields(_Strict):
     asset: str | None = None
+    """The image asset: projects/P/assets/ID, users/... (legacy) or a public id such as
+    COPERNICUS/S2_SR/...; required (at the top level or in each item)."""
     bands: list[str] | None = Field(default=None, min_length=1)
+    """Band ids, in output order (default: all of the asset's bands)."""
     region: Region | None = None
+    """What to download (default: the whole asset): {bbox: [xmin, ymin, xmax, ymax]}, a GeoJSON
+    geometry, or a GeoJSON file path; region_crs inside the mapping (default lon/lat). Only
+    its bounding box in the output CRS is used."""
     crs: str | None = None
+    """The output CRS, EPSG:... or WKT (default: the asset's first band's)."""
     scale: PositiveFloat | None = None
+    """The pixel size in CRS units, edges on multiples of it (default: the asset's own grid);
+    required when crs is not the asset's, unless dimensions is given."""
+    # The whole region at this many pixels, [width, height], instead of a scale (as the
+    # service's grid.dimensions rescales a region); the pixel size is the extent / dimensions.
+    dimensions: tuple[OutputSide, OutputSide] | None = None
+    """[width, height] in pixels instead of scale: the region's bounding box in the output
+    CRS (the asset's footprint without a region) at exactly this size, north-up; the pixel
+    size is the extent over the dimensions."""
     workload_tag: str | None = None
+    """Sent as the requests' workloadTag (shows in the Cloud project's usage)."""
     # A number for every band, or band id -> value: the value that marks missing pixels.
     # getPixels sends masked pixels as 0, so `nodata: 0` is what marks them.
     nodata: float | dict[str, float] | None = None
+    """The value marking missing pixels, for every band or as {band: value}: the arrays'
+    fill value and _FillValue. getPixels sends masked pixels as 0, so 0 is what marks them."""
     visualization: Visualization | None = None
+    """Download 8-bit RGB drawn by the service (its visualizationOptions), stored as three
+    uint8 bands vis-red, vis-green, vis-blue."""
 
     _crs = field_validator("crs")(_check_crs)
 
@@ -313,6 +382,12 @@ class _ItemFields(_Strict):
         if not all(v is None or math.isfinite(v) or math.isnan(v) for v in values):
             raise ValueError("nodata must be a number (or NaN)")
         return value
+
+    @model_validator(mode="after")
+    def _scale_or_dimensions(self) -> _ItemFields:
+        if self.scale is not None and self.dimensions is not None:
+            raise ValueError("give scale or dimensions, not both")
+        return self
 
     @field_validator("bands")
     @classmethod
@@ -344,6 +419,7 @@ class ItemSpec(_ItemFields):
     """One export: an asset over a region, landing in its own group of the store."""
 
     name: str | None = None
+    """The item's group in the output store (default item0000, item0001, ...)."""
 
     @field_validator("name")
     @classmethod
@@ -359,28 +435,51 @@ class ItemSpec(_ItemFields):
         return value
 
 
+class ResolvedItem(_ItemFields):
+    """One item with the job's defaults filled in: what planning works from. Its ``asset``
+    is always there, as the full resource name (``projects/.../assets/...``)."""
+
+    asset: str
+    name: str | None = None  # None: a single-item job, at the root of the store
+
+    @field_validator("asset")
+    @classmethod
+    def _full_name(cls, value: str) -> str:
+        return asset_name(value)
+
+
 # Waits past a day are typos, not settings (and a run would seem to hang on them).
 Seconds = Annotated[float, Field(gt=0, le=86_400, allow_inf_nan=False)]
 
 
 class Timeouts(_Strict):
     connect: Seconds = 10.0
+    """Seconds to open a connection."""
     read: Seconds = 60.0
+    """Seconds any one socket read may wait, so a stalled body is caught early."""
     total: Seconds = 300.0
+    """Seconds one request may take in all."""
 
 
 class Retries(_Strict):
     max_attempts: PositiveInt = 8
+    """Tries per request, the first included."""
     backoff_base: PositiveFloat = 0.5
+    """Seconds of the first backoff; it doubles per attempt, with jitter."""
     backoff_cap: Annotated[float, Field(gt=0, le=3600, allow_inf_nan=False)] = 30.0
+    """The longest backoff bulkpix chooses, in seconds."""
     budget: Annotated[int, Field(ge=0)] = 10_000
+    """Retries allowed in the whole run; past it, failing tiles fail at once."""
     # The longest any wait may be, a server's Retry-After included (never below backoff_cap).
     max_wait: Annotated[float, Field(gt=0, le=86_400)] = 300.0
+    """The longest any wait may be, in seconds, a server's Retry-After included."""
 
 
 class ServiceModelSpec(_Strict):
     base_s: NonNegativeFloat = 0.2
+    """Seconds one request takes besides its size."""
     per_mb_s: NonNegativeFloat = 0.05
+    """Seconds one request takes per MB it asks for."""
 
 
 # 16.7 million px a side, as planning's MAX_OUTPUT_SIDE: past that a size is a typo.
@@ -391,13 +490,22 @@ class EmulatorSection(_Strict):
     """Settings of the in-process stand-in server started by ``endpoint: emulator``."""
 
     synthetic: dict[str, str] = Field(default_factory=dict)  # name -> "WIDTHxHEIGHT"
+    """Synthetic assets, {asset name: "WIDTHxHEIGHT"}; an asset not listed anywhere is
+    served synthetic, 20,000 x 20,000."""
     assets: dict[str, list[str]] = Field(default_factory=dict)  # name -> raster files
+    """Assets served from raster files, {asset name: [one file per band, or one file]}."""
     max_concurrent: PositiveInt | None = 40
+    """Requests in flight the stand-in allows before answering 429 (null: no limit)."""
     max_qps: Annotated[float, Field(ge=MIN_QPS, allow_inf_nan=False)] | None = 100.0
+    """Requests per second the stand-in allows before answering 429 (null: no limit)."""
     qps_window: Literal["minute", "second"] = "minute"  # the rate counted per minute, or strictly
+    """How the rate is counted: max_qps * 60 per rolling minute, or strictly per second."""
     service_base_s: Annotated[float, Field(ge=0, le=3600, allow_inf_nan=False)] = 0.0
+    """Seconds each call takes besides its size."""
     service_per_mb_s: Annotated[float, Field(ge=0, le=3600, allow_inf_nan=False)] = 0.0
+    """Seconds each call takes per MB."""
     seed: int = 0
+    """The seed of the stand-in's random choices."""
 
     @field_validator("synthetic")
     @classmethod
@@ -418,30 +526,63 @@ class Job(_ItemFields):
     """A whole job file, validated."""
 
     items: list[ItemSpec] | None = Field(default=None, min_length=1)
+    """A batch: one entry per export, each with the item keys (asset, bands, region, crs,
+    scale, dimensions, nodata, visualization, workload_tag) and a name; top-level item keys
+    are the shared defaults."""
     output: str
+    """The Zarr store: a local path (relative to the working directory, ~ expanded) or an
+    fsspec URL such as gs://bucket/out.zarr."""
     endpoint: str = DEFAULT_ENDPOINT
+    """The service's base URL, or emulator to start the stand-in in this process."""
     api_version: Literal["v1", "v1alpha", "v1beta"] = "v1"
+    """The REST API version in the request paths."""
     project: str | None = None
+    """The Cloud project whose quota is charged (sent as X-Goog-User-Project)."""
     credentials: str | None = None  # default | none | a key file; None: by endpoint
+    """default (Application Default Credentials, or what earthengine authenticate wrote),
+    none, or a key file (service account or authorized user); default: none with the
+    emulator, default otherwise."""
     file_format: Literal["NPY", "GEO_TIFF"] = "NPY"
+    """The getPixels payload format: NPY, or GEO_TIFF (all bands of one data type)."""
     concurrency: Annotated[int, Field(gt=0, le=1000)] = 40
+    """Requests in flight at most (the quota's concurrent requests; the adaptive limit
+    returns to it after a 429)."""
     qps: Annotated[float, Field(ge=MIN_QPS, allow_inf_nan=False)] = 100.0
+    """Requests started per second at most (the quota's rate)."""
     chunk: Annotated[int, Field(ge=16, le=32768)] = 1024
+    """The Zarr chunk side in pixels."""
     tile: Literal["auto"] | tuple[PositiveInt, PositiveInt] = "auto"
+    """Pixels per request: auto (chosen from the quota and the service model) or [height,
+    width], multiples of chunk."""
     memory_mb: Annotated[int, Field(ge=16)] = 128
+    """MB of response bodies held at once: a body is read only when it fits, and no auto
+    tile is larger than half of it."""
     compression: CompressionName = DEFAULT_COMPRESSION  # the chunk codec (store/codecs.py)
+    """The chunk codec: lz4 (blosc, shuffled), zstd, gzip or none."""
     compression_level: int | None = None  # None: the codec's default level
+    """The codec's level (default: the codec's own)."""
     # 3: what xarray and zarr read (GDAL from 3.11); 2: what GDAL 3.10 (rasterio's) reads.
     zarr_format: Literal[2, 3] = 3
+    """3: what xarray and zarr read (GDAL from 3.11); 2: what GDAL 3.10 (rasterio's, QGIS)
+    reads."""
     # fsync each chunk file (and its directory) before the tile's done-marker is written.
     durable: bool = False
+    """fsync each chunk file before its tile is recorded as done (safe against power loss,
+    slower)."""
     timeouts: Timeouts = Timeouts()
+    """Seconds each request may take."""
     retries: Retries = Retries()
+    """Retries of failed requests: per request, and a budget for the whole run."""
     service_model: ServiceModelSpec = ServiceModelSpec()
+    """The expected service time of one request, base_s + per_mb_s * MB: what tile: auto and
+    the plan's time estimate assume."""
     emulator: EmulatorSection | None = None
+    """With endpoint: emulator, what the stand-in serves and how."""
 
     # The directory relative paths in the job are taken from (set by load_job).
-    base_dir: Path = Field(default=Path("."), exclude=True)
+    base_dir: SkipJsonSchema[Path] = Field(default=Path("."), exclude=True)
+    # The items, resolved once when the job is validated (see ``resolved_items``).
+    _resolved: tuple[ResolvedItem, ...] = PrivateAttr(default=())
 
     @field_validator("endpoint")
     @classmethod
@@ -499,15 +640,13 @@ class Job(_ItemFields):
         if self.emulator is not None and self.endpoint != "emulator":
             raise ValueError("the emulator section goes with endpoint: emulator")
         codec_for(self.compression, self.compression_level)  # a level this codec has
-        items = self.resolved_items()
+        items = self._resolved = self._resolve()
         names = [item.name for item in items]
         duplicates = sorted({n for n in names if names.count(n) > 1 and n is not None})
         if duplicates:
             raise ValueError(f"item names repeat: {', '.join(map(str, duplicates))}")
         for index, item in enumerate(items):
             where = f"items[{index}]" if self.items else "job"
-            if item.asset is None:
-                raise ValueError(f"{where}: asset is missing")
             vis = item.visualization
             if vis is not None and item.bands is not None and item.bands != vis.bands:
                 raise ValueError(f"{where}: bands and visualization.bands differ; give one")
@@ -523,19 +662,31 @@ class Job(_ItemFields):
             return self.credentials
         return "none" if self.endpoint == "emulator" else "default"
 
-    def resolved_items(self) -> list[ItemSpec]:
-        """Items with the shared defaults filled in and a name each."""
+    def resolved_items(self) -> list[ResolvedItem]:
+        """Items with the shared defaults filled in, an asset and (in a batch) a name each."""
+        return list(self._resolved)
+
+    def _resolve(self) -> tuple[ResolvedItem, ...]:
         shared = {k: getattr(self, k) for k in _ItemFields.model_fields}
-        if self.items is None:
-            return [ItemSpec(**shared)]
+        entries = (
+            [{}] if self.items is None
+            else [item.model_dump(exclude_unset=True) for item in self.items]
+        )
         resolved = []
-        for index, item in enumerate(self.items):
+        for index, entry in enumerate(entries):
             fields = dict(shared)
-            fields.update({k: v for k, v in item.model_dump(exclude_unset=True).items()})
-            if not fields.get("name"):
+            # An item's scale replaces the shared dimensions, and its dimensions the shared scale.
+            for key, other in (("scale", "dimensions"), ("dimensions", "scale")):
+                if entry.get(key) is not None:
+                    fields[other] = None
+            fields.update(entry)
+            if fields.get("asset") is None:
+                where = f"items[{index}]" if self.items else "job"
+                raise ValueError(f"{where}: asset is missing")
+            if self.items is not None and not fields.get("name"):
                 fields["name"] = f"item{index:04d}"
-            resolved.append(ItemSpec(**fields))
-        return resolved
+            resolved.append(ResolvedItem(**fields))
+        return tuple(resolved)
 
 
 _HINTS = {
@@ -664,7 +815,19 @@ def safe_yaml(text: str) -> Any:
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """A SafeLoader that refuses a key given twice in one mapping, instead of keeping the last."""
+    """A SafeLoader that refuses a key given twice in one mapping, instead of keeping the last,
+    and a document nested deeper than ``MAX_YAML_DEPTH``."""
+
+    _depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        self._depth += 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                raise _YamlRefused(f"nested too deeply (more than {MAX_YAML_DEPTH} levels)")
+            return super().compose_node(parent, index)  # type: ignore[no-untyped-call]
+        finally:
+            self._depth -= 1
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[Any] = set()

@@ -19,8 +19,10 @@ ROOT = Path(__file__).resolve().parents[1]
 ASSET = "projects/demo/assets/src"
 
 # What the metadata call does not need; all of it loads after the call is on its way.
-# (numpy does load before it: the client takes the service's request limit from tiling.)
-STORE_SIDE = ("zarr", "rasterio", "bulkpix.planning", "bulkpix.store.zarr_store")
+STORE_SIDE = (
+    "zarr", "numpy", "rasterio", "bulkpix.planning", "bulkpix.geometry",
+    "bulkpix.store.zarr_store",
+)
 GOOGLE_AUTH = ("google.auth", "google.oauth2", "cryptography", "requests")
 
 
