@@ -449,7 +449,8 @@ class ResolvedItem(_ItemFields):
 
 
 # Waits past a day are typos, not settings (and a run would seem to hang on them).
-Seconds = Annotated[float, Field(gt=0, le=86_400, allow_inf_nan=False)]
+# Below a tenth of a second every request times out, and the run only retries: a typo too.
+Seconds = Annotated[float, Field(ge=0.1, le=86_400, allow_inf_nan=False)]
 
 
 class Timeouts(_Strict):

@@ -131,6 +131,7 @@ OFFLINE_CASES = [
     ("workload tag in capitals", _keys(workload_tag="My-Export"), "not a workload tag"),
     ("vanishing qps", _keys(qps=1e-300), "key 'qps'"),
     ("a timeout of ages", _keys(timeouts={"total": 1e300}), "key 'timeouts.total'"),
+    ("a vanishing timeout", _keys(timeouts={"read": 1e-300}), "key 'timeouts.read'"),
     ("a backoff of ages", _keys(retries={"backoff_cap": 1e300}), "key 'retries.backoff_cap'"),
     ("emulator qps vanishing", _keys(emulator={"max_qps": 1e-300}), "key 'emulator.max_qps'"),
     ("emulator service of ages", _keys(emulator={"service_base_s": 1e300}),
