@@ -449,7 +449,8 @@ class ResolvedItem(_ItemFields):
 
 
 # Waits past a day are typos, not settings (and a run would seem to hang on them).
-Seconds = Annotated[float, Field(gt=0, le=86_400, allow_inf_nan=False)]
+# Below a tenth of a second every request times out, and the run only retries: a typo too.
+Seconds = Annotated[float, Field(ge=0.1, le=86_400, allow_inf_nan=False)]
 
 
 class Timeouts(_Strict):
@@ -482,6 +483,10 @@ class ServiceModelSpec(_Strict):
     """Seconds one request takes per MB it asks for."""
 
 
+# 16.7 million px a side, as planning's MAX_OUTPUT_SIDE: past that a size is a typo.
+MAX_SYNTHETIC_SIDE = 2**24
+
+
 class EmulatorSection(_Strict):
     """Settings of the in-process stand-in server started by ``endpoint: emulator``."""
 
@@ -510,6 +515,10 @@ class EmulatorSection(_Strict):
             if not re.fullmatch(r"[1-9]\d*x[1-9]\d*", str(size)):
                 raise ValueError(
                     f"synthetic size for {short(name)} must be WIDTHxHEIGHT, got {short(size)}"
+                )
+            if any(int(side) > MAX_SYNTHETIC_SIDE for side in str(size).split("x")):
+                raise ValueError(
+                    f"synthetic size for {short(name)}: at most {MAX_SYNTHETIC_SIDE} px a side"
                 )
         return value
 
