@@ -5,7 +5,8 @@ Run: `python -m benchmarks.durable` (``--quick`` for a smaller run).
 1. The write path alone: 4-band tiles (uint8, int16, uint16, float32) written through
    ``ItemWriter`` into a LocalStore in a temp dir: plain zarr store, with checksums
    (``ChecksumStore``), and with checksums plus fsync (``durable``). Wall and CPU seconds.
-2. Whole runs: ``bulkpix.pipeline.run_job`` against the in-process emulator (no service
+2. One fsync of a freshly written 1 MB chunk file and its directory, alone.
+3. Whole runs: ``bulkpix.pipeline.run_job`` against the in-process emulator (no service
    delay, so writing is what bounds the run), ``durable: false`` vs ``true``.
 
 Each figure is the best of ``--repeat`` runs. An fsync's cost depends on the disk (and on
@@ -28,7 +29,7 @@ from affine import Affine
 
 from benchmarks.machine import describe_machine
 from bulkpix.geometry.grid import PixelGrid, Window
-from bulkpix.store.checksum import ChecksumStore
+from bulkpix.store.checksum import ChecksumStore, fsync_path
 from bulkpix.store.zarr_store import BandSpec, ItemWriter, open_store
 
 BANDS = [
@@ -137,6 +138,22 @@ def main() -> None:
         wall, cpu = _measure(args.repeat, lambda d, m=mode: _write(d, m, size, 1024, 512))
         base = base or wall
         print(f"  {mode:10s} wall {wall:6.2f} s  CPU {cpu:6.2f} s  ({wall / base - 1:+.0%} wall)")
+
+    print("\nfsync alone: a file of one 512x512 float32 chunk (1 MB), then its directory")
+    directory = Path(tempfile.mkdtemp(prefix="bulkpix-fsync-", dir="."))
+    try:
+        data = np.random.default_rng(0).bytes(512 * 512 * 4)
+        times = []
+        for index in range(64):
+            path = directory / str(index)
+            path.write_bytes(data)
+            start = time.perf_counter()
+            fsync_path(path)
+            times.append(time.perf_counter() - start)
+        times.sort()
+        print(f"  median {times[32] * 1e3:.2f} ms, 90th percentile {times[57] * 1e3:.2f} ms")
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
 
     from bulkpix.emulator import EmulatorConfig, SyntheticAsset, emulator_in_thread
 

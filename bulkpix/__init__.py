@@ -5,7 +5,7 @@ The Python API (``bulkpix.api``) is a thin shell over the async core in ``bulkpi
     import bulkpix
     summary = bulkpix.run("configs/demo.yaml")      # also inside a notebook's running loop
     summary = await bulkpix.arun("configs/demo.yaml")
-    plans = bulkpix.plan("configs/demo.yaml")       # grids and tiles, no pixels fetched
+    plans = bulkpix.plan("configs/demo.yaml")       # grids, tiles, estimates; no pixels
     ds = bulkpix.open("out/demo.zarr")              # the output as an xarray Dataset
 
 Importing ``bulkpix`` is cheap: each function loads what it needs when it is called.
@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 __all__ = [
     "ItemSummary",
+    "JobTooLarge",
     "RunSummary",
     "__version__",
     "aplan",
@@ -39,10 +40,15 @@ if TYPE_CHECKING:
         plan,
         run,
     )
+    from bulkpix.errors import JobTooLarge
 
 
 def __getattr__(name: str) -> Any:
     # The API module (and through it the pipeline) loads on first use, not on `import bulkpix`.
+    if name == "JobTooLarge":
+        from bulkpix.errors import JobTooLarge
+
+        return JobTooLarge
     if name in __all__ and name != "__version__":
         from bulkpix import api
 

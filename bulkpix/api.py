@@ -17,10 +17,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     import xarray
+    from rich.console import Console
 
     from bulkpix.job import Job
     from bulkpix.pipeline import RunStats
-    from bulkpix.planning import ItemPlan
+    from bulkpix.planning import JobPlan
 
 __all__ = ["ItemSummary", "RunSummary", "aplan", "arun", "load", "open", "plan", "run"]
 
@@ -109,27 +110,37 @@ async def arun(
     restart: bool = False,
     progress: bool | None = None,
     stop: asyncio.Event | None = None,
+    yes: bool = False,
+    console: Console | None = None,
 ) -> RunSummary:
     """Run or resume a job to completion on the running loop; returns its summary.
 
     ``progress``: draw a live progress bar (None: only where someone can see it, a terminal
-    or a notebook). ``stop``: set it to halt gracefully (the tiles in flight finish).
+    or a notebook). In a notebook the bar is rich's live display, which needs ipywidgets;
+    without it a plain progress line is printed every 10 s instead. ``console``: the rich
+    Console to draw on (default: a new one on stdout, which finds a notebook by itself).
+    ``stop``: set it to halt gracefully (the tiles in flight finish).
+    ``yes``: run a job far larger than its assets' native pixels (``bulkpix.plan(job)
+    .size_warning`` says why); without it such a job raises ``bulkpix.JobTooLarge`` before
+    anything is written.
     """
     from bulkpix.pipeline import run_job
 
     resolved = load(job)
-    show = _can_show_progress() if progress is None else progress
+    show = _can_show_progress(console) if progress is None else progress
     if not show:
-        stats = await run_job(resolved, restart=restart, stop=stop)
+        stats = await run_job(resolved, restart=restart, stop=stop, yes=yes)
         return RunSummary.from_stats(stats, resolved.output)
 
     from rich.console import Console
 
-    from bulkpix.progress import live_progress
+    from bulkpix.progress import progress_display
 
     stats_ready: asyncio.Future[RunStats] = asyncio.get_running_loop().create_future()
-    async with live_progress(Console(), stats_ready):
-        stats = await run_job(resolved, restart=restart, stop=stop, stats_ready=stats_ready)
+    async with progress_display(console or Console(), stats_ready):
+        stats = await run_job(
+            resolved, restart=restart, stop=stop, stats_ready=stats_ready, yes=yes
+        )
     return RunSummary.from_stats(stats, resolved.output)
 
 
@@ -138,23 +149,33 @@ def run(
     *,
     restart: bool = False,
     progress: bool | None = None,
+    yes: bool = False,
+    console: Console | None = None,
 ) -> RunSummary:
     """``arun`` for callers without a loop, or inside one (a notebook cell): blocks until done.
 
     Ctrl-C (a notebook's "interrupt") stops gracefully: the tiles in flight finish, and the
     summary says ``interrupted``; a second one aborts at once. Either way a rerun resumes.
     """
-    return _sync(lambda stop: arun(job, restart=restart, progress=progress, stop=stop))
+    return _sync(
+        lambda stop: arun(
+            job, restart=restart, progress=progress, stop=stop, yes=yes, console=console
+        )
+    )
 
 
-async def aplan(job: str | Path | dict[str, Any] | Job) -> list[ItemPlan]:
-    """Each item's output grid and tiles (asset metadata only, no pixels)."""
+async def aplan(job: str | Path | dict[str, Any] | Job) -> JobPlan:
+    """Each item's output grid and tiles (asset metadata only, no pixels), as a sequence of
+    ``ItemPlan``, with the job's time and disk estimates (``.estimate``, ``.item_estimates``)
+    and ``.size_warning`` (why ``run`` would ask for ``yes=True``, or None)."""
     from bulkpix.pipeline import plan_job
+    from bulkpix.planning import job_plan
 
-    return await plan_job(load(job))
+    resolved = load(job)
+    return job_plan(await plan_job(resolved), resolved)
 
 
-def plan(job: str | Path | dict[str, Any] | Job) -> list[ItemPlan]:
+def plan(job: str | Path | dict[str, Any] | Job) -> JobPlan:
     """``aplan``, from sync code or inside a running loop."""
     return _sync(lambda _stop: aplan(job))
 
@@ -272,8 +293,8 @@ def _run_on_thread(make: Callable[[asyncio.Event | None], Coroutine[Any, Any, T]
     return outcome["value"]
 
 
-def _can_show_progress() -> bool:
+def _can_show_progress(console: Console | None) -> bool:
     from rich.console import Console
 
-    console = Console()
+    console = console or Console()
     return console.is_jupyter or console.is_terminal

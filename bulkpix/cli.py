@@ -2,8 +2,10 @@
 async core.
 
 Exit codes: 0 done; 1 a failure while running (failed tiles, asset not found, access denied);
-2 a bad job file, bad arguments or an output holding another job; 130 interrupted (resumable).
-Bad input prints one line and no traceback unless ``--debug``.
+2 a bad job file, bad arguments or an output holding another job; 3 no credentials found
+(log in first); 130 interrupted (Ctrl-C or SIGTERM; resumable).
+Bad input prints one line; ``--debug`` (before or after the subcommand) adds the traceback,
+and never changes the exit code.
 """
 
 from __future__ import annotations
@@ -15,16 +17,27 @@ import contextlib
 import os
 import signal
 import sys
-from collections.abc import Sequence
-from typing import NoReturn
+import traceback
+from collections.abc import Coroutine, Iterator, Sequence
+from pathlib import Path
+from types import FrameType
+from typing import Any, NoReturn
 
 from rich.console import Console
 
-from bulkpix.errors import BulkpixError, JobError, StoreMismatch
+from bulkpix import __version__
+from bulkpix.errors import (
+    BulkpixError,
+    CredentialsMissing,
+    JobError,
+    JobTooLarge,
+    StoreMismatch,
+    TransportError,
+)
 
 __all__ = ["entry", "main"]
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NO_CREDENTIALS, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 
 class _Parser(argparse.ArgumentParser):
@@ -38,21 +51,29 @@ def _build_parser() -> argparse.ArgumentParser:
         prog="bulkpix",
         description="Bulk, resumable, quota-aware Earth Engine pixel downloads into Zarr.",
     )
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    # Its own dest: a subcommand's --debug (default False) must not reset this one.
+    parser.add_argument("--debug", dest="debug_global", action="store_true",
+                        help="show tracebacks (the exit code stays the same)")
+    parser.add_argument("--version", action="version", version=f"bulkpix {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     run = commands.add_parser("run", help="run or resume a job")
     run.add_argument("job", help="the YAML job file")
     run.add_argument("--restart", action="store_true", help="discard the old output first")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
+    run.add_argument(
+        "--yes", action="store_true", help="do not ask before a job far past the native pixels"
+    )
     run.add_argument("--debug", action="store_true", help="show tracebacks")
+    _add_job_overrides(run)
 
     plan = commands.add_parser("plan", help="show the grid and tiles; fetch no pixels")
     plan.add_argument("job", help="the YAML job file")
     plan.add_argument("--debug", action="store_true", help="show tracebacks")
+    _add_job_overrides(plan)
 
     status = commands.add_parser("status", help="finished, failed and missing tiles of an output")
-    status.add_argument("output", help="the output store")
+    status.add_argument("output", help="the output store, or the job file that writes it")
     status.add_argument("--debug", action="store_true", help="show tracebacks")
 
     export = commands.add_parser(
@@ -100,6 +121,12 @@ def _build_parser() -> argparse.ArgumentParser:
     verify.add_argument("output", help="the output store")
     verify.add_argument("--debug", action="store_true", help="show tracebacks")
 
+    schema = commands.add_parser("schema", help="print the job file's JSON Schema, for editors")
+    schema.add_argument(
+        "--markdown", action="store_true", help="the job reference as Markdown tables instead"
+    )
+    schema.add_argument("--debug", action="store_true", help="show tracebacks")
+
     commands.add_parser("emulator", help="serve the local Earth Engine stand-in", add_help=False)
     return parser
 
@@ -119,14 +146,100 @@ def _percentiles(text: str) -> tuple[float, float]:
     return low, high
 
 
+# Keys of the job file a dash can override on `run` and `plan`: (flag, key, type, help).
+_OVERRIDES: tuple[tuple[str, str, Any, str], ...] = (
+    ("--output", "output", str, "the output store"),
+    ("--asset", "asset", str, "the asset id"),
+    ("--bands", "bands", lambda v: [b.strip() for b in v.split(",")], "bands, comma-separated"),
+    ("--crs", "crs", str, "the output CRS"),
+    ("--scale", "scale", float, "the output pixel size, in crs units"),
+    ("--endpoint", "endpoint", str, "the service URL, or 'emulator'"),
+    ("--project", "project", str, "the Cloud project charged"),
+    ("--credentials", "credentials", str, "default, none, or a key file"),
+    ("--concurrency", "concurrency", int, "requests in flight at most"),
+    ("--qps", "qps", float, "requests per second at most"),
+    ("--chunk", "chunk", int, "the Zarr chunk side, px"),
+    ("--memory-mb", "memory_mb", int, "response bodies held at once, MB"),
+    ("--workload-tag", "workload_tag", str, "the service's workload tag"),
+)
+
+
+def _add_job_overrides(command: argparse.ArgumentParser) -> None:
+    group = command.add_argument_group(
+        "overrides", "these replace the job file's key of the same name (batch: the shared one)"
+    )
+    for flag, key, kind, text in _OVERRIDES:
+        group.add_argument(flag, dest=f"set_{key}", type=kind, metavar=key.upper(), help=text)
+    group.add_argument("--bbox", dest="set_bbox", type=float, nargs=4,
+                       metavar=("XMIN", "YMIN", "XMAX", "YMAX"), help="the region, a bbox")
+    group.add_argument("--region-crs", dest="set_region_crs", metavar="CRS",
+                       help="the CRS of --bbox (default EPSG:4326, lon/lat)")
+
+
+def _job_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    overrides = {
+        key: getattr(args, f"set_{key}")
+        for _, key, _, _ in _OVERRIDES
+        if getattr(args, f"set_{key}", None) is not None
+    }
+    bbox = getattr(args, "set_bbox", None)
+    region_crs = getattr(args, "set_region_crs", None)
+    if region_crs is not None and bbox is None:
+        raise JobError("--region-crs goes with --bbox")
+    if bbox is not None:
+        overrides["region"] = {"bbox": bbox, **({"region_crs": region_crs} if region_crs else {})}
+    return overrides
+
+
+def _load(args: argparse.Namespace) -> Any:
+    from bulkpix.job import load_job
+
+    return load_job(args.job, overrides=_job_overrides(args))
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM before the run's own handlers are in place: stop as Ctrl-C would."""
+
+
+@contextlib.contextmanager
+def _sigterm_stops() -> Iterator[None]:
+    # Without this, a SIGTERM while bulkpix starts up (imports, job file, metadata) kills
+    # it without a word. The run installs its own graceful handler once it starts.
+    def terminate(signum: int, frame: FrameType | None) -> None:
+        raise _Terminated
+
+    try:
+        previous = signal.signal(signal.SIGTERM, terminate)
+    except ValueError:  # not the main thread (a caller's thread): leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "emulator":
+    if "emulator" in argv and set(argv[: argv.index("emulator")]) <= {"--debug"}:
         # The emulator's CLI owns its flags; it is imported only when asked for.
         from bulkpix.emulator.cli import main as emulator_main
 
-        return emulator_main(argv[1:])
-    args = _build_parser().parse_args(argv)
+        return emulator_main(argv[argv.index("emulator") + 1 :])
+    with _sigterm_stops():
+        try:
+            args = _build_parser().parse_args(argv)
+            debug = bool(args.debug_global or getattr(args, "debug", False))
+            return _dispatch(args, debug)
+        except _Terminated:
+            print("bulkpix: terminated (SIGTERM)", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        except KeyboardInterrupt:
+            print("bulkpix: interrupted", file=sys.stderr)
+            return EXIT_INTERRUPTED
+
+
+def _dispatch(args: argparse.Namespace, debug: bool) -> int:
     err = _console(stderr=True)
     try:
         if args.command == "run":
@@ -139,25 +252,29 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _preview(args)
         if args.command == "verify":
             return _verify(args)
+        if args.command == "schema":
+            from bulkpix.schema import markdown_reference, schema_text
+
+            sys.stdout.write(markdown_reference() if args.markdown else schema_text())
+            return EXIT_OK
         return _status(args)
+    except CredentialsMissing as exc:
+        return _failed(exc, EXIT_NO_CREDENTIALS, debug)
     except (JobError, StoreMismatch) as exc:
-        if args.debug:
-            raise
-        _fail(exc)
-        return EXIT_USAGE
+        return _failed(exc, EXIT_USAGE, debug)
     except BulkpixError as exc:
-        if args.debug:
-            raise
-        _fail(exc)
-        return EXIT_FAILED
+        return _failed(exc, EXIT_FAILED, debug)
     except OSError as exc:  # the disk filled up, the output went away, ...
-        if args.debug:
-            raise
-        _fail(f"{exc.strerror or exc}{f': {exc.filename}' if exc.filename else ''}")
-        return EXIT_FAILED
-    except KeyboardInterrupt:
-        err.print("bulkpix: interrupted", markup=False)
-        return EXIT_INTERRUPTED
+        text = f"{exc.strerror or exc}{f': {exc.filename}' if exc.filename else ''}"
+        return _failed(exc, EXIT_FAILED, debug, text)
+
+
+def _failed(exc: BaseException, code: int, debug: bool, text: str | None = None) -> int:
+    """One line (after the traceback, with --debug); the exit code is the same either way."""
+    if debug:
+        traceback.print_exception(exc, file=sys.stderr)
+    _fail(text if text is not None else exc)
+    return code
 
 
 def entry() -> NoReturn:
@@ -194,13 +311,12 @@ def _fail(exc: BaseException | str) -> None:
 
 
 def _run(args: argparse.Namespace, err: Console) -> int:
-    from bulkpix.job import load_job
     from bulkpix.pipeline import RunStats, run_job
-    from bulkpix.progress import live_progress, print_summary
+    from bulkpix.progress import confirm_large_job, live_progress, print_summary
 
-    job = load_job(args.job)
+    job = _load(args)
 
-    async def go() -> RunStats:
+    async def go(yes: bool) -> RunStats:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         main_task = asyncio.current_task()
@@ -219,13 +335,21 @@ def _run(args: argparse.Namespace, err: Console) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, on_signal)
         stats_ready: asyncio.Future[RunStats] = loop.create_future()
+        def running() -> Coroutine[Any, Any, RunStats]:
+            return run_job(job, restart=args.restart, stop=stop, stats_ready=stats_ready, yes=yes)
+
         if args.quiet:
-            return await run_job(job, restart=args.restart, stop=stop, stats_ready=stats_ready)
+            return await running()
         async with live_progress(err, stats_ready):
-            return await run_job(job, restart=args.restart, stop=stop, stats_ready=stats_ready)
+            return await running()
 
     try:
-        stats = asyncio.run(go())
+        try:
+            stats = asyncio.run(go(args.yes))
+        except JobTooLarge as exc:  # nothing written yet: ask (on a terminal), then go again
+            if not confirm_large_job(err, exc):
+                raise
+            stats = asyncio.run(go(True))
     except asyncio.CancelledError:
         err.print(
             f"bulkpix: aborted; finished tiles are kept. Resume with: bulkpix run {args.job}",
@@ -263,13 +387,24 @@ def _run(args: argparse.Namespace, err: Console) -> int:
 
 
 def _plan(args: argparse.Namespace) -> int:
-    from bulkpix.job import load_job
     from bulkpix.pipeline import plan_job
+    from bulkpix.planning import job_plan
     from bulkpix.progress import print_plan
 
-    job = load_job(args.job)
-    plans = asyncio.run(plan_job(job))
-    print_plan(_console(), plans)
+    job = _load(args)
+    # A plan is interactive: an unreachable server is reported in seconds, not after the
+    # minute a run's full backoff would spend on it.
+    retries = job.retries.model_copy(update={"max_attempts": min(job.retries.max_attempts, 3)})
+    job = job.model_copy(update={"retries": retries})
+    try:
+        plans = asyncio.run(plan_job(job))
+    except TransportError as exc:
+        # A plan needs each asset's metadata (bands, types, grid): one GET per asset.
+        raise TransportError(
+            f"plan needs the asset's metadata from {job.endpoint}, and cannot reach it "
+            f"({exc}); check the network, or plan against `endpoint: emulator` offline"
+        ) from None
+    print_plan(_console(), job_plan(plans, job))
     return EXIT_OK
 
 
@@ -313,7 +448,12 @@ def _preview(args: argparse.Namespace) -> int:
 def _status(args: argparse.Namespace) -> int:
     from bulkpix.status import print_status, read_status
 
-    report = asyncio.run(read_status(args.output))
+    output = args.output
+    if "://" not in output and Path(output).is_file():
+        from bulkpix.job import load_job
+
+        output = load_job(output).output  # the job file: its output
+    report = asyncio.run(read_status(output))
     print_status(_console(), report)
     return EXIT_OK if report.complete else EXIT_FAILED
 

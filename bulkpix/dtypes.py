@@ -8,12 +8,19 @@ emulated asset's metadata maps back to exactly the dtype it was built from.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-__all__ = ["BandSpec", "ee_data_type", "numpy_dtype", "request_bytes_per_pixel"]
+__all__ = [
+    "BandSpec",
+    "ee_data_type",
+    "numpy_dtype",
+    "request_bytes",
+    "request_bytes_per_pixel",
+]
 
 
 @dataclass(frozen=True)
@@ -80,6 +87,15 @@ def ee_data_type(dtype: np.dtype | str) -> dict[str, Any]:
     return {"precision": "INT", "range": value_range}
 
 
-def request_bytes_per_pixel(dtypes: list[np.dtype]) -> int:
-    """Bytes per pixel as the service counts a request: each band's size plus a mask byte."""
-    return sum(np.dtype(d).itemsize + 1 for d in dtypes)
+def request_bytes_per_pixel(itemsizes: Iterable[int]) -> int:
+    """Bytes per pixel as the service counts a request: each band's size plus a mask byte.
+
+    The one place this rule lives: tiling, planning and the emulator all count with it.
+    """
+    return sum(int(size) + 1 for size in itemsizes)
+
+
+def request_bytes(height: int, width: int, itemsizes: Iterable[int]) -> int:
+    """Size of a ``height`` x ``width`` request of bands of ``itemsizes`` bytes, as the
+    service counts it against its request limit (not the size of its answer)."""
+    return height * width * request_bytes_per_pixel(itemsizes)

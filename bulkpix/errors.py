@@ -17,7 +17,9 @@ __all__ = [
     "BadMetadata",
     "BadPayload",
     "BulkpixError",
+    "CredentialsMissing",
     "JobError",
+    "JobTooLarge",
     "LeaseLost",
     "NotFound",
     "OutputInUse",
@@ -45,6 +47,23 @@ class BulkpixError(Exception):
 
 class JobError(BulkpixError, ValueError):
     """The job file or the command's arguments are wrong (exit code 2)."""
+
+
+class CredentialsMissing(BulkpixError, PermissionError):
+    """No credentials were found at all: the user has not logged in (exit code 3)."""
+
+
+class JobTooLarge(JobError):
+    """The job would write far more pixels than its assets hold there, or a huge amount in
+    any case; it runs only when confirmed (``bulkpix run --yes``, ``bulkpix.run(yes=True)``).
+    ``summary`` says how large, in one line."""
+
+    def __init__(self, summary: str) -> None:
+        super().__init__(
+            f"{summary}; check scale and dimensions, or confirm with `bulkpix run --yes` "
+            "(Python: yes=True)"
+        )
+        self.summary = summary
 
 
 class StoreError(BulkpixError, OSError):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -19,9 +20,10 @@ from typing import TYPE_CHECKING, TypeVar
 
 from bulkpix.assets import asset_name
 from bulkpix.ee.auth import load_credentials
-from bulkpix.ee.client import EEClient, Timeouts
+from bulkpix.ee.client import EEClient, RequestTimeouts
 from bulkpix.errors import (
     JobError,
+    JobTooLarge,
     PermanentError,
     PermissionDenied,
     RemoteError,
@@ -144,9 +146,8 @@ async def _endpoint_url(job: Job) -> AsyncIterator[str]:
     # An asset the section does not mention is served as a synthetic one, so a job that
     # only says `endpoint: emulator` runs as is.
     for item in job.resolved_items():
-        name = asset_name(item.asset or "")
-        if name not in assets and name not in synthetic:
-            synthetic[name] = SyntheticAsset(width=20000, height=20000)
+        if item.asset not in assets and item.asset not in synthetic:
+            synthetic[item.asset] = SyntheticAsset(width=20000, height=20000)
     config = EmulatorConfig(
         assets=assets,
         synthetic=synthetic,
@@ -191,14 +192,12 @@ async def _fetch_assets(job: Job, client: EEClient, retry: _Retry) -> dict[str, 
     importing = asyncio.ensure_future(asyncio.to_thread(_import_store_side))
     infos: dict[str, AssetInfo] = {}
     try:
-        for item in job.resolved_items():
-            name = asset_name(item.asset or "")
-            if name not in infos:
-                metadata = await retry(lambda n=name: client.get_asset(n))
-                await importing
-                from bulkpix.planning import parse_asset
+        for name in dict.fromkeys(item.asset for item in job.resolved_items()):
+            metadata = await retry(functools.partial(client.get_asset, name))
+            await importing
+            from bulkpix.planning import parse_asset
 
-                infos[name] = parse_asset(metadata, name)
+            infos[name] = parse_asset(metadata, name)
     finally:
         await importing  # never left running behind an error
     return infos
@@ -214,9 +213,7 @@ def _plan_items(
         # An item resumed keeps the tile shape its record says it was started with.
         recorded_tile = output.recorded_tile(spec.name or "") if output is not None else None
         try:
-            plans.append(
-                plan_item(spec, infos[asset_name(spec.asset or "")], job, recorded_tile)
-            )
+            plans.append(plan_item(spec, infos[spec.asset], job, recorded_tile))
         except JobError as exc:
             if job.is_batch:
                 raise JobError(f"item {spec.name or index}: {exc}") from None
@@ -247,13 +244,8 @@ class _Retry:
     """
 
     def __init__(self, job: Job, stats: RunStats, stop: asyncio.Event) -> None:
-        self.policy = RetryPolicy(
-            max_attempts=job.retries.max_attempts,
-            base_s=job.retries.backoff_base,
-            cap_s=job.retries.backoff_cap,
-            max_wait_s=_max_wait(job),
-        )
-        self.budget = RetryBudget(job.retries.budget)
+        self.policy = RetryPolicy(**job.retries.model_dump())
+        self.budget = RetryBudget(self.policy.budget)
         self.rng = random.Random()
         self.stats = stats
         self.stop = stop
@@ -273,7 +265,7 @@ class _Retry:
             shown = f"{asked:,.0f} s" if asked < 1e12 else "forever"
             self.stats.notices.append(
                 f"the service asked to wait {shown} before retrying; waiting "
-                f"{self.policy.max_wait_s:g} s at most (retries.max_wait)"
+                f"{self.policy.longest_wait:g} s at most (retries.max_wait)"
             )
 
     async def __call__(self, fn: Callable[[], Awaitable[T]]) -> T:
@@ -287,18 +279,15 @@ class _Retry:
         )
 
 
-def _max_wait(job: Job) -> float:
-    """The longest wait a server may impose: ``retries.max_wait``, never below the backoff cap."""
-    return max(job.retries.max_wait, job.retries.backoff_cap)
-
-
 @contextlib.asynccontextmanager
 async def _session(
     job: Job, stop: asyncio.Event | None = None
 ) -> AsyncIterator[tuple[EEClient, _Retry, RunStats]]:
     stats = RunStats()
+    retry = _Retry(job, stats, stop or asyncio.Event())
+    longest_wait = retry.policy.longest_wait  # what a server's Retry-After may impose
     auth = load_credentials(job.credentials_spec)
-    governor = Governor(job.concurrency, job.qps, max_pause_s=_max_wait(job))
+    governor = Governor(job.concurrency, job.qps, max_pause_s=longest_wait)
     stats.governor = governor
     async with _endpoint_url(job) as url:
         client = EEClient(
@@ -307,16 +296,12 @@ async def _session(
             governor=governor,
             project=job.project,
             api_version=job.api_version,
-            timeouts=Timeouts(
-                connect_s=job.timeouts.connect,
-                read_s=job.timeouts.read,
-                total_s=job.timeouts.total,
-            ),
+            timeouts=RequestTimeouts(**job.timeouts.model_dump()),
             pool_size=job.concurrency,
-            max_wait_s=_max_wait(job),
+            max_wait_s=longest_wait,
         )
         async with client:
-            yield client, _Retry(job, stats, stop or asyncio.Event()), stats
+            yield client, retry, stats
 
 
 @dataclass
@@ -381,8 +366,14 @@ async def run_job(
     restart: bool = False,
     stop: asyncio.Event | None = None,
     stats_ready: asyncio.Future[RunStats] | None = None,
+    yes: bool = False,
 ) -> RunStats:
-    """Run (or resume) a job; returns its counters. ``stop`` asks for a graceful halt."""
+    """Run (or resume) a job; returns its counters. ``stop`` asks for a graceful halt.
+
+    A job far larger than its assets' native pixels (``planning.size_warning``) raises
+    ``JobTooLarge`` before the output is touched, unless ``yes``; items an earlier run has
+    started are not asked about again.
+    """
     check_output_location(job.output)
     stop = stop or asyncio.Event()
     async with _session(job, stop) as (client, retry, stats):
@@ -396,6 +387,13 @@ async def run_job(
 
         state = await inspect_output(job.output, [s.name or "" for s in job.resolved_items()])
         plans = _plan_items(job, infos, state)
+        if not yes:
+            started = {path for path, item in state.items.items() if item.done and not restart}
+            from bulkpix.planning import size_warning
+
+            warning = size_warning([p for p in plans if p.path not in started])
+            if warning is not None:
+                raise JobTooLarge(warning)
         async with claim_output(job, plans, state, restart=restart) as output:
             await _run_tiles(job, client, retry, stats, output.items, stop, stats_ready)
             await _mark_complete_items(output.store, output.items, stats)

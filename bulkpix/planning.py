@@ -8,32 +8,40 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, overload
 
 import numpy as np
 
 from bulkpix import __version__
-from bulkpix.assets import asset_name
-from bulkpix.dtypes import BandSpec, numpy_dtype, request_bytes_per_pixel
+from bulkpix.dtypes import BandSpec, numpy_dtype, request_bytes
 from bulkpix.errors import BadMetadata, JobError, printable
 from bulkpix.geometry.grid import (
+    CRS,
     PixelGrid,
     aligned_grid,
-    describe_crs,
+    describe_bounds,
     native_subgrid,
     region_bounds,
-    same_crs,
+    sized_grid,
 )
 from bulkpix.geometry.tiling import ServiceModel, TilePlan, plan_tiles
-from bulkpix.job import ItemSpec, Job
+from bulkpix.job import Job, ResolvedItem
 
 __all__ = [
+    "ASSUMED_COMPRESSION",
     "AssetInfo",
+    "Estimate",
     "ItemPlan",
+    "JobPlan",
+    "estimate",
+    "human_bytes",
+    "human_seconds",
+    "job_plan",
     "parse_asset",
     "plan_item",
+    "size_warning",
     "tile_plan_from_fingerprint",
 ]
 
@@ -74,6 +82,9 @@ class ItemPlan:
     # (the output's bands are then vis-red, vis-green, vis-blue).
     visualization: Mapping[str, Any] | None = None
     source_bands: tuple[str, ...] = ()
+    # How many of the asset's native pixels the output's footprint spans (None: unknown):
+    # the output's pixel count over this says how far it oversamples the asset.
+    native_pixels: float | None = None
 
     @property
     def path(self) -> str:
@@ -82,6 +93,19 @@ class ItemPlan:
     @property
     def label(self) -> str:
         return self.name or self.asset.rsplit("/", 1)[-1]
+
+    @property
+    def pixel_bytes(self) -> int:
+        """Bytes of the output's pixels, uncompressed (no mask bytes: those are not stored)."""
+        return self.grid.width * self.grid.height * sum(b.dtype.itemsize for b in self.bands)
+
+    @property
+    def oversampling(self) -> float | None:
+        """Output pixels per native pixel of the area (1 on the native grid; 100 for 1 m
+        pixels from a 10 m asset); None when unknown."""
+        if not self.native_pixels:
+            return None
+        return self.grid.width * self.grid.height / self.native_pixels
 
     def band_ids(self, group: int) -> list[str]:
         return [self.bands[i].id for i in self.tiles.band_groups[group]]
@@ -97,7 +121,7 @@ class ItemPlan:
             "asset": self.asset,
             "bands": [b.id for b in self.bands],
             "dtypes": [b.dtype.name for b in self.bands],
-            "crs": self.grid.crs,
+            "crs": self.grid.crs.text,  # as given: outputs made earlier must match
             "transform": [t.a, t.b, t.c, t.d, t.e, t.f],
             "shape": [self.grid.height, self.grid.width],
             "chunk": self.tiles.chunk,
@@ -217,7 +241,7 @@ def _parse_grid(raw: Any) -> tuple[str, PixelGrid | None]:
     if not isinstance(crs, str) or not crs.strip():
         return "the grid names no CRS", None
     try:
-        describe_crs(crs)
+        _ = CRS.of(crs).wkt  # what the output will store: it must be there
     except ValueError:
         return f"CRS {_quote(crs)} is not one bulkpix can describe", None
     affine = raw.get("affineTransform")
@@ -289,7 +313,7 @@ def _band_attrs(metadata: Mapping[str, Any]) -> dict[str, Any]:
     return attrs
 
 
-def _fill_values(spec: ItemSpec, bands: Sequence[BandSpec]) -> dict[str, float]:
+def _fill_values(spec: ResolvedItem, bands: Sequence[BandSpec]) -> dict[str, float]:
     if spec.nodata is None:
         return {}
     if not isinstance(spec.nodata, dict):
@@ -301,7 +325,7 @@ def _fill_values(spec: ItemSpec, bands: Sequence[BandSpec]) -> dict[str, float]:
     return dict(spec.nodata)
 
 
-def _select_bands(spec: ItemSpec, asset: AssetInfo) -> tuple[BandSpec, ...]:
+def _select_bands(spec: ResolvedItem, asset: AssetInfo) -> tuple[BandSpec, ...]:
     if spec.visualization is not None:
         spec = spec.model_copy(update={"bands": spec.visualization.bands})
     if spec.bands is None:
@@ -314,16 +338,43 @@ def _select_bands(spec: ItemSpec, asset: AssetInfo) -> tuple[BandSpec, ...]:
     return tuple(by_id[b] for b in spec.bands)
 
 
-def _output_grid(spec: ItemSpec, asset: AssetInfo, native: PixelGrid, base_dir: Any) -> PixelGrid:
-    crs = spec.crs or native.crs
+def _sized_output_grid(
+    spec: ResolvedItem, asset: AssetInfo, native: PixelGrid, base_dir: Any
+) -> PixelGrid:
+    """``dimensions``: the region's bounding box in the output CRS (the asset's footprint
+    without a region), rescaled to the requested size. Not clipped to the asset and not
+    snapped, as the service does it: pixels outside the asset are fill."""
+    assert spec.dimensions is not None
+    crs = native.crs if spec.crs is None else CRS.of(spec.crs)
+    footprint = native.footprint_bounds(crs)
+    if spec.region is None:
+        return sized_grid(crs, spec.dimensions, footprint)
+    region = spec.region.load_geometry(base_dir)
+    bounds = region_bounds(region, spec.region.region_crs, crs)
+    if (
+        max(bounds[0], footprint[0]) >= min(bounds[2], footprint[2])
+        or max(bounds[1], footprint[1]) >= min(bounds[3], footprint[3])
+    ):
+        raise JobError(_miss(spec, asset, native, region))
+    return sized_grid(crs, spec.dimensions, bounds)
+
+
+def _output_grid(
+    spec: ResolvedItem, asset: AssetInfo, native: PixelGrid, base_dir: Any
+) -> PixelGrid:
+    crs = native.crs if spec.crs is None else CRS.of(spec.crs)
+    if spec.dimensions is not None:
+        return _sized_output_grid(spec, asset, native, base_dir)
     native_scale = (abs(native.transform.a), abs(native.transform.e))
-    is_native_crs = same_crs(crs, native.crs)
-    north_up = native.transform.b == 0 and native.transform.d == 0
+    is_native_crs = crs == native.crs
     use_native = is_native_crs and (
-        spec.scale is None or (north_up and native_scale == (spec.scale, spec.scale))
+        spec.scale is None or (native.is_north_up and native_scale == (spec.scale, spec.scale))
     )
     if not is_native_crs and spec.scale is None:
-        raise JobError(f"key 'scale' is required when crs ({crs}) is not the asset's own")
+        raise JobError(
+            f"key 'scale' is required when crs ({crs}) is not the asset's own "
+            "(or give dimensions: [width, height])"
+        )
 
     if use_native:
         if spec.region is None:
@@ -332,7 +383,7 @@ def _output_grid(spec: ItemSpec, asset: AssetInfo, native: PixelGrid, base_dir: 
         bounds = region_bounds(region, spec.region.region_crs, native.crs)
         grid = native_subgrid(native, bounds)
         if grid is None:
-            raise JobError(f"the region does not overlap asset {asset.name}")
+            raise JobError(_miss(spec, asset, native, region))
         return grid
 
     assert spec.scale is not None
@@ -349,12 +400,35 @@ def _output_grid(spec: ItemSpec, asset: AssetInfo, native: PixelGrid, base_dir: 
             min(rb[3], footprint[3]),
         )
         if bounds[0] >= bounds[2] or bounds[1] >= bounds[3]:
-            raise JobError(f"the region does not overlap asset {asset.name}")
+            raise JobError(_miss(spec, asset, native, region))
     return aligned_grid(crs, spec.scale, bounds)
 
 
+def _miss(spec: ResolvedItem, asset: AssetInfo, native: PixelGrid, region: Any) -> str:
+    """Why nothing is left of the region: both extents, in the region's own CRS."""
+    assert spec.region is not None
+    region_crs = spec.region.region_crs
+    try:
+        theirs = region_bounds(region, region_crs, region_crs)
+        extent = native.footprint_bounds(region_crs)
+    except ValueError:  # the asset's extent has no image in the region's CRS
+        return f"the region does not overlap asset {asset.name}"
+    swapped = (theirs[1], theirs[0], theirs[3], theirs[2])
+    hint = ""
+    if _intersect(swapped, extent):
+        hint = "; with x and y swapped it would: lon/lat order is [lon, lat, lon, lat]"
+    return (
+        f"the region does not overlap asset {asset.name}: region {describe_bounds(theirs)}, "
+        f"asset {describe_bounds(extent)} (both [xmin, ymin, xmax, ymax] in {region_crs}){hint}"
+    )
+
+
+def _intersect(a: Sequence[float], b: Sequence[float]) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
 def plan_item(
-    spec: ItemSpec, asset: AssetInfo, job: Job, recorded_tile: tuple[int, int] | None = None
+    spec: ResolvedItem, asset: AssetInfo, job: Job, recorded_tile: tuple[int, int] | None = None
 ) -> ItemPlan:
     """Choose the output grid and cut it into tiles. Raises JobError for impossible items.
 
@@ -425,7 +499,7 @@ def plan_item(
             tile,
             concurrency=job.concurrency,
             qps=job.qps,
-            service=ServiceModel(job.service_model.base_s, job.service_model.per_mb_s),
+            service=ServiceModel(**job.service_model.model_dump()),
             max_inflight_bytes=job.memory_mb * 2**20,
         )
 
@@ -437,7 +511,7 @@ def plan_item(
         tiles = tiling(job.tile)
     return ItemPlan(
         name=spec.name,
-        asset=asset_name(spec.asset or ""),
+        asset=spec.asset,
         bands=bands,
         grid=grid,
         tiles=tiles,
@@ -448,10 +522,23 @@ def plan_item(
         band_attrs={k: v for k, v in band_attrs.items() if v},
         visualization=visualization,
         source_bands=source_bands,
+        native_pixels=_native_pixels_under(grid, native),
     )
 
 
-def _checked_nodata(spec: ItemSpec, bands: Sequence[BandSpec]) -> list[float | None]:
+def _native_pixels_under(grid: PixelGrid, native: PixelGrid) -> float | None:
+    """The native pixels the output's footprint spans (its bounding box in the native CRS,
+    so a little more than the footprint for a reprojected or rotated grid)."""
+    try:
+        xmin, ymin, xmax, ymax = grid.footprint_bounds(native.crs)
+    except ValueError:
+        return None
+    a, b, _, d, e, _ = native.transform[:6]
+    pixels = (xmax - xmin) * (ymax - ymin) / abs(a * e - b * d)
+    return pixels if math.isfinite(pixels) and pixels > 0 else None
+
+
+def _checked_nodata(spec: ResolvedItem, bands: Sequence[BandSpec]) -> list[float | None]:
     """Each band's nodata, or None; ValueError when a band's type cannot hold it."""
     values = _fill_values(spec, bands)
     out: list[float | None] = []
@@ -485,11 +572,8 @@ def request_body(item: ItemPlan, grid: PixelGrid, band_ids: Sequence[str]) -> di
 
 def item_request_bytes(item: ItemPlan) -> int:
     """Bytes of pixels (as the service counts) for the whole item."""
-    return (
-        item.grid.width
-        * item.grid.height
-        * request_bytes_per_pixel([np.dtype(b.dtype) for b in item.bands])
-    )
+    itemsizes = (b.dtype.itemsize for b in item.bands)
+    return request_bytes(item.grid.height, item.grid.width, itemsizes)
 
 
 def tile_plan_from_fingerprint(fingerprint: Mapping[str, Any]) -> TilePlan | None:
@@ -508,3 +592,183 @@ def tile_plan_from_fingerprint(fingerprint: Mapping[str, Any]) -> TilePlan | Non
         )
     except (KeyError, TypeError, ValueError):
         return None
+
+
+# --------------------------------------------------------------------------- estimates
+
+ASSUMED_COMPRESSION: Mapping[str, float] = {
+    "none": 1.0,
+    "lz4": 1 / 1.46,
+    "zstd": 1 / 1.18,
+    "gzip": 1 / 1.18,
+}
+"""Stored bytes per raw pixel byte assumed by the disk estimate, per ``compression``.
+
+What ``python -m benchmarks.write_path --codecs`` measured on realistic bands (smooth fields
+plus noise): blosc-lz4 with shuffling stores 1.46x smaller, zstd 1.18x; gzip is taken as zstd.
+Real imagery varies both ways (masked or flat areas compress far better, noisy bands worse):
+about the raw size is the most to expect, this ratio is a guide.
+"""
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """What a plan costs if the quota holds: requests, bytes, disk and wall time."""
+
+    requests: int
+    request_bytes: int  # as the service counts them (a mask byte per band and pixel)
+    pixel_bytes: int  # the output's pixels, uncompressed: about the most to expect on disk
+    disk_bytes: int  # pixel_bytes at the codec's assumed ratio (ASSUMED_COMPRESSION)
+    seconds: float  # wall time at the job's concurrency, qps and service model
+
+
+@dataclass(frozen=True)
+class JobPlan(Sequence[ItemPlan]):
+    """Every item's plan (the sequence) with what the whole job is estimated to cost.
+
+    ``estimate.seconds`` assumes the quota holds (``concurrency`` requests in flight, ``qps``
+    per second) and each request takes what the job's ``service_model`` says
+    (``base_s + per_mb_s * MB``); throttling, retries and a slower disk add to it.
+    """
+
+    items: tuple[ItemPlan, ...]
+    item_estimates: tuple[Estimate, ...]
+    estimate: Estimate
+    concurrency: int
+    qps: float
+    service: ServiceModel
+    compression: str
+    compression_ratio: float  # the stored / raw ratio assumed for the disk estimate
+    size_warning: str | None  # why `run` asks for a confirmation, or None
+
+    @overload
+    def __getitem__(self, index: int) -> ItemPlan: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[ItemPlan]: ...
+    def __getitem__(self, index: int | slice) -> ItemPlan | Sequence[ItemPlan]:
+        return self.items[index]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __iter__(self) -> Iterator[ItemPlan]:
+        return iter(self.items)
+
+
+def _request_seconds(item: ItemPlan, service: ServiceModel) -> float:
+    """Service time of the item's largest request, which every request is costed as."""
+    return service.seconds(item.tiles.max_request_bytes)
+
+
+def estimate(
+    plans: Sequence[ItemPlan],
+    *,
+    concurrency: int,
+    qps: float,
+    service: ServiceModel,
+    compression: str,
+) -> Estimate:
+    """The cost of running ``plans`` through one pool, item after item.
+
+    Time is the tiler's service-time model over the whole run: the larger of the
+    concurrency bound (each item in waves of ``concurrency`` requests, items one after the
+    other: ``sum(ceil(n_i / concurrency) * t_i)``) and the rate bound (the last of all ``N``
+    requests cannot start before ``(N - 1) / qps``: ``(N - 1) / qps + max(t_i)``), where
+    ``t_i`` is the service time of item i's largest request.
+    """
+    if not plans:
+        return Estimate(0, 0, 0, 0, 0.0)
+    ratio = ASSUMED_COMPRESSION.get(compression, 1.0)
+    requests = sum(p.tiles.n_tiles for p in plans)
+    times = [_request_seconds(p, service) for p in plans]
+    waves = sum(-(-p.tiles.n_tiles // concurrency) * t for p, t in zip(plans, times, strict=True))
+    rate = (requests - 1) / qps + max(times)
+    pixel_bytes = sum(p.pixel_bytes for p in plans)
+    return Estimate(
+        requests=requests,
+        request_bytes=sum(p.tiles.total_request_bytes for p in plans),
+        pixel_bytes=pixel_bytes,
+        disk_bytes=round(pixel_bytes * ratio),
+        seconds=float(max(waves, rate)),
+    )
+
+
+# `run` asks before a job that oversamples its assets this much, when it is this large; and
+# before any job past the absolute size. A small upsampled preview passes without a word.
+OVERSAMPLING_LIMIT = 4.0
+OVERSAMPLING_MIN_BYTES = 10**9
+LARGE_JOB_BYTES = 10**12
+
+
+def size_warning(plans: Sequence[ItemPlan]) -> str | None:
+    """One line on why the job needs a confirmation, or None.
+
+    Asked for when the job writes at least ``OVERSAMPLING_MIN_BYTES`` of pixels and some item
+    has more than ``OVERSAMPLING_LIMIT`` output pixels per native pixel (``scale: 1`` on a
+    10 m asset has 100), or when it writes at least ``LARGE_JOB_BYTES`` whatever the scale.
+    """
+    pixel_bytes = sum(p.pixel_bytes for p in plans)
+    size = human_bytes(pixel_bytes)
+    oversampled = [p for p in plans if (p.oversampling or 0) > OVERSAMPLING_LIMIT]
+    if oversampled and pixel_bytes >= OVERSAMPLING_MIN_BYTES:
+        worst = max(oversampled, key=lambda p: p.oversampling or 0)
+        where = f"item {worst.name}, " if worst.name else ""
+        ratio = worst.oversampling or 0
+        times = f"{ratio:,.0f}" if ratio >= 10 else f"{ratio:.1f}"
+        return (
+            f"this job writes {size} of pixels ({worst.grid.width:,} x {worst.grid.height:,} "
+            f"px for {where}asset {worst.asset}), {times}x the asset's native pixels over "
+            "that area"
+        )
+    if pixel_bytes >= LARGE_JOB_BYTES:
+        return f"this job writes {size} of pixels"
+    return None
+
+
+def job_plan(plans: Sequence[ItemPlan], job: Job) -> JobPlan:
+    """``plans`` with the job's estimates and size warning (what `bulkpix plan` shows)."""
+    service = ServiceModel(job.service_model.base_s, job.service_model.per_mb_s)
+
+    def cost(items: Sequence[ItemPlan]) -> Estimate:
+        return estimate(
+            items,
+            concurrency=job.concurrency,
+            qps=job.qps,
+            service=service,
+            compression=job.compression,
+        )
+
+    return JobPlan(
+        items=tuple(plans),
+        item_estimates=tuple(cost([p]) for p in plans),
+        estimate=cost(plans),
+        concurrency=job.concurrency,
+        qps=job.qps,
+        service=service,
+        compression=job.compression,
+        compression_ratio=ASSUMED_COMPRESSION.get(job.compression, 1.0),
+        size_warning=size_warning(plans),
+    )
+
+
+def human_bytes(n: float) -> str:
+    """Bytes in SI units, e.g. ``149.3 GB``."""
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
+        n /= 1000
+    raise AssertionError("unreachable")
+
+
+def human_seconds(seconds: float) -> str:
+    """A duration to the precision a plan deserves, e.g. ``2 h 05 min``, ``40 s``."""
+    if seconds < 60:
+        return f"{seconds:.0f} s" if seconds >= 10 else f"{seconds:.1f} s"
+    minutes = round(seconds / 60)
+    if minutes < 60:
+        return f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 48:
+        return f"{hours} h {minutes:02d} min"
+    days, hours = divmod(hours, 24)
+    return f"{days} d {hours} h"

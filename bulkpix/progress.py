@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
+import importlib
+import sys
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import TYPE_CHECKING, Any, TextIO
 
 from rich.console import Console
 from rich.progress import (
@@ -22,19 +25,26 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from bulkpix.errors import printable
+from bulkpix.errors import JobTooLarge, printable
 from bulkpix.pipeline import RunStats
 
 if TYPE_CHECKING:  # planning loads numpy and rasterio: only `bulkpix plan` needs it here
-    from bulkpix.planning import ItemPlan
+    from bulkpix.planning import Estimate, ItemPlan, JobPlan
 
-__all__ = ["live_progress", "print_plan", "print_summary"]
+__all__ = [
+    "confirm_large_job",
+    "live_progress",
+    "print_plan",
+    "print_summary",
+    "progress_display",
+    "text_progress",
+]
 
 _MAX_ITEM_BARS = 8
 _MB = 1e6
 
 
-def _fields(stats: RunStats) -> dict[str, str]:
+def _fields(stats: RunStats) -> dict[str, Any]:
     elapsed = max(stats.elapsed, 1e-9)
     governor = stats.governor
     limit = f" limit {governor.limit}" if governor is not None else ""
@@ -93,6 +103,89 @@ async def live_progress(
                 for task in progress.tasks:
                     if task.description == "total":
                         progress.update(task.id, completed=stats.finished, **_fields(stats))
+            # Draw the final counts now: in a notebook, stopping the display draws nothing more.
+            progress.refresh()
+
+
+TEXT_PROGRESS_EVERY_S = 10.0
+"""Seconds between the lines of the plain progress (a notebook without ipywidgets)."""
+
+
+def progress_display(
+    console: Console, stats_ready: asyncio.Future[RunStats]
+) -> AbstractAsyncContextManager[None]:
+    """The progress display ``console`` can show.
+
+    rich's live bars on a terminal, and in a notebook where ipywidgets is installed (rich
+    redraws them in an output widget). A notebook without ipywidgets cannot redraw in place
+    (rich would only warn), so there a plain line is written every
+    ``TEXT_PROGRESS_EVERY_S`` seconds to the console's file, the cell's output.
+    """
+    if console.is_jupyter and not _has_ipywidgets():
+
+        def write(line: str) -> None:
+            console.file.write(line + "\n")
+            console.file.flush()
+
+        return text_progress(stats_ready, write)
+    return live_progress(console, stats_ready)
+
+
+def _has_ipywidgets() -> bool:
+    try:
+        importlib.import_module("ipywidgets")  # rich's live display in Jupyter draws in it
+    except ImportError:
+        return False
+    return True
+
+
+def status_line(stats: RunStats) -> str:
+    """One line of progress: tiles, bytes, rate, retries and the time left at this pace."""
+    from bulkpix.planning import human_seconds
+
+    fields = _fields(stats)
+    share = f" ({stats.finished / stats.total:.0%})" if stats.total else ""
+    line = (
+        f"bulkpix: {stats.finished}/{stats.total} tiles{share}, {fields['mb']}, "
+        f"{fields['rate']}, {fields['retries']}"
+    )
+    fetched = sum(item.done for item in stats.items)
+    remaining = stats.total - stats.finished
+    if fetched and remaining and stats.ended is None:
+        line += f", about {human_seconds(stats.elapsed / fetched * remaining)} left"
+    return line
+
+
+@contextlib.asynccontextmanager
+async def text_progress(
+    stats_ready: asyncio.Future[RunStats],
+    write: Callable[[str], None],
+    every: float = TEXT_PROGRESS_EVERY_S,
+) -> AsyncIterator[None]:
+    """``status_line`` every ``every`` seconds, and once at the end, through ``write``."""
+
+    def notices(stats: RunStats) -> None:
+        for notice in stats.notices[stats.notices_shown :]:
+            write(f"bulkpix: {printable(notice)}")
+        stats.notices_shown = len(stats.notices)
+
+    async def report() -> None:
+        stats = await stats_ready
+        while True:
+            await asyncio.sleep(every)
+            notices(stats)
+            write(status_line(stats))
+
+    reporter = asyncio.create_task(report())
+    try:
+        yield
+    finally:
+        reporter.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reporter
+        if stats_ready.done() and not stats_ready.cancelled():
+            notices(stats_ready.result())
+            write(status_line(stats_ready.result()))
 
 
 def _show_notices(console: Console, stats: RunStats) -> None:
@@ -143,13 +236,17 @@ def print_summary(console: Console, stats: RunStats, output: str) -> None:
         console.print(f"... and {len(failed) - 10} more failed tiles (bulkpix status {output})")
 
 
-def print_plan(console: Console, plans: list[ItemPlan]) -> None:
-    """Grid, tiles, bytes and requests of every item, as ``bulkpix plan`` shows them."""
-    from bulkpix.planning import item_request_bytes
+def print_plan(console: Console, plans: JobPlan | Sequence[ItemPlan]) -> None:
+    """Grid, tiles, bytes and requests of every item, as ``bulkpix plan`` shows them; with a
+    ``JobPlan``, the disk and time estimates and the size warning too."""
+    from bulkpix.planning import JobPlan, human_bytes, human_seconds, item_request_bytes
 
     total_requests = 0
     total_bytes = 0
-    for plan in plans:
+    estimates: Sequence[Estimate | None] = (
+        plans.item_estimates if isinstance(plans, JobPlan) else [None] * len(plans)
+    )
+    for plan, cost in zip(plans, estimates, strict=True):
         grid = plan.grid
         t = grid.transform
         tiles = plan.tiles
@@ -166,4 +263,42 @@ def print_plan(console: Console, plans: list[ItemPlan]) -> None:
             f" (chunk {tiles.chunk}, {len(tiles.band_groups)} band group(s))"
         )
         console.print(f"  bytes      {nbytes / _MB:,.1f} MB as the service counts them")
+        if cost is not None:
+            console.print(
+                f"  disk       about {human_bytes(cost.disk_bytes)} "
+                f"({human_bytes(cost.pixel_bytes)} uncompressed)"
+            )
     console.print(f"[bold]{total_requests}[/bold] requests, {total_bytes / _MB:,.1f} MB in all")
+    if not isinstance(plans, JobPlan):
+        return
+    total, service = plans.estimate, plans.service
+    console.print(
+        f"time       about {human_seconds(total.seconds)} if the quota holds: "
+        f"{plans.concurrency} in flight, {plans.qps:g} requests/s, each request "
+        f"{service.base_s:g} s + {service.per_mb_s:g} s/MB (service_model)"
+    )
+    console.print(
+        f"disk       about {human_bytes(total.disk_bytes)}: {plans.compression} assumed to "
+        f"store the {human_bytes(total.pixel_bytes)} of pixels at {plans.compression_ratio:.0%} "
+        "(about the most to expect is the uncompressed size)"
+    )
+    if plans.size_warning:
+        console.print(
+            f"[yellow]note[/yellow]: {plans.size_warning}; `bulkpix run` will ask before "
+            "starting (--yes to skip)",
+            highlight=False,
+        )
+
+
+def confirm_large_job(console: Console, exc: JobTooLarge, stdin: TextIO | None = None) -> bool:
+    """Ask "continue? [y/N]" about a job ``exc`` says is large; False (ask nothing) when
+    ``stdin`` (default: sys.stdin) is not a terminal, so scripts must say ``--yes``."""
+    stdin = stdin or sys.stdin
+    if not stdin.isatty():
+        return False
+    console.print(f"bulkpix: {exc.summary}", markup=False, highlight=False)
+    console.print("continue? [y/N] ", markup=False, highlight=False, end="")
+    answer = stdin.readline()
+    if not answer:  # end of input (Ctrl-D)
+        console.print()
+    return answer.strip().lower() in ("y", "yes")

@@ -31,7 +31,7 @@ from bulkpix.ee.auth import (
     TokenProvider,
     load_credentials,
 )
-from bulkpix.errors import JobError, TransportError, Unauthenticated
+from bulkpix.errors import CredentialsMissing, JobError, TransportError, Unauthenticated
 from tests.conftest import exception_texts
 
 CLIENT_SECRET = "SECRET-client-secret-0123456789"
@@ -338,10 +338,44 @@ def test_missing_default_credentials_give_a_hint(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "absent.json"))
-    with pytest.raises(JobError) as info:
+    with pytest.raises(CredentialsMissing) as info:
         load_credentials("default")
+    assert "absent.json, which does not exist" in str(info.value)
     assert "Application Default Credentials" in str(info.value)
     assert "gcloud auth application-default login" in str(info.value)
+    assert "earthengine authenticate" in str(info.value)
+
+
+def _no_login_anywhere(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("CLOUDSDK_CONFIG", str(tmp_path / "gcloud"))
+    monkeypatch.setenv("NO_GCE_CHECK", "True")  # google-auth: do not probe a metadata server
+
+
+def test_no_login_at_all_is_its_own_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _no_login_anywhere(tmp_path, monkeypatch)
+    with pytest.raises(CredentialsMissing) as info:
+        load_credentials("default")
+    message = str(info.value)
+    assert message.startswith("no Earth Engine credentials found")
+    assert "earthengine authenticate" in message
+    assert "gcloud auth application-default login" in message
+    assert "refused the refresh" not in message
+
+
+def test_earthengine_authenticate_file_is_found(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _no_login_anywhere(tmp_path, monkeypatch)
+    ee_file = tmp_path / ".config" / "earthengine" / "credentials"
+    ee_file.parent.mkdir(parents=True)
+    info = user_info("https://example.invalid/token")
+    info.pop("type", None)  # as `earthengine authenticate` writes it
+    ee_file.write_text(json.dumps(info))
+    assert isinstance(load_credentials("default"), GoogleAuth)
 
 
 async def test_unreachable_token_endpoint_is_retryable_without_secrets(tmp_path: Path) -> None:

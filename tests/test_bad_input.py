@@ -119,6 +119,32 @@ OFFLINE_CASES = [
         _keys(items=[{"name": "a", "asset": ASSET}, {"name": "a", "asset": ASSET}]),
         "item names repeat",
     ),
+    # The adversarial review's cases (issue #9): each one a traceback or a hang before.
+    ("header injection in project", _keys(project="p\r\nX-Evil: 1"), "not a Cloud project id"),
+    ("project too short", _keys(project="abc"), "not a Cloud project id"),
+    ("nul in output", _text("asset: a/b\nendpoint: emulator\noutput: \"o\\0ut.zarr\"\n"),
+     "control characters"),
+    ("endpoint port out of range", _keys(endpoint="http://127.0.0.1:99999"), "Port out of range"),
+    ("endpoint with broken ipv6", _keys(endpoint="http://[::1"), "not a valid URL"),
+    ("50 MB workload tag", _keys(workload_tag="x" * 50_000_000), "larger than 1 MiB"),
+    ("long workload tag", _keys(workload_tag="x" * 64), "not a workload tag"),
+    ("workload tag in capitals", _keys(workload_tag="My-Export"), "not a workload tag"),
+    ("vanishing qps", _keys(qps=1e-300), "key 'qps'"),
+    ("a timeout of ages", _keys(timeouts={"total": 1e300}), "key 'timeouts.total'"),
+    ("a backoff of ages", _keys(retries={"backoff_cap": 1e300}), "key 'retries.backoff_cap'"),
+    ("emulator qps vanishing", _keys(emulator={"max_qps": 1e-300}), "key 'emulator.max_qps'"),
+    ("emulator service of ages", _keys(emulator={"service_base_s": 1e300}),
+     "key 'emulator.service_base_s'"),
+    ("output is a device", _keys(output="/dev/null"), "exists and is not a directory"),
+    ("utm metres as lon/lat", _keys(region=[600000, 5198720, 601280, 5200000]),
+     "did you mean region_crs"),
+    ("region file is /dev/zero", _keys(region="/dev/zero"), "not a regular file"),
+    ("nul in region file", _keys(region="/tmp/a\0b"), "control characters"),
+    ("nul in credentials", _keys(credentials="/tmp/a\0b"), "control characters"),
+    ("crlf in asset", _keys(asset="projects/demo/assets/x\r\nX-Evil: 1"), "not an asset id"),
+    ("query in asset", _keys(asset="projects/demo/assets/x?alt=media"), "not an asset id"),
+    ("dot-dot in asset", _keys(asset="projects/demo/assets/../../v1/x"), "not an asset id"),
+    ("control in band", _keys(bands=["B1\r\nX: 1"]), "control characters"),
 ]
 
 
@@ -181,6 +207,21 @@ def test_credential_files(
     assert not output.exists()
 
 
+@pytest.mark.parametrize("kind", ["/dev/zero", "fifo"])
+def test_credential_file_must_be_a_regular_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], kind: str
+) -> None:
+    import os
+
+    key = Path(kind)
+    if kind == "fifo":
+        key = tmp_path / "key.fifo"
+        os.mkfifo(key)  # nothing writes to it: reading it would block the run forever
+    output = tmp_path / "out.zarr"
+    job = _keys(credentials=str(key))(tmp_path, output)
+    _check_refusal(capsys, ["run", str(job)], code=2, expected="not a regular file", output=output)
+
+
 def test_plain_http_with_credentials_refused(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -228,6 +269,24 @@ ONLINE_CASES = [
         {"region": {"bbox": [100.0, 10.0, 100.1, 10.1]}},
         2,
         "does not overlap",
+    ),
+    (
+        "region misses the asset: both extents shown",
+        {"region": {"bbox": [100.0, 10.0, 100.1, 10.1]}},
+        2,
+        "region [100, 10, 100.1, 10.1], asset [16.31",
+    ),
+    (
+        "lat/lon swapped",
+        {"region": {"bbox": [46.93, 16.32, 46.94, 16.34]}},
+        2,
+        "with x and y swapped it would",
+    ),
+    (
+        "utm metres in a geojson region without region_crs",
+        {"region": {"type": "Point", "coordinates": [600500, 5199500]}},
+        2,
+        "did you mean region_crs",
     ),
     ("other crs without scale", {"crs": "EPSG:3857"}, 2, "'scale' is required"),
     (

@@ -18,7 +18,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from bulkpix.ee.auth import NoAuth, StaticToken
-from bulkpix.ee.client import EEClient, Timeouts, is_loopback_host, parse_retry_after
+from bulkpix.ee.client import EEClient, RequestTimeouts, is_loopback_host, parse_retry_after
 from bulkpix.errors import (
     BadPayload,
     JobError,
@@ -358,7 +358,7 @@ async def test_stalled_body_times_out_quickly(service: FakeService) -> None:
         return response
 
     service.handler = stall
-    timeouts = Timeouts(connect_s=5, read_s=0.2, total_s=60)
+    timeouts = RequestTimeouts(connect=5, read=0.2, total=60)
     async with make_client(service.url, timeouts=timeouts) as client:
         started = time.monotonic()
         with pytest.raises(TransportError) as info:
@@ -514,8 +514,8 @@ def test_is_loopback_host(host: str, expected: bool) -> None:
 
 
 def test_timeouts_map_to_aiohttp() -> None:
-    timeout = Timeouts(connect_s=1, read_s=2, total_s=3).to_aiohttp()
+    timeout = RequestTimeouts(connect=1, read=2, total=3).to_aiohttp()
     assert isinstance(timeout, aiohttp.ClientTimeout)
     assert (timeout.sock_connect, timeout.sock_read, timeout.total) == (1, 2, 3)
     with pytest.raises(AttributeError):
-        Timeouts().read_s = 5  # type: ignore[misc]
+        RequestTimeouts().read = 5  # type: ignore[misc]

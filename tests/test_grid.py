@@ -20,7 +20,6 @@ from bulkpix.geometry.grid import (
     aligned_grid,
     native_subgrid,
     native_window,
-    overlaps,
     region_bounds,
     same_crs,
 )
@@ -496,20 +495,3 @@ def test_aligned_grid_examples():
         aligned_grid(UTM33, 0, (0, 0, 1, 1))
     with pytest.raises(ValueError):
         aligned_grid(UTM33, (10, -10), (0, 0, 1, 1))
-
-
-# -- overlaps ------------------------------------------------------------------------------
-
-
-def test_overlaps():
-    inside = S2_GRID.window_grid(Window(100, 100, 10, 10))
-    assert overlaps(inside, S2_GRID) and overlaps(S2_GRID, inside)
-    east = PixelGrid(UTM33, S2_GRID.transform @ Affine.translation(S2_GRID.width, 0), 5, 5)
-    assert not overlaps(east, S2_GRID)  # touching edge only
-    over_edge = PixelGrid(UTM33, S2_GRID.transform @ Affine.translation(S2_GRID.width - 1, 0), 5, 5)
-    assert overlaps(over_edge, S2_GRID)
-    # Another CRS: a lon/lat grid over the tile, and one far away.
-    lon_lat = aligned_grid("EPSG:4326", 0.001, (16.5, 46.5, 16.6, 46.6))
-    assert overlaps(lon_lat, S2_GRID) and overlaps(S2_GRID, lon_lat)
-    far = aligned_grid("EPSG:4326", 0.001, (100.0, -10.0, 100.1, -9.9))
-    assert not overlaps(far, S2_GRID)

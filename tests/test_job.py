@@ -181,3 +181,165 @@ def test_compression_and_its_level(keys: dict, expected: tuple) -> None:
     job = parse_job({**BASE, **keys})
     codec, level = codec_for(job.compression, job.compression_level)
     assert (codec.name, level) == expected
+
+
+# --------------------------------------------------------------------------- hostile job files
+
+_BOMB = (  # 9**10 strings from a few hundred bytes, in the key the review used
+    'a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n'
+    + "".join(
+        f"{name}: &{name} [{', '.join([f'*{prev}'] * 9)}]\n"
+        for prev, name in zip("abcdefgh", "bcdefghi", strict=True)
+    )
+    + f"tile: [{', '.join(['*i'] * 9)}]\n"
+)
+
+
+def test_yaml_alias_bomb_refused_fast_and_small(tmp_path: Path) -> None:
+    import time
+    import tracemalloc
+
+    assert len(_BOMB) < 500
+    path = tmp_path / "bomb.yaml"
+    path.write_text("asset: projects/demo/assets/x\noutput: o.zarr\n" + _BOMB)
+    tracemalloc.start()
+    started = time.perf_counter()
+    try:
+        with pytest.raises(JobError) as info:
+            load_job(path)
+        elapsed = time.perf_counter() - started
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert "YAML bomb" in str(info.value)
+    assert len(str(info.value)) < 300
+    assert elapsed < 1.0  # the bound: it ran for over 60 s before
+    assert peak < 200 * 2**20
+
+
+def test_anchors_in_proportion_are_fine(tmp_path: Path) -> None:
+    path = tmp_path / "job.yaml"
+    path.write_text(
+        "output: o.zarr\nbands: &b [B1, B2]\n"
+        "items:\n  - {asset: a/b, bands: *b}\n  - {asset: a/c, bands: *b}\n"
+    )
+    assert [i.bands for i in load_job(path).resolved_items()] == [["B1", "B2"]] * 2
+
+
+def test_recursive_alias_refused(tmp_path: Path) -> None:
+    path = tmp_path / "job.yaml"
+    path.write_text("asset: a/b\noutput: o.zarr\ntile: &t [1, *t]\n")
+    with pytest.raises(JobError, match="refers to a node that contains it"):
+        load_job(path)
+
+
+def test_deep_nesting_refused(tmp_path: Path) -> None:
+    path = tmp_path / "job.yaml"
+    path.write_text("asset: a/b\noutput: o.zarr\ntile: " + "[" * 50_000 + "]" * 50_000 + "\n")
+    with pytest.raises(JobError, match="nested too deeply"):
+        load_job(path)
+
+
+def test_job_file_over_the_size_limit_refused(tmp_path: Path) -> None:
+    from bulkpix.files import JOB_FILE_MAX_BYTES
+
+    path = tmp_path / "job.yaml"
+    path.write_text("asset: a/b\noutput: o.zarr\n#" + "x" * JOB_FILE_MAX_BYTES + "\n")
+    with pytest.raises(JobError, match="larger than 1 MiB"):
+        load_job(path)
+
+
+@pytest.mark.parametrize(
+    "keys",
+    [
+        {"tile": ["x" * 10_000_000, 1]},
+        {"crs": "x" * 10_000_000},
+        {"items": [{"name": "a b" * 5_000_000, "asset": "x/y"}]},
+        {"asset": "projects/x" + "y" * 10_000_000},
+        {"x" * 1000: 1},
+        {"tile": [[[[[[[[[["deep"]]]]]]]]] * 1000]},
+        {"workload_tag": "x" * 50_000_000},
+        {"project": "p\r\nX-Evil: 1" * 1_000_000},
+        {"region": "r" * 100_000},
+        {"output": "o" * 100_000},
+        {"credentials": "c" * 100_000},
+        {"endpoint": "http://" + "h" * 100_000},
+        {"items": [{"name": "n" * 100_000, "asset": "x/y"}]},
+    ],
+    ids=["tile", "crs", "item name", "asset", "key", "nested", "workload tag", "project",
+         "region file", "output", "credentials", "endpoint", "long item name"],
+)
+def test_quoted_values_are_bounded(keys: dict) -> None:
+    with pytest.raises(JobError) as info:
+        parse_job({**BASE, **keys}, source="job.yaml")
+    assert len(str(info.value)) < 400, str(info.value)[:500]
+
+
+@pytest.mark.parametrize(
+    ("keys", "expected"),
+    [
+        ({"project": "my-project-123"}, "my-project-123"),
+        ({"project": "example.com:my-project"}, "example.com:my-project"),
+        ({"project": "123456789012"}, "123456789012"),
+        ({"workload_tag": "my-export_2"}, "my-export_2"),
+        ({"qps": 0.1}, 0.1),
+        ({"endpoint": "http://[::1]:8080/"}, "http://[::1]:8080"),
+    ],
+)
+def test_valid_forms_pass(keys: dict, expected: object) -> None:
+    job = parse_job({**BASE, **keys})
+    [(key, _)] = keys.items()
+    assert getattr(job, key) == expected
+
+
+def test_file_url_output_is_a_local_path() -> None:
+    job = parse_job({**BASE, "output": "file:///data/out%20put.zarr"})
+    assert job.output == "/data/out put.zarr"
+    with pytest.raises(JobError, match="file:///absolute/path"):
+        parse_job({**BASE, "output": "file://elsewhere/data/out.zarr"})
+
+
+def test_bbox_outside_lonlat_hints_region_crs() -> None:
+    with pytest.raises(JobError, match="did you mean region_crs"):
+        parse_job({**BASE, "region": [600000, 5198720, 601280, 5200000]})
+    # Metres with their CRS, and a box across the antimeridian, are fine.
+    parse_job({**BASE, "region": {"bbox": [600000, 5198720, 601280, 5200000],
+                                  "region_crs": "EPSG:32633"}})
+    parse_job({**BASE, "region": [170, -10, 190, 10]})
+
+
+def test_region_file_must_be_a_small_regular_file(tmp_path: Path) -> None:
+    import os
+
+    fifo = tmp_path / "area.fifo"
+    os.mkfifo(fifo)  # nothing ever writes to it: reading it would block forever
+    for name, expected in (("/dev/zero", "not a regular file"), (str(fifo), "not a regular file")):
+        job = tmp_path / "job.yaml"
+        job.write_text(f"asset: a/b\noutput: o.zarr\nregion: {name}\n")
+        with pytest.raises(JobError) as info:
+            load_job(job)
+        assert expected in str(info.value) and name in str(info.value)
+
+
+def test_region_file_size_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import bulkpix.job
+
+    monkeypatch.setattr(bulkpix.job, "REGION_FILE_MAX_BYTES", 1024)
+    (tmp_path / "big.geojson").write_text(
+        '{"type": "MultiPoint", "coordinates": [' + ", ".join(["[1, 2]"] * 500) + "]}"
+    )
+    (tmp_path / "job.yaml").write_text("asset: a/b\noutput: o.zarr\nregion: big.geojson\n")
+    with pytest.raises(JobError, match="larger than 1 KiB"):
+        load_job(tmp_path / "job.yaml")
+
+
+def test_region_file_in_yaml_is_read_and_bombs_refused(tmp_path: Path) -> None:
+    (tmp_path / "area.yaml").write_text("type: Point\ncoordinates: [1, 2]\n")
+    (tmp_path / "bomb.yaml").write_text("type: Point\n" + _BOMB.replace("tile", "coordinates"))
+    (tmp_path / "job.yaml").write_text("asset: a/b\noutput: o.zarr\nregion: area.yaml\n")
+    job = load_job(tmp_path / "job.yaml")
+    assert job.region is not None
+    assert job.region.load_geometry(job.base_dir) == {"type": "Point", "coordinates": [1, 2]}
+    (tmp_path / "job.yaml").write_text("asset: a/b\noutput: o.zarr\nregion: bomb.yaml\n")
+    with pytest.raises(JobError, match="YAML bomb"):
+        load_job(tmp_path / "job.yaml")

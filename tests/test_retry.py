@@ -71,7 +71,7 @@ def test_is_retryable(exc: BaseException, expected: bool) -> None:
 
 def test_policy_is_frozen_with_documented_defaults() -> None:
     policy = RetryPolicy()
-    assert (policy.max_attempts, policy.base_s, policy.cap_s) == (8, 0.5, 30.0)
+    assert (policy.max_attempts, policy.backoff_base, policy.backoff_cap) == (8, 0.5, 30.0)
     with pytest.raises(AttributeError):
         policy.max_attempts = 3  # type: ignore[misc]
     with pytest.raises(ValueError):
@@ -87,13 +87,13 @@ def test_policy_is_frozen_with_documented_defaults() -> None:
 def test_backoff_is_full_jitter_under_the_capped_exponential(
     attempt: int, seed: int, base: float, cap: float
 ) -> None:
-    policy = RetryPolicy(base_s=base, cap_s=cap)
+    policy = RetryPolicy(backoff_base=base, backoff_cap=cap)
     delay = backoff_delay(attempt, policy, random.Random(seed))
     assert 0.0 <= delay <= min(cap, base * 2.0 ** min(attempt, 64))
 
 
 def test_backoff_grows_exponentially_then_caps() -> None:
-    policy = RetryPolicy(base_s=0.5, cap_s=30.0)
+    policy = RetryPolicy(backoff_base=0.5, backoff_cap=30.0)
     # Jitter's upper edge, reached with an rng that always answers the top of the range.
     top = type("Top", (), {"uniform": staticmethod(lambda lo, hi: hi)})()
     assert [backoff_delay(a, policy, top) for a in range(8)] == [
@@ -109,7 +109,7 @@ def test_backoff_grows_exponentially_then_caps() -> None:
 
 
 def test_backoff_is_jittered_and_pure() -> None:
-    policy = RetryPolicy(base_s=1.0, cap_s=100.0)
+    policy = RetryPolicy(backoff_base=1.0, backoff_cap=100.0)
     delays = [backoff_delay(5, policy, random.Random(seed)) for seed in range(200)]
     assert len(set(delays)) == 200  # spread, not one value
     assert min(delays) < 8 < max(delays)  # covers the range 0..32
@@ -118,7 +118,7 @@ def test_backoff_is_jittered_and_pure() -> None:
 
 
 def test_backoff_honours_retry_after_as_a_floor() -> None:
-    policy = RetryPolicy(base_s=0.5, cap_s=30.0)
+    policy = RetryPolicy(backoff_base=0.5, backoff_cap=30.0)
     for seed in range(50):
         assert backoff_delay(0, policy, random.Random(seed), retry_after=7.0) == 7.0
     # Beyond the cap too: the server's word wins.
@@ -216,8 +216,8 @@ async def test_cancellation_is_not_retried() -> None:
 
 
 def test_no_wait_exceeds_max_wait() -> None:
-    policy = RetryPolicy(base_s=0.5, cap_s=30.0, max_wait_s=60.0)
+    policy = RetryPolicy(backoff_base=0.5, backoff_cap=30.0, max_wait=60.0)
     for retry_after in (86_400.0, 1e300, float("inf")):
         assert backoff_delay(3, policy, random.Random(0), retry_after=retry_after) == 60.0
     with pytest.raises(ValueError):
-        RetryPolicy(max_wait_s=-1)
+        RetryPolicy(max_wait=-1)

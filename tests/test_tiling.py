@@ -11,6 +11,8 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+from bulkpix.dtypes import request_bytes
+from bulkpix.emulator.limits import request_size
 from bulkpix.geometry.grid import Window
 from bulkpix.geometry.tiling import (
     MAX_BANDS,
@@ -20,7 +22,6 @@ from bulkpix.geometry.tiling import (
     Tile,
     TilePlan,
     band_groups,
-    estimate_seconds,
     parse_tile_key,
     plan_tiles,
     split_tile,
@@ -53,8 +54,8 @@ def check_tile_limits_and_alignment(plan: TilePlan, tile: Tile, itemsizes) -> No
     assert 1 <= w.height <= MAX_SIDE and 1 <= w.width <= MAX_SIDE
     group = plan.band_groups[tile.group]
     assert len(group) <= MAX_BANDS
-    assert plan.request_bytes(tile) == w.height * w.width * cost(itemsizes, group)
-    assert plan.request_bytes(tile) <= MAX_REQUEST_BYTES
+    assert plan.tile_request_bytes(tile) == w.height * w.width * cost(itemsizes, group)
+    assert plan.tile_request_bytes(tile) <= MAX_REQUEST_BYTES
     assert 0 <= w.row_off < w.row_end <= plan.height and 0 <= w.col_off < w.col_end <= plan.width
     for edge in (w.row_off, w.row_end):
         assert on_chunk_edge(edge, plan.chunk, plan.height)
@@ -298,25 +299,32 @@ def test_tileplan_validates_itself():
     bare = TilePlan(1000, 1000, 256, 256, 256, ((0,),))
     assert bare.n_tiles == 16
     with pytest.raises(ValueError, match="itemsizes"):
-        bare.request_bytes(next(bare.tiles()))
+        bare.tile_request_bytes(next(bare.tiles()))
 
 
 def test_request_byte_counts():
     plan = plan_tiles(1000, 600, [2, 4, 1], 256, (512, 512))  # 3 + 5 + 2 = 10 B/px
     tiles = list(plan.tiles())
-    assert plan.request_bytes(tiles[0]) == 512 * 512 * 10
-    assert plan.total_request_bytes == 1000 * 600 * 10 == sum(map(plan.request_bytes, tiles))
+    assert plan.tile_request_bytes(tiles[0]) == 512 * 512 * 10
+    assert plan.total_request_bytes == 1000 * 600 * 10 == sum(map(plan.tile_request_bytes, tiles))
     assert plan.max_request_bytes == 512 * 512 * 10
 
 
-def test_estimate_seconds_model():
-    service = ServiceModel(base_s=0.5, per_mb_s=0.1)
-    plan = plan_tiles(1000, 1000, [1], 100, (100, 100))  # 100 tiles of 20,000 bytes
-    t = 0.5 + 0.1 * 0.02
-    # Concurrency-bound: 10 waves of 10.
-    assert estimate_seconds(plan, 10, 1000.0, service) == pytest.approx(10 * t)
-    # Rate-bound: the last of 100 starts after 99 / 5 s.
-    assert estimate_seconds(plan, 100, 5.0, service) == pytest.approx(99 / 5 + t)
+def test_planner_and_emulator_count_request_bytes_by_one_rule():
+    plan = plan_tiles(1000, 600, [2, 4, 1], 256, (512, 512))
+    dtypes = [np.dtype("uint16"), np.dtype("float32"), np.dtype("uint8")]
+    expected = 512 * 512 * (3 + 5 + 2)
+    assert request_bytes(512, 512, [2, 4, 1]) == expected
+    assert plan.tile_request_bytes(next(plan.tiles())) == expected
+    assert request_size(512, 512, dtypes) == expected
+
+
+def _wall_time(plan: TilePlan, concurrency: int, qps: float, service: ServiceModel) -> float:
+    """The auto-tiler's cost model: every request as long as the largest, run in waves of
+    ``concurrency``, the last starting no sooner than ``(n - 1) / qps``."""
+    seconds = service.seconds(plan.max_request_bytes)
+    n = plan.n_tiles
+    return max(-(-n // concurrency) * seconds, (n - 1) / qps + seconds)
 
 
 def test_small_region_slow_service_uses_the_concurrency():
@@ -326,8 +334,8 @@ def test_small_region_slow_service_uses_the_concurrency():
         plan = plan_tiles(4096, 4096, [2], 256, concurrency=concurrency, service=service)
         assert plan.n_tiles >= concurrency
         one_tile = TilePlan(4096, 4096, 256, 4096, 4096, ((0,),), (2,))
-        assert estimate_seconds(plan, concurrency, 100.0, service) < (
-            estimate_seconds(one_tile, concurrency, 100.0, service) / 4
+        assert _wall_time(plan, concurrency, 100.0, service) < (
+            _wall_time(one_tile, concurrency, 100.0, service) / 4
         )
 
 
@@ -337,7 +345,7 @@ def test_auto_not_worse_than_other_sizes():
     plan = plan_tiles(3000, 5000, [2, 2], 256, concurrency=40, service=service)
     def score(p: TilePlan) -> float:
         aspect = max(p.tile_height, p.tile_width) / min(p.tile_height, p.tile_width)
-        return estimate_seconds(p, 40, 100.0, service) * (1 + 0.02 * math.log2(aspect))
+        return _wall_time(p, 40, 100.0, service) * (1 + 0.02 * math.log2(aspect))
 
     best = score(plan)
     for kh, kw in itertools.product(range(1, 13), range(1, 21)):

@@ -237,3 +237,21 @@ def test_verify_and_the_lease_work_on_an_object_store(
     finally:
         if memory.exists(f"/{bucket}"):
             memory.rm(f"/{bucket}", recursive=True)
+
+
+def test_verify_covers_zarr_v2_outputs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    output = tmp_path / "v2.zarr"
+    with emulator_thread(synthetic={ASSET: SYNTH}) as emu:
+        job = write_job(tmp_path / "j.yaml", **_keys(emu.url, output, zarr_format=2))
+        assert main(["run", "--quiet", str(job)]) == 0
+        marker = json.loads((output / ".bulkpix/done/g0_r0_c0_h128_w128").read_text())
+        assert sorted(marker["chunks"])[:2] == ["f32/0.0", "f32/0.1"]
+        chunk = output / "u8" / "1.1"
+        chunk.write_bytes(chunk.read_bytes()[:-1])
+        capsys.readouterr()
+        assert main(["verify", str(output)]) == 1
+        assert "tile g0_r0_c0_h128_w128, u8/1.1: checksum mismatch" in capsys.readouterr().out
+        start = len(emu.log)
+        assert main(["run", "--quiet", str(job)]) == 0
+        assert _windows(emu, start) == [(1232, 200, 128, 128)]
+    _check_pixels(output)

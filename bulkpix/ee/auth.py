@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
+import os
 import re
 import urllib.parse
 from collections.abc import Callable, Sequence
@@ -17,7 +18,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from bulkpix.errors import JobError, TransportError, Unauthenticated
+from bulkpix.errors import CredentialsMissing, JobError, TransportError, Unauthenticated
+from bulkpix.files import CREDENTIALS_FILE_MAX_BYTES, FileRefused, read_bounded
 
 # google-auth (with requests, and cryptography for service accounts) costs 0.1-0.35 s to
 # import: each is imported where it is used, so `credentials: none` never loads it.
@@ -227,19 +229,39 @@ def load_credentials(spec: str, *, scopes: Sequence[str] = EE_SCOPES) -> TokenPr
     return _load_file(Path(spec).expanduser(), scopes)
 
 
+def earthengine_credentials_path() -> Path:
+    """Where ``earthengine authenticate`` writes its refresh token (as the ee library reads it)."""
+    return Path("~/.config/earthengine/credentials").expanduser()
+
+
 def _load_default(scopes: Sequence[str]) -> GoogleAuth:
+    """Application Default Credentials, else the file ``earthengine authenticate`` wrote."""
     import google.auth
     import google.auth.exceptions
 
+    missing = False
     try:
         credentials, project = google.auth.default(scopes=list(scopes))
-    except google.auth.exceptions.DefaultCredentialsError as exc:
-        raise JobError(
-            "no Application Default Credentials found "
-            f"({_short_reason(exc)}); run `gcloud auth application-default login "
-            "--scopes=" + ",".join(scopes) + "`, set GOOGLE_APPLICATION_CREDENTIALS, "
-            "or give a key file path (e.g. ~/.config/earthengine/credentials)"
-        ) from None
+    except google.auth.exceptions.DefaultCredentialsError:
+        # Usually simply no login at all; a broken key file named by
+        # GOOGLE_APPLICATION_CREDENTIALS says so below, by name.
+        missing = True
+    if missing:
+        named = os.environ.get("GOOGLE_APPLICATION_CREDENTIALS")
+        where = "no Earth Engine credentials found"
+        if named:
+            if Path(named).expanduser().exists():
+                return _load_file(Path(named).expanduser(), scopes)  # says what is wrong
+            where = f"GOOGLE_APPLICATION_CREDENTIALS names {named}, which does not exist"
+        else:
+            ee_file = earthengine_credentials_path()
+            if ee_file.is_file():
+                return _load_file(ee_file, scopes)
+        raise CredentialsMissing(
+            f"{where}: log in with `earthengine authenticate` or "
+            "`gcloud auth application-default login --scopes=" + ",".join(scopes) + "` "
+            "(Application Default Credentials), or give `credentials:` a key file in the job"
+        )
     token_uri = getattr(credentials, "_token_uri", None) or getattr(credentials, "token_uri", None)
     if isinstance(token_uri, str):
         _check_token_uri(token_uri, Path("(Application Default Credentials)"))
@@ -279,9 +301,11 @@ def _load_file(path: Path, scopes: Sequence[str]) -> GoogleAuth:
 
 
 def _read_text(path: Path) -> tuple[str | None, str]:
-    """(text, "") or (None, name of the error)."""
+    """(text, "") or (None, what is wrong: the error's name, or why the file was refused)."""
     try:
-        return path.read_text(encoding="utf-8"), ""
+        return read_bounded(path, CREDENTIALS_FILE_MAX_BYTES).decode("utf-8"), ""
+    except FileRefused as exc:
+        return None, exc.reason
     except (OSError, UnicodeDecodeError) as exc:
         return None, type(exc).__name__
 

@@ -57,8 +57,8 @@ __all__ = [
     "MAX_METADATA_BYTES",
     "MAX_PIXELS_BYTES",
     "EEClient",
+    "RequestTimeouts",
     "ResponseBody",
-    "Timeouts",
     "is_loopback_host",
     "parse_retry_after",
 ]
@@ -93,17 +93,20 @@ _TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
 
 
 @dataclass(frozen=True, slots=True)
-class Timeouts:
-    """``read_s`` bounds the silence between two reads, so a stalled body fails in seconds
-    even though a whole response may take minutes (``total_s``)."""
+class RequestTimeouts:
+    """The job's ``timeouts:`` section, field for field, in seconds
+    (``RequestTimeouts(**job.timeouts.model_dump())``).
 
-    connect_s: float = 10.0
-    read_s: float = 60.0
-    total_s: float = 300.0
+    ``read`` bounds the silence between two reads, so a stalled body fails in seconds even
+    though a whole response may take minutes (``total``)."""
+
+    connect: float = 10.0
+    read: float = 60.0
+    total: float = 300.0
 
     def to_aiohttp(self) -> aiohttp.ClientTimeout:
         return aiohttp.ClientTimeout(
-            total=self.total_s, sock_connect=self.connect_s, sock_read=self.read_s
+            total=self.total, sock_connect=self.connect, sock_read=self.read
         )
 
 
@@ -142,7 +145,7 @@ class EEClient:
         governor: Governor,
         project: str | None = None,
         api_version: str = "v1",
-        timeouts: Timeouts = Timeouts(),
+        timeouts: RequestTimeouts = RequestTimeouts(),
         pool_size: int = 40,
         max_wait_s: float = DEFAULT_MAX_WAIT_S,
     ) -> None:

@@ -45,7 +45,9 @@ def max_payload_bytes(
     """The most bytes a correct getPixels answer for this request can take.
 
     The client reads no further: a body past this bound is not those pixels whatever it
-    holds, so it is refused before it can take memory the byte budget did not grant.
+    holds, so it is refused before it can take memory the byte budget did not grant. This is
+    the answer's size, not the request's as the service counts it against its limit
+    (``bulkpix.dtypes.request_bytes``, a mask byte a band more).
     """
     pixels = height * width * sum(np.dtype(d).itemsize for d in dtypes)
     if file_format.upper() == "NPY":

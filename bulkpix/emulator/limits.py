@@ -10,7 +10,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from bulkpix.dtypes import request_bytes_per_pixel
+from bulkpix.dtypes import request_bytes
 from bulkpix.emulator.config import EmulatorConfig
 from bulkpix.emulator.status import ApiError
 
@@ -32,7 +32,7 @@ MAX_BANDS = 1_024
 
 def request_size(width: int, height: int, dtypes: Sequence[np.dtype]) -> int:
     """Bytes as the service counts them: each band's size plus a mask byte, per pixel."""
-    return width * height * request_bytes_per_pixel(list(dtypes))
+    return request_bytes(height, width, (np.dtype(d).itemsize for d in dtypes))
 
 
 def check_request_limits(width: int, height: int, dtypes: Sequence[np.dtype],

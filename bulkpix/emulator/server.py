@@ -156,9 +156,11 @@ class Emulator:
             response = status_response(error)
         except ConnectionResetError:
             # The client went away (closed or killed) before its answer could be sent:
-            # logged as 499, nginx's "client closed request", not as a server error.
+            # logged as 499, nginx's "client closed request", not as a server error. A
+            # response returned (not an exception raised) lets aiohttp drop it quietly,
+            # where a raise would print its traceback for every request in flight.
             call.commit(499, 0)
-            raise
+            return web.Response(status=499)
         except Exception:
             # A bug in the emulator still answers in the service's error shape.
             logger.exception("emulator failed on %s %s", request.method, path)
@@ -300,8 +302,20 @@ def emulator_in_thread(config: EmulatorConfig) -> Iterator[Emulator]:
             ready["error"] = exc
             started.set()
 
-    thread = threading.Thread(target=lambda: loop.run_until_complete(serve()),
-                              name="bulkpix-emulator", daemon=True)
+    def run_loop() -> None:
+        try:
+            loop.run_until_complete(serve())
+        finally:
+            # As asyncio.run does: handlers still running when the server stops (a client
+            # that went away mid-answer) are cancelled and awaited, not destroyed pending.
+            leftover = [t for t in asyncio.all_tasks(loop) if not t.done()]
+            for task in leftover:
+                task.cancel()
+            if leftover:
+                loop.run_until_complete(asyncio.gather(*leftover, return_exceptions=True))
+            loop.run_until_complete(loop.shutdown_asyncgens())
+
+    thread = threading.Thread(target=run_loop, name="bulkpix-emulator", daemon=True)
     thread.start()
     started.wait()
     try:

@@ -1,12 +1,12 @@
 """Pure pixel-grid geometry and tiling: no aiohttp, zarr or asyncio here."""
 
+from bulkpix.geometry.crs import CRS
 from bulkpix.geometry.grid import (
     PixelGrid,
     Window,
     aligned_grid,
     native_subgrid,
     native_window,
-    overlaps,
     region_bounds,
     same_crs,
 )
@@ -18,13 +18,13 @@ from bulkpix.geometry.tiling import (
     Tile,
     TilePlan,
     band_groups,
-    estimate_seconds,
     parse_tile_key,
     plan_tiles,
     split_tile,
 )
 
 __all__ = [
+    "CRS",
     "MAX_BANDS",
     "MAX_REQUEST_BYTES",
     "MAX_SIDE",
@@ -35,10 +35,8 @@ __all__ = [
     "Window",
     "aligned_grid",
     "band_groups",
-    "estimate_seconds",
     "native_subgrid",
     "native_window",
-    "overlaps",
     "parse_tile_key",
     "plan_tiles",
     "region_bounds",

@@ -11,40 +11,39 @@ values plus small free functions. Pure: no I/O beyond PROJ/GDAL coordinate maths
 from __future__ import annotations
 
 import math
-import re
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import Any, TypeAlias
 
 import numpy as np
 from affine import Affine
 
-# rasterio (GDAL and PROJ behind it, ~0.2 s to import) loads only when a CRS is parsed or
-# coordinates are reprojected: grids in one CRS, and the request path, never need it.
-if TYPE_CHECKING:
-    from rasterio.crs import CRS
+from bulkpix.geometry.crs import CRS, CRSLike
 
 __all__ = [
+    "CRS",
     "SNAP_TOLERANCE_PX",
     "Bounds",
+    "CRSLike",
     "PixelGrid",
-    "Region",
+    "RegionLike",
     "Window",
     "aligned_grid",
-    "describe_crs",
+    "describe_bounds",
+    "is_lonlat_crs",
+    "lonlat_problem",
     "native_subgrid",
     "native_window",
-    "overlaps",
     "region_bounds",
     "same_crs",
+    "sized_grid",
 ]
 
 Bounds: TypeAlias = tuple[float, float, float, float]
 """(xmin, ymin, xmax, ymax) in some CRS."""
 
-Region: TypeAlias = Sequence[float] | Mapping[str, Any]
+RegionLike: TypeAlias = Sequence[float] | Mapping[str, Any]
 """A bbox ``[xmin, ymin, xmax, ymax]`` or a GeoJSON geometry / Feature / FeatureCollection."""
 
 SNAP_TOLERANCE_PX = 1e-6
@@ -56,9 +55,6 @@ tolerance such noise would add a whole extra row or column when snapping outward
 
 DENSIFY_PTS = 21
 """Points inserted per edge when mapping a region to another CRS (as ``transform_bounds``)."""
-
-# An authority code such as EPSG:32633, ESRI:54009 or SR-ORG:6974 (Earth Engine's crsCode).
-_AUTHORITY_CODE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*:[A-Za-z0-9_.]+$")
 
 
 # --------------------------------------------------------------------------------------
@@ -128,38 +124,42 @@ class Window:
 # CRS helpers
 
 
-@lru_cache(maxsize=256)
-def _parse_crs(crs: str) -> CRS:
-    # Cached: parsing WKT is slow and the same few strings are compared again and again.
-    from rasterio.crs import CRS
-    from rasterio.errors import CRSError
-
-    try:
-        return CRS.from_user_input(crs)
-    except CRSError as exc:
-        raise ValueError(f"unrecognised CRS {crs!r}: {exc}") from exc
-
-
-def describe_crs(crs: str) -> str:
-    """The CRS as WKT, what the output stores; ValueError when it cannot be described
-    (``EPSG:0``, a garbled WKT)."""
-    from rasterio.errors import CRSError
-
-    try:
-        return _parse_crs(crs).to_wkt()
-    except CRSError as exc:
-        raise ValueError(f"cannot describe CRS {crs!r}: {exc}") from None
-
-
-def same_crs(a: str, b: str) -> bool:
-    """Whether two CRS strings (authority code, WKT or PROJ) name the same CRS."""
-    if a == b:
+def same_crs(a: CRSLike, b: CRSLike) -> bool:
+    """Whether two CRSs (or strings: authority code, WKT or PROJ) name the same CRS;
+    ``ValueError`` when they differ and one names none."""
+    crs_a, crs_b = CRS.of(a), CRS.of(b)
+    if crs_a.text == crs_b.text:
         return True
-    return _parse_crs(a) == _parse_crs(b)
+    crs_a.to_rasterio(), crs_b.to_rasterio()  # raise for a text that names no CRS
+    return crs_a == crs_b
 
 
-def _is_authority_code(crs: str) -> bool:
-    return bool(_AUTHORITY_CODE.match(crs.strip()))
+def is_lonlat_crs(crs: CRSLike) -> bool:
+    """Whether ``crs`` counts in degrees of longitude and latitude (EPSG:4326 and kin)."""
+    try:
+        return CRS.of(crs).is_geographic
+    except ValueError:
+        return False
+
+
+def lonlat_problem(bounds: Sequence[float], crs: CRSLike = "EPSG:4326") -> str | None:
+    """Why ``bounds`` cannot be longitudes and latitudes, or None when they can be.
+
+    Longitudes up to +-360 pass (a region may cross the antimeridian as 170..190); a
+    latitude past +-90 never does. Metres given without ``region_crs`` are the usual cause.
+    """
+    xmin, ymin, xmax, ymax = (float(v) for v in bounds)
+    if xmin >= -360 and xmax <= 360 and ymin >= -90 and ymax <= 90:
+        return None
+    return (
+        f"outside the longitude/latitude range of {crs} ([-180, 180] x [-90, 90]); "
+        "did you mean region_crs? (e.g. region_crs: EPSG:32633 for UTM metres)"
+    )
+
+
+def describe_bounds(bounds: Sequence[float]) -> str:
+    """``[xmin, ymin, xmax, ymax]`` with 7 significant digits: short, and enough to compare."""
+    return "[" + ", ".join(f"{float(v):.7g}" for v in bounds) + "]"
 
 
 # --------------------------------------------------------------------------------------
@@ -212,16 +212,19 @@ def _snap_outward(lo: float, hi: float, tol: float = SNAP_TOLERANCE_PX) -> tuple
 
 @dataclass(frozen=True)
 class PixelGrid:
-    """A raster grid: CRS, pixel-is-area affine transform and size in pixels."""
+    """A raster grid: CRS, pixel-is-area affine transform and size in pixels.
 
-    crs: str
+    ``crs`` may be given as a string; the grid holds it as a ``CRS`` (parsed once).
+    """
+
+    crs: CRS
     transform: Affine
     width: int
     height: int
 
     def __post_init__(self) -> None:
-        if not isinstance(self.crs, str) or not self.crs.strip():
-            raise ValueError(f"PixelGrid.crs must be a non-empty string, got {self.crs!r}")
+        if not isinstance(self.crs, CRS):
+            object.__setattr__(self, "crs", CRS.of(self.crs))
         if not isinstance(self.transform, Affine):
             object.__setattr__(self, "transform", Affine(*tuple(self.transform)[:6]))
         if not all(math.isfinite(v) for v in self.transform[:6]):
@@ -246,6 +249,7 @@ class PixelGrid:
 
     @property
     def is_north_up(self) -> bool:
+        """No rotation or shear: rows run along y, columns along x."""
         return self.transform.b == 0 and self.transform.d == 0
 
     def window_grid(self, window: Window) -> PixelGrid:
@@ -269,10 +273,10 @@ class PixelGrid:
             for col, row in ((0, 0), (w, 0), (w, h), (0, h))
         )
 
-    def footprint_bounds(self, dst_crs: str | None = None) -> Bounds:
+    def footprint_bounds(self, dst_crs: CRSLike | None = None) -> Bounds:
         """Bounds of the grid's outer edge, in its CRS or (densified) in ``dst_crs``."""
         corners = self.corners()
-        if dst_crs is None or same_crs(self.crs, dst_crs):
+        if dst_crs is None or self.crs == CRS.of(dst_crs):
             xs = [x for x, _ in corners]
             ys = [y for _, y in corners]
             return (min(xs), min(ys), max(xs), max(ys))
@@ -284,13 +288,14 @@ class PixelGrid:
         """Earth Engine ``PixelGrid`` JSON. Floats go out as Python floats (repr-exact)."""
         a, b, c, d, e, f = (float(v) for v in self.transform[:6])
         crs_field: dict[str, str]
-        if _is_authority_code(self.crs):
-            crs_field = {"crsCode": self.crs.strip().upper()}
-        elif self.crs.lstrip().startswith(("+", "{")):
+        code = self.crs.authority_code
+        if code is not None:
+            crs_field = {"crsCode": code}
+        elif self.crs.text.lstrip().startswith(("+", "{")):
             # PROJ strings / PROJJSON are not something EE parses: send WKT instead.
-            crs_field = {"crsWkt": _parse_crs(self.crs).to_wkt()}
+            crs_field = {"crsWkt": self.crs.wkt}
         else:
-            crs_field = {"crsWkt": self.crs}
+            crs_field = {"crsWkt": self.crs.text}
         return {
             **crs_field,
             "affineTransform": {
@@ -305,7 +310,7 @@ class PixelGrid:
         }
 
     @classmethod
-    def from_ee(cls, grid: Mapping[str, Any], default_crs: str | None = None) -> PixelGrid:
+    def from_ee(cls, grid: Mapping[str, Any], default_crs: CRSLike | None = None) -> PixelGrid:
         """Parse EE ``PixelGrid`` JSON (proto3: absent numbers are 0).
 
         ``default_crs`` is used when the JSON names no CRS (a request grid in the asset's
@@ -322,7 +327,7 @@ class PixelGrid:
             width, height = int(dims.get("width", 0)), int(dims.get("height", 0))
         except (TypeError, ValueError) as exc:
             raise ValueError(f"malformed grid JSON: {exc}") from exc
-        return cls(crs, Affine(*values), width, height)
+        return cls(CRS.of(crs), Affine(*values), width, height)
 
 
 # --------------------------------------------------------------------------------------
@@ -368,6 +373,7 @@ def _paths(geom: Mapping[str, Any]) -> Iterator[tuple[np.ndarray, bool]]:
         yield np.asarray([coords], dtype=float)[:, :2], False
         return
     depth = _PATH_DEPTH[kind]
+    assert depth is not None  # only a Point has no depth, and it returned above
     stack = [(coords, depth)]
     while stack:
         item, level = stack.pop()
@@ -388,10 +394,11 @@ def _densify(points: np.ndarray, n: int = DENSIFY_PTS) -> np.ndarray:
     return np.concatenate([dense.reshape(-1, 2), points[-1:]])
 
 
-def _transform_points(src_crs: str, dst_crs: str, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
-    """Points mapped to ``dst_crs`` as an (n, 2) array; points PROJ cannot map are dropped."""
+def _transform_points(src: CRS, dst: CRS, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+    """Points mapped to ``dst`` as an (n, 2) array; points PROJ cannot map are dropped."""
     from rasterio.warp import transform as _warp_points
 
+    src_crs, dst_crs = src.to_rasterio(), dst.to_rasterio()
     try:
         out_x, out_y = _warp_points(src_crs, dst_crs, xs.tolist(), ys.tolist())
         out = np.column_stack([out_x, out_y])
@@ -420,7 +427,9 @@ def _as_bbox(region: Sequence[float]) -> Bounds:
 
 
 def region_bounds(
-    region: Region | Any, region_crs: str = "EPSG:4326", dst_crs: str | None = None
+    region: RegionLike | Any,
+    region_crs: CRSLike = "EPSG:4326",
+    dst_crs: CRSLike | None = None,
 ) -> Bounds:
     """Bounding box of ``region`` in ``dst_crs`` (default: ``region_crs``).
 
@@ -429,24 +438,33 @@ def region_bounds(
     first (lon, lat for EPSG:4326). Edges are densified before reprojecting, so a lon/lat
     box maps to the whole projected box that covers its curved edges.
     """
-    dst_crs = dst_crs or region_crs
+    src = CRS.of(region_crs)
+    dst = src if dst_crs is None else CRS.of(dst_crs)
     if hasattr(region, "__geo_interface__"):
         region = region.__geo_interface__
     if isinstance(region, Mapping):
-        return _geojson_bounds(region, region_crs, dst_crs)
+        return _geojson_bounds(region, src, dst)
     if isinstance(region, str | bytes):
         raise ValueError(f"region must be a bbox or a GeoJSON mapping, got {region!r}")
     bbox = _as_bbox(region)
-    if same_crs(region_crs, dst_crs):
+    if src == dst:
         return bbox
+    if is_lonlat_crs(region_crs):
+        problem = lonlat_problem(bbox, region_crs)
+        if problem:
+            raise ValueError(f"bbox {describe_bounds(bbox)} is {problem}")
+
     from rasterio.warp import transform_bounds
 
     return tuple(  # type: ignore[return-value]
-        float(v) for v in transform_bounds(region_crs, dst_crs, *bbox, densify_pts=DENSIFY_PTS)
+        float(v)
+        for v in transform_bounds(
+            src.to_rasterio(), dst.to_rasterio(), *bbox, densify_pts=DENSIFY_PTS
+        )
     )
 
 
-def _geojson_bounds(region: Mapping[str, Any], region_crs: str, dst_crs: str) -> Bounds:
+def _geojson_bounds(region: Mapping[str, Any], src: CRS, dst: CRS) -> Bounds:
     paths = [
         _densify(points) if has_edges else points
         for geom in _geometries(region)
@@ -457,10 +475,17 @@ def _geojson_bounds(region: Mapping[str, Any], region_crs: str, dst_crs: str) ->
     points = np.concatenate(paths)
     if not np.isfinite(points).all():
         raise ValueError("region coordinates must be finite")
-    if not same_crs(region_crs, dst_crs):
-        points = _transform_points(region_crs, dst_crs, points[:, 0], points[:, 1])
+    if src.is_geographic:
+        # A stray point past a pole is dropped below; a region with no lon/lat point at all
+        # was written in another CRS.
+        inside = (np.abs(points[:, 0]) <= 360) & (np.abs(points[:, 1]) <= 90)
+        if not inside.any():
+            problem = lonlat_problem((*points.min(axis=0), *points.max(axis=0)), src)
+            raise ValueError(f"region coordinates are {problem}")
+    if src != dst:
+        points = _transform_points(src, dst, points[:, 0], points[:, 1])
         if not len(points):
-            raise ValueError(f"region cannot be mapped from {region_crs} to {dst_crs}")
+            raise ValueError(f"region cannot be mapped from {src} to {dst}")
     xmin, ymin = points.min(axis=0)
     xmax, ymax = points.max(axis=0)
     return (float(xmin), float(ymin), float(xmax), float(ymax))
@@ -512,7 +537,7 @@ def _scales(scale: float | tuple[float, float]) -> tuple[float, float]:
 
 
 def aligned_grid(
-    crs: str, scale: float | tuple[float, float], bounds: Sequence[float]
+    crs: CRSLike, scale: float | tuple[float, float], bounds: Sequence[float]
 ) -> PixelGrid:
     """North-up grid covering ``bounds`` whose pixel edges lie on multiples of ``scale``.
 
@@ -527,29 +552,28 @@ def aligned_grid(
     col0, col1 = _snap_outward(xmin / scale_x, xmax / scale_x, tol_x)
     row0, row1 = _snap_outward(ymin / scale_y, ymax / scale_y, tol_y)  # counted upward
     transform = Affine(scale_x, 0.0, col0 * scale_x, 0.0, -scale_y, row1 * scale_y)
-    return PixelGrid(crs, transform, col1 - col0, row1 - row0)
+    return PixelGrid(CRS.of(crs), transform, col1 - col0, row1 - row0)
 
 
-def overlaps(grid_a: PixelGrid, grid_b: PixelGrid) -> bool:
-    """Whether ``grid_a``'s footprint shares at least one pixel with ``grid_b``.
+def sized_grid(crs: CRSLike, dimensions: tuple[int, int], bounds: Sequence[float]) -> PixelGrid:
+    """North-up grid of exactly ``dimensions`` = (width, height) pixels spanning ``bounds``.
 
-    ``grid_a``'s footprint is reprojected (densified) to ``grid_b``'s CRS and its bounding
-    box tested against ``grid_b``'s pixels, so it is exact for a north-up ``grid_a`` in the
-    same CRS and conservative (may say True for a near miss) otherwise. Touching edges do
-    not count.
+    What the service does with ``grid.dimensions`` and a ``region``: the region's bounding box
+    is rescaled to the requested size, so the pixel size is the extent over the dimensions
+    (``(xmax - xmin) / width`` by ``(ymax - ymin) / height``, not square in general) and the
+    grid's edges are the bounds' own, not snapped to any lattice.
     """
-    try:
-        bounds = grid_a.footprint_bounds(grid_b.crs)
-    except ValueError:
-        return False  # not mappable into grid_b's CRS at all
-    xmin, ymin, xmax, ymax = bounds
-    cols, rows = _to_pixel(
-        grid_b.transform, np.array([xmin, xmax, xmax, xmin]), np.array([ymin, ymin, ymax, ymax])
-    )
-    tol = SNAP_TOLERANCE_PX
-    return bool(
-        cols.max() > tol
-        and cols.min() < grid_b.width - tol
-        and rows.max() > tol
-        and rows.min() < grid_b.height - tol
-    )
+    width, height = dimensions
+    for name, value in (("width", width), ("height", height)):
+        if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"dimensions {name} must be a positive int, got {value!r}")
+    xmin, ymin, xmax, ymax = _as_bbox(bounds)
+    if not (xmax > xmin and ymax > ymin):
+        raise ValueError(
+            f"the region has no area in {crs} ({xmin}, {ymin}, {xmax}, {ymax}); "
+            "dimensions needs a region with an extent in both directions"
+        )
+    pixel_x = (xmax - xmin) / width
+    pixel_y = (ymax - ymin) / height
+    transform = Affine(pixel_x, 0.0, xmin, 0.0, -pixel_y, ymax)
+    return PixelGrid(CRS.of(crs), transform, int(width), int(height))

@@ -18,6 +18,7 @@ from typing import Literal
 
 import numpy as np
 
+from bulkpix.dtypes import request_bytes_per_pixel
 from bulkpix.geometry.grid import Window
 from bulkpix.limits import MAX_BANDS, MAX_REQUEST_BYTES, MAX_SIDE
 
@@ -29,10 +30,8 @@ __all__ = [
     "Tile",
     "TilePlan",
     "band_groups",
-    "estimate_seconds",
     "parse_tile_key",
     "plan_tiles",
-    "request_bytes",
     "split_tile",
 ]
 
@@ -43,16 +42,12 @@ SQUARENESS_WEIGHT = 0.02
 _MAX_SIDE_CANDIDATES = 1024  # cap on tile sizes tried per side, so the search stays cheap
 
 
-def request_bytes(height: int, width: int, itemsizes: Sequence[int]) -> int:
-    """Size of a ``height`` x ``width`` request as the service counts it (a mask byte a band)."""
-    return height * width * sum(s + 1 for s in itemsizes)
-
-
 # --------------------------------------------------------------------------------------
 # Tiles
 
 
-_TILE_KEY = re.compile(r"g(\d+)_r(\d+)_c(\d+)_h(\d+)_w(\d+)")
+# The fields of ``Tile.key``: band group, row and column offsets, height, width.
+_TILE_KEY_FIELDS = re.compile(r"g(\d+)_r(\d+)_c(\d+)_h(\d+)_w(\d+)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +66,7 @@ class Tile:
 
 def parse_tile_key(key: str) -> Tile:
     """Inverse of ``Tile.key``."""
-    match = _TILE_KEY.fullmatch(key)
+    match = _TILE_KEY_FIELDS.fullmatch(key)
     if match is None:
         raise ValueError(f"not a tile key: {key!r}")
     group, row, col, height, width = (int(v) for v in match.groups())
@@ -93,8 +88,9 @@ class ServiceModel:
         if not (self.base_s >= 0 and self.per_mb_s >= 0):
             raise ValueError(f"ServiceModel times must be >= 0, got {self!r}")
 
-    def seconds(self, request_bytes: float) -> float:
-        return self.base_s + self.per_mb_s * request_bytes / 1e6
+    def seconds(self, nbytes: float) -> float:
+        """Service time of a request of ``nbytes`` (as the service counts them)."""
+        return self.base_s + self.per_mb_s * nbytes / 1e6
 
 
 def _makespan(
@@ -147,7 +143,7 @@ def band_groups(
     groups, the one with the smallest largest group (in bytes per pixel) is returned: every
     tile of a plan has the same shape, so the largest group sets the tile size limit.
     """
-    costs = [_positive_int(s, "itemsize") + 1 for s in itemsizes]
+    costs = [request_bytes_per_pixel([_positive_int(s, "itemsize")]) for s in itemsizes]
     if not costs:
         raise ValueError("at least one band is needed")
     if max_bands < 1:
@@ -305,9 +301,12 @@ class TilePlan:
     def group_bytes_per_px(self) -> tuple[int, ...]:
         """Request bytes per pixel of each band group (itemsize + 1 mask byte per band)."""
         itemsizes = self._itemsizes()
-        return tuple(sum(itemsizes[i] + 1 for i in g) for g in self.band_groups)
+        return tuple(
+            request_bytes_per_pixel(itemsizes[i] for i in g) for g in self.band_groups
+        )
 
-    def request_bytes(self, tile: Tile) -> int:
+    def tile_request_bytes(self, tile: Tile) -> int:
+        """Bytes of the request for ``tile``, as the service counts them."""
         return tile.window.size * self.group_bytes_per_px[tile.group]
 
     @property
@@ -319,22 +318,6 @@ class TilePlan:
     def total_request_bytes(self) -> int:
         # Tiles partition the grid once per group: no need to iterate.
         return self.height * self.width * sum(self.group_bytes_per_px)
-
-
-def estimate_seconds(
-    plan: TilePlan,
-    concurrency: int = 40,
-    qps: float = 100.0,
-    service: ServiceModel | None = None,
-) -> float:
-    """Estimated wall time of a plan (see ``_makespan``): every request is costed as the
-    largest one, which is exact for the full tiles and errs on the safe side at the edges."""
-    service = service or ServiceModel()
-    _positive_int(concurrency, "concurrency")
-    if not qps > 0:
-        raise ValueError(f"qps must be > 0, got {qps!r}")
-    seconds = service.seconds(plan.max_request_bytes)
-    return float(_makespan(plan.n_tiles, seconds, concurrency, qps))
 
 
 def _side_candidates(side: int, chunk: int) -> tuple[np.ndarray, np.ndarray]:
@@ -438,7 +421,7 @@ def plan_tiles(
     if max(min_h, min_w) > MAX_SIDE:
         raise ValueError(f"chunk {chunk} exceeds the {MAX_SIDE} px request side limit")
     groups = band_groups(sizes, MAX_REQUEST_BYTES // (min_h * min_w))
-    bytes_per_px = max(sum(sizes[i] + 1 for i in g) for g in groups)
+    bytes_per_px = max(request_bytes_per_pixel(sizes[i] for i in g) for g in groups)
 
     if tile == "auto":
         # The client holds bodies within a byte budget of max_inflight_bytes (requests in

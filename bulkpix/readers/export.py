@@ -174,8 +174,9 @@ def _write_scratch(
     to_nan: bool,
 ) -> None:
     import rasterio
-    from rasterio.crs import CRS
     from rasterio.windows import Window
+
+    from bulkpix.geometry.crs import CRS
 
     # Band-interleaved tiles: each band's block is written once, never read back.
     size = COG_BLOCKSIZE
@@ -185,7 +186,7 @@ def _write_scratch(
         "height": source.height,
         "count": len(bands),
         "dtype": dtype.name,
-        "crs": CRS.from_user_input(source.crs),
+        "crs": CRS.of(source.crs).to_rasterio(),
         "transform": source.transform,
         "nodata": nodata,
         "tiled": True,

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import google_crc32c
@@ -24,6 +24,8 @@ from zarr.core.buffer import Buffer
 from zarr.storage import LocalStore, WrapperStore
 
 __all__ = ["ChecksumStore", "crc32c"]
+
+_METADATA_NAMES = ("zarr.json", ".zarray", ".zattrs")
 
 
 def crc32c(data: bytes) -> int:
@@ -35,16 +37,25 @@ def crc32c(data: bytes) -> int:
 class ChecksumStore(WrapperStore[Store]):
     """A zarr Store that notes the crc32c of chunks of tracked arrays as they are set."""
 
-    def __init__(self, store: Store, *, durable: bool = False) -> None:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        durable: bool = False,
+        guard: Callable[[], None] | None = None,
+    ) -> None:
         super().__init__(store)
         self.durable = durable
+        # Called before every chunk is stored: a run that lost its output's lease
+        # (``Lease.check`` raises) stops before it writes another chunk, not just a marker.
+        self.guard = guard
         self._tracked: set[str] = set()  # array paths, e.g. "B4" or "item/B4"
         self._crcs: dict[str, int] = {}
         # Chunks are set on the write loop's thread while the run's loop takes them.
         self._lock = threading.Lock()
 
     def _with_store(self, store: Store) -> ChecksumStore:
-        return type(self)(store, durable=self.durable)
+        return type(self)(store, durable=self.durable, guard=self.guard)
 
     def track(self, array_paths: Iterable[str]) -> None:
         with self._lock:
@@ -56,8 +67,13 @@ class ChecksumStore(WrapperStore[Store]):
             return {key: self._crcs.pop(key) for key in keys if key in self._crcs}
 
     async def set(self, key: str, value: Buffer) -> None:
-        array_path, sep, _ = key.rpartition("/c/")
-        tracked = bool(sep) and array_path in self._tracked
+        if self.guard is not None:
+            self.guard()
+        # A chunk's key is {array}/c/0/1 in Zarr v3 and {array}/0.1 in v2.
+        tracked = (
+            key.rpartition("/c/")[0] in self._tracked
+            or key.rpartition("/")[0] in self._tracked
+        ) and not key.endswith(_METADATA_NAMES)
         if tracked:
             crc = crc32c(value.to_bytes())
         await self._store.set(key, value)

@@ -17,8 +17,11 @@ renewed it last: run id, host, pid, since, and an expiry in wall-clock seconds.
   record calls it before writing every marker, so a run that lost its lease stops before
   recording anything more.
 
-Limit: taking over a STALE lease is delete-then-create. Two runs doing so at the same instant
-can both read themselves back; the loser finds out at its first renewal (at most ``ttl / 4``).
+Where the store's create-if-absent is check-then-put (fsspec object stores), a new lease is
+read back only after ``settle_s`` (1 s), so that of two runs creating it at the same moment
+both read the same winner. Limit: taking over a STALE lease is delete-then-create; two runs
+doing so at the same instant can still both read themselves back; the loser finds out at its
+first renewal (at most ``ttl / 4``) and stops before writing another chunk or marker.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from typing import Any
 
 from zarr.abc.store import Store
 from zarr.core.buffer import default_buffer_prototype
+from zarr.storage import LocalStore, MemoryStore
 
 from bulkpix.errors import LeaseLost, OutputInUse
 from bulkpix.store.location import RECORD_DIR
@@ -112,7 +116,8 @@ class Lease:
         output: str = "the output",
         ttl_s: float = DEFAULT_TTL_S,
         clock: Callable[[], float] = time.time,
-        monotonic: Callable[[], float] = time.monotonic,
+        monotonic: Callable[[], float] | None = None,
+        settle_s: float | None = None,
     ) -> None:
         self.store = store
         self.job = job
@@ -120,9 +125,15 @@ class Lease:
         self.output = output
         self.ttl_s = ttl_s
         self.clock = clock  # wall clock: expiries are compared across processes and hosts
-        self.monotonic = monotonic  # this run's own deadline, immune to clock steps
+        # This run's own deadline: immune to clock steps, and counting time asleep (a run
+        # suspended past its expiry must find out before it writes again).
+        self.monotonic = monotonic or _boot_clock
         self.run_id = uuid.uuid4().hex
         self.since = datetime.now(UTC).isoformat(timespec="seconds")
+        # Local and in-memory stores create atomically (os.link, setdefault), and an fsspec
+        # memory filesystem lives in this process alone: nothing to wait for.
+        atomic = isinstance(store, LocalStore | MemoryStore) or _in_process(store)
+        self.settle_s = settle_s if settle_s is not None else (0.0 if atomic else 1.0)
         self.joined = False  # True: another run of this job held it when this one started
         self._lost: str | None = None
         self._valid_until = 0.0  # monotonic(): no renewal for a whole ttl means lost
@@ -155,6 +166,8 @@ class Lease:
         """Create the lease if none exists; True if this run's is the one read back."""
         data = default_buffer_prototype().buffer.from_bytes(self._mine().to_json())
         await self.store.set_if_not_exists(LEASE_KEY, data)
+        if self.settle_s:
+            await asyncio.sleep(self.settle_s)
         _, now_held = await read_lease(self.store)
         if now_held is not None and now_held.run_id == self.run_id:
             self._valid_until = self.monotonic() + self.ttl_s
@@ -248,6 +261,17 @@ class Lease:
                 await self._renewer
         if self._lost is None:
             await self.release()
+
+
+def _in_process(store: Store) -> bool:
+    protocol = getattr(getattr(store, "fs", None), "protocol", ())
+    return "memory" in ((protocol,) if isinstance(protocol, str) else tuple(protocol))
+
+
+def _boot_clock() -> float:
+    if hasattr(time, "CLOCK_BOOTTIME"):  # Linux: monotonic, and counts suspend
+        return time.clock_gettime(time.CLOCK_BOOTTIME)
+    return time.monotonic()
 
 
 def _pid_alive(pid: int) -> bool:

@@ -6,6 +6,7 @@ libraries are still loading.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from bulkpix.errors import JobError
@@ -31,8 +32,16 @@ def check_output_location(output: str) -> None:
     if "://" in output:
         return
     path = Path(output).expanduser()
+    for link in (path, *path.parents):
+        if link.is_symlink() and not link.exists():  # mkdir would say only "File exists"
+            raise JobError(
+                f"output {output}: {link} is a symbolic link to {os.readlink(link)}, which "
+                "does not exist; create its target, or remove the link"
+            )
     if path.is_file():
         raise JobError(f"output {output} is a file, not a Zarr store")
+    if path.exists() and not path.is_dir():  # /dev/null, a FIFO, a socket
+        raise JobError(f"output {output} exists and is not a directory")
     recorded = (path / BATCH_KEY).is_file() or (path / RECORD_DIR / JOB_KEY).is_file()
     # A .bulkpix folder alone may hold the lease of a run starting this very moment; what
     # it holds is judged by inspect_output.

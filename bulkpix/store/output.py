@@ -540,12 +540,12 @@ async def claim_output(
             # Another run may have changed the output while this one waited: look again.
             state = await inspect_store(store, job.output, paths)
             check_output(job, state, plans, restart)
+            if not lease.joined:  # no other run of this job is writing: its temp files are ours
+                remove_partials(job.output, state)
             if restart:
                 await clear_output(store, state)
                 state = await inspect_store(store, job.output, paths)
-            elif not lease.joined:  # no other run of this job is writing: its temp files are ours
-                remove_partials(job.output, state)
-            wrapped = ChecksumStore(store, durable=job.durable)
+            wrapped = ChecksumStore(store, durable=job.durable, guard=lease.check)
             items = await _open_items(job, plans, state, store, wrapped, lease)
             # Metadata is complete once every item exists: consolidate now, once, so xarray
             # opens the store (or any item of it) with one read even while tiles are written.

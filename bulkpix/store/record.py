@@ -45,7 +45,7 @@ __all__ = ["JOB_KEY", "TileRecord", "fingerprint_diff"]
 
 MARKER_VERSION = 1
 # Keys become object names: keep them to characters every store and filesystem accepts.
-_TILE_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.,=+-]*")
+_OBJECT_SAFE_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.,=+-]*")
 _TEMP_SUFFIX = ".partial"  # zarr LocalStore's temp files: {name}.{uuid}.partial
 # Bounds how many marker objects are fetched at once when validating a listing.
 _READ_CONCURRENCY = 64
@@ -194,7 +194,7 @@ class TileRecord:
         """Names of the objects directly under ``prefix`` that can be tile keys."""
         async for store_key in self.store.list_prefix(prefix):
             name = store_key[len(prefix) :] if store_key.startswith(prefix) else ""
-            if _TILE_KEY.fullmatch(name) and not name.endswith(_TEMP_SUFFIX):
+            if _OBJECT_SAFE_KEY.fullmatch(name) and not name.endswith(_TEMP_SUFFIX):
                 yield name
 
     async def _read_many(self, prefix: str, names: list[str]) -> list[Any]:
@@ -235,7 +235,7 @@ _MISSING: Any = _Missing()
 
 
 def _check_key(key: str) -> None:
-    if not _TILE_KEY.fullmatch(key) or key.endswith(_TEMP_SUFFIX):
+    if not _OBJECT_SAFE_KEY.fullmatch(key) or key.endswith(_TEMP_SUFFIX):
         raise ValueError(
             f"tile key {key!r} cannot name a record object "
             "(letters, digits and _ . , = + - only, starting with a letter or digit)"

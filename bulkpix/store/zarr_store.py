@@ -31,7 +31,7 @@ import json
 import struct
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Literal, Protocol, Self
+from typing import TYPE_CHECKING, Any, Literal, Protocol, Self
 
 import numpy as np
 from affine import Affine
@@ -48,6 +48,9 @@ from bulkpix.errors import StoreError
 from bulkpix.store.checksum import ChecksumStore
 from bulkpix.store.codecs import DEFAULT_COMPRESSION, zarr_compressors
 from bulkpix.store.location import RECORD_DIR
+
+if TYPE_CHECKING:
+    from bulkpix.geometry.crs import CRS
 
 __all__ = [
     "DEFAULT_CHUNK",
@@ -85,7 +88,7 @@ class GridLike(Protocol):
     """What the writer needs of a ``bulkpix.geometry.grid.PixelGrid``."""
 
     @property
-    def crs(self) -> str: ...
+    def crs(self) -> CRS: ...
     @property
     def transform(self) -> Affine: ...
     @property
@@ -219,21 +222,16 @@ def pixel_centres(transform: Affine, width: int, height: int) -> tuple[np.ndarra
     return c + a * cols + b * 0.5, f + d * 0.5 + e * rows
 
 
-def _crs_wkt(crs: str) -> str:
-    from rasterio.crs import CRS
-    from rasterio.errors import CRSError
-
+def _crs_wkt(crs: CRS) -> str:
     try:
-        return CRS.from_user_input(crs).to_wkt()
-    except CRSError as exc:
-        raise StoreError(f"cannot describe CRS {crs!r}: {exc}") from None
+        return crs.wkt
+    except ValueError as exc:
+        raise StoreError(str(exc)) from None
 
 
-def _coordinate_attrs(crs: str) -> tuple[dict[str, Any], dict[str, Any]]:
+def _coordinate_attrs(crs: CRS) -> tuple[dict[str, Any], dict[str, Any]]:
     """CF attributes of the x and y coordinate arrays."""
-    from rasterio.crs import CRS
-
-    if CRS.from_user_input(crs).is_geographic:
+    if crs.is_geographic:
         return (
             {
                 "standard_name": "longitude",
@@ -248,7 +246,7 @@ def _coordinate_attrs(crs: str) -> tuple[dict[str, Any], dict[str, Any]]:
                 "axis": "Y",
             },
         )
-    units = CRS.from_user_input(crs).linear_units or "unknown"
+    units = crs.linear_units
     units = "metre" if units in ("metre", "meter", "m") else units
     return (
         {
@@ -268,7 +266,7 @@ def _coordinate_attrs(crs: str) -> tuple[dict[str, Any], dict[str, Any]]:
 
 def grid_to_json(grid: GridLike) -> dict[str, Any]:
     return {
-        "crs": grid.crs,
+        "crs": grid.crs.text,  # as given (the job's or the asset's own spelling)
         "transform": [float(v) for v in grid.transform[:6]],
         "width": int(grid.width),
         "height": int(grid.height),

@@ -28,22 +28,34 @@ _MAX_EXPONENT = 64
 
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
-    """``max_attempts`` counts every call, the first one included.
+    """The job's ``retries:`` section, field for field
+    (``RetryPolicy(**job.retries.model_dump())``).
 
-    ``cap_s`` caps the backoff bulkpix chooses; ``max_wait_s`` caps any wait, a server's
-    Retry-After included (a Retry-After of a day, or of 1e300 s, must not hang a run).
+    ``max_attempts`` counts every call, the first one included. ``backoff_cap`` caps the
+    backoff bulkpix chooses; ``max_wait`` caps any wait, a server's Retry-After included (a
+    Retry-After of a day, or of 1e300 s, must not hang a run), but never below
+    ``backoff_cap`` (see ``longest_wait``). ``budget`` is the run's retries in all (the
+    total of its ``RetryBudget``).
     """
 
     max_attempts: int = 8
-    base_s: float = 0.5
-    cap_s: float = 30.0
-    max_wait_s: float = 300.0
+    backoff_base: float = 0.5
+    backoff_cap: float = 30.0
+    budget: int = 10_000
+    max_wait: float = 300.0
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
             raise ValueError(f"max_attempts must be >= 1, got {self.max_attempts}")
-        if self.base_s < 0 or self.cap_s < 0 or self.max_wait_s < 0:
-            raise ValueError("base_s, cap_s and max_wait_s must be >= 0")
+        if self.backoff_base < 0 or self.backoff_cap < 0 or self.max_wait < 0:
+            raise ValueError("backoff_base, backoff_cap and max_wait must be >= 0")
+        if self.budget < 0:
+            raise ValueError(f"budget must be >= 0, got {self.budget}")
+
+    @property
+    def longest_wait(self) -> float:
+        """The longest any wait may be: ``max_wait``, never below the backoff cap."""
+        return max(self.max_wait, self.backoff_cap)
 
 
 def is_retryable(exc: BaseException) -> bool:
@@ -60,15 +72,15 @@ def backoff_delay(
     """Seconds to wait after the failed attempt number ``attempt`` (0 for the first call).
 
     Full jitter, ``uniform(0, min(cap, base * 2**attempt))``, spreads the retries of many
-    tiles that failed together; a server's Retry-After is a floor, up to ``max_wait_s``.
+    tiles that failed together; a server's Retry-After is a floor, up to ``longest_wait``.
     """
     if attempt < 0:
         raise ValueError(f"attempt must be >= 0, got {attempt}")
-    ceiling = min(policy.cap_s, policy.base_s * 2.0 ** min(attempt, _MAX_EXPONENT))
+    ceiling = min(policy.backoff_cap, policy.backoff_base * 2.0 ** min(attempt, _MAX_EXPONENT))
     delay = rng.uniform(0.0, ceiling)
     if retry_after is not None and retry_after > delay:
         delay = float(retry_after)
-    return min(delay, policy.max_wait_s)
+    return min(delay, policy.longest_wait)
 
 
 class RetryBudget:

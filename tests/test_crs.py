@@ -1,0 +1,80 @@
+"""The CRS value object: parsed once, immutable, equal by meaning, shared by grids,
+planning and the store."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+from affine import Affine
+
+from bulkpix.geometry import crs as crs_module
+from bulkpix.geometry.crs import CRS
+from bulkpix.geometry.grid import PixelGrid, Window, same_crs
+from bulkpix.job import parse_job
+
+UTM_PROJ = "+proj=utm +zone=33 +datum=WGS84 +units=m +no_defs"
+
+
+def test_equal_by_meaning_whatever_the_spelling() -> None:
+    lonlat = CRS.of("EPSG:4326")
+    from_wkt = CRS.of(lonlat.wkt)
+    assert lonlat == from_wkt and hash(lonlat) == hash(from_wkt)
+    assert CRS.of("epsg:32633") == CRS.of(UTM_PROJ)
+    assert lonlat != CRS.of("EPSG:32633")
+    assert lonlat == "EPSG:4326" and lonlat != "not a crs"
+    assert (lonlat.epsg, from_wkt.epsg) == (4326, 4326)
+    assert (lonlat.authority_code, from_wkt.authority_code) == ("EPSG:4326", None)
+    assert str(from_wkt) == lonlat.wkt  # the text as given
+
+
+def test_one_object_per_text_parsed_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    crs_module._interned.cache_clear()
+    parsed: list[str] = []
+    real_parse = crs_module._parse
+
+    def counting(text: str) -> object:
+        parsed.append(text)
+        return real_parse(text)
+
+    monkeypatch.setattr(crs_module, "_parse", counting)
+    utm = CRS.of("EPSG:32633")
+    assert CRS.of("EPSG:32633") is utm and CRS.of(utm) is utm
+    grid = PixelGrid("EPSG:32633", Affine(10, 0, 0, 0, -10, 0), 100, 100)
+    assert grid.crs is utm
+    assert grid.window_grid(Window(10, 10, 5, 5)).crs is utm
+    assert parsed == []  # nothing needed parsing yet
+    assert utm.wkt and utm.epsg == 32633 and utm == CRS.of(UTM_PROJ)
+    assert same_crs("EPSG:32633", UTM_PROJ)
+    assert parsed == ["EPSG:32633", UTM_PROJ]  # each text once, however often compared
+    assert pickle.loads(pickle.dumps(grid)).crs is utm
+
+
+def test_immutable() -> None:
+    crs = CRS.of("EPSG:4326")
+    with pytest.raises(AttributeError):
+        crs.text = "EPSG:3857"  # type: ignore[misc]
+    with pytest.raises(ValueError, match="non-empty"):
+        CRS.of("  ")
+
+
+def test_a_code_proj_does_not_know_still_round_trips_to_the_service() -> None:
+    modis = CRS.of("SR-ORG:6974")
+    grid = PixelGrid(modis, Affine(463.3, 0, 0, 0, -463.3, 0), 10, 10)
+    assert grid.to_ee()["crsCode"] == "SR-ORG:6974"
+    assert PixelGrid.from_ee(grid.to_ee()) == grid
+    assert modis != CRS.of("EPSG:4326")  # not equal, and no error for comparing
+    with pytest.raises(ValueError, match="SR-ORG:6974"):
+        _ = modis.wkt
+    with pytest.raises(ValueError):
+        same_crs("SR-ORG:6974", "EPSG:4326")
+
+
+def test_the_job_and_the_plan_share_one_parsed_crs() -> None:
+    text = "EPSG:32634"
+    job = parse_job({"asset": "a/b", "output": "o.zarr", "crs": text, "scale": 10})
+    [item] = job.resolved_items()
+    assert item.crs == text
+    assert "_parsed" in vars(CRS.of(text))  # validation parsed it; planning reuses it
+    with pytest.raises(Exception, match="unknown CRS"):
+        parse_job({"asset": "a/b", "output": "o.zarr", "crs": "EPSG:0", "scale": 10})
