@@ -321,6 +321,32 @@ def test_mosaic_puts_the_last_image_on_top(assets: dict[str, Asset],
     assert image.describe()["bands"][0]["data_type"]["max"] == 65535
 
 
+def test_mosaic_and_median_skip_masked_pixels(tmp_path: Any, assets: dict[str, Asset],
+                                              data: dict[str, Any]) -> None:
+    # A second image covering only rows 10-19, cols 20-29 of the grid: masked elsewhere.
+    patch = np.full((2, 10, 10), 1000, np.uint16)
+    small = FileAsset("projects/demo-project/assets/patch", [str(write_tif(
+        tmp_path / "patch.tif", patch, crs=UTM, transform=NATIVE @ Affine.translation(20, 10),
+        descriptions=["B4", "B8"]))])
+    members = [CollectionImage(assets[f"{COLLECTION}/img0"]), CollectionImage(small)]
+    ctx = context(assets)
+    ctx.collection = lambda name: members if name == COLLECTION else None
+    covered = np.zeros((HEIGHT, WIDTH), bool)
+    covered[10:20, 20:30] = True
+    first = data["members"][0][0].astype(np.float64)
+
+    def reduced(name: str) -> np.ndarray:
+        image = evaluate(graph(call(name, collection=call("ImageCollection.load",
+                                                          id=COLLECTION))), ctx)
+        assert isinstance(image, Image) and image.bands[0].mask.all()
+        return output(image)["B4"]
+
+    np.testing.assert_array_equal(reduced("ImageCollection.mosaic"),
+                                  np.where(covered, 1000, first))
+    np.testing.assert_array_equal(reduced("reduce.median"),
+                                  np.where(covered, (first + 1000) / 2, first))
+
+
 def test_filter_bounds_by_footprint(assets: dict[str, Asset]) -> None:
     # The collection's grid lies near 15 E 41.55 N; its centre, as a lon/lat point:
     lon, lat = Transformer.from_crs(UTM, "EPSG:4326", always_xy=True).transform(
@@ -430,6 +456,34 @@ def test_ee_median_composite_of_the_collection(ee: Any, data: dict[str, Any]) ->
     values = np.stack(data["members"]).astype(np.float64)
     median = np.median(values, axis=0)
     np.testing.assert_array_equal(whole["nd"], ndvi_reference(median))
+
+
+def test_a_resampled_grid_computes_each_pixel_at_its_centre(emulator: Any) -> None:
+    # 7 m pixels offset 3 m from the asset's 10 m grid: nothing lines up with a source pixel.
+    def grid(row_off: int, height: int) -> dict[str, Any]:
+        return {"crsCode": UTM, "dimensions": {"width": 80, "height": height},
+                "affineTransform": {"scaleX": 7, "translateX": 500003, "scaleY": -7,
+                                    "translateY": 4599997 - 7 * row_off}}
+
+    def fetch(method: str, body: dict[str, Any]) -> np.ndarray:
+        url = f"{emulator.url}/v1/{method}" if method.startswith("projects/") \
+            else f"{emulator.url}/v1/projects/p/{method}"
+        response = requests.post(url, json={"fileFormat": "NPY", **body}, timeout=30)
+        assert response.status_code == 200, response.text
+        return np.load(io.BytesIO(response.content))
+
+    bands = fetch(f"{S2}:getPixels", {"grid": grid(0, 50)})
+    whole = fetch("image:computePixels", {"expression": NDVI, "grid": grid(0, 50)})
+    tiled = np.concatenate([fetch("image:computePixels", {"expression": NDVI,
+                                                          "grid": grid(0, 21)}),
+                            fetch("image:computePixels", {"expression": NDVI,
+                                                          "grid": grid(21, 29)})])
+    assert tiled.tobytes() == whole.tobytes()
+    # The same source pixels getPixels picks: the NDVI of its answer, pixel for pixel. The
+    # grid reaches past the asset (80 x 7 m > 500 m): there both are masked, i.e. 0.
+    reference = ndvi_reference(np.stack([bands["B4"], bands["B8"]]))
+    np.testing.assert_array_equal(whole["nd"], reference)
+    assert (whole["nd"][:, 72:] == 0).all() and (whole["nd"][:, :70] != 0).any()
 
 
 def test_value_compute_describes_band_types(ee: Any) -> None:

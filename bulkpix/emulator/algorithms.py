@@ -520,7 +520,7 @@ def _reduce(statistic: str) -> Callable[[dict[str, Any], Context], Image]:
         for i, band_id in enumerate(images[0].band_ids()):
             values = np.stack([im.bands[i].values.astype(np.float64) for im in images])
             masks = np.stack([im.bands[i].mask for im in images])
-            valid = masks.any(axis=0)
+            valid: np.ndarray = np.asarray(masks.any(axis=0))
             stacked = np.where(masks, values, np.nan)
             with np.errstate(all="ignore"), warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)  # all-masked pixels: masked below
