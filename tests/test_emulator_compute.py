@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import io
 import json
 from collections.abc import Iterator
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -392,7 +394,13 @@ def test_a_repeated_subgraph_is_referenced(assets: dict[str, Asset],
 def emulator(data: dict[str, Any]) -> Iterator[Any]:
     config = EmulatorConfig(assets=data["assets"])
     with emulator_in_thread(config) as emu:
-        emu.compute.collections = collection_source(emu.assets)
+        # The collection as the emulator's collection listing holds it: images with their
+        # asset, start and end times and footprint.
+        images = [SimpleNamespace(asset=member.asset, footprint=None,
+                                  start=dt.datetime.fromtimestamp(member.start_ms / 1000, dt.UTC),
+                                  end=None)
+                  for member in collection_source(emu.assets)(COLLECTION) or []]
+        emu.collections = {COLLECTION: SimpleNamespace(images=images)}
         yield emu
 
 

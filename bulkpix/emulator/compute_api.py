@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import json
 import re
 from collections.abc import Iterator
@@ -68,10 +69,23 @@ class ComputeService:
     def __init__(self, emulator: Emulator,
                  collections: CollectionSource | None = None) -> None:
         self._emulator = emulator
-        # The images of a collection asset; set by whoever serves collections.
-        self.collections: CollectionSource = collections or (lambda _name: None)
+        # The images of a collection asset, by its name; by default the emulator's own
+        # collections (see ``_served_collection``).
+        self.collections: CollectionSource = collections or self._served_collection
         self._in_flight = 0
         self.pixels_computed = 0
+
+    def _served_collection(self, name: str) -> list[CollectionImage] | None:
+        """The images of a collection the emulator serves (``emulator.collections``: name ->
+        an object whose ``images`` have ``asset``, ``start``/``end`` datetimes and a
+        ``footprint`` GeoJSON), in its listing order; None if there is none such."""
+        served = getattr(self._emulator, "collections", None)
+        if not isinstance(served, dict) or name not in served \
+                or name in self._emulator.config.forbidden:
+            return None
+        return [CollectionImage(image.asset, _milliseconds(image.start),
+                                _milliseconds(image.end), image.footprint)
+                for image in served[name].images]
 
     # -- shared pieces -------------------------------------------------------------------
 
@@ -190,6 +204,10 @@ class ComputeService:
         ids, arrays, _dtypes, all_valid = image.output(band_ids)
         return encode(file_format, ids, arrays, grid.crs, grid.transform, visualization,
                       all_valid)
+
+
+def _milliseconds(moment: dt.datetime | None) -> int | None:
+    return None if moment is None else round(moment.timestamp() * 1000)
 
 
 async def _json_body(request: web.Request, fields: set[str]) -> dict[str, Any]:
