@@ -222,6 +222,31 @@ def test_arithmetic_broadcasts_one_band_and_promotes_to_float(assets: dict[str, 
         run(assets, call("Image.add", image1=load(S2), image2=load(SIGNED)))
 
 
+def test_casts_saturate_and_add_bands(assets: dict[str, Asset], data: dict[str, Any]) -> None:
+    image = run(assets, call("Image.toByte", value=call("Image.select", input=load(SIGNED),
+                                                        bandSelectors=["a", "f"])))
+    assert [b["data_type"] for b in image.describe()["bands"]] == [
+        {"type": "PixelType", "precision": "int", "min": 0, "max": 255}] * 2
+    out = output(image)
+    np.testing.assert_array_equal(out["a"], np.clip(data["signed"][0], 0, 255))
+    np.testing.assert_array_equal(out["f"], np.clip(np.trunc(data["floats"]), 0, 255))
+    assert out["a"].dtype == np.uint8
+    image = run(assets, call("Image.toFloat", value=load(S2)))
+    assert output(image)["B4"].dtype == np.float32
+
+    image = run(assets, call("Image.addBands", dstImg=load(S2), srcImg=load(SIGNED),
+                             names=["f"]))
+    assert image.band_ids() == ["B4", "B8", "f"]
+    np.testing.assert_array_equal(output(image)["f"], data["floats"])
+    renamed = call("Image.rename", input=call("Image.select", input=load(SIGNED),
+                                              bandSelectors=["a"]), names=["B8"])
+    image = run(assets, call("Image.addBands", dstImg=load(S2), srcImg=renamed, overwrite=True))
+    assert image.band_ids() == ["B4", "B8"]
+    np.testing.assert_array_equal(output(image)["B8"], data["signed"][0])
+    with pytest.raises(ApiError, match="Can't add a band named 'B8'"):
+        run(assets, call("Image.addBands", dstImg=load(S2), srcImg=renamed))
+
+
 def ndvi_reference(s2: np.ndarray) -> np.ndarray:
     red, nir = s2[0].astype(np.float64), s2[1].astype(np.float64)
     total = nir + red

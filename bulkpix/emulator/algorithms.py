@@ -2,7 +2,8 @@
 
 Supported (numpy over the output grid, see ``compute``): Image.load, Image.select,
 Image.constant, Image.add/subtract/multiply/divide, Image.gt/gte/lt/lte/eq/neq (for masks),
-Image.normalizedDifference,
+Image.toFloat/toDouble/toByte/toInt8/toUint8/toInt16/toUint16/toInt32/toUint32,
+Image.addBands, Image.normalizedDifference,
 Image.updateMask, Image.unmask, Image.rename; ImageCollection.load, Collection.filter with
 Filter.dateRangeContains (filterDate), Filter.intersects (filterBounds) and Filter.and;
 reduce.median, reduce.mean, ImageCollection.mosaic; and the helpers earthengine-api puts in
@@ -43,6 +44,7 @@ from bulkpix.emulator.compute import (
     Context,
     Image,
     PixelType,
+    cast_values,
     image_of,
     union_type,
 )
@@ -246,6 +248,47 @@ def _arithmetic(op: str) -> Callable[[dict[str, Any], Context], Image]:
         return Image(bands, left.footprint & right.footprint)
 
     return run
+
+
+_CASTS: dict[str, PixelType] = {
+    "toFloat": PixelType("float"),
+    "toDouble": PixelType("double"),
+    **{f"to{name}": PixelType("int", int(np.iinfo(dtype).min), int(np.iinfo(dtype).max))
+       for name, dtype in (("Byte", np.uint8), ("Int8", np.int8), ("Uint8", np.uint8),
+                           ("Int16", np.int16), ("Uint16", np.uint16), ("Int32", np.int32),
+                           ("Uint32", np.uint32))},
+}
+
+
+def _cast_to(op: str) -> Callable[[dict[str, Any], Context], Image]:
+    """Image.toFloat and its kin. An int cast saturates at the type's bounds and truncates a
+    fraction toward zero."""
+    kind = _CASTS[op]
+
+    def run(arguments: dict[str, Any], context: Context) -> Image:
+        image = _image(arguments, "value", context, f"Image.{op}")
+        bands = [Band(b.id, kind, cast_values(b.values, kind.dtype), b.mask) for b in image.bands]
+        return Image(bands, image.footprint)
+
+    return run
+
+
+def _add_bands(arguments: dict[str, Any], context: Context) -> Image:
+    target = _image(arguments, "dstImg", context, "Image.addBands")
+    source = _image(arguments, "srcImg", context, "Image.addBands")
+    names = arguments.get("names")
+    added = source.bands if names is None else [source.band(n) for n in _string_list(
+        names, "Image.addBands, argument 'names'")]
+    overwrite = bool(arguments.get("overwrite"))
+    kept = [b for b in target.bands if not overwrite or b.id not in {a.id for a in added}]
+    clashes = {b.id for b in kept} & {a.id for a in added}
+    if clashes:
+        raise ApiError(400, f"Image.addBands: Can't add a band named '{sorted(clashes)[0]}' to "
+                            "an image that has one already (use overwrite).")
+    # Overwritten bands keep their place; new ones follow, as the service orders them.
+    by_id = {a.id: a for a in added}
+    bands = [by_id.pop(b.id) if b.id in by_id and overwrite else b for b in target.bands]
+    return Image(bands + list(by_id.values()), target.footprint)
 
 
 _COMPARISONS: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
@@ -564,6 +607,8 @@ SUPPORTED: dict[str, _Algorithm] = {
     "Image.multiply": _Algorithm(_arithmetic("multiply"), ("image1", "image2")),
     "Image.divide": _Algorithm(_arithmetic("divide"), ("image1", "image2")),
     **{f"Image.{op}": _Algorithm(_comparison(op), ("image1", "image2")) for op in _COMPARISONS},
+    **{f"Image.{op}": _Algorithm(_cast_to(op), ("value",)) for op in _CASTS},
+    "Image.addBands": _Algorithm(_add_bands, ("dstImg", "srcImg"), ("names", "overwrite")),
     "Image.normalizedDifference": _Algorithm(_normalized_difference, ("input",),
                                              ("bandNames",)),
     "Image.updateMask": _Algorithm(_update_mask, ("image", "mask")),

@@ -31,6 +31,7 @@ __all__ = [
     "Context",
     "Image",
     "PixelType",
+    "cast_values",
     "evaluate",
     "image_of",
     "pixel_type_of",
@@ -115,7 +116,7 @@ class Image:
         arrays, all_valid = [], True
         for band in bands:
             dtype = band.type.dtype
-            values = _cast(band.values, dtype)
+            values = cast_values(band.values, dtype)
             arrays.append(np.where(band.mask, values, np.zeros((), dtype)).astype(dtype,
                                                                                  copy=False))
             all_valid = all_valid and bool(band.mask.all())
@@ -134,13 +135,17 @@ class Image:
                 "bands": [{"id": b.id, "data_type": b.type.describe()} for b in self.bands]}
 
 
-def _cast(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
+def cast_values(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Values as ``dtype``: a cast to an int saturates at its bounds and truncates toward zero
+    (never wraps around)."""
     if values.dtype == dtype:
         return values
-    if np.issubdtype(dtype, np.integer) and not np.issubdtype(values.dtype, np.integer):
+    if np.issubdtype(dtype, np.integer):
         info = np.iinfo(dtype)
-        # Saturate, then truncate toward zero, as a Java-style narrowing cast of a float does.
-        values = np.trunc(np.clip(np.nan_to_num(values), info.min, info.max))
+        if np.issubdtype(values.dtype, np.integer):
+            values = np.clip(values.astype(np.int64), info.min, info.max)
+        else:
+            values = np.trunc(np.clip(np.nan_to_num(values), info.min, info.max))
     return values.astype(dtype)
 
 
