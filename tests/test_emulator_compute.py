@@ -580,6 +580,9 @@ def test_compute_pixels_refuses_bad_requests(emulator: Any) -> None:
          "must be less than or equal to 32768 pixels"),
         ({"expression": graph(load(S2)), "fileFormat": "PNG", "grid": grid},
          "needs 1 or 3 bands of 8-bit unsigned data"),
+        ({"expression": graph(load("projects/demo-project/assets/nope")), "fileFormat": "NPY",
+          "grid": grid}, "Image.load: Image asset 'projects/demo-project/assets/nope' not "
+                         "found (does not exist or caller does not have access)."),
     ]
     for body, message in cases:
         response = post(emulator, "image:computePixels", body)

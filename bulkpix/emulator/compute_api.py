@@ -23,6 +23,7 @@ from aiohttp import web
 from rasterio.crs import CRS
 
 from bulkpix.emulator.algorithms import algorithm_list
+from bulkpix.emulator.assets import Asset
 from bulkpix.emulator.compute import (
     CollectionImage,
     CollectionSource,
@@ -90,7 +91,16 @@ class ComputeService:
     # -- shared pieces -------------------------------------------------------------------
 
     def _context(self, grid: OutputGrid) -> Context:
-        return Context(grid, self._emulator._asset, self._collection)
+        return Context(grid, self._asset, self._collection)
+
+    def _asset(self, name: str) -> Asset:
+        """An asset an expression loads. Inside a computation the service answers a missing
+        or forbidden asset alike, with a 400 naming the algorithm."""
+        try:
+            return self._emulator._asset(name)
+        except ApiError:
+            raise ApiError(400, f"Image.load: Image asset '{name}' not found (does not exist "
+                                "or caller does not have access).") from None
 
     def _collection(self, name: str) -> list[CollectionImage] | None:
         return self.collections(name)
