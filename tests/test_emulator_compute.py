@@ -679,6 +679,13 @@ def test_compute_faults_from_the_command_line() -> None:
     assert config_from_args(args).compute == ComputeConfig(100, 200, 3, 9)
 
 
+def test_a_negative_compute_flag_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    from bulkpix.emulator.cli import main
+    assert main(["--synthetic", "projects/p/assets/x:10x10", "--compute-budget", "-1"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().count("\n") == 0 and "budget_pixels must be >= 0" in err
+
+
 def test_expression_json_round_trip(data: dict[str, Any], assets: dict[str, Asset]) -> None:
     # What a job file would hold: the graph as JSON text evaluates the same.
     text = json.dumps(NDVI)
