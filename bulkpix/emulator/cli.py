@@ -10,7 +10,7 @@ import signal
 import sys
 from typing import NoReturn
 
-from bulkpix.emulator.config import EmulatorConfig, FaultConfig, SyntheticAsset
+from bulkpix.emulator.config import ComputeConfig, EmulatorConfig, FaultConfig, SyntheticAsset
 from bulkpix.emulator.server import run_emulator
 
 __all__ = ["build_parser", "main"]
@@ -89,6 +89,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="answer 404 NOT_FOUND (permanent)")
     add("--max-request-bytes", type=int, default=50_331_648, metavar="BYTES",
         help="the request-size limit (lower it to play a service that counts differently)")
+    add("--compute-memory-limit", type=int, default=None, metavar="PIXELS",
+        help="computePixels over this many pixels: 400 'User memory limit exceeded.'")
+    add("--compute-timeout", type=int, default=None, metavar="PIXELS",
+        help="computePixels over this many pixels: 400 'Computation timed out.'")
+    add("--compute-max-concurrent", type=int, default=None, metavar="N",
+        help="computations at once before 429 'Too many concurrent aggregations.'")
+    add("--compute-budget", type=int, default=None, metavar="PIXELS",
+        help="after this many computed pixels, answer with the header "
+             "x-earth-engine-quota-status: parallelism_restricted=true")
     add("--log", metavar="PATH", help="append one JSON line per call to PATH")
     return parser
 
@@ -121,6 +130,10 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
         service_base_s=args.service_base, service_per_mb_s=args.service_per_mb,
         service_jitter=args.service_jitter, seed=args.seed, faults=faults, log_path=args.log,
         max_request_bytes=args.max_request_bytes,
+        compute=ComputeConfig(memory_limit_pixels=args.compute_memory_limit,
+                              timeout_pixels=args.compute_timeout,
+                              max_concurrent=args.compute_max_concurrent,
+                              budget_pixels=args.compute_budget),
         host=args.host, port=args.port)
 
 

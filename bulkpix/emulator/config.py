@@ -7,7 +7,7 @@ from typing import Literal
 
 from affine import Affine
 
-__all__ = ["EmulatorConfig", "FaultConfig", "SyntheticAsset"]
+__all__ = ["ComputeConfig", "EmulatorConfig", "FaultConfig", "SyntheticAsset"]
 
 
 @dataclass
@@ -55,6 +55,24 @@ class SyntheticAsset:
 
 
 @dataclass
+class ComputeConfig:
+    """Faults of computation (computePixels), by output size in pixels (width x height)."""
+
+    memory_limit_pixels: int | None = None  # above: 400 "User memory limit exceeded."
+    timeout_pixels: int | None = None  # above: 400 "Computation timed out."
+    max_concurrent: int | None = None  # computations at once before 429 "Too many concurrent..."
+    # Once this many pixels have been computed, answers carry the header
+    # x-earth-engine-quota-status: parallelism_restricted=true.
+    budget_pixels: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("memory_limit_pixels", "timeout_pixels", "max_concurrent", "budget_pixels"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ValueError(f"{name} must be >= 0")
+
+
+@dataclass
 class EmulatorConfig:
     """Everything the emulator serves and how it misbehaves."""
 
@@ -74,6 +92,7 @@ class EmulatorConfig:
     max_request_bytes: int = 50_331_648
     seed: int = 0
     faults: FaultConfig = field(default_factory=FaultConfig)
+    compute: ComputeConfig = field(default_factory=ComputeConfig)
     log_path: str | None = None
     host: str = "127.0.0.1"
     port: int = 0

@@ -64,7 +64,8 @@ def _closed(request: web.Request) -> bool:
 
 async def send_payload(request: web.Request, payload: bytes, content_type: str,
                        fault: str | None, faults: FaultConfig,
-                       commit: Callable[[int | None, int], None]) -> web.StreamResponse:
+                       commit: Callable[[int | None, int], None],
+                       headers: dict[str, str] | None = None) -> web.StreamResponse:
     """Send ``payload`` with an honest Content-Length, applying a reset/truncate/stall fault
     and the bandwidth cap. ``commit(status, bytes)`` is called once, before the last byte
     leaves, so whoever reads the log after receiving the answer finds the call in it."""
@@ -73,7 +74,8 @@ async def send_payload(request: web.Request, payload: bytes, content_type: str,
         if request.transport is not None:
             request.transport.abort()  # no status line, no headers: the connection just drops
         return web.Response(status=200)
-    response = web.StreamResponse(status=200, headers={"Content-Type": content_type})
+    response = web.StreamResponse(status=200, headers={"Content-Type": content_type,
+                                                       **(headers or {})})
     response.content_length = len(payload)
     await response.prepare(request)
     if fault == "stall":

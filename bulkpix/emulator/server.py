@@ -16,6 +16,7 @@ from urllib.parse import unquote
 from aiohttp import web
 
 from bulkpix.emulator.assets import Asset, load_assets
+from bulkpix.emulator.compute_api import ComputeService, compute_route
 from bulkpix.emulator.config import EmulatorConfig
 from bulkpix.emulator.discovery import discovery_document
 from bulkpix.emulator.encode import check_format, encode
@@ -72,6 +73,7 @@ class Emulator:
         self.quota = Quota(config)
         self._log = RequestLog(config.log_path)
         self._pixel_calls = 0  # numbers getPixels calls for the seeded fault/jitter draws
+        self.compute = ComputeService(self)  # computePixels, value:compute, the algorithm list
 
     @property
     def log(self) -> list[dict[str, Any]]:
@@ -137,18 +139,22 @@ class Emulator:
         path = unquote(request.raw_path.split("?", 1)[0])
         match = _API_PATH.fullmatch(path)
         name = match.group(2) if match else None
-        op = "get_asset"
-        if name is not None and name.endswith(_GET_PIXELS_SUFFIX):
-            op, name = "get_pixels", name[: -len(_GET_PIXELS_SUFFIX)]
+        op, expected_method = "get_asset", "GET"
+        route = compute_route(name)
+        if route is not None:
+            op, expected_method = route
+        elif name is not None and name.endswith(_GET_PIXELS_SUFFIX):
+            op, name, expected_method = "get_pixels", name[: -len(_GET_PIXELS_SUFFIX)], "POST"
         call = _Call(self._log, request, op, asset=name)
         try:
-            expected_method = "POST" if op == "get_pixels" else "GET"
             if name is None or request.method != expected_method:
                 raise ApiError(404, f"Method not found: {request.method} {path}.")
             self._authorize(request)
             response: web.StreamResponse
             with self.quota.slot():
-                if op == "get_asset":
+                if route is not None:
+                    response = await self.compute.handle(request, op, call)
+                elif op == "get_asset":
                     response = web.json_response(self._asset(name).metadata())
                 else:
                     response = await self._get_pixels(request, name, call)
