@@ -141,6 +141,39 @@ def test_restart_keeps_what_the_user_added_to_a_batch_output(tmp_path: Path) -> 
     assert _kind(output).kind is OutputKind.BATCH
 
 
+def test_restart_never_makes_an_item_over_data_bulkpix_did_not_write(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    output = tmp_path / "batch.zarr"
+    with emulator_thread(synthetic={ASSET: SYNTH}) as emu:
+        keys = _keys(emu.url, output, items=[{"name": "a"}])
+        assert main(["run", "--quiet", str(write_job(tmp_path / "a.yaml", **keys))]) == 0
+        root = zarr.open_group(output, mode="a")
+        root.create_group("mine").create_array("u8", shape=(3,), dtype="int32", fill_value=5)
+        root.create_array("x", shape=(2,), dtype="float32", fill_value=7)  # not a coordinate
+        before = _digest(output)
+        start = len(emu.log)
+        # A new item at the user's group: refused with or without --restart.
+        keys["items"] = [{"name": "a"}, {"name": "mine"}]
+        job = write_job(tmp_path / "b.yaml", **keys)
+        for args in ([], ["--restart"]):
+            capsys.readouterr()
+            assert main(["run", "--quiet", *args, str(job)]) == 2
+            err = capsys.readouterr().err
+            assert "did not write at mine" in err and "Traceback" not in err
+            assert _digest(output) == before
+        # A single item made at the root after --restart cleared the batch: the user's "x"
+        # is where the item's coordinate would go.
+        single = write_job(tmp_path / "s.yaml", **_keys(emu.url, output))
+        capsys.readouterr()
+        assert main(["run", "--quiet", "--restart", str(single)]) == 2
+        assert "did not write at x" in capsys.readouterr().err
+        assert _digest(output) == before  # refused before --restart cleared anything
+        assert _pixel_requests(emu, start) == 0
+    root = zarr.open_group(output, mode="r", use_consolidated=False)
+    assert (root["mine"]["u8"][:] == 5).all() and (root["x"][:] == 7).all()
+
+
 def test_restart_keeps_a_user_array_inside_a_single_item_output(tmp_path: Path) -> None:
     output = tmp_path / "single.zarr"
     with emulator_thread(synthetic={ASSET: SYNTH}) as emu:

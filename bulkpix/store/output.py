@@ -320,6 +320,14 @@ def check_output(job: Job, state: OutputState, plans: Sequence[ItemPlan], restar
     if state.kind is OutputKind.FOREIGN:
         advice = "--restart will not delete it" if restart else "use another output"
         raise StoreMismatch(f"output {output} holds data bulkpix did not write; {advice}")
+    # Before the early return: --restart deletes only what the record shows to be bulkpix's,
+    # so an item may not be made over a group someone else keeps at its path.
+    for path in state.foreign_paths:
+        advice = "--restart will not delete it; " if restart else ""
+        raise StoreMismatch(
+            f"output {output} holds data bulkpix did not write at {path}; "
+            f"{advice}use another item name or output"
+        )
     if restart or state.kind is OutputKind.EMPTY:
         return
     if state.kind is OutputKind.DAMAGED:
@@ -335,11 +343,6 @@ def check_output(job: Job, state: OutputState, plans: Sequence[ItemPlan], restar
     if not job.is_batch and state.batch:
         raise StoreMismatch(
             f"output {output} holds a batch job; use --restart to replace it, or another output"
-        )
-    for path in state.foreign_paths:
-        raise StoreMismatch(
-            f"output {output} holds data bulkpix did not write at {path}; "
-            "use another item name or output"
         )
     for plan in plans:
         recorded = state.items.get(plan.path)
@@ -540,6 +543,7 @@ async def claim_output(
             # Another run may have changed the output while this one waited: look again.
             state = await inspect_store(store, job.output, paths)
             check_output(job, state, plans, restart)
+            await _refuse_unowned_nodes(store, job.output, plans, state)
             if not lease.joined:  # no other run of this job is writing: its temp files are ours
                 remove_partials(job.output, state)
             if restart:
@@ -610,6 +614,33 @@ async def _open_items(
         wrapped.track(writer.array_paths())
         opened.append(OpenedItem(plan, writer, record, frozenset(done)))
     return opened
+
+
+async def _refuse_unowned_nodes(
+    store: Store, output: str, plans: Sequence[ItemPlan], state: OutputState
+) -> None:
+    """Refuse nodes at an item's band or coordinate names that its record does not own: the
+    writer would make (or overwrite) its own over them, and --restart does not clear them."""
+    for plan in plans:
+        recorded = state.items.get(plan.path)
+        owned = {*recorded.bands, *COORD_NAMES} if recorded is not None else set()
+        prefix = f"{plan.path}/" if plan.path else ""
+        for name in (*(band.id for band in plan.bands), *COORD_NAMES):
+            # The record is checked after the keys, as in inspect_output: a run of this job
+            # sharing the lease writes an item's record before its nodes, so nodes without a
+            # record now are not its own.
+            if (
+                name not in owned
+                and await has_keys_under(store, prefix + name)
+                and (
+                    recorded is not None
+                    or not await store.exists(f"{prefix}{RECORD_DIR}/{JOB_KEY}")
+                )
+            ):
+                raise StoreMismatch(
+                    f"output {output} holds data bulkpix did not write at {prefix}{name}; "
+                    "--restart will not delete it; use another item name or output"
+                )
 
 
 def _remove_if_no_files(path: Path) -> None:
