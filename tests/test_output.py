@@ -256,10 +256,54 @@ def _damage_band_array(output: Path, item: str) -> str:
     return f"the band array {item + '/' if item else ''}u8 is missing"
 
 
+def _damage_corrupt_root_metadata(output: Path, item: str) -> str:
+    (output / item / "zarr.json").write_text("{")
+    return f"the group metadata {item + '/' if item else ''}zarr.json is unreadable"
+
+
+def _damage_corrupt_band_metadata(output: Path, item: str) -> str:
+    (output / item / "u8" / "zarr.json").write_text('{"zarr_format": 3, "node_ty')
+    return f"the band array metadata {item + '/' if item else ''}u8/zarr.json is unreadable"
+
+
+def test_a_batch_root_with_unreadable_metadata_is_damaged_and_repaired(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    output = tmp_path / "out.zarr"
+    with emulator_thread(synthetic={ASSET: SYNTH}) as emu:
+        job = write_job(tmp_path / "j.yaml", **_keys(emu.url, output, items=[{"name": "a"}]))
+        assert main(["run", "--quiet", str(job)]) == 0
+        (output / "zarr.json").write_text("{")
+        capsys.readouterr()
+        assert main(["run", "--quiet", str(job)]) == 1
+        err = capsys.readouterr().err
+        assert "is damaged: the group metadata zarr.json is unreadable" in err
+        assert "Traceback" not in err
+        assert main(["status", str(output)]) == 1
+        assert main(["verify", str(output)]) == 1
+        assert main(["run", "--quiet", "--restart", str(job)]) == 0
+    np.testing.assert_array_equal(
+        zarr.open_group(output, mode="r")["a"]["u8"][:], synthetic_pixels(0, ROWS, COLS)
+    )
+    assert main(["status", str(output)]) == 0
+
+
 @pytest.mark.parametrize(
     "damage",
-    [_damage_truncated_record, _damage_root_metadata, _damage_band_array],
-    ids=["truncated-record", "deleted-zarr-json", "deleted-band-array"],
+    [
+        _damage_truncated_record,
+        _damage_root_metadata,
+        _damage_band_array,
+        _damage_corrupt_root_metadata,
+        _damage_corrupt_band_metadata,
+    ],
+    ids=[
+        "truncated-record",
+        "deleted-zarr-json",
+        "deleted-band-array",
+        "corrupt-zarr-json",
+        "corrupt-band-metadata",
+    ],
 )
 @pytest.mark.parametrize("batch", [False, True], ids=["single", "batch"])
 def test_a_damaged_output_is_named_and_repaired_by_restart(

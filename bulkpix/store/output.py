@@ -105,6 +105,8 @@ class RecordedItem:
     bands: tuple[str, ...]  # from the record, or from the group's copy when it is unreadable
     done: int  # done-markers listed
     missing: tuple[str, ...]  # nodes bulkpix made that are gone ("zarr.json": the group)
+    # Metadata documents of nodes bulkpix made that do not parse (keys relative to the item).
+    unparseable: tuple[str, ...] = ()
 
     @property
     def label(self) -> str:
@@ -133,6 +135,14 @@ class RecordedItem:
                     found.append(f"the coordinate array {prefix}{name} is missing")
                 else:
                     found.append(f"the band array {prefix}{name} is missing")
+        for key in self.unparseable:
+            node = key.rpartition("/")[0]
+            what = (
+                "group"
+                if not node
+                else ("coordinate array" if node in COORD_NAMES else "band array")
+            )
+            found.append(f"the {what} metadata {prefix}{key} is unreadable")
         return tuple(found)
 
     @property
@@ -206,6 +216,10 @@ async def _inspect_once(store: Store, output: str, item_paths: list[str]) -> Out
     damage: list[str] = []
     if batch_exists and not batch_readable:
         damage.append(f"the batch record {BATCH_KEY} is unreadable")
+    if batch:
+        for key in (_METADATA, _V2_GROUP):
+            if await _metadata_document(store, key) is False:
+                damage.append(f"the group metadata {key} is unreadable")
     for item in items.values():
         where = f"item {item.path}: " if batch else ""
         damage.extend(where + what for what in item.damage)
@@ -292,13 +306,30 @@ async def _inspect_item(store: Store, path: str) -> RecordedItem:
     prefix = f"{path}/" if path else ""
     v2 = (fingerprint or {}).get("zarr_format") == 2 or await store.exists(prefix + _V2_GROUP)
     group_key, array_key = (_V2_GROUP, _V2_ARRAY) if v2 else (_METADATA, _METADATA)
-    missing = []
-    if not await store.exists(prefix + group_key):
-        missing.append(_METADATA)
-    for name in (*bands, *COORD_NAMES):
-        if not await store.exists(f"{prefix}{name}/{array_key}"):
+    missing, unparseable = [], []
+    for name, key in (
+        (_METADATA, group_key),
+        *((name, f"{name}/{array_key}") for name in (*bands, *COORD_NAMES)),
+    ):
+        found = await _metadata_document(store, prefix + key)
+        if found is None:
             missing.append(name)
-    return RecordedItem(path, fingerprint, bands, await record.count_done(), tuple(missing))
+        elif not found:
+            unparseable.append(key)
+    return RecordedItem(
+        path, fingerprint, bands, await record.count_done(), tuple(missing), tuple(unparseable)
+    )
+
+
+async def _metadata_document(store: Store, key: str) -> bool | None:
+    """Whether the metadata document at ``key`` parses as a JSON object; None if absent."""
+    buffer = await store.get(key, prototype=default_buffer_prototype())
+    if buffer is None:
+        return None
+    try:
+        return isinstance(json.loads(buffer.to_bytes()), dict)
+    except (ValueError, RecursionError, UnicodeDecodeError):
+        return False
 
 
 def _names(value: Any) -> tuple[str, ...]:
@@ -429,6 +460,8 @@ async def _strip_v2_group(store: Store, path: str) -> None:
             await store.delete(key)
         return
     await store.delete(prefix + ".zmetadata")  # it listed what is gone now
+    if not await _metadata_document(store, prefix + _V2_GROUP):
+        await store.delete(prefix + _V2_GROUP)  # unreadable: made again, as in _strip_group
     attributes = await _v2_group_attributes(store, path)
     if attributes:
         for name in _OUR_ATTRIBUTES:
@@ -458,9 +491,14 @@ async def _strip_group(store: Store, path: str) -> None:
         return
     try:
         document = json.loads(buffer.to_bytes())
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError, UnicodeDecodeError):
+        document = None
+    if not isinstance(document, dict):
+        # Unreadable: it cannot be stripped, and zarr cannot open the group; bulkpix made the
+        # group, so it goes and is made again (the nodes under it are left as they are).
+        await store.delete(key)
         return
-    if not isinstance(document, dict) or document.get("node_type") != "group":
+    if document.get("node_type") != "group":
         return
     attributes = document.get("attributes")
     if isinstance(attributes, dict):
