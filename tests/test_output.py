@@ -266,6 +266,33 @@ def _damage_corrupt_band_metadata(output: Path, item: str) -> str:
     return f"the band array metadata {item + '/' if item else ''}u8/zarr.json is unreadable"
 
 
+def test_a_batch_item_whose_record_is_gone_is_damaged_and_repaired(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    output = tmp_path / "out.zarr"
+    with emulator_thread(synthetic={ASSET: SYNTH}) as emu:
+        keys = _keys(emu.url, output, items=[{"name": "a"}, {"name": "b"}])
+        job = write_job(tmp_path / "j.yaml", **keys)
+        assert main(["run", "--quiet", str(job)]) == 0
+        (output / "b" / ".bulkpix" / "job.json").unlink()
+        what = "item b: the record b/.bulkpix/job.json is missing"
+        capsys.readouterr()
+        assert main(["status", str(output)]) == 1
+        assert f"damaged: {what}" in capsys.readouterr().out
+        assert main(["verify", str(output)]) == 1
+        assert f"damaged: {what}" in capsys.readouterr().out
+        assert main(["run", "--quiet", str(job)]) == 1
+        err = capsys.readouterr().err
+        assert f"is damaged: {what}" in err and "did not write" not in err
+        start = len(emu.log)
+        assert main(["run", "--quiet", "--restart", str(job)]) == 0
+        assert _pixel_requests(emu, start) == 8
+    # The band arrays went by the group's copy of the record, and came back.
+    root = zarr.open_group(output, mode="r")
+    np.testing.assert_array_equal(root["b"]["u8"][:], synthetic_pixels(0, ROWS, COLS))
+    assert main(["status", str(output)]) == 0
+
+
 def test_a_batch_root_with_unreadable_metadata_is_damaged_and_repaired(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -107,6 +107,7 @@ class RecordedItem:
     missing: tuple[str, ...]  # nodes bulkpix made that are gone ("zarr.json": the group)
     # Metadata documents of nodes bulkpix made that do not parse (keys relative to the item).
     unparseable: tuple[str, ...] = ()
+    record_missing: bool = False  # the batch record lists it, its own record is gone
 
     @property
     def label(self) -> str:
@@ -126,7 +127,8 @@ class RecordedItem:
         found = []
         prefix = f"{self.path}/" if self.path else ""
         if self.unreadable:
-            found.append(f"the record {prefix}{RECORD_DIR}/{JOB_KEY} is unreadable")
+            how = "missing" if self.record_missing else "unreadable"
+            found.append(f"the record {prefix}{RECORD_DIR}/{JOB_KEY} is {how}")
         if self.missing and not self.unfinished:
             for name in self.missing:
                 if name == _METADATA:
@@ -212,6 +214,11 @@ async def _inspect_once(store: Store, output: str, item_paths: list[str]) -> Out
         for name in sorted(candidates):
             if await store.exists(f"{name}/{RECORD_DIR}/{JOB_KEY}"):
                 items[name] = await _inspect_item(store, name)
+            elif name in batch_names and await has_keys_under(store, name):
+                # The batch record lists it and it has nodes: its record, written before any
+                # of them, is gone. (Listed with nothing under it: a run stopped before
+                # starting it.)
+                items[name] = await _inspect_item(store, name, record_missing=True)
     batch = "" not in items and (batch_exists or bool(items))
     damage: list[str] = []
     if batch_exists and not batch_readable:
@@ -291,7 +298,7 @@ async def _node_attributes(store: Store, path: str) -> dict[str, Any] | None:
     return attributes if isinstance(attributes, dict) else {}
 
 
-async def _inspect_item(store: Store, path: str) -> RecordedItem:
+async def _inspect_item(store: Store, path: str, *, record_missing: bool = False) -> RecordedItem:
     record = TileRecord(store, path)
     try:
         fingerprint = await record.fingerprint()
@@ -317,7 +324,13 @@ async def _inspect_item(store: Store, path: str) -> RecordedItem:
         elif not found:
             unparseable.append(key)
     return RecordedItem(
-        path, fingerprint, bands, await record.count_done(), tuple(missing), tuple(unparseable)
+        path,
+        fingerprint,
+        bands,
+        await record.count_done(),
+        tuple(missing),
+        tuple(unparseable),
+        record_missing,
     )
 
 
