@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -190,6 +191,33 @@ def test_restart_keeps_a_user_array_inside_a_single_item_output(tmp_path: Path) 
     assert (root["mask"][:] == 1).all()
     assert (output / "provenance.txt").read_text() == "by hand"
     np.testing.assert_array_equal(root["u8"][:], synthetic_pixels(0, ROWS, COLS))
+
+
+@pytest.mark.parametrize("batch", [False, True], ids=["single", "batch"])
+def test_restart_refuses_a_format_change_while_the_user_has_data_there(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], batch: bool
+) -> None:
+    output = tmp_path / "out.zarr"
+    more: dict[str, Any] = {"items": [{"name": "a"}]} if batch else {}
+    with emulator_thread(synthetic={ASSET: SYNTH}) as emu:
+        v3 = write_job(tmp_path / "3.yaml", **_keys(emu.url, output, **more))
+        assert main(["run", "--quiet", str(v3)]) == 0
+        v2 = write_job(tmp_path / "2.yaml", **_keys(emu.url, output, zarr_format=2, **more))
+        zarr.open_group(output, mode="a").create_array("mine", shape=(2,), dtype="uint8")
+        before = _digest(output)
+        capsys.readouterr()
+        assert main(["run", "--quiet", "--restart", str(v2)]) == 2
+        err = capsys.readouterr().err
+        assert "zarr_format" in err and "mine" in err and "Traceback" not in err
+        assert len(err.strip().splitlines()) == 1
+        assert _digest(output) == before
+        # Without the user's data the format changes cleanly.
+        shutil.rmtree(output / "mine")
+        assert main(["run", "--quiet", "--restart", str(v2)]) == 0
+    assert (output / ".zgroup").exists() and not (output / "zarr.json").exists()
+    root = zarr.open_group(output, mode="r", zarr_format=2)
+    item = root["a"] if batch else root
+    np.testing.assert_array_equal(item["u8"][:], synthetic_pixels(0, ROWS, COLS))
 
 
 def test_the_record_owns_the_item_layout_not_the_group_attribute(tmp_path: Path) -> None:

@@ -598,6 +598,7 @@ async def claim_output(
             if not lease.joined:  # no other run of this job is writing: its temp files are ours
                 remove_partials(job.output, state)
             if restart:
+                await _refuse_format_change_over_user_data(store, job, state)
                 await clear_output(store, state)
                 state = await inspect_store(store, job.output, paths)
             wrapped = ChecksumStore(store, durable=job.durable, guard=lease.check)
@@ -692,6 +693,29 @@ async def _refuse_unowned_nodes(
                     f"output {output} holds data bulkpix did not write at {prefix}{name}; "
                     "--restart will not delete it; use another item name or output"
                 )
+
+
+async def _refuse_format_change_over_user_data(store: Store, job: Job, state: OutputState) -> None:
+    """A --restart in another Zarr format keeps the root group when the user's data is in
+    it, in the old format: it would hold both formats' metadata. Refused instead."""
+    old = 2 if await store.exists(_V2_GROUP) else 3 if await store.exists(_METADATA) else None
+    if old is None or old == job.zarr_format or not (state.items or state.batch):
+        return
+    group_files = (_METADATA, *_V2_GROUP_FILES)
+    owned_dirs = [f"{RECORD_DIR}/"]
+    owned_files = set(group_files)
+    for item in state.items.values():
+        prefix = f"{item.path}/" if item.path else ""
+        owned_dirs.extend(f"{prefix}{name}/" for name in (*item.bands, *COORD_NAMES, RECORD_DIR))
+        owned_files.update(prefix + name for name in group_files)
+    async for key in store.list_prefix(""):
+        if key in owned_files or key.startswith(tuple(owned_dirs)) or _PARTIAL.search(key):
+            continue
+        raise StoreMismatch(
+            f"output {job.output} holds data bulkpix did not write ({key}) in Zarr v{old}; "
+            f"--restart with zarr_format {job.zarr_format} would leave it in a v{old} group: "
+            f"keep zarr_format {old}, or use another output"
+        )
 
 
 def _remove_if_no_files(path: Path) -> None:
