@@ -109,6 +109,7 @@ PIXEL_MODES = (
     "gzip_bomb",  # 200, Content-Encoding gzip, 4 MB expanding to 4 GiB
     "endless",  # 200, chunked with no Content-Length, 1 GiB of zeros
     "huge_error",  # 500 whose body is 1 GiB (streamed)
+    "huge_nested_error",  # 500 whose JSON body is "[" 60,000 deep
     "retry_after_day",  # 429, Retry-After: 86400
     "retry_after_1e300",  # 429, Retry-After: 1e300
     "retry_after_2099",  # 503, Retry-After: an HTTP date in 2099
@@ -217,6 +218,8 @@ class HostileServer:
                 for _ in range(2**30 // len(chunk)):
                     await response.write(chunk)
             return response
+        if mode == "huge_nested_error":
+            return web.Response(status=500, text="[" * 60_000, content_type="application/json")
         if mode.startswith("retry_after_"):
             value = {
                 "retry_after_day": "86400",

@@ -225,3 +225,18 @@ def test_the_users_path_run_v2_with_nodata_then_export_and_preview(
         np.testing.assert_array_equal(dataset.read(1), u16)
     assert main(["preview", str(output), str(tmp_path / "q.png"), "--size", "70"]) == 0
     assert "70 x 50 px of u16" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", ["export", "preview"])
+@pytest.mark.parametrize("inside", ["zarr.json", "a/new.tif", "link/zarr.json"])
+def test_a_destination_inside_the_output_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str, inside: str
+) -> None:
+    output = make_output(tmp_path / "out.zarr", [("a", "uint8")], 40, 40, ramp, chunk=32)
+    (tmp_path / "link").symlink_to(output)  # the output under another name
+    before = {p: p.read_bytes() for p in output.rglob("*") if p.is_file()}
+    destination = (tmp_path / inside) if inside.startswith("link") else (output / inside)
+    assert main([command, str(output), str(destination)]) == 2
+    err = capsys.readouterr().err
+    assert "is inside the output" in err and err.count("\n") == 1
+    assert {p: p.read_bytes() for p in output.rglob("*") if p.is_file()} == before

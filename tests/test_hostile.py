@@ -145,6 +145,32 @@ async def test_a_huge_error_body_is_read_only_in_part(server: HostileServer, tra
     assert peak_mib() < (MAX_ERROR_BYTES + MARGIN) / MiB
 
 
+def test_an_error_body_nested_too_deep_fails_the_tiles_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    output = tmp_path / "out.zarr"
+    with hostile_server_thread(pixels="huge_nested_error") as server:
+        job = write_job(
+            tmp_path / "job.yaml",
+            asset=ASSET,
+            output=str(output),
+            endpoint=server.url,
+            credentials="none",
+            chunk=16,
+            tile=[32, 32],
+            concurrency=2,
+            retries={"max_attempts": 2, "backoff_base": 0.01, "backoff_cap": 0.05},
+        )
+        assert main(["run", "--quiet", str(job)]) == 1
+        captured = capsys.readouterr()
+        assert "Traceback" not in captured.err + captured.out
+        assert "4 tile(s) failed" in captured.err and "HTTP 500" in captured.err
+        assert len(server.pixel_requests) == 8  # each tile retried, as a 500 is
+    assert main(["status", str(output)]) == 1  # not finished, and not said to be
+    out = capsys.readouterr().out
+    assert "incomplete" in out and "Traceback" not in out
+
+
 # -- memory: a whole run -----------------------------------------------------------------------
 
 

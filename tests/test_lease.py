@@ -163,6 +163,63 @@ def test_the_lease_is_renewed_while_the_run_lives_and_lost_when_renewals_fail() 
     run_virtual(go)
 
 
+def test_a_shared_lease_stays_while_another_run_of_the_job_still_writes() -> None:
+    store = MemoryStore()
+
+    def lease(job: str, **more: Any) -> Lease:
+        return Lease(store, job, clock=loop_now, monotonic=loop_now, ttl_s=60, **more)
+
+    async def go() -> None:
+        first, second = lease("job-a"), lease("job-a")
+        async with first:
+            async with second:
+                assert second.joined
+                await asyncio.sleep(30)  # both renew
+            # The run that renewed last has ended; the first still writes.
+            for other in (lease("job-b"), lease("job-c", exclusive=True)):
+                with pytest.raises(OutputInUse):
+                    await other.acquire()
+            await asyncio.sleep(600)  # its renewals carry the lease on, as its own
+            first.check()
+            _, info = await read_lease(store)
+            assert info is not None and [h.run_id for h in info.holders] == [first.run_id]
+            with pytest.raises(OutputInUse):
+                await lease("job-b", exclusive=True).acquire()
+            # A run that stopped renewing (killed) holds it no longer once it expired.
+            killed = lease("job-a")
+            await killed.acquire()
+            await asyncio.sleep(120)
+            first.check()
+        assert await read_lease(store) == (False, None)  # the last holder deleted it
+        async with lease("job-b", exclusive=True):
+            pass
+
+    run_virtual(go)
+
+
+def test_a_holder_whose_process_is_gone_does_not_hide_a_live_one() -> None:
+    async def go() -> None:
+        store = MemoryStore()
+        now = time.time()
+        dead = {"run_id": "dead", "host": socket.gethostname(), "pid": _dead_pid()}
+        live = {"run_id": "live", "host": "elsewhere", "pid": 4242}
+        holders = [
+            {**h, "since": "2026-01-01T00:00:00+00:00", "expires": now + 60} for h in (dead, live)
+        ]
+        # The run that renewed last is gone on this host; the other still runs elsewhere.
+        await _put_lease(store, **dead, job="job-a", holders=holders)
+        with pytest.raises(OutputInUse):
+            await Lease(store, "job-b", exclusive=True).acquire()
+        async with Lease(store, "job-a") as joined:
+            _, info = await read_lease(store)
+            assert info is not None
+            assert {h.run_id for h in info.holders} == {joined.run_id, "live"}
+        _, info = await read_lease(store)
+        assert info is not None and [h.run_id for h in info.holders] == ["live"]
+
+    asyncio.run(go())
+
+
 def test_lease_document_round_trips() -> None:
     info = LeaseInfo("r", "j", True, "h", 1, "s", 12.5)
     assert LeaseInfo.from_json(info.to_json()) == info

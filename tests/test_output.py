@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -141,6 +142,39 @@ def test_restart_keeps_what_the_user_added_to_a_batch_output(tmp_path: Path) -> 
     assert _kind(output).kind is OutputKind.BATCH
 
 
+def test_restart_never_makes_an_item_over_data_bulkpix_did_not_write(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    output = tmp_path / "batch.zarr"
+    with emulator_thread(synthetic={ASSET: SYNTH}) as emu:
+        keys = _keys(emu.url, output, items=[{"name": "a"}])
+        assert main(["run", "--quiet", str(write_job(tmp_path / "a.yaml", **keys))]) == 0
+        root = zarr.open_group(output, mode="a")
+        root.create_group("mine").create_array("u8", shape=(3,), dtype="int32", fill_value=5)
+        root.create_array("x", shape=(2,), dtype="float32", fill_value=7)  # not a coordinate
+        before = _digest(output)
+        start = len(emu.log)
+        # A new item at the user's group: refused with or without --restart.
+        keys["items"] = [{"name": "a"}, {"name": "mine"}]
+        job = write_job(tmp_path / "b.yaml", **keys)
+        for args in ([], ["--restart"]):
+            capsys.readouterr()
+            assert main(["run", "--quiet", *args, str(job)]) == 2
+            err = capsys.readouterr().err
+            assert "did not write at mine" in err and "Traceback" not in err
+            assert _digest(output) == before
+        # A single item made at the root after --restart cleared the batch: the user's "x"
+        # is where the item's coordinate would go.
+        single = write_job(tmp_path / "s.yaml", **_keys(emu.url, output))
+        capsys.readouterr()
+        assert main(["run", "--quiet", "--restart", str(single)]) == 2
+        assert "did not write at x" in capsys.readouterr().err
+        assert _digest(output) == before  # refused before --restart cleared anything
+        assert _pixel_requests(emu, start) == 0
+    root = zarr.open_group(output, mode="r", use_consolidated=False)
+    assert (root["mine"]["u8"][:] == 5).all() and (root["x"][:] == 7).all()
+
+
 def test_restart_keeps_a_user_array_inside_a_single_item_output(tmp_path: Path) -> None:
     output = tmp_path / "single.zarr"
     with emulator_thread(synthetic={ASSET: SYNTH}) as emu:
@@ -157,6 +191,33 @@ def test_restart_keeps_a_user_array_inside_a_single_item_output(tmp_path: Path) 
     assert (root["mask"][:] == 1).all()
     assert (output / "provenance.txt").read_text() == "by hand"
     np.testing.assert_array_equal(root["u8"][:], synthetic_pixels(0, ROWS, COLS))
+
+
+@pytest.mark.parametrize("batch", [False, True], ids=["single", "batch"])
+def test_restart_refuses_a_format_change_while_the_user_has_data_there(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], batch: bool
+) -> None:
+    output = tmp_path / "out.zarr"
+    more: dict[str, Any] = {"items": [{"name": "a"}]} if batch else {}
+    with emulator_thread(synthetic={ASSET: SYNTH}) as emu:
+        v3 = write_job(tmp_path / "3.yaml", **_keys(emu.url, output, **more))
+        assert main(["run", "--quiet", str(v3)]) == 0
+        v2 = write_job(tmp_path / "2.yaml", **_keys(emu.url, output, zarr_format=2, **more))
+        zarr.open_group(output, mode="a").create_array("mine", shape=(2,), dtype="uint8")
+        before = _digest(output)
+        capsys.readouterr()
+        assert main(["run", "--quiet", "--restart", str(v2)]) == 2
+        err = capsys.readouterr().err
+        assert "zarr_format" in err and "mine" in err and "Traceback" not in err
+        assert len(err.strip().splitlines()) == 1
+        assert _digest(output) == before
+        # Without the user's data the format changes cleanly.
+        shutil.rmtree(output / "mine")
+        assert main(["run", "--quiet", "--restart", str(v2)]) == 0
+    assert (output / ".zgroup").exists() and not (output / "zarr.json").exists()
+    root = zarr.open_group(output, mode="r", zarr_format=2)
+    item = root["a"] if batch else root
+    np.testing.assert_array_equal(item["u8"][:], synthetic_pixels(0, ROWS, COLS))
 
 
 def test_the_record_owns_the_item_layout_not_the_group_attribute(tmp_path: Path) -> None:
@@ -223,10 +284,81 @@ def _damage_band_array(output: Path, item: str) -> str:
     return f"the band array {item + '/' if item else ''}u8 is missing"
 
 
+def _damage_corrupt_root_metadata(output: Path, item: str) -> str:
+    (output / item / "zarr.json").write_text("{")
+    return f"the group metadata {item + '/' if item else ''}zarr.json is unreadable"
+
+
+def _damage_corrupt_band_metadata(output: Path, item: str) -> str:
+    (output / item / "u8" / "zarr.json").write_text('{"zarr_format": 3, "node_ty')
+    return f"the band array metadata {item + '/' if item else ''}u8/zarr.json is unreadable"
+
+
+def test_a_batch_item_whose_record_is_gone_is_damaged_and_repaired(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    output = tmp_path / "out.zarr"
+    with emulator_thread(synthetic={ASSET: SYNTH}) as emu:
+        keys = _keys(emu.url, output, items=[{"name": "a"}, {"name": "b"}])
+        job = write_job(tmp_path / "j.yaml", **keys)
+        assert main(["run", "--quiet", str(job)]) == 0
+        (output / "b" / ".bulkpix" / "job.json").unlink()
+        what = "item b: the record b/.bulkpix/job.json is missing"
+        capsys.readouterr()
+        assert main(["status", str(output)]) == 1
+        assert f"damaged: {what}" in capsys.readouterr().out
+        assert main(["verify", str(output)]) == 1
+        assert f"damaged: {what}" in capsys.readouterr().out
+        assert main(["run", "--quiet", str(job)]) == 1
+        err = capsys.readouterr().err
+        assert f"is damaged: {what}" in err and "did not write" not in err
+        start = len(emu.log)
+        assert main(["run", "--quiet", "--restart", str(job)]) == 0
+        assert _pixel_requests(emu, start) == 8
+    # The band arrays went by the group's copy of the record, and came back.
+    root = zarr.open_group(output, mode="r")
+    np.testing.assert_array_equal(root["b"]["u8"][:], synthetic_pixels(0, ROWS, COLS))
+    assert main(["status", str(output)]) == 0
+
+
+def test_a_batch_root_with_unreadable_metadata_is_damaged_and_repaired(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    output = tmp_path / "out.zarr"
+    with emulator_thread(synthetic={ASSET: SYNTH}) as emu:
+        job = write_job(tmp_path / "j.yaml", **_keys(emu.url, output, items=[{"name": "a"}]))
+        assert main(["run", "--quiet", str(job)]) == 0
+        (output / "zarr.json").write_text("{")
+        capsys.readouterr()
+        assert main(["run", "--quiet", str(job)]) == 1
+        err = capsys.readouterr().err
+        assert "is damaged: the group metadata zarr.json is unreadable" in err
+        assert "Traceback" not in err
+        assert main(["status", str(output)]) == 1
+        assert main(["verify", str(output)]) == 1
+        assert main(["run", "--quiet", "--restart", str(job)]) == 0
+    np.testing.assert_array_equal(
+        zarr.open_group(output, mode="r")["a"]["u8"][:], synthetic_pixels(0, ROWS, COLS)
+    )
+    assert main(["status", str(output)]) == 0
+
+
 @pytest.mark.parametrize(
     "damage",
-    [_damage_truncated_record, _damage_root_metadata, _damage_band_array],
-    ids=["truncated-record", "deleted-zarr-json", "deleted-band-array"],
+    [
+        _damage_truncated_record,
+        _damage_root_metadata,
+        _damage_band_array,
+        _damage_corrupt_root_metadata,
+        _damage_corrupt_band_metadata,
+    ],
+    ids=[
+        "truncated-record",
+        "deleted-zarr-json",
+        "deleted-band-array",
+        "corrupt-zarr-json",
+        "corrupt-band-metadata",
+    ],
 )
 @pytest.mark.parametrize("batch", [False, True], ids=["single", "batch"])
 def test_a_damaged_output_is_named_and_repaired_by_restart(

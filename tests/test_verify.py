@@ -18,6 +18,8 @@ from bulkpix.emulator import SyntheticAsset
 from bulkpix.emulator.synthetic import synthetic_pixels
 from bulkpix.geometry.tiling import parse_tile_key
 from tests.conftest import emulator_thread, write_job
+from tests.hostile_server import ASSET as HOSTILE_ASSET
+from tests.hostile_server import good_metadata, hostile_server_thread
 
 ASSET = "projects/demo/assets/synth"
 SYNTH = SyntheticAsset(width=4000, height=4000)
@@ -207,6 +209,46 @@ def test_a_failed_part_of_a_split_tile_clears_the_tile_it_was_part_of(
     np.testing.assert_array_equal(
         zarr.open_group(output, mode="r")["u8"][:], synthetic_pixels(0, ROWS, COLS)
     )
+
+
+def test_a_damaged_band_part_clears_the_tile_it_was_part_of(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A server that takes one band per request splits each tile by bands: the damaged
+    part's marker and its whole tile's both go, so the next run fetches the part again."""
+    output = tmp_path / "out.zarr"
+    with hostile_server_thread(pixels="too_large_bands", metadata=good_metadata(bands=3)) as srv:
+        job = write_job(
+            tmp_path / "j.yaml",
+            asset=HOSTILE_ASSET,
+            output=str(output),
+            endpoint=srv.url,
+            credentials="none",
+            chunk=16,
+            tile=[32, 32],
+            concurrency=2,
+        )
+        assert main(["run", "--quiet", str(job)]) == 0
+        done = output / ".bulkpix" / "done"
+        assert (done / "g0_r0_c0_h32_w32_b0-1").exists()
+        assert (done / "g0_r0_c0_h32_w32").exists()
+        before = _data_digests(output)
+        (output / "B1" / "c" / "0" / "0").write_bytes(b"garbage")
+        capsys.readouterr()
+        assert main(["verify", str(output)]) == 1
+        out = capsys.readouterr().out
+        assert "tile g0_r0_c0_h32_w32_b0-1, B1/c/0/0: checksum mismatch" in out
+        assert "2 tile(s) failed and were cleared" in out
+        assert not (done / "g0_r0_c0_h32_w32").exists()
+        assert not (done / "g0_r0_c0_h32_w32_b0-1").exists()
+        assert (done / "g0_r0_c0_h32_w32_b1-3").exists()  # the tile's other parts stay
+        start = len(srv.pixel_requests)
+        assert main(["run", "--quiet", str(job)]) == 0
+        # The tile is asked for whole (and refused), then only its missing part.
+        assert [r["bandIds"] for r in srv.pixel_requests[start:]] == [["B1", "B2", "B3"], ["B1"]]
+        assert _data_digests(output) == before
+        capsys.readouterr()
+        assert main(["verify", str(output)]) == 0
 
 
 def test_verify_and_the_lease_work_on_an_object_store(

@@ -520,7 +520,7 @@ def _parse_rpc_status(payload: bytes | bytearray) -> tuple[str, str]:
     text = payload.decode("utf-8", errors="replace")
     try:
         document = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested too deep to be an rpc status
         document = None
     if isinstance(document, dict) and isinstance(document.get("error"), dict):
         error = document["error"]

@@ -21,7 +21,14 @@ from pathlib import Path
 import numpy as np
 
 from bulkpix.errors import JobError
-from bulkpix.readers.source import Band, OutputItem, blocks, is_nan, open_item
+from bulkpix.readers.source import (
+    Band,
+    OutputItem,
+    blocks,
+    check_destination,
+    is_nan,
+    open_item,
+)
 
 __all__ = ["COMPRESSIONS", "RESAMPLINGS", "ExportResult", "export_cog"]
 
@@ -74,11 +81,7 @@ def export_cog(
         raise JobError(f"unknown compression {compress!r} (one of: {', '.join(COMPRESSIONS)})")
     if resampling not in RESAMPLINGS:
         raise JobError(f"unknown resampling {resampling!r} (one of: {', '.join(RESAMPLINGS)})")
-    destination = Path(destination).expanduser()
-    if destination.is_dir():
-        raise JobError(f"{destination} is a directory; give the GeoTIFF's file name")
-    if not destination.parent.is_dir():
-        raise JobError(f"{destination.parent} does not exist")
+    destination = check_destination(output, destination, "GeoTIFF")
 
     import rasterio
     import rasterio.shutil

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from bulkpix.errors import JobError
-from bulkpix.readers.source import Band, OutputItem, open_item
+from bulkpix.readers.source import Band, OutputItem, check_destination, open_item
 
 __all__ = ["PreviewResult", "sample_positions", "stretch", "write_preview"]
 
@@ -100,11 +100,7 @@ def write_preview(
     low, high = percentiles
     if not 0 <= low < high <= 100:
         raise JobError(f"percentiles need 0 <= low < high <= 100, got {low}, {high}")
-    destination = Path(destination).expanduser()
-    if destination.is_dir():
-        raise JobError(f"{destination} is a directory; give the PNG's file name")
-    if not destination.parent.is_dir():
-        raise JobError(f"{destination.parent} does not exist")
+    destination = check_destination(output, destination, "PNG")
     source = open_item(output, item)
     chosen = _choose_bands(source, bands)
     height, width = preview_shape(source.height, source.width, size)

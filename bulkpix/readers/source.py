@@ -69,6 +69,23 @@ class OutputItem:
         return f"{self.output} item {self.path}" if self.path else self.output
 
 
+def check_destination(output: str, destination: str | Path, what: str) -> Path:
+    """The file ``export``/``preview`` writes ``what`` (e.g. "GeoTIFF") to, checked: a file
+    name in an existing folder, and not inside the output it reads."""
+    path = Path(destination).expanduser()
+    if path.is_dir():
+        raise JobError(f"{path} is a directory; give the {what}'s file name")
+    if not path.parent.is_dir():
+        raise JobError(f"{path.parent} does not exist")
+    if "://" not in str(output) and path.resolve().is_relative_to(
+        Path(output).expanduser().resolve()
+    ):
+        raise JobError(
+            f"{path} is inside the output {output}, which it is read from; write it elsewhere"
+        )
+    return path
+
+
 def _is_output(output: str) -> bool:
     if "://" in output:
         return True

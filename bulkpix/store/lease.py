@@ -8,14 +8,22 @@ renewed it last: run id, host, pid, since, and an expiry in wall-clock seconds.
   code works on a local disk and on object stores. A new lease is created with
   ``set_if_not_exists`` and read back; whoever's run id is read back holds it.
 - Runs of the SAME job (not exclusive) share the lease: each renews it with its own details,
-  so cooperating workers (several processes, Dask) can write one output together. A run of a
-  different job, or any exclusive run, is refused with ``OutputInUse`` while the lease is live.
-- A lease is stale once it expired, or when its run was on this host and its pid is gone;
-  a stale lease is taken over.
+  so cooperating workers (several processes, Dask) can write one output together. The
+  document lists every such run as a holder, each with its own expiry; a run that ends takes
+  itself off the list and deletes the lease only when no other holder is live, so a run of
+  another job cannot take the output while one of the cooperating runs still writes. A run
+  of a different job, or any exclusive run, is refused with ``OutputInUse`` while the lease
+  is live.
+- A lease is stale once every holder expired or, being on this host, has no process any
+  more; a stale lease is taken over.
 - The holder renews every ``ttl / 4``. When a renewal finds the lease held by another job,
   or no renewal succeeded for a whole ``ttl``, ``check()`` raises ``LeaseLost``; the tile
   record calls it before writing every marker, so a run that lost its lease stops before
   recording anything more.
+
+The holder list is read-modify-written: two holders renewing at the same instant can drop
+one's newest entry (its previous one stays until it expires, and it writes itself back at its
+next renewal); a run that joins reads its entry back, and writes it again, before it starts.
 
 Where the store's create-if-absent is check-then-put (fsspec object stores), a new lease is
 read back only after ``settle_s`` (1 s), so that of two runs creating it at the same moment
@@ -34,7 +42,7 @@ import socket
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any
@@ -46,11 +54,28 @@ from zarr.storage import LocalStore, MemoryStore
 from bulkpix.errors import LeaseLost, OutputInUse
 from bulkpix.store.location import RECORD_DIR
 
-__all__ = ["DEFAULT_TTL_S", "LEASE_KEY", "Lease", "LeaseInfo", "read_lease"]
+__all__ = ["DEFAULT_TTL_S", "LEASE_KEY", "Holder", "Lease", "LeaseInfo", "read_lease"]
 
 LEASE_KEY = f"{RECORD_DIR}/lease.json"
 DEFAULT_TTL_S = 60.0
 _ACQUIRE_ATTEMPTS = 5
+
+
+@dataclass(frozen=True)
+class Holder:
+    """One run holding the lease."""
+
+    run_id: str
+    host: str
+    pid: int
+    since: str
+    expires: float
+
+    def live(self, now: float) -> bool:
+        if self.expires <= now:
+            return False
+        # A run on this host whose process is gone holds nothing, whatever its expiry says.
+        return not (self.host == socket.gethostname() and not _pid_alive(self.pid))
 
 
 @dataclass(frozen=True)
@@ -64,12 +89,16 @@ class LeaseInfo:
     pid: int
     since: str  # ISO time the renewing run started
     expires: float  # wall-clock seconds (time.time())
+    # Every run of the job holding it (the renewing one too); none listed: that run alone.
+    holders: tuple[Holder, ...] = ()
+
+    def all_holders(self) -> tuple[Holder, ...]:
+        if self.holders:
+            return self.holders
+        return (Holder(self.run_id, self.host, self.pid, self.since, self.expires),)
 
     def live(self, now: float) -> bool:
-        if self.expires <= now:
-            return False
-        # A run on this host whose process is gone holds nothing, whatever its expiry says.
-        return not (self.host == socket.gethostname() and not _pid_alive(self.pid))
+        return any(holder.live(now) for holder in self.all_holders())
 
     def describe(self) -> str:
         what = "an exclusive run (--restart or verify)" if self.exclusive else "a run"
@@ -82,6 +111,16 @@ class LeaseInfo:
     def from_json(cls, data: bytes) -> LeaseInfo | None:
         try:
             value = json.loads(data)
+            holders = tuple(
+                Holder(
+                    run_id=str(h["run_id"]),
+                    host=str(h["host"]),
+                    pid=int(h["pid"]),
+                    since=str(h["since"]),
+                    expires=float(h["expires"]),
+                )
+                for h in value.get("holders", ())
+            )
             return cls(
                 run_id=str(value["run_id"]),
                 job=str(value["job"]),
@@ -90,8 +129,9 @@ class LeaseInfo:
                 pid=int(value["pid"]),
                 since=str(value["since"]),
                 expires=float(value["expires"]),
+                holders=holders,
             )
-        except (ValueError, TypeError, KeyError, UnicodeDecodeError):
+        except (ValueError, TypeError, KeyError, AttributeError, UnicodeDecodeError):
             return None  # torn or foreign: holds nothing
 
 
@@ -141,15 +181,25 @@ class Lease:
 
     # ---------------------------------------------------------------- holding
 
-    def _mine(self) -> LeaseInfo:
+    def _mine(self, current: LeaseInfo | None = None) -> LeaseInfo:
+        """The document with this run renewing it, and the other live holders of ``current``
+        (a lease of this job that it shares) kept."""
+        now = self.clock()
+        me = Holder(self.run_id, socket.gethostname(), os.getpid(), self.since, now + self.ttl_s)
+        others: tuple[Holder, ...] = ()
+        if current is not None and self._shares_with(current) and not self.exclusive:
+            others = tuple(
+                h for h in current.all_holders() if h.run_id != self.run_id and h.live(now)
+            )
         return LeaseInfo(
-            run_id=self.run_id,
+            run_id=me.run_id,
             job=self.job,
             exclusive=self.exclusive,
-            host=socket.gethostname(),
-            pid=os.getpid(),
-            since=self.since,
-            expires=self.clock() + self.ttl_s,
+            host=me.host,
+            pid=me.pid,
+            since=me.since,
+            expires=me.expires,
+            holders=(me, *others),
         )
 
     def _shares_with(self, other: LeaseInfo) -> bool:
@@ -157,8 +207,8 @@ class Lease:
             not self.exclusive and not other.exclusive and other.job == self.job
         )
 
-    async def _write(self) -> None:
-        data = default_buffer_prototype().buffer.from_bytes(self._mine().to_json())
+    async def _write(self, current: LeaseInfo | None) -> None:
+        data = default_buffer_prototype().buffer.from_bytes(self._mine(current).to_json())
         await self.store.set(LEASE_KEY, data)
         self._valid_until = self.monotonic() + self.ttl_s
 
@@ -190,8 +240,10 @@ class Lease:
                         f"{self.ttl_s:.0f} s after its last renewal)"
                     )
                 self.joined = current.run_id != self.run_id
-                await self._write()
-                return
+                await self._write(current)
+                if await self._listed():
+                    return
+                continue  # a holder renewing at the same instant wrote over this run's entry
             # Stale (expired, its process gone) or unreadable: take it over.
             with contextlib.suppress(FileNotFoundError):
                 await self.store.delete(LEASE_KEY)
@@ -212,7 +264,11 @@ class Lease:
         if current is None or not self._shares_with(current):
             self._lost = current.describe() if current else "an unreadable lease"
             return
-        await self._write()
+        await self._write(current)
+
+    async def _listed(self) -> bool:
+        _, current = await read_lease(self.store)
+        return current is not None and any(h.run_id == self.run_id for h in current.all_holders())
 
     def check(self) -> None:
         """Raise ``LeaseLost`` unless this run still holds the lease."""
@@ -228,11 +284,29 @@ class Lease:
             )
 
     async def release(self) -> None:
-        """Give the lease up if this run renewed it last (a sharing run renews it again)."""
+        """Take this run off the lease; delete it when no other holder is live (one that
+        may still be writing keeps it, renewing it as its own)."""
         with contextlib.suppress(OSError):
             _, current = await read_lease(self.store)
-            if current is not None and current.run_id == self.run_id:
+            if current is None or not any(h.run_id == self.run_id for h in current.all_holders()):
+                return  # not this run's lease any more: left alone
+            now = self.clock()
+            others = [h for h in current.all_holders() if h.run_id != self.run_id and h.live(now)]
+            if not others:
                 await self.store.delete(LEASE_KEY)
+                return
+            latest = max(others, key=lambda h: h.expires)
+            left = replace(
+                current,
+                run_id=latest.run_id,
+                host=latest.host,
+                pid=latest.pid,
+                since=latest.since,
+                expires=latest.expires,
+                holders=tuple(others),
+            )
+            data = default_buffer_prototype().buffer.from_bytes(left.to_json())
+            await self.store.set(LEASE_KEY, data)
 
     # ---------------------------------------------------------------- context manager
 

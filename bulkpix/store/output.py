@@ -105,6 +105,9 @@ class RecordedItem:
     bands: tuple[str, ...]  # from the record, or from the group's copy when it is unreadable
     done: int  # done-markers listed
     missing: tuple[str, ...]  # nodes bulkpix made that are gone ("zarr.json": the group)
+    # Metadata documents of nodes bulkpix made that do not parse (keys relative to the item).
+    unparseable: tuple[str, ...] = ()
+    record_missing: bool = False  # the batch record lists it, its own record is gone
 
     @property
     def label(self) -> str:
@@ -124,7 +127,8 @@ class RecordedItem:
         found = []
         prefix = f"{self.path}/" if self.path else ""
         if self.unreadable:
-            found.append(f"the record {prefix}{RECORD_DIR}/{JOB_KEY} is unreadable")
+            how = "missing" if self.record_missing else "unreadable"
+            found.append(f"the record {prefix}{RECORD_DIR}/{JOB_KEY} is {how}")
         if self.missing and not self.unfinished:
             for name in self.missing:
                 if name == _METADATA:
@@ -133,6 +137,14 @@ class RecordedItem:
                     found.append(f"the coordinate array {prefix}{name} is missing")
                 else:
                     found.append(f"the band array {prefix}{name} is missing")
+        for key in self.unparseable:
+            node = key.rpartition("/")[0]
+            what = (
+                "group"
+                if not node
+                else ("coordinate array" if node in COORD_NAMES else "band array")
+            )
+            found.append(f"the {what} metadata {prefix}{key} is unreadable")
         return tuple(found)
 
     @property
@@ -202,10 +214,19 @@ async def _inspect_once(store: Store, output: str, item_paths: list[str]) -> Out
         for name in sorted(candidates):
             if await store.exists(f"{name}/{RECORD_DIR}/{JOB_KEY}"):
                 items[name] = await _inspect_item(store, name)
+            elif name in batch_names and await has_keys_under(store, name):
+                # The batch record lists it and it has nodes: its record, written before any
+                # of them, is gone. (Listed with nothing under it: a run stopped before
+                # starting it.)
+                items[name] = await _inspect_item(store, name, record_missing=True)
     batch = "" not in items and (batch_exists or bool(items))
     damage: list[str] = []
     if batch_exists and not batch_readable:
         damage.append(f"the batch record {BATCH_KEY} is unreadable")
+    if batch:
+        for key in (_METADATA, _V2_GROUP):
+            if await _metadata_document(store, key) is False:
+                damage.append(f"the group metadata {key} is unreadable")
     for item in items.values():
         where = f"item {item.path}: " if batch else ""
         damage.extend(where + what for what in item.damage)
@@ -277,7 +298,7 @@ async def _node_attributes(store: Store, path: str) -> dict[str, Any] | None:
     return attributes if isinstance(attributes, dict) else {}
 
 
-async def _inspect_item(store: Store, path: str) -> RecordedItem:
+async def _inspect_item(store: Store, path: str, *, record_missing: bool = False) -> RecordedItem:
     record = TileRecord(store, path)
     try:
         fingerprint = await record.fingerprint()
@@ -292,13 +313,36 @@ async def _inspect_item(store: Store, path: str) -> RecordedItem:
     prefix = f"{path}/" if path else ""
     v2 = (fingerprint or {}).get("zarr_format") == 2 or await store.exists(prefix + _V2_GROUP)
     group_key, array_key = (_V2_GROUP, _V2_ARRAY) if v2 else (_METADATA, _METADATA)
-    missing = []
-    if not await store.exists(prefix + group_key):
-        missing.append(_METADATA)
-    for name in (*bands, *COORD_NAMES):
-        if not await store.exists(f"{prefix}{name}/{array_key}"):
+    missing, unparseable = [], []
+    for name, key in (
+        (_METADATA, group_key),
+        *((name, f"{name}/{array_key}") for name in (*bands, *COORD_NAMES)),
+    ):
+        found = await _metadata_document(store, prefix + key)
+        if found is None:
             missing.append(name)
-    return RecordedItem(path, fingerprint, bands, await record.count_done(), tuple(missing))
+        elif not found:
+            unparseable.append(key)
+    return RecordedItem(
+        path,
+        fingerprint,
+        bands,
+        await record.count_done(),
+        tuple(missing),
+        tuple(unparseable),
+        record_missing,
+    )
+
+
+async def _metadata_document(store: Store, key: str) -> bool | None:
+    """Whether the metadata document at ``key`` parses as a JSON object; None if absent."""
+    buffer = await store.get(key, prototype=default_buffer_prototype())
+    if buffer is None:
+        return None
+    try:
+        return isinstance(json.loads(buffer.to_bytes()), dict)
+    except (ValueError, RecursionError, UnicodeDecodeError):
+        return False
 
 
 def _names(value: Any) -> tuple[str, ...]:
@@ -320,6 +364,14 @@ def check_output(job: Job, state: OutputState, plans: Sequence[ItemPlan], restar
     if state.kind is OutputKind.FOREIGN:
         advice = "--restart will not delete it" if restart else "use another output"
         raise StoreMismatch(f"output {output} holds data bulkpix did not write; {advice}")
+    # Before the early return: --restart deletes only what the record shows to be bulkpix's,
+    # so an item may not be made over a group someone else keeps at its path.
+    for path in state.foreign_paths:
+        advice = "--restart will not delete it; " if restart else ""
+        raise StoreMismatch(
+            f"output {output} holds data bulkpix did not write at {path}; "
+            f"{advice}use another item name or output"
+        )
     if restart or state.kind is OutputKind.EMPTY:
         return
     if state.kind is OutputKind.DAMAGED:
@@ -335,11 +387,6 @@ def check_output(job: Job, state: OutputState, plans: Sequence[ItemPlan], restar
     if not job.is_batch and state.batch:
         raise StoreMismatch(
             f"output {output} holds a batch job; use --restart to replace it, or another output"
-        )
-    for path in state.foreign_paths:
-        raise StoreMismatch(
-            f"output {output} holds data bulkpix did not write at {path}; "
-            "use another item name or output"
         )
     for plan in plans:
         recorded = state.items.get(plan.path)
@@ -426,6 +473,8 @@ async def _strip_v2_group(store: Store, path: str) -> None:
             await store.delete(key)
         return
     await store.delete(prefix + ".zmetadata")  # it listed what is gone now
+    if not await _metadata_document(store, prefix + _V2_GROUP):
+        await store.delete(prefix + _V2_GROUP)  # unreadable: made again, as in _strip_group
     attributes = await _v2_group_attributes(store, path)
     if attributes:
         for name in _OUR_ATTRIBUTES:
@@ -455,9 +504,14 @@ async def _strip_group(store: Store, path: str) -> None:
         return
     try:
         document = json.loads(buffer.to_bytes())
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError, UnicodeDecodeError):
+        document = None
+    if not isinstance(document, dict):
+        # Unreadable: it cannot be stripped, and zarr cannot open the group; bulkpix made the
+        # group, so it goes and is made again (the nodes under it are left as they are).
+        await store.delete(key)
         return
-    if not isinstance(document, dict) or document.get("node_type") != "group":
+    if document.get("node_type") != "group":
         return
     attributes = document.get("attributes")
     if isinstance(attributes, dict):
@@ -540,9 +594,11 @@ async def claim_output(
             # Another run may have changed the output while this one waited: look again.
             state = await inspect_store(store, job.output, paths)
             check_output(job, state, plans, restart)
+            await _refuse_unowned_nodes(store, job.output, plans, state)
             if not lease.joined:  # no other run of this job is writing: its temp files are ours
                 remove_partials(job.output, state)
             if restart:
+                await _refuse_format_change_over_user_data(store, job, state)
                 await clear_output(store, state)
                 state = await inspect_store(store, job.output, paths)
             wrapped = ChecksumStore(store, durable=job.durable, guard=lease.check)
@@ -610,6 +666,56 @@ async def _open_items(
         wrapped.track(writer.array_paths())
         opened.append(OpenedItem(plan, writer, record, frozenset(done)))
     return opened
+
+
+async def _refuse_unowned_nodes(
+    store: Store, output: str, plans: Sequence[ItemPlan], state: OutputState
+) -> None:
+    """Refuse nodes at an item's band or coordinate names that its record does not own: the
+    writer would make (or overwrite) its own over them, and --restart does not clear them."""
+    for plan in plans:
+        recorded = state.items.get(plan.path)
+        owned = {*recorded.bands, *COORD_NAMES} if recorded is not None else set()
+        prefix = f"{plan.path}/" if plan.path else ""
+        for name in (*(band.id for band in plan.bands), *COORD_NAMES):
+            # The record is checked after the keys, as in inspect_output: a run of this job
+            # sharing the lease writes an item's record before its nodes, so nodes without a
+            # record now are not its own.
+            if (
+                name not in owned
+                and await has_keys_under(store, prefix + name)
+                and (
+                    recorded is not None
+                    or not await store.exists(f"{prefix}{RECORD_DIR}/{JOB_KEY}")
+                )
+            ):
+                raise StoreMismatch(
+                    f"output {output} holds data bulkpix did not write at {prefix}{name}; "
+                    "--restart will not delete it; use another item name or output"
+                )
+
+
+async def _refuse_format_change_over_user_data(store: Store, job: Job, state: OutputState) -> None:
+    """A --restart in another Zarr format keeps the root group when the user's data is in
+    it, in the old format: it would hold both formats' metadata. Refused instead."""
+    old = 2 if await store.exists(_V2_GROUP) else 3 if await store.exists(_METADATA) else None
+    if old is None or old == job.zarr_format or not (state.items or state.batch):
+        return
+    group_files = (_METADATA, *_V2_GROUP_FILES)
+    owned_dirs = [f"{RECORD_DIR}/"]
+    owned_files = set(group_files)
+    for item in state.items.values():
+        prefix = f"{item.path}/" if item.path else ""
+        owned_dirs.extend(f"{prefix}{name}/" for name in (*item.bands, *COORD_NAMES, RECORD_DIR))
+        owned_files.update(prefix + name for name in group_files)
+    async for key in store.list_prefix(""):
+        if key in owned_files or key.startswith(tuple(owned_dirs)) or _PARTIAL.search(key):
+            continue
+        raise StoreMismatch(
+            f"output {job.output} holds data bulkpix did not write ({key}) in Zarr v{old}; "
+            f"--restart with zarr_format {job.zarr_format} would leave it in a v{old} group: "
+            f"keep zarr_format {old}, or use another output"
+        )
 
 
 def _remove_if_no_files(path: Path) -> None:

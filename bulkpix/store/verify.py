@@ -12,6 +12,7 @@ Verify holds the output's lease as an exclusive run: it does not race a run writ
 from __future__ import annotations
 
 import asyncio
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,7 +20,7 @@ from zarr.abc.store import Store
 from zarr.core.buffer import default_buffer_prototype
 
 from bulkpix.errors import JobError
-from bulkpix.geometry.tiling import parse_tile_key
+from bulkpix.geometry.tiling import Tile, parse_tile_key
 from bulkpix.store.checksum import crc32c
 from bulkpix.store.lease import Lease
 from bulkpix.store.output import OutputKind, RecordedItem, inspect_output
@@ -113,12 +114,36 @@ async def _verify_item(store: Store, item: RecordedItem, lease: Lease) -> ItemVe
     return result
 
 
+# A split tile's part: the tile's key, and ``_b{lo}-{hi}`` when it holds only the band
+# positions [lo, hi) of the tile's band group (bulkpix.pipeline's ``_Work.key``).
+_BAND_PART = re.compile(r"(?P<tile>.+?)(?:_b(?P<lo>\d+)-(?P<hi>\d+))?")
+
+
+def _parse_part_key(key: str) -> tuple[Tile, tuple[int, int] | None]:
+    match = _BAND_PART.fullmatch(key)
+    if match is None:
+        raise ValueError(f"not a tile key: {key!r}")
+    tile = parse_tile_key(match["tile"])
+    if match["lo"] is None:
+        return tile, None
+    return tile, (int(match["lo"]), int(match["hi"]))
+
+
 def _contains(outer_key: str, inner_key: str) -> bool:
+    """Whether the part ``inner_key`` lies inside ``outer_key``: its window and its bands."""
     try:
-        outer, inner = parse_tile_key(outer_key), parse_tile_key(inner_key)
+        (outer, outer_bands), (inner, inner_bands) = (
+            _parse_part_key(outer_key),
+            _parse_part_key(inner_key),
+        )
     except ValueError:
         return False
     if outer.group != inner.group:
+        return False
+    if outer_bands is not None and (
+        inner_bands is None
+        or not outer_bands[0] <= inner_bands[0] <= inner_bands[1] <= outer_bands[1]
+    ):
         return False
     o, i = outer.window, inner.window
     return (
