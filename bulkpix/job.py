@@ -14,6 +14,7 @@ quoted in messages are cut short, whatever their size.
 
 from __future__ import annotations
 
+import datetime
 import json
 import math
 import re
@@ -325,10 +326,59 @@ class Visualization(_Strict):
         return out
 
 
+_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?([Zz]|[+-]\d{2}:\d{2})")
+MosaicRule = Literal["last", "first", "min", "max"]
+Layout = Literal["mosaic", "items", "cube"]
+
+
+def parse_time(value: str) -> datetime.datetime:
+    """A date (2024-01-31) or an RFC 3339 time, as an aware UTC datetime; ValueError if not."""
+    text = value.strip()
+    if re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
+        return datetime.datetime.fromisoformat(text).replace(tzinfo=datetime.UTC)
+    if not _RFC3339.fullmatch(text):
+        raise ValueError(f"{short(value)} is not a date (YYYY-MM-DD) or an RFC 3339 time")
+    parsed = datetime.datetime.fromisoformat(text.replace("z", "Z"))
+    return parsed.astimezone(datetime.UTC)
+
+
+def rfc3339(moment: datetime.datetime) -> str:
+    return moment.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class _Checked:
+    @staticmethod
+    def asset_id(value: str | None) -> str | None:
+        if value is not None:
+            if len(value) > MAX_ASSET_ID:
+                raise ValueError(f"an asset id is at most {MAX_ASSET_ID} characters")
+            # It becomes part of a URL path: no query, fragment, escapes or "..".
+            if _has_control(value) or re.search(r"[\s?#%\\]", value) or re.search(
+                r"(^|/)\.\.?(/|$)", value
+            ):
+                raise ValueError(f"{short(value)} is not an asset id")
+            asset_name(value)  # raises ValueError with the reason
+        return value
+
+
 class _ItemFields(_Strict):
     asset: str | None = None
     """The image asset: projects/P/assets/ID, users/... (legacy) or a public id such as
-    COPERNICUS/S2_SR/...; required (at the top level or in each item)."""
+    COPERNICUS/S2_SR/...; this or collection is required (at the top level or in each item)."""
+    collection: str | None = None
+    """An image collection instead of an asset: its images are listed (by region, dates and
+    filter) and mosaicked (layout: mosaic) or exported one group each (layout: items)."""
+    dates: tuple[str, str] | None = None
+    """With collection: [start, end) as dates (YYYY-MM-DD) or RFC 3339 times; images whose
+    start time falls in it."""
+    filter: str | None = None
+    """With collection: the service's filter expression, e.g.
+    'properties.CLOUDY_PIXEL_PERCENTAGE < 20'."""
+    layout: Layout | None = None
+    """With collection: mosaic (default: one 2-D grid per band) or items (one group per image)."""
+    mosaic: MosaicRule | None = None
+    """With layout mosaic: how overlapping images combine per pixel: last (default: later
+    start times on top), first, min or max; the band's nodata (default 0) is no value."""
     bands: list[str] | None = Field(default=None, min_length=1)
     """Band ids, in output order (default: all of the asset's bands)."""
     region: Region | None = None
@@ -359,18 +409,25 @@ class _ItemFields(_Strict):
 
     _crs = field_validator("crs")(_check_crs)
 
-    @field_validator("asset")
+    _asset = field_validator("asset")(lambda value: _Checked.asset_id(value))
+
+    _collection = field_validator("collection")(lambda value: _Checked.asset_id(value))
+
+    @field_validator("dates")
     @classmethod
-    def _asset(cls, value: str | None) -> str | None:
-        if value is not None:
-            if len(value) > MAX_ASSET_ID:
-                raise ValueError(f"an asset id is at most {MAX_ASSET_ID} characters")
-            # It becomes part of a URL path: no query, fragment, escapes or "..".
-            if _has_control(value) or re.search(r"[\s?#%\\]", value) or re.search(
-                r"(^|/)\.\.?(/|$)", value
-            ):
-                raise ValueError(f"{short(value)} is not an asset id")
-            asset_name(value)  # raises ValueError with the reason
+    def _dates(cls, value: tuple[str, str] | None) -> tuple[str, str] | None:
+        if value is None:
+            return None
+        start, end = (parse_time(v) for v in value)
+        if start >= end:
+            raise ValueError(f"dates {list(value)}: the start must come before the end")
+        return value
+
+    @field_validator("filter")
+    @classmethod
+    def _filter(cls, value: str | None) -> str | None:
+        if value is not None and (len(value) > 4096 or _has_control(value) or not value.strip()):
+            raise ValueError("a filter is one line of at most 4096 characters")
         return value
 
     @field_validator("nodata")
@@ -436,16 +493,52 @@ class ItemSpec(_ItemFields):
 
 
 class ResolvedItem(_ItemFields):
-    """One item with the job's defaults filled in: what planning works from. Its ``asset``
-    is always there, as the full resource name (``projects/.../assets/...``)."""
+    """One item with the job's defaults filled in: what planning works from. Exactly one of
+    ``asset`` and ``collection`` is there, as the full resource name
+    (``projects/.../assets/...``); ``source`` is whichever it is. An item of an image asset
+    has ``asset`` (the callers that read it see a str)."""
 
-    asset: str
+    asset: str = ""  # "" for a collection item
     name: str | None = None  # None: a single-item job, at the root of the store
 
-    @field_validator("asset")
+    # Replaces the check of the job's own key: "" stands for "no asset" here.
+    _asset = field_validator("asset")(lambda value: value)
+
+    @field_validator("asset", "collection")
     @classmethod
-    def _full_name(cls, value: str) -> str:
-        return asset_name(value)
+    def _full_name(cls, value: str | None) -> str | None:
+        return asset_name(value) if value else value
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ResolvedItem:
+        if bool(self.asset) == (self.collection is not None):
+            raise ValueError("a resolved item has exactly one of asset and collection")
+        return self
+
+    @property
+    def is_collection(self) -> bool:
+        return self.collection is not None
+
+    @property
+    def source(self) -> str:
+        """The asset or the collection this item reads."""
+        return self.collection or self.asset
+
+    @property
+    def layout_name(self) -> Layout | None:
+        """mosaic or items for a collection (mosaic by default), None for an asset."""
+        return (self.layout or "mosaic") if self.collection is not None else None
+
+    @property
+    def mosaic_rule(self) -> MosaicRule:
+        return self.mosaic or "last"
+
+    def time_range(self) -> tuple[str, str] | None:
+        """``dates`` as RFC 3339 [start, end), or None."""
+        if self.dates is None:
+            return None
+        start, end = (parse_time(v) for v in self.dates)
+        return rfc3339(start), rfc3339(end)
 
 
 # Waits past a day are typos, not settings (and a run would seem to hang on them).
@@ -672,13 +765,38 @@ class Job(_ItemFields):
                 if entry.get(key) is not None:
                     fields[other] = None
             fields.update(entry)
+            where = f"items[{index}]" if self.items else "job"
+            if entry.get("asset") is not None and entry.get("collection") is None:
+                fields["collection"] = None  # an item's asset replaces a shared collection
+            if entry.get("collection") is not None and entry.get("asset") is None:
+                fields["asset"] = None
+            _check_source(where, fields)
             if fields.get("asset") is None:
-                where = f"items[{index}]" if self.items else "job"
-                raise ValueError(f"{where}: asset is missing")
+                fields["asset"] = ""
             if self.items is not None and not fields.get("name"):
                 fields["name"] = f"item{index:04d}"
             resolved.append(ResolvedItem(**fields))
         return tuple(resolved)
+
+
+def _check_source(where: str, fields: dict[str, Any]) -> None:
+    """Exactly one of asset and collection; the collection keys only with a collection."""
+    asset, collection = fields.get("asset"), fields.get("collection")
+    if asset is not None and collection is not None:
+        raise ValueError(f"{where}: give asset or collection, not both")
+    if asset is None and collection is None:
+        raise ValueError(f"{where}: asset is missing (or give collection)")
+    if collection is None:
+        given = [k for k in ("dates", "filter", "layout", "mosaic") if fields.get(k) is not None]
+        if given:
+            raise ValueError(f"{where}: {', '.join(given)} goes with collection, not asset")
+        return
+    if fields.get("layout") == "cube":
+        raise ValueError(f"{where}: layout cube is not supported yet (use mosaic or items)")
+    if fields.get("mosaic") is not None and fields.get("layout") == "items":
+        raise ValueError(f"{where}: mosaic goes with layout mosaic, not items")
+    if fields.get("visualization") is not None:
+        raise ValueError(f"{where}: visualization is not supported with a collection yet")
 
 
 _HINTS = {

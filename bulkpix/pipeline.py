@@ -146,6 +146,8 @@ async def _endpoint_url(job: Job) -> AsyncIterator[str]:
     # An asset the section does not mention is served as a synthetic one, so a job that
     # only says `endpoint: emulator` runs as is.
     for item in job.resolved_items():
+        if item.is_collection:
+            continue
         if item.asset not in assets and item.asset not in synthetic:
             synthetic[item.asset] = SyntheticAsset(width=20000, height=20000)
     config = EmulatorConfig(
