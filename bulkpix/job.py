@@ -575,6 +575,60 @@ class ServiceModelSpec(_Strict):
     """Seconds one request takes per MB it asks for."""
 
 
+class EmulatorImageFile(_Strict):
+    """One image of a collection served from a raster file."""
+
+    file: str
+    """The raster file (relative to the job file)."""
+    start: str
+    """Its start time: a date or an RFC 3339 time."""
+    end: str | None = None
+    """Its end time (default: a day after start)."""
+    image_properties: dict[str, Any] = Field(default_factory=dict)
+    """Its properties, {name: value} (what filters compare)."""
+
+    _file = field_validator("file")(_check_path)
+
+    @field_validator("start", "end")
+    @classmethod
+    def _time(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_time(value)
+        return value
+
+
+class EmulatorCollection(_Strict):
+    """A collection the stand-in serves: synthetic tiles (the default), or raster files."""
+
+    files: list[EmulatorImageFile] | None = None
+    """One image per raster file; without it the collection is synthetic."""
+    tiles: tuple[PositiveInt, PositiveInt] = (2, 2)
+    """Synthetic: [rows, cols] of tiles."""
+    tile_size: Annotated[int, Field(gt=0, le=100_000)] = 512
+    """Synthetic: pixels a side of each tile."""
+    overlap: Annotated[int, Field(ge=0)] = 32
+    """Synthetic: pixels neighbouring tiles share."""
+    scale: PositiveFloat = 30.0
+    """Synthetic: pixel size in metres."""
+    dates: Annotated[int, Field(gt=0, le=10_000)] = 1
+    """Synthetic: days of images, one set of tiles per day."""
+    start: str = "2024-01-01"
+    """Synthetic: the first day."""
+    crs: list[str] = Field(default_factory=lambda: ["EPSG:32633"], min_length=1)
+    """Synthetic: the CRSs the tile grid repeats in (two UTM zones, say)."""
+    origin: tuple[float, float] = (12.0, 46.0)
+    """Synthetic: the grid's top-left corner, [lon, lat]."""
+
+    @model_validator(mode="after")
+    def _sizes(self) -> EmulatorCollection:
+        if self.overlap >= self.tile_size:
+            raise ValueError("overlap must be below tile_size")
+        parse_time(self.start)
+        for crs in self.crs:
+            _check_crs(crs)
+        return self
+
+
 class EmulatorSection(_Strict):
     """Settings of the in-process stand-in server started by ``endpoint: emulator``."""
 
@@ -583,6 +637,8 @@ class EmulatorSection(_Strict):
     served synthetic, 20,000 x 20,000."""
     assets: dict[str, list[str]] = Field(default_factory=dict)  # name -> raster files
     """Assets served from raster files, {asset name: [one file per band, or one file]}."""
+    collections: dict[str, EmulatorCollection] = Field(default_factory=dict)
+    """Image collections, {collection name: synthetic tiles or raster files}."""
     max_concurrent: PositiveInt | None = 40
     """Requests in flight the stand-in allows before answering 429 (null: no limit)."""
     max_qps: Annotated[float, Field(ge=MIN_QPS, allow_inf_nan=False)] | None = 100.0

@@ -133,6 +133,7 @@ async def _endpoint_url(job: Job) -> AsyncIterator[str]:
         return
     # Imported only here: the download path never loads the emulator otherwise.
     from bulkpix.emulator import EmulatorConfig, SyntheticAsset, emulator_in_thread
+    from bulkpix.emulator.config import FileCollection, FileImageSpec, SyntheticCollection
 
     section = job.emulator or EmulatorSection()
     synthetic = {}
@@ -150,9 +151,23 @@ async def _endpoint_url(job: Job) -> AsyncIterator[str]:
             continue
         if item.asset not in assets and item.asset not in synthetic:
             synthetic[item.asset] = SyntheticAsset(width=20000, height=20000)
+    collections: dict[str, SyntheticCollection | FileCollection] = {}
+    for name, spec in section.collections.items():
+        if spec.files is not None:
+            collections[asset_name(name)] = FileCollection(tuple(
+                FileImageSpec(str(_job_path(job, f.file)), f.start, f.end, dict(f.image_properties))
+                for f in spec.files
+            ))
+        else:
+            collections[asset_name(name)] = SyntheticCollection(
+                tiles=spec.tiles, tile_size=spec.tile_size, overlap=spec.overlap,
+                scale=spec.scale, dates=spec.dates, start=spec.start, crs=tuple(spec.crs),
+                origin=spec.origin,
+            )
     config = EmulatorConfig(
         assets=assets,
         synthetic=synthetic,
+        collections=collections,
         max_concurrent=section.max_concurrent,
         max_qps=section.max_qps,
         qps_window=section.qps_window,
