@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, overload
 
 import numpy as np
@@ -20,6 +20,7 @@ from bulkpix.errors import BadMetadata, JobError, printable
 from bulkpix.geometry.grid import (
     CRS,
     PixelGrid,
+    Window,
     aligned_grid,
     describe_bounds,
     native_subgrid,
@@ -35,12 +36,16 @@ __all__ = [
     "Estimate",
     "ItemPlan",
     "JobPlan",
+    "MosaicImage",
+    "MosaicPlan",
     "estimate",
     "human_bytes",
     "human_seconds",
     "job_plan",
+    "mosaic_images",
     "parse_asset",
     "plan_item",
+    "plan_mosaic",
     "size_warning",
     "tile_plan_from_fingerprint",
 ]
@@ -61,6 +66,200 @@ class AssetInfo:
     update_time: str | None
     # Per band, what the asset says of it beyond type and grid (units, description, ...).
     band_metadata: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class MosaicImage:
+    """One image of a collection as a mosaic uses it: its name, times and the lon/lat
+    bounding box of its footprint (what the record keeps, so a resume uses the same images)."""
+
+    name: str
+    start: str
+    end: str
+    bbox: tuple[float, float, float, float]
+
+    def record(self) -> list[Any]:
+        return [self.name, self.start, self.end, list(self.bbox)]
+
+    @classmethod
+    def from_record(cls, value: Any) -> MosaicImage:
+        name, start, end, bbox = value
+        return cls(str(name), str(start), str(end), tuple(float(v) for v in bbox))  # type: ignore[arg-type]
+
+
+def mosaic_images(listed: Sequence[Mapping[str, Any]], collection: str) -> list[MosaicImage]:
+    """The listing's images in mosaic order (start time, then id); BadMetadata if unusable."""
+    from bulkpix.geometry.grid import region_bounds
+
+    images = []
+    for entry in listed:
+        name, start = entry.get("name"), entry.get("startTime")
+        geometry = entry.get("geometry")
+        if not isinstance(name, str) or not isinstance(start, str) or not isinstance(
+            geometry, dict
+        ):
+            raise BadMetadata(
+                f"collection {collection}: an image without name, startTime or geometry"
+            )
+        try:
+            bbox = region_bounds(geometry, "EPSG:4326", "EPSG:4326")
+        except (ValueError, TypeError, KeyError, IndexError):
+            raise BadMetadata(f"image {name}: its footprint is not GeoJSON") from None
+        end = entry.get("endTime")
+        images.append(MosaicImage(name, start, end if isinstance(end, str) else start, bbox))
+    images.sort(key=lambda image: (_time_key(image.start), image.name))
+    return images
+
+
+def _time_key(text: str) -> str:
+    from bulkpix.job import parse_time, rfc3339
+
+    try:
+        return rfc3339(parse_time(text))
+    except ValueError:
+        return text
+
+
+@dataclass(frozen=True)
+class MosaicPlan:
+    """A collection mosaicked into one grid: the images (in order: later ones on top with
+    rule last) and, per output tile, the images whose footprints meet it."""
+
+    collection: str
+    rule: str
+    images: tuple[MosaicImage, ...]
+    # Per image, its footprint's pixel window in the output grid (None: it misses the grid).
+    windows: tuple[Window | None, ...]
+    # (tile row, tile col) -> indexes of the images whose window meets that tile.
+    buckets: Mapping[tuple[int, int], tuple[int, ...]]
+    tile_height: int
+    tile_width: int
+
+    def meeting(self, window: Window) -> list[tuple[int, Window]]:
+        """(image index, the part of ``window`` it covers) of every image meeting ``window``,
+        in mosaic order."""
+        rows = range(window.row_off // self.tile_height,
+                     (window.row_end - 1) // self.tile_height + 1)
+        cols = range(window.col_off // self.tile_width,
+                     (window.col_end - 1) // self.tile_width + 1)
+        found: set[int] = set()
+        for row in rows:
+            for col in cols:
+                found.update(self.buckets.get((row, col), ()))
+        out = []
+        for index in sorted(found):
+            footprint = self.windows[index]
+            part = footprint.intersection(window) if footprint is not None else None
+            if part is not None:
+                out.append((index, part))
+        return out
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {
+            "collection": self.collection,
+            "mosaic": self.rule,
+            "images": [image.record() for image in self.images],
+        }
+
+
+# Pixels added around each footprint's window: its lon/lat box is projected with densified
+# edges, and a pixel whose centre lies just inside must not be left out.
+_FOOTPRINT_MARGIN = 1
+
+
+def plan_mosaic_index(
+    collection: str, rule: str, images: Sequence[MosaicImage], grid: PixelGrid, tiles: TilePlan
+) -> MosaicPlan:
+    """Each image's footprint window in ``grid`` and a bucket index of them by tile.
+
+    Memory and time go with the tiles each footprint meets, never images x tiles.
+    """
+    inverse = ~grid.transform
+    whole = Window(0, 0, grid.height, grid.width)
+    windows: list[Window | None] = []
+    buckets: dict[tuple[int, int], list[int]] = {}
+    for index, image in enumerate(images):
+        try:
+            xmin, ymin, xmax, ymax = region_bounds(list(image.bbox), "EPSG:4326", grid.crs)
+        except ValueError:
+            windows.append(None)
+            continue
+        corners = [inverse @ (x, y) for x in (xmin, xmax) for y in (ymin, ymax)]
+        cols = [c for c, _ in corners]
+        rows = [r for _, r in corners]
+        if not all(math.isfinite(v) for v in cols + rows):
+            windows.append(None)
+            continue
+        col0 = math.floor(min(cols)) - _FOOTPRINT_MARGIN
+        row0 = math.floor(min(rows)) - _FOOTPRINT_MARGIN
+        col1 = math.ceil(max(cols)) + _FOOTPRINT_MARGIN
+        row1 = math.ceil(max(rows)) + _FOOTPRINT_MARGIN
+        window = Window(row0, col0, row1 - row0, col1 - col0).intersection(whole)
+        windows.append(window)
+        if window is None:
+            continue
+        for row in range(window.row_off // tiles.tile_height,
+                         (window.row_end - 1) // tiles.tile_height + 1):
+            for col in range(window.col_off // tiles.tile_width,
+                             (window.col_end - 1) // tiles.tile_width + 1):
+                buckets.setdefault((row, col), []).append(index)
+    return MosaicPlan(
+        collection=collection,
+        rule=rule,
+        images=tuple(images),
+        windows=tuple(windows),
+        buckets={key: tuple(value) for key, value in buckets.items()},
+        tile_height=tiles.tile_height,
+        tile_width=tiles.tile_width,
+    )
+
+
+def plan_mosaic(
+    spec: ResolvedItem,
+    first_image: AssetInfo,
+    images: Sequence[MosaicImage],
+    job: Job,
+    recorded_tile: tuple[int, int] | None = None,
+) -> ItemPlan:
+    """A collection item with layout mosaic: one aligned grid over the region (the images'
+    footprints without one), tiles, and the footprint index. This first cut needs crs and
+    scale: the images' native grids are not used for the output."""
+    assert spec.collection is not None
+    if spec.crs is None or spec.scale is None:
+        raise JobError(
+            f"collection {spec.collection}: a mosaic needs crs and scale (the output grid); "
+            "a native-grid mosaic is not supported yet"
+        )
+    if not images:
+        raise JobError(f"collection {spec.collection}: no image to mosaic")
+    crs = CRS.of(spec.crs)
+    union = _union_bbox([image.bbox for image in images])
+    try:
+        footprints = region_bounds(list(union), "EPSG:4326", crs)
+        if spec.region is None:
+            bounds = footprints
+        else:
+            region = spec.region.load_geometry(job.base_dir)
+            rb = region_bounds(region, spec.region.region_crs, crs)
+            bounds = (max(rb[0], footprints[0]), max(rb[1], footprints[1]),
+                      min(rb[2], footprints[2]), min(rb[3], footprints[3]))
+            if bounds[0] >= bounds[2] or bounds[1] >= bounds[3]:
+                raise JobError(
+                    f"collection {spec.collection}: no image falls in the region"
+                )
+        grid = aligned_grid(crs, spec.scale, bounds)
+    except JobError:
+        raise
+    except (ValueError, TypeError, KeyError, IndexError) as exc:
+        raise JobError(f"cannot make the output grid: {exc}") from None
+    plan = plan_item(spec, first_image, job, recorded_tile, grid=grid)
+    index = plan_mosaic_index(spec.collection, spec.mosaic_rule, images, plan.grid, plan.tiles)
+    return replace(plan, mosaic=index, native_pixels=None)
+
+
+def _union_bbox(boxes: Sequence[Sequence[float]]) -> tuple[float, float, float, float]:
+    return (min(b[0] for b in boxes), min(b[1] for b in boxes),
+            max(b[2] for b in boxes), max(b[3] for b in boxes))
 
 
 @dataclass(frozen=True)
@@ -85,6 +284,8 @@ class ItemPlan:
     # How many of the asset's native pixels the output's footprint spans (None: unknown):
     # the output's pixel count over this says how far it oversamples the asset.
     native_pixels: float | None = None
+    # A collection mosaicked into this grid: its images and their footprint index.
+    mosaic: MosaicPlan | None = None
 
     @property
     def path(self) -> str:
@@ -129,7 +330,7 @@ class ItemPlan:
             "band_groups": [list(g) for g in self.tiles.band_groups],
             "n_tiles": self.tiles.n_tiles,
             "bulkpix": __version__.split(".")[0],
-        } | self._output_options()
+        } | self._output_options() | (self.mosaic.fingerprint() if self.mosaic else {})
 
     def _output_options(self) -> dict[str, Any]:
         # Only when set, so outputs written before these options existed still match.
@@ -428,7 +629,12 @@ def _intersect(a: Sequence[float], b: Sequence[float]) -> bool:
 
 
 def plan_item(
-    spec: ResolvedItem, asset: AssetInfo, job: Job, recorded_tile: tuple[int, int] | None = None
+    spec: ResolvedItem,
+    asset: AssetInfo,
+    job: Job,
+    recorded_tile: tuple[int, int] | None = None,
+    *,
+    grid: PixelGrid | None = None,
 ) -> ItemPlan:
     """Choose the output grid and cut it into tiles. Raises JobError for impossible items.
 
@@ -441,7 +647,8 @@ def plan_item(
     if native is None:
         raise JobError(f"asset {asset.name}: band {bands[0].id} has no grid")
     try:
-        grid = _output_grid(spec, asset, native, job.base_dir)
+        if grid is None:
+            grid = _output_grid(spec, asset, native, job.base_dir)
     except JobError:
         raise
     except (ValueError, TypeError, KeyError, IndexError) as exc:
@@ -511,7 +718,7 @@ def plan_item(
         tiles = tiling(job.tile)
     return ItemPlan(
         name=spec.name,
-        asset=spec.asset,
+        asset=spec.source,
         bands=bands,
         grid=grid,
         tiles=tiles,
