@@ -300,7 +300,8 @@ async def _list_collection(
     except NotFound:
         raise JobError(f"collection {name} not found") from None
     except RequestInvalid as exc:
-        message = printable(exc.message, limit=300)
+        # The service's own words, without the call and status the line already implies.
+        message = printable(re.sub(r"^.*?: HTTP \d+ [A-Z_]*: ", "", exc.message), limit=300)
         raise JobError(f"collection {name}: the service refused the listing: {message}") from None
     if not images:
         chosen = [

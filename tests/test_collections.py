@@ -10,9 +10,11 @@ import numpy as np
 import pytest
 import zarr
 
+from bulkpix.cli import main
 from bulkpix.errors import JobError
 from bulkpix.job import Job, parse_job
-from bulkpix.pipeline import run_job
+from bulkpix.pipeline import RunStats, run_job
+from tests.conftest import write_job
 
 BASE: dict[str, Any] = {"output": "out.zarr", "endpoint": "emulator"}
 COLL = "projects/p/assets/coll"
@@ -150,3 +152,129 @@ def test_a_mosaic_across_two_utm_zones_equals_the_whole_grid_reference(
     for band in want:
         assert got[band].shape == want[band].shape
         np.testing.assert_array_equal(got[band], want[band])
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def _job_file(tmp_path: Path, **keys: Any) -> Path:
+    job = {
+        "output": str(tmp_path / "out.zarr"), "endpoint": "emulator", "collection": COLL,
+        "region": REGION, "crs": "EPSG:4326", "scale": SCALE,
+        "emulator": {"collections": {COLL: SYNTH}}, **keys,
+    }
+    return write_job(tmp_path / "job.yaml", **job)
+
+
+@pytest.mark.parametrize(
+    ("keys", "expected"),
+    [
+        ({"collection": "projects/p/assets/none"}, "collection projects/p/assets/none not found"),
+        ({"filter": "cloud < "}, "the service refused the listing: Invalid filter"),
+        ({"dates": ["2024-06-01", "2024-05-01"]}, "the start must come before the end"),
+        ({"region": [20.0, 40.0, 20.1, 40.1]}, "no image falls in the region"),
+        ({"dates": ["2023-01-01", "2023-02-01"]}, "no image falls in the region and dates"),
+        ({"filter": "cloud > 1000"}, "no image falls in the region and the filter"),
+        ({"asset": "projects/p/assets/a"}, "give asset or collection, not both"),
+        ({"crs": None, "scale": None}, "a mosaic needs crs and scale"),
+    ],
+)
+def test_bad_collection_input_is_one_line_exit_2_and_writes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], keys: dict[str, Any], expected: str
+) -> None:
+    path = _job_file(tmp_path, **{k: v for k, v in keys.items() if v is not None})
+    if any(v is None for v in keys.values()):
+        text = path.read_text()
+        path.write_text("\n".join(
+            line for line in text.splitlines() if line.split(":")[0] not in keys))
+    assert main(["run", str(path)]) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and expected in lines[0], lines
+    assert "Traceback" not in lines[0]
+    assert not (tmp_path / "out.zarr").exists()
+
+
+# --------------------------------------------------------------------------- resume
+
+
+def _request_tiles(log: list[dict[str, Any]], grid: Any, side: int) -> list[tuple[int, int]]:
+    """The output tile (row, col) of each getPixels call in the log (each asks inside one)."""
+    tiles = []
+    for record in log:
+        if record["op"] != "get_pixels" or record.get("status") != 200:
+            continue
+        col, row = ~grid.transform @ (record["affine"][2], record["affine"][5])
+        row0, col0 = round(row), round(col)
+        assert (row0 + record["height"] - 1) // side == row0 // side  # within one tile
+        tiles.append((row0 // side, col0 // side))
+    return tiles
+
+
+async def _interrupted(job: Job, after: int) -> RunStats:
+    """Run ``job`` and stop it once ``after`` tiles are written."""
+    stop = asyncio.Event()
+    ready: asyncio.Future[RunStats] = asyncio.get_running_loop().create_future()
+    running = asyncio.ensure_future(run_job(job, stop=stop, stats_ready=ready))
+    await asyncio.wait([ready, running], return_when=asyncio.FIRST_COMPLETED)
+    stats = ready.result()
+    while stats.finished < after and not running.done():  # some tiles written, most not
+        await asyncio.sleep(0.002)
+    stop.set()
+    return await running
+
+
+def test_a_resume_keeps_the_recorded_images_when_the_collection_grew(tmp_path: Path) -> None:
+    first = asyncio.run(_interrupted(_mosaic_job(tmp_path, tile=[16, 16], concurrency=2), 5))
+    assert first.interrupted and first.finished < first.total
+    grown = {**SYNTH, "dates": 3}  # a day more: 8 more images, on top with rule last
+    job = _mosaic_job(tmp_path, tile=[16, 16],
+                      emulator={"collections": {COLL: grown}, "max_qps": None})
+    second = asyncio.run(run_job(job))
+    assert second.ok
+    assert any("resuming with the 16 images its record holds; the collection now lists 24 "
+               "(8 new, 0 gone or changed)" in notice for notice in second.notices)
+    got, want = _read(tmp_path / "out.zarr"), _reference(job, "last")
+    for band in want:
+        np.testing.assert_array_equal(got[band], want[band])
+
+
+def test_an_interrupted_mosaic_resumes_without_fetching_a_finished_tile_again(
+    tmp_path: Path,
+) -> None:
+    from bulkpix.emulator import EmulatorConfig
+    from bulkpix.emulator.config import SyntheticCollection
+    from bulkpix.pipeline import plan_job
+    from bulkpix.store.record import TileRecord
+    from bulkpix.store.zarr_store import open_store
+    from tests.conftest import emulator_thread
+
+    spec = SyntheticCollection(
+        tiles=(2, 2), tile_size=96, overlap=16, scale=30, dates=2, start="2024-05-01",
+        crs=("EPSG:32632", "EPSG:32633"), origin=(11.98, 46.0))
+    with emulator_thread(collections={COLL: spec}, max_qps=None) as emu:
+        assert isinstance(emu.config, EmulatorConfig)
+
+        def job(name: str) -> Job:
+            return _mosaic_job(tmp_path, name, endpoint=emu.url, emulator=None, tile=[16, 16],
+                               concurrency=2, credentials="none")
+
+        first = asyncio.run(_interrupted(job("out.zarr"), after=10))
+        assert first.interrupted and 10 <= first.finished < first.total
+        (plan,) = asyncio.run(plan_job(job("out.zarr")))
+
+        async def done_keys() -> set[str]:
+            return await TileRecord(await open_store(str(tmp_path / "out.zarr"))).done_keys()
+
+        done = asyncio.run(done_keys())
+        windows = {t.key: t.window for t in plan.tiles.tiles()}
+        done_tiles = {(windows[k].row_off // 16, windows[k].col_off // 16) for k in done}
+        assert len(done_tiles) == len(done) >= 10
+        calls_before = len(emu.log)
+        second = asyncio.run(run_job(job("out.zarr")))
+        assert second.ok and second.finished == second.total
+        assert second.items[0].done_before == len(done)
+        fetched = _request_tiles(emu.log[calls_before:], plan.grid, 16)
+        assert fetched and not set(fetched) & done_tiles
+    resumed, reference = _read(tmp_path / "out.zarr"), _reference(job("x"), "last")
+    for band in reference:
+        np.testing.assert_array_equal(resumed[band], reference[band])
