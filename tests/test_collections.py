@@ -278,3 +278,51 @@ def test_an_interrupted_mosaic_resumes_without_fetching_a_finished_tile_again(
     resumed, reference = _read(tmp_path / "out.zarr"), _reference(job("x"), "last")
     for band in reference:
         np.testing.assert_array_equal(resumed[band], reference[band])
+
+
+# --------------------------------------------------------------------------- layout items
+
+
+def test_layout_items_writes_one_group_per_image_named_from_its_id(tmp_path: Path) -> None:
+    job = _mosaic_job(tmp_path, layout="items", crs=None, scale=None, filter="day = 1",
+                      region=[11.975, 45.99, 11.985, 46.0])
+    stats = asyncio.run(run_job(job))
+    assert stats.ok
+    root = zarr.open_group(str(tmp_path / "out.zarr"), mode="r")
+    names = sorted(name for name, _ in root.groups())
+    # The region meets the north-west tile of each zone's grid; the filter keeps day 1.
+    assert names == ["EPSG32632_r0_c0_d001", "EPSG32633_r0_c0_d001"]
+    group = root["EPSG32632_r0_c0_d001"]
+    assert group.attrs["asset"] == f"{COLL}/EPSG32632_r0_c0_d001"
+    assert (np.asarray(group["u16"][:]) != 0).all()  # on the image's own grid: all inside
+
+
+def test_metadata_calls_run_concurrently_up_to_the_jobs_concurrency() -> None:
+    from bulkpix.pipeline import _fetch_assets
+
+    names = [f"projects/p/assets/a{i}" for i in range(12)]
+    job = parse_job({**BASE, "concurrency": 5, "items": [{"asset": n} for n in names]})
+    in_flight, peak, gate = 0, 0, asyncio.Event()
+
+    class Client:
+        async def get_asset(self, name: str) -> dict[str, Any]:
+            nonlocal in_flight, peak
+            in_flight += 1
+            peak = max(peak, in_flight)
+            if peak == 5:
+                gate.set()  # the fifth call in flight opens the gate for all
+            await gate.wait()
+            in_flight -= 1
+            grid = {"crsCode": "EPSG:4326", "dimensions": {"width": 4, "height": 4},
+                    "affineTransform": {"scaleX": 1, "scaleY": -1, "translateY": 4}}
+            return {"type": "IMAGE", "name": name,
+                    "bands": [{"id": "b", "dataType": {"precision": "INT"}, "grid": grid}]}
+
+    retried: list[str] = []
+
+    async def retry(call: Any) -> Any:
+        retried.append("call")
+        return await call()
+
+    infos = asyncio.run(_fetch_assets(job, Client(), retry))  # type: ignore[arg-type]
+    assert list(infos) == names and peak == 5 and len(retried) == 12

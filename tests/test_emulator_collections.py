@@ -139,3 +139,18 @@ async def test_a_collection_of_geotiffs(tmp_path: Path) -> None:
             images = [i async for i in client.list_images(COLL, filter="n >= 1")]
     assert [i["startTime"] for i in images] == ["2024-02-01T00:00:00Z", "2024-03-01T00:00:00Z"]
     assert json.dumps(images[0]["geometry"]).startswith('{"type": "Polygon"')
+
+
+async def test_every_page_goes_through_the_callers_retry_loop(
+    emu_client: tuple[Any, EEClient],
+) -> None:
+    _emu, client = emu_client
+    calls = 0
+
+    async def call(fetch: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        return await fetch()
+
+    images = [i async for i in client.list_images(COLL, page_size=7, call=call)]
+    assert len(images) == 24 and calls == 4
