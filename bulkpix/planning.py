@@ -154,6 +154,19 @@ class MosaicPlan:
                 out.append((index, part))
         return out
 
+    def tiles_per_image(self) -> list[int]:
+        """How many output tiles (of one band group) each image's footprint meets."""
+        counts = [0] * len(self.images)
+        for members in self.buckets.values():
+            for index in members:
+                counts[index] += 1
+        return counts
+
+    @property
+    def n_calls(self) -> int:
+        """getPixels calls per band group: one per (tile, image meeting it)."""
+        return sum(len(members) for members in self.buckets.values())
+
     def fingerprint(self) -> dict[str, Any]:
         return {
             "collection": self.collection,
@@ -886,7 +899,10 @@ def estimate(
     if not plans:
         return Estimate(0, 0, 0, 0, 0.0)
     ratio = ASSUMED_COMPRESSION.get(compression, 1.0)
-    requests = sum(p.tiles.n_tiles for p in plans)
+    requests = sum(
+        p.mosaic.n_calls * len(p.tiles.band_groups) if p.mosaic else p.tiles.n_tiles
+        for p in plans
+    )
     times = [_request_seconds(p, service) for p in plans]
     waves = sum(-(-p.tiles.n_tiles // concurrency) * t for p, t in zip(plans, times, strict=True))
     rate = (requests - 1) / qps + max(times)

@@ -326,3 +326,19 @@ def test_metadata_calls_run_concurrently_up_to_the_jobs_concurrency() -> None:
 
     infos = asyncio.run(_fetch_assets(job, Client(), retry))  # type: ignore[arg-type]
     assert list(infos) == names and peak == 5 and len(retried) == 12
+
+
+def test_plan_prints_the_images_found_with_their_dates_and_tiles(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = _job_file(tmp_path, tile=[32, 32], chunk=16, bands=["u16"],
+                     filter='zone = "EPSG32633" AND day = 0')
+    assert main(["plan", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert f"collection {COLL}: mosaic (last) of 4 images" in out
+    lines = [line for line in out.splitlines() if line.strip().startswith("image ")]
+    assert len(lines) == 4
+    assert "EPSG32633_r0_c0_d000  2024-05-01T00:00:00Z .. 2024-05-02T00:00:00Z" in lines[0]
+    tiles = [int(line.rsplit(" ", 2)[-2]) for line in lines]
+    assert all(count >= 1 for count in tiles) and sum(tiles) > 4  # footprints span tiles
+    assert not (tmp_path / "out.zarr").exists()
