@@ -342,3 +342,17 @@ def test_plan_prints_the_images_found_with_their_dates_and_tiles(
     tiles = [int(line.rsplit(" ", 2)[-2]) for line in lines]
     assert all(count >= 1 for count in tiles) and sum(tiles) > 4  # footprints span tiles
     assert not (tmp_path / "out.zarr").exists()
+
+
+def test_the_demo_mosaic_job_runs_and_covers_its_region(tmp_path: Path) -> None:
+    import yaml
+
+    root = Path(__file__).resolve().parent.parent
+    data = yaml.safe_load((root / "configs" / "demo_mosaic.yaml").read_text())
+    data["output"] = str(tmp_path / "demo.zarr")
+    data["emulator"].update(service_base_s=0, service_per_mb_s=0)
+    job = parse_job(data, base_dir=tmp_path)
+    stats = asyncio.run(run_job(job))
+    assert stats.ok
+    values = np.asarray(zarr.open_group(str(tmp_path / "demo.zarr"), mode="r")["u16"][:])
+    assert (values != 0).all()  # the region lies inside the collection: every pixel covered
