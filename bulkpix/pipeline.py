@@ -395,8 +395,13 @@ def _plan_items(
                         f"({len(now - before)} new, {len(before - now)} gone or changed)"
                     )
                     images = recorded
-                first = parse_asset(listed[0], str(listed[0].get("name")))
-                plans.append(plan_mosaic(spec, first, images, job, recorded_tile))
+                chosen = {image.name for image in images}
+                infos = [
+                    parse_asset(entry, str(entry.get("name")))
+                    for entry in listed
+                    if entry.get("name") in chosen
+                ]
+                plans.append(plan_mosaic(spec, infos, images, job, recorded_tile))
             else:
                 plans.append(plan_item(spec, sources.infos[spec.asset], job, recorded_tile))
         except JobError as exc:

@@ -229,45 +229,106 @@ def plan_mosaic_index(
 
 def plan_mosaic(
     spec: ResolvedItem,
-    first_image: AssetInfo,
+    listed: Sequence[AssetInfo],
     images: Sequence[MosaicImage],
     job: Job,
     recorded_tile: tuple[int, int] | None = None,
 ) -> ItemPlan:
-    """A collection item with layout mosaic: one aligned grid over the region (the images'
-    footprints without one), tiles, and the footprint index. This first cut needs crs and
-    scale: the images' native grids are not used for the output."""
+    """A collection item with layout mosaic: one grid over the region (the images' footprints
+    without one), tiles, and the footprint index.
+
+    With crs and scale the grid is aligned (edges on multiples of scale). Without them the
+    images must share one native grid (one CRS, pixel size and lattice, as tiles of one
+    dataset do): the output is that lattice over the region. ``listed`` holds the metadata of
+    the images used (the first names the bands and types)."""
     assert spec.collection is not None
-    if spec.crs is None or spec.scale is None:
-        raise JobError(
-            f"collection {spec.collection}: a mosaic needs crs and scale (the output grid); "
-            "a native-grid mosaic is not supported yet"
-        )
-    if not images:
+    if not images or not listed:
         raise JobError(f"collection {spec.collection}: no image to mosaic")
-    crs = CRS.of(spec.crs)
+    if spec.dimensions is not None:
+        raise JobError(
+            f"collection {spec.collection}: a mosaic takes crs and scale, not dimensions"
+        )
     union = _union_bbox([image.bbox for image in images])
     try:
-        footprints = region_bounds(list(union), "EPSG:4326", crs)
-        if spec.region is None:
-            bounds = footprints
+        if spec.crs is None and spec.scale is None:
+            grid = _native_mosaic_grid(spec, listed, union, job)
+        elif spec.crs is None or spec.scale is None:
+            raise JobError(
+                f"collection {spec.collection}: a mosaic needs both crs and scale (or neither, "
+                "when the images share one native grid)"
+            )
         else:
-            region = spec.region.load_geometry(job.base_dir)
-            rb = region_bounds(region, spec.region.region_crs, crs)
-            bounds = (max(rb[0], footprints[0]), max(rb[1], footprints[1]),
-                      min(rb[2], footprints[2]), min(rb[3], footprints[3]))
-            if bounds[0] >= bounds[2] or bounds[1] >= bounds[3]:
-                raise JobError(
-                    f"collection {spec.collection}: no image falls in the region"
-                )
-        grid = aligned_grid(crs, spec.scale, bounds)
+            grid = _aligned_mosaic_grid(spec, CRS.of(spec.crs), spec.scale, union, job)
     except JobError:
         raise
     except (ValueError, TypeError, KeyError, IndexError) as exc:
         raise JobError(f"cannot make the output grid: {exc}") from None
-    plan = plan_item(spec, first_image, job, recorded_tile, grid=grid)
+    plan = plan_item(spec, listed[0], job, recorded_tile, grid=grid)
     index = plan_mosaic_index(spec.collection, spec.mosaic_rule, images, plan.grid, plan.tiles)
     return replace(plan, mosaic=index, native_pixels=None)
+
+
+def _clip_to_region(
+    spec: ResolvedItem, crs: CRS, footprints: Sequence[float], job: Job
+) -> tuple[float, float, float, float]:
+    if spec.region is None:
+        return (footprints[0], footprints[1], footprints[2], footprints[3])
+    region = spec.region.load_geometry(job.base_dir)
+    rb = region_bounds(region, spec.region.region_crs, crs)
+    bounds = (max(rb[0], footprints[0]), max(rb[1], footprints[1]),
+              min(rb[2], footprints[2]), min(rb[3], footprints[3]))
+    if bounds[0] >= bounds[2] or bounds[1] >= bounds[3]:
+        raise JobError(f"collection {spec.collection}: no image falls in the region")
+    return bounds
+
+
+def _aligned_mosaic_grid(
+    spec: ResolvedItem, crs: CRS, scale: float, union: Sequence[float], job: Job
+) -> PixelGrid:
+    footprints = region_bounds(list(union), "EPSG:4326", crs)
+    return aligned_grid(crs, scale, _clip_to_region(spec, crs, footprints, job))
+
+
+# Offsets between images' grids this close to whole pixels count as one lattice.
+_LATTICE_TOLERANCE_PX = 1e-6
+
+
+def _native_mosaic_grid(
+    spec: ResolvedItem, listed: Sequence[AssetInfo], union: Sequence[float], job: Job
+) -> PixelGrid:
+    """The images' shared native lattice over the region (their footprints without one)."""
+    band = spec.bands[0] if spec.bands else listed[0].bands[0].id
+    first = listed[0].grids.get(band)
+    if first is None:
+        raise JobError(f"image {listed[0].name}: band {band} has no grid")
+    if not first.is_north_up:
+        raise JobError(f"image {listed[0].name} is not north-up: give crs and scale")
+    t0 = first.transform
+    for info in listed[1:]:
+        grid = info.grids.get(band)
+        if grid is None:
+            raise JobError(f"image {info.name}: band {band} has no grid")
+        t = grid.transform
+        col, row = ~t0 @ (t.c, t.f)
+        if (
+            grid.crs != first.crs
+            or (t.a, t.b, t.d, t.e) != (t0.a, t0.b, t0.d, t0.e)
+            or abs(col - round(col)) > _LATTICE_TOLERANCE_PX
+            or abs(row - round(row)) > _LATTICE_TOLERANCE_PX
+        ):
+            raise JobError(
+                f"collection {spec.collection}: the images do not share one grid ({listed[0].name}"
+                f" and {info.name} differ); give crs and scale for the output grid"
+            )
+    footprints = region_bounds(list(union), "EPSG:4326", first.crs)
+    xmin, ymin, xmax, ymax = _clip_to_region(spec, first.crs, footprints, job)
+    # Snapped outward to the lattice, as native_subgrid snaps a region to an asset's pixels.
+    cols = [c for c, _ in (~t0 @ (x, y) for x in (xmin, xmax) for y in (ymin, ymax))]
+    rows = [r for _, r in (~t0 @ (x, y) for x in (xmin, xmax) for y in (ymin, ymax))]
+    col0, col1 = math.floor(min(cols) + 1e-9), math.ceil(max(cols) - 1e-9)
+    row0, row1 = math.floor(min(rows) + 1e-9), math.ceil(max(rows) - 1e-9)
+    window = Window(row0, col0, max(row1 - row0, 1), max(col1 - col0, 1))
+    return PixelGrid(first.crs, t0, 1, 1).window_grid(window)
 
 
 def _union_bbox(boxes: Sequence[Sequence[float]]) -> tuple[float, float, float, float]:

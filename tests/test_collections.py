@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 import zarr
+from affine import Affine
 
 from bulkpix.cli import main
 from bulkpix.errors import JobError
@@ -176,7 +177,8 @@ def _job_file(tmp_path: Path, **keys: Any) -> Path:
         ({"dates": ["2023-01-01", "2023-02-01"]}, "no image falls in the region and dates"),
         ({"filter": "cloud > 1000"}, "no image falls in the region and the filter"),
         ({"asset": "projects/p/assets/a"}, "give asset or collection, not both"),
-        ({"crs": None, "scale": None}, "a mosaic needs crs and scale"),
+        ({"crs": None, "scale": None}, "the images do not share one grid"),
+        ({"crs": None}, "a mosaic needs both crs and scale"),
     ],
 )
 def test_bad_collection_input_is_one_line_exit_2_and_writes_nothing(
@@ -356,3 +358,39 @@ def test_the_demo_mosaic_job_runs_and_covers_its_region(tmp_path: Path) -> None:
     assert stats.ok
     values = np.asarray(zarr.open_group(str(tmp_path / "demo.zarr"), mode="r")["u16"][:])
     assert (values != 0).all()  # the region lies inside the collection: every pixel covered
+
+
+def test_a_native_grid_mosaic_of_a_tiled_collection_is_bit_exact_at_every_tile_edge(
+    tmp_path: Path,
+) -> None:
+    """One UTM zone: the tiles share one 30 m lattice, so no crs or scale is needed and the
+    output is that lattice; the region crosses the tiles' edges and overlaps."""
+    from bulkpix.emulator.collections import build_collection
+    from bulkpix.emulator.config import SyntheticCollection
+    from bulkpix.emulator.resample import OutputGrid, read_grid
+
+    one_zone = {**SYNTH, "crs": ["EPSG:32633"], "tiles": [2, 3]}
+    job = _mosaic_job(tmp_path, crs=None, scale=None, mosaic="first",
+                      emulator={"collections": {COLL: one_zone}, "max_qps": None})
+    stats = asyncio.run(run_job(job))
+    assert stats.ok
+    group = zarr.open_group(str(tmp_path / "out.zarr"), mode="r")
+    transform = group.attrs["bulkpix"]["grid"]["transform"]
+    assert transform[0] == 30 and transform[4] == -30  # the images' own pixel size
+    assert transform[2] % 30 == 0 and transform[5] % 30 == 0  # on their lattice
+    got = _read(tmp_path / "out.zarr")
+    spec = SyntheticCollection(tiles=(2, 3), tile_size=96, overlap=16, scale=30, dates=2,
+                               start="2024-05-01", crs=("EPSG:32633",), origin=(11.98, 46.0))
+    images = sorted(build_collection(COLL, spec).images, key=lambda i: (i.start, i.asset.name))
+    height, width = got["u16"].shape
+    whole = OutputGrid(images[0].asset.crs, Affine(*transform[:6]), width, height, None)
+    for band in ("u16", "u8"):
+        want = np.zeros((height, width), got[band].dtype)
+        done = np.zeros((height, width), bool)
+        for image in images:  # rule first: the earliest image with a value wins
+            (values,), _ = read_grid(image.asset, [image.asset.band_index(band) or 0], whole)
+            take = (values != 0) & ~done
+            want[take] = values[take]
+            done |= take
+        assert done.mean() > 0.5 and (~done).any()  # the region reaches past the images
+        np.testing.assert_array_equal(got[band], want)
