@@ -154,3 +154,16 @@ async def test_every_page_goes_through_the_callers_retry_loop(
 
     images = [i async for i in client.list_images(COLL, page_size=7, call=call)]
     assert len(images) == 24 and calls == 4
+
+
+def test_the_emulator_command_serves_a_synthetic_collection() -> None:
+    from bulkpix.emulator.cli import _UsageError, build_parser, config_from_args
+
+    args = build_parser().parse_args(
+        ["--collection", "projects/p/assets/t:2x3x4:256@EPSG:32632,EPSG:32633"])
+    spec = config_from_args(args).collections["projects/p/assets/t"]
+    assert isinstance(spec, SyntheticCollection)
+    assert (spec.tiles, spec.dates, spec.tile_size, spec.crs) == (
+        (2, 3), 4, 256, ("EPSG:32632", "EPSG:32633"))
+    with pytest.raises(_UsageError, match="expected NAME:ROWSxCOLSxDATES"):
+        config_from_args(build_parser().parse_args(["--collection", "projects/p/assets/t:2x3"]))
