@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import math
 import random
 import re
 import time
@@ -523,6 +524,9 @@ class _Run:
     stats: RunStats
     stop: asyncio.Event
     items: list[OpenedItem]
+    # Mosaic tiles being assembled at once: enough to keep the quota's calls in flight, no
+    # more, as each holds its output buffers until its last call is in.
+    assembling: asyncio.Semaphore | None = None
 
 
 # A job whose every request is refused (credentials revoked, project lost access) stops after
@@ -645,6 +649,7 @@ async def _run_tiles(
             stats=stats,
             stop=stop,
             items=opened,
+            assembling=_assembly_slots(job, opened),
         )
 
         async def handle(item: _Work) -> list[_Work] | None:
@@ -659,6 +664,19 @@ async def _run_tiles(
             stats.ended = time.monotonic()
             stats.interrupted = stop.is_set() and stats.aborted is None
     return stats
+
+
+def _assembly_slots(job: Job, opened: list[OpenedItem]) -> asyncio.Semaphore | None:
+    """How many mosaic tiles may be assembled at once: the concurrency over the calls an
+    output tile takes on average (at least two, so one tile's slow call never idles the run)."""
+    per_tile = [
+        item.plan.mosaic.n_calls / max(1, len(item.plan.mosaic.buckets))
+        for item in opened
+        if item.plan.mosaic is not None
+    ]
+    if not per_tile:
+        return None
+    return asyncio.Semaphore(max(2, math.ceil(job.concurrency / max(1.0, min(per_tile)))))
 
 
 async def _mark_complete_items(
@@ -694,7 +712,9 @@ async def _process_tile(run: _Run, work: _Work) -> list[_Work] | None:
 
     item = run.items[work.item]
     if item.plan.mosaic is not None:
-        await _process_mosaic_tile(run, work)
+        assert run.assembling is not None
+        async with run.assembling:
+            await _process_mosaic_tile(run, work)
         return None
     plan, writer, record, done = item.plan, item.writer, item.record, item.done
     tile = work.tile

@@ -258,14 +258,34 @@ def plan_mosaic(
                 "when the images share one native grid)"
             )
         else:
-            grid = _aligned_mosaic_grid(spec, CRS.of(spec.crs), spec.scale, union, job)
+            grid = _aligned_mosaic_grid(spec, listed, CRS.of(spec.crs), spec.scale, union, job)
     except JobError:
         raise
     except (ValueError, TypeError, KeyError, IndexError) as exc:
         raise JobError(f"cannot make the output grid: {exc}") from None
     plan = plan_item(spec, listed[0], job, recorded_tile, grid=grid)
+    _check_same_bands(spec, listed, plan.bands)
     index = plan_mosaic_index(spec.collection, spec.mosaic_rule, images, plan.grid, plan.tiles)
     return replace(plan, mosaic=index, native_pixels=None)
+
+
+def _check_same_bands(
+    spec: ResolvedItem, listed: Sequence[AssetInfo], bands: Sequence[BandSpec]
+) -> None:
+    """Every image has the output's bands with the same types (the first image's), so no
+    call of the mosaic asks for a band an image lacks or decodes to another type."""
+    for info in listed[1:]:
+        theirs = {band.id: band.dtype for band in info.bands}
+        for band in bands:
+            if band.id not in theirs:
+                raise JobError(
+                    f"collection {spec.collection}: image {info.name} has no band {band.id}"
+                )
+            if theirs[band.id] != band.dtype:
+                raise JobError(
+                    f"collection {spec.collection}: band {band.id} is {band.dtype.name} in "
+                    f"{listed[0].name} but {theirs[band.id].name} in {info.name}"
+                )
 
 
 def _clip_to_region(
@@ -283,10 +303,28 @@ def _clip_to_region(
 
 
 def _aligned_mosaic_grid(
-    spec: ResolvedItem, crs: CRS, scale: float, union: Sequence[float], job: Job
+    spec: ResolvedItem,
+    listed: Sequence[AssetInfo],
+    crs: CRS,
+    scale: float,
+    union: Sequence[float],
+    job: Job,
 ) -> PixelGrid:
-    footprints = region_bounds(list(union), "EPSG:4326", crs)
+    band = spec.bands[0] if spec.bands else listed[0].bands[0].id
+    footprints = _footprints(listed, band, crs, union)
     return aligned_grid(crs, scale, _clip_to_region(spec, crs, footprints, job))
+
+
+def _footprints(
+    listed: Sequence[AssetInfo], band: str, crs: CRS, union: Sequence[float]
+) -> Sequence[float]:
+    """The images' extent in ``crs``: from their own grids (exact), or from the lon/lat boxes
+    of their footprints when a grid is missing or cannot be projected."""
+    try:
+        boxes = [info.grids[band].footprint_bounds(crs) for info in listed]
+    except (KeyError, ValueError):
+        return region_bounds(list(union), "EPSG:4326", crs)
+    return _union_bbox(boxes)
 
 
 # Offsets between images' grids this close to whole pixels count as one lattice.
@@ -320,7 +358,7 @@ def _native_mosaic_grid(
                 f"collection {spec.collection}: the images do not share one grid ({listed[0].name}"
                 f" and {info.name} differ); give crs and scale for the output grid"
             )
-    footprints = region_bounds(list(union), "EPSG:4326", first.crs)
+    footprints = _footprints(listed, band, first.crs, union)
     xmin, ymin, xmax, ymax = _clip_to_region(spec, first.crs, footprints, job)
     # Snapped outward to the lattice, as native_subgrid snaps a region to an asset's pixels.
     cols = [c for c, _ in (~t0 @ (x, y) for x in (xmin, xmax) for y in (ymin, ymax))]
