@@ -23,6 +23,7 @@ from bulkpix.geometry.grid import (
     Window,
     aligned_grid,
     describe_bounds,
+    is_lonlat_crs,
     native_subgrid,
     region_bounds,
     sized_grid,
@@ -180,6 +181,46 @@ class MosaicPlan:
 _FOOTPRINT_MARGIN = 1
 
 
+# Points per edge of a footprint's lon/lat box when it is projected into the output CRS.
+_FOOTPRINT_EDGE_POINTS = 8
+
+
+def _footprint_windows(images: Sequence[MosaicImage], grid: PixelGrid) -> list[Window | None]:
+    """Each image's footprint box as a pixel window of ``grid`` (clipped to it; None when it
+    misses the grid or cannot be projected), for every image in one vectorised projection."""
+    if not images:
+        return []
+    boxes = np.array([image.bbox for image in images], dtype=np.float64)
+    steps = np.linspace(0.0, 1.0, _FOOTPRINT_EDGE_POINTS, endpoint=False)[None, :]
+    x0, y0, x1, y1 = (boxes[:, i : i + 1] for i in range(4))
+    ones = np.ones_like(steps)
+    xs = np.concatenate([x0 + (x1 - x0) * steps, x1 * ones, x1 - (x1 - x0) * steps, x0 * ones], 1)
+    ys = np.concatenate([y0 * ones, y0 + (y1 - y0) * steps, y1 * ones, y1 - (y1 - y0) * steps], 1)
+    if not is_lonlat_crs(grid.crs) or CRS.of(grid.crs) != CRS.of("EPSG:4326"):
+        from pyproj import Transformer
+
+        to_grid = Transformer.from_crs("EPSG:4326", grid.crs.wkt, always_xy=True)
+        xs, ys = (np.asarray(v) for v in to_grid.transform(xs, ys, errcheck=False))
+    inverse = ~grid.transform
+    cols = inverse.a * xs + inverse.b * ys + inverse.c
+    rows = inverse.d * xs + inverse.e * ys + inverse.f
+    finite = np.isfinite(cols).all(axis=1) & np.isfinite(rows).all(axis=1)
+    with np.errstate(invalid="ignore"):
+        col0 = np.floor(cols.min(axis=1)) - _FOOTPRINT_MARGIN
+        col1 = np.ceil(cols.max(axis=1)) + _FOOTPRINT_MARGIN
+        row0 = np.floor(rows.min(axis=1)) - _FOOTPRINT_MARGIN
+        row1 = np.ceil(rows.max(axis=1)) + _FOOTPRINT_MARGIN
+    windows: list[Window | None] = []
+    for ok, c0, c1, r0, r1 in zip(finite, col0, col1, row0, row1, strict=True):
+        if not ok:
+            windows.append(None)
+            continue
+        c0, r0 = max(int(c0), 0), max(int(r0), 0)
+        c1, r1 = min(int(c1), grid.width), min(int(r1), grid.height)
+        windows.append(Window(r0, c0, r1 - r0, c1 - c0) if c1 > c0 and r1 > r0 else None)
+    return windows
+
+
 def plan_mosaic_index(
     collection: str, rule: str, images: Sequence[MosaicImage], grid: PixelGrid, tiles: TilePlan
 ) -> MosaicPlan:
@@ -187,28 +228,9 @@ def plan_mosaic_index(
 
     Memory and time go with the tiles each footprint meets, never images x tiles.
     """
-    inverse = ~grid.transform
-    whole = Window(0, 0, grid.height, grid.width)
-    windows: list[Window | None] = []
+    windows = _footprint_windows(images, grid)
     buckets: dict[tuple[int, int], list[int]] = {}
-    for index, image in enumerate(images):
-        try:
-            xmin, ymin, xmax, ymax = region_bounds(list(image.bbox), "EPSG:4326", grid.crs)
-        except ValueError:
-            windows.append(None)
-            continue
-        corners = [inverse @ (x, y) for x in (xmin, xmax) for y in (ymin, ymax)]
-        cols = [c for c, _ in corners]
-        rows = [r for _, r in corners]
-        if not all(math.isfinite(v) for v in cols + rows):
-            windows.append(None)
-            continue
-        col0 = math.floor(min(cols)) - _FOOTPRINT_MARGIN
-        row0 = math.floor(min(rows)) - _FOOTPRINT_MARGIN
-        col1 = math.ceil(max(cols)) + _FOOTPRINT_MARGIN
-        row1 = math.ceil(max(rows)) + _FOOTPRINT_MARGIN
-        window = Window(row0, col0, row1 - row0, col1 - col0).intersection(whole)
-        windows.append(window)
+    for index, window in enumerate(windows):
         if window is None:
             continue
         for row in range(window.row_off // tiles.tile_height,
