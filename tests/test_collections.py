@@ -431,3 +431,14 @@ def test_a_collection_of_geotiffs_on_one_grid_mosaics_natively(tmp_path: Path) -
         assert values.shape == (8, 12)
         assert (values[:, :4] == 5).all() and (values[:, 8:] == 9).all()
         assert (values[:, 4:8] == middle).all(), rule
+
+
+def test_the_mosaic_benchmark_asks_each_image_only_for_what_it_covers() -> None:
+    from benchmarks.mosaic import mosaic_run, planning
+
+    plan = planning(300, 60)
+    assert plan["output_tiles"] >= 250 and plan["footprints"] >= 50 and plan["calls"] > 0
+    run = mosaic_run(2, tile_px=64, service_base_s=0.0)
+    assert run["images"] == 8 and run["requests"] >= run["output_tiles"]
+    # Bytes requested equal the footprints' windows over the output: no call asks for more.
+    assert run["overfetch_over_depth"] == 1.0
