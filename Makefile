@@ -32,6 +32,7 @@ test-fast: install-test
 
 lint: install-test
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 bench: install-test
 	$(BIN)/python -m benchmarks

@@ -118,7 +118,7 @@ def _build_parser() -> argparse.ArgumentParser:
         help="re-read every stored chunk against its checksum; clear the tiles that fail "
         "(exit 0 ok, 1 damage found, 2 not a bulkpix output)",
     )
-    verify.add_argument("output", help="the output store")
+    verify.add_argument("output", help="the output store, or the job file that writes it")
     verify.add_argument("--debug", action="store_true", help="show tracebacks")
 
     schema = commands.add_parser("schema", help="print the job file's JSON Schema, for editors")
@@ -445,15 +445,19 @@ def _preview(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _output_of(output_or_job: str) -> str:
+    """The output named on the command line, or the one a job file (a regular file) writes."""
+    if "://" not in output_or_job and Path(output_or_job).is_file():
+        from bulkpix.job import load_job
+
+        return load_job(output_or_job).output
+    return output_or_job
+
+
 def _status(args: argparse.Namespace) -> int:
     from bulkpix.status import print_status, read_status
 
-    output = args.output
-    if "://" not in output and Path(output).is_file():
-        from bulkpix.job import load_job
-
-        output = load_job(output).output  # the job file: its output
-    report = asyncio.run(read_status(output))
+    report = asyncio.run(read_status(_output_of(args.output)))
     print_status(_console(), report)
     return EXIT_OK if report.complete else EXIT_FAILED
 
@@ -461,7 +465,7 @@ def _status(args: argparse.Namespace) -> int:
 def _verify(args: argparse.Namespace) -> int:
     from bulkpix.store.verify import verify_output
 
-    report = asyncio.run(verify_output(args.output))
+    report = asyncio.run(verify_output(_output_of(args.output)))
     out = _console()
     checked = sum(item.tiles for item in report.items)
     chunks = sum(item.chunks for item in report.items)

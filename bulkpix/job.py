@@ -375,7 +375,8 @@ class _ItemFields(_Strict):
     """With collection: the service's filter expression, e.g.
     'properties.CLOUDY_PIXEL_PERCENTAGE < 20'."""
     layout: Layout | None = None
-    """With collection: mosaic (default: one 2-D grid per band) or items (one group per image)."""
+    """With collection: mosaic (default: one 2-D grid per band) or items (one group per
+    image); cube is not supported yet."""
     mosaic: MosaicRule | None = None
     """With layout mosaic: how overlapping images combine per pixel: last (default: later
     start times on top), first, min or max; the band's nodata (default 0) is no value."""
@@ -542,7 +543,8 @@ class ResolvedItem(_ItemFields):
 
 
 # Waits past a day are typos, not settings (and a run would seem to hang on them).
-Seconds = Annotated[float, Field(gt=0, le=86_400, allow_inf_nan=False)]
+# Below a tenth of a second every request times out, and the run only retries: a typo too.
+Seconds = Annotated[float, Field(ge=0.1, le=86_400, allow_inf_nan=False)]
 
 
 class Timeouts(_Strict):
@@ -629,6 +631,10 @@ class EmulatorCollection(_Strict):
         return self
 
 
+# 16.7 million px a side, as planning's MAX_OUTPUT_SIDE: past that a size is a typo.
+MAX_SYNTHETIC_SIDE = 2**24
+
+
 class EmulatorSection(_Strict):
     """Settings of the in-process stand-in server started by ``endpoint: emulator``."""
 
@@ -659,6 +665,10 @@ class EmulatorSection(_Strict):
             if not re.fullmatch(r"[1-9]\d*x[1-9]\d*", str(size)):
                 raise ValueError(
                     f"synthetic size for {short(name)} must be WIDTHxHEIGHT, got {short(size)}"
+                )
+            if any(int(side) > MAX_SYNTHETIC_SIDE for side in str(size).split("x")):
+                raise ValueError(
+                    f"synthetic size for {short(name)}: at most {MAX_SYNTHETIC_SIDE} px a side"
                 )
         return value
 
@@ -991,14 +1001,14 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         try:
             if self._depth > MAX_YAML_DEPTH:
                 raise _YamlRefused(f"nested too deeply (more than {MAX_YAML_DEPTH} levels)")
-            return super().compose_node(parent, index)  # type: ignore[no-untyped-call]
+            return super().compose_node(parent, index)
         finally:
             self._depth -= 1
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[Any] = set()
         for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+            key = self.construct_object(key_node, deep=deep)
             if key in seen:
                 raise yaml.constructor.ConstructorError(
                     None, None, f"key {short(key)} is given twice", key_node.start_mark

@@ -12,7 +12,7 @@ import importlib
 import sys
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from rich.console import Console
 from rich.progress import (
@@ -44,7 +44,7 @@ _MAX_ITEM_BARS = 8
 _MB = 1e6
 
 
-def _fields(stats: RunStats) -> dict[str, str]:
+def _fields(stats: RunStats) -> dict[str, Any]:
     elapsed = max(stats.elapsed, 1e-9)
     governor = stats.governor
     limit = f" limit {governor.limit}" if governor is not None else ""

@@ -135,6 +135,7 @@ def test_status_accepts_the_job_file(
     capsys.readouterr()
     assert main(["status", str(job)]) == 0
     assert "24/24" in capsys.readouterr().out
+    assert main(["verify", str(job)]) == 0  # verify takes the job file too
 
 
 def test_dashes_override_the_job_file(
@@ -228,7 +229,9 @@ def test_second_ctrl_c_with_the_in_process_emulator_is_one_clean_line(tmp_path: 
         tmp_path / "job.yaml", asset=ASSET, output=str(output), endpoint="emulator",
         region={"bbox": [600000, 5160000, 640000, 5200000], "region_crs": "EPSG:32633"},
         chunk=256, tile=[256, 256], concurrency=8,
-        emulator={"service_base_s": 0.5},  # tiles in flight when the second Ctrl-C comes
+        # Tiles stay in flight for seconds after the first Ctrl-C, so the second one finds
+        # them there even on a loaded machine.
+        emulator={"service_base_s": 3.0},
     )
     proc = subprocess.Popen(
         [sys.executable, "-m", "bulkpix", "run", "--quiet", str(job)],
@@ -267,3 +270,41 @@ def test_debug_before_the_emulator_subcommand(capsys: pytest.CaptureFixture[str]
         code = exc.code
     assert code == 0
     assert "usage: bulkpix emulator" in capsys.readouterr().out
+
+
+def test_sigterm_while_reading_the_job_file_in_a_real_process(tmp_path: Path) -> None:
+    import errno
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    # The job file is a FIFO: once this side can open it for writing, the process is inside
+    # `bulkpix run`, blocked reading its job, a fraction of a second after it started.
+    job = tmp_path / "job.yaml"
+    os.mkfifo(job)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bulkpix", "run", str(job)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    writer = None
+    try:
+        deadline = time.monotonic() + 30
+        while writer is None:
+            try:
+                writer = os.open(job, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError as exc:  # ENXIO: no reader yet
+                assert exc.errno == errno.ENXIO, exc
+                assert proc.poll() is None and time.monotonic() < deadline, "never read the job"
+                time.sleep(0.01)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if writer is not None:
+            os.close(writer)
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, err
+    assert err.strip() == "bulkpix: terminated (SIGTERM)"

@@ -82,7 +82,7 @@ def codec_for(name: str, level: int | None = None) -> tuple[Codec, int | None]:
 def zarr_compressors(name: str, level: int | None = None, zarr_format: int = 3) -> Any:
     """The ``compressors=`` argument of zarr's ``create_array`` for this choice."""
     codec, level = codec_for(name, level)
-    if codec.name == "none":
+    if codec.name == "none" or level is None:
         return None
     if zarr_format == 2:  # v2 arrays take numcodecs' compressors
         from numcodecs import GZip, Zstd
