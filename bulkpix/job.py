@@ -14,6 +14,7 @@ quoted in messages are cut short, whatever their size.
 
 from __future__ import annotations
 
+import datetime
 import json
 import math
 import re
@@ -325,10 +326,60 @@ class Visualization(_Strict):
         return out
 
 
+_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?([Zz]|[+-]\d{2}:\d{2})")
+MosaicRule = Literal["last", "first", "min", "max"]
+Layout = Literal["mosaic", "items", "cube"]
+
+
+def parse_time(value: str) -> datetime.datetime:
+    """A date (2024-01-31) or an RFC 3339 time, as an aware UTC datetime; ValueError if not."""
+    text = value.strip()
+    if re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
+        return datetime.datetime.fromisoformat(text).replace(tzinfo=datetime.UTC)
+    if not _RFC3339.fullmatch(text):
+        raise ValueError(f"{short(value)} is not a date (YYYY-MM-DD) or an RFC 3339 time")
+    parsed = datetime.datetime.fromisoformat(text.replace("z", "Z"))
+    return parsed.astimezone(datetime.UTC)
+
+
+def rfc3339(moment: datetime.datetime) -> str:
+    return moment.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class _Checked:
+    @staticmethod
+    def asset_id(value: str | None) -> str | None:
+        if value is not None:
+            if len(value) > MAX_ASSET_ID:
+                raise ValueError(f"an asset id is at most {MAX_ASSET_ID} characters")
+            # It becomes part of a URL path: no query, fragment, escapes or "..".
+            if _has_control(value) or re.search(r"[\s?#%\\]", value) or re.search(
+                r"(^|/)\.\.?(/|$)", value
+            ):
+                raise ValueError(f"{short(value)} is not an asset id")
+            asset_name(value)  # raises ValueError with the reason
+        return value
+
+
 class _ItemFields(_Strict):
     asset: str | None = None
     """The image asset: projects/P/assets/ID, users/... (legacy) or a public id such as
-    COPERNICUS/S2_SR/...; required (at the top level or in each item)."""
+    COPERNICUS/S2_SR/...; this or collection is required (at the top level or in each item)."""
+    collection: str | None = None
+    """An image collection instead of an asset: its images are listed (by region, dates and
+    filter) and mosaicked (layout: mosaic) or exported one group each (layout: items)."""
+    dates: tuple[str, str] | None = None
+    """With collection: [start, end) as dates (YYYY-MM-DD) or RFC 3339 times; images whose
+    start time falls in it."""
+    filter: str | None = None
+    """With collection: the service's filter expression, e.g.
+    'properties.CLOUDY_PIXEL_PERCENTAGE < 20'."""
+    layout: Layout | None = None
+    """With collection: mosaic (default: one 2-D grid per band) or items (one group per
+    image); cube is not supported yet."""
+    mosaic: MosaicRule | None = None
+    """With layout mosaic: how overlapping images combine per pixel: last (default: later
+    start times on top), first, min or max; the band's nodata (default 0) is no value."""
     bands: list[str] | None = Field(default=None, min_length=1)
     """Band ids, in output order (default: all of the asset's bands)."""
     region: Region | None = None
@@ -359,18 +410,25 @@ class _ItemFields(_Strict):
 
     _crs = field_validator("crs")(_check_crs)
 
-    @field_validator("asset")
+    _asset = field_validator("asset")(lambda value: _Checked.asset_id(value))
+
+    _collection = field_validator("collection")(lambda value: _Checked.asset_id(value))
+
+    @field_validator("dates")
     @classmethod
-    def _asset(cls, value: str | None) -> str | None:
-        if value is not None:
-            if len(value) > MAX_ASSET_ID:
-                raise ValueError(f"an asset id is at most {MAX_ASSET_ID} characters")
-            # It becomes part of a URL path: no query, fragment, escapes or "..".
-            if _has_control(value) or re.search(r"[\s?#%\\]", value) or re.search(
-                r"(^|/)\.\.?(/|$)", value
-            ):
-                raise ValueError(f"{short(value)} is not an asset id")
-            asset_name(value)  # raises ValueError with the reason
+    def _dates(cls, value: tuple[str, str] | None) -> tuple[str, str] | None:
+        if value is None:
+            return None
+        start, end = (parse_time(v) for v in value)
+        if start >= end:
+            raise ValueError(f"dates {list(value)}: the start must come before the end")
+        return value
+
+    @field_validator("filter")
+    @classmethod
+    def _filter(cls, value: str | None) -> str | None:
+        if value is not None and (len(value) > 4096 or _has_control(value) or not value.strip()):
+            raise ValueError("a filter is one line of at most 4096 characters")
         return value
 
     @field_validator("nodata")
@@ -436,16 +494,52 @@ class ItemSpec(_ItemFields):
 
 
 class ResolvedItem(_ItemFields):
-    """One item with the job's defaults filled in: what planning works from. Its ``asset``
-    is always there, as the full resource name (``projects/.../assets/...``)."""
+    """One item with the job's defaults filled in: what planning works from. Exactly one of
+    ``asset`` and ``collection`` is there, as the full resource name
+    (``projects/.../assets/...``); ``source`` is whichever it is. An item of an image asset
+    has ``asset`` (the callers that read it see a str)."""
 
-    asset: str
+    asset: str = ""  # "" for a collection item
     name: str | None = None  # None: a single-item job, at the root of the store
 
-    @field_validator("asset")
+    # Replaces the check of the job's own key: "" stands for "no asset" here.
+    _asset = field_validator("asset")(lambda value: value)
+
+    @field_validator("asset", "collection")
     @classmethod
-    def _full_name(cls, value: str) -> str:
-        return asset_name(value)
+    def _full_name(cls, value: str | None) -> str | None:
+        return asset_name(value) if value else value
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ResolvedItem:
+        if bool(self.asset) == (self.collection is not None):
+            raise ValueError("a resolved item has exactly one of asset and collection")
+        return self
+
+    @property
+    def is_collection(self) -> bool:
+        return self.collection is not None
+
+    @property
+    def source(self) -> str:
+        """The asset or the collection this item reads."""
+        return self.collection or self.asset
+
+    @property
+    def layout_name(self) -> Layout | None:
+        """mosaic or items for a collection (mosaic by default), None for an asset."""
+        return (self.layout or "mosaic") if self.collection is not None else None
+
+    @property
+    def mosaic_rule(self) -> MosaicRule:
+        return self.mosaic or "last"
+
+    def time_range(self) -> tuple[str, str] | None:
+        """``dates`` as RFC 3339 [start, end), or None."""
+        if self.dates is None:
+            return None
+        start, end = (parse_time(v) for v in self.dates)
+        return rfc3339(start), rfc3339(end)
 
 
 # Waits past a day are typos, not settings (and a run would seem to hang on them).
@@ -483,6 +577,60 @@ class ServiceModelSpec(_Strict):
     """Seconds one request takes per MB it asks for."""
 
 
+class EmulatorImageFile(_Strict):
+    """One image of a collection served from a raster file."""
+
+    file: str
+    """The raster file (relative to the job file)."""
+    start: str
+    """Its start time: a date or an RFC 3339 time."""
+    end: str | None = None
+    """Its end time (default: a day after start)."""
+    image_properties: dict[str, Any] = Field(default_factory=dict)
+    """Its properties, {name: value} (what filters compare)."""
+
+    _file = field_validator("file")(_check_path)
+
+    @field_validator("start", "end")
+    @classmethod
+    def _time(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_time(value)
+        return value
+
+
+class EmulatorCollection(_Strict):
+    """A collection the stand-in serves: synthetic tiles (the default), or raster files."""
+
+    files: list[EmulatorImageFile] | None = None
+    """One image per raster file; without it the collection is synthetic."""
+    tiles: tuple[PositiveInt, PositiveInt] = (2, 2)
+    """Synthetic: [rows, cols] of tiles."""
+    tile_size: Annotated[int, Field(gt=0, le=100_000)] = 512
+    """Synthetic: pixels a side of each tile."""
+    overlap: Annotated[int, Field(ge=0)] = 32
+    """Synthetic: pixels neighbouring tiles share."""
+    scale: PositiveFloat = 30.0
+    """Synthetic: pixel size in metres."""
+    dates: Annotated[int, Field(gt=0, le=10_000)] = 1
+    """Synthetic: days of images, one set of tiles per day."""
+    start: str = "2024-01-01"
+    """Synthetic: the first day."""
+    crs: list[str] = Field(default_factory=lambda: ["EPSG:32633"], min_length=1)
+    """Synthetic: the CRSs the tile grid repeats in (two UTM zones, say)."""
+    origin: tuple[float, float] = (12.0, 46.0)
+    """Synthetic: the grid's top-left corner, [lon, lat]."""
+
+    @model_validator(mode="after")
+    def _sizes(self) -> EmulatorCollection:
+        if self.overlap >= self.tile_size:
+            raise ValueError("overlap must be below tile_size")
+        parse_time(self.start)
+        for crs in self.crs:
+            _check_crs(crs)
+        return self
+
+
 # 16.7 million px a side, as planning's MAX_OUTPUT_SIDE: past that a size is a typo.
 MAX_SYNTHETIC_SIDE = 2**24
 
@@ -495,6 +643,8 @@ class EmulatorSection(_Strict):
     served synthetic, 20,000 x 20,000."""
     assets: dict[str, list[str]] = Field(default_factory=dict)  # name -> raster files
     """Assets served from raster files, {asset name: [one file per band, or one file]}."""
+    collections: dict[str, EmulatorCollection] = Field(default_factory=dict)
+    """Image collections, {collection name: synthetic tiles or raster files}."""
     max_concurrent: PositiveInt | None = 40
     """Requests in flight the stand-in allows before answering 429 (null: no limit)."""
     max_qps: Annotated[float, Field(ge=MIN_QPS, allow_inf_nan=False)] | None = 100.0
@@ -681,13 +831,38 @@ class Job(_ItemFields):
                 if entry.get(key) is not None:
                     fields[other] = None
             fields.update(entry)
+            where = f"items[{index}]" if self.items else "job"
+            if entry.get("asset") is not None and entry.get("collection") is None:
+                fields["collection"] = None  # an item's asset replaces a shared collection
+            if entry.get("collection") is not None and entry.get("asset") is None:
+                fields["asset"] = None
+            _check_source(where, fields)
             if fields.get("asset") is None:
-                where = f"items[{index}]" if self.items else "job"
-                raise ValueError(f"{where}: asset is missing")
+                fields["asset"] = ""
             if self.items is not None and not fields.get("name"):
                 fields["name"] = f"item{index:04d}"
             resolved.append(ResolvedItem(**fields))
         return tuple(resolved)
+
+
+def _check_source(where: str, fields: dict[str, Any]) -> None:
+    """Exactly one of asset and collection; the collection keys only with a collection."""
+    asset, collection = fields.get("asset"), fields.get("collection")
+    if asset is not None and collection is not None:
+        raise ValueError(f"{where}: give asset or collection, not both")
+    if asset is None and collection is None:
+        raise ValueError(f"{where}: asset is missing (or give collection)")
+    if collection is None:
+        given = [k for k in ("dates", "filter", "layout", "mosaic") if fields.get(k) is not None]
+        if given:
+            raise ValueError(f"{where}: {', '.join(given)} goes with collection, not asset")
+        return
+    if fields.get("layout") == "cube":
+        raise ValueError(f"{where}: layout cube is not supported yet (use mosaic or items)")
+    if fields.get("mosaic") is not None and fields.get("layout") == "items":
+        raise ValueError(f"{where}: mosaic goes with layout mosaic, not items")
+    if fields.get("visualization") is not None:
+        raise ValueError(f"{where}: visualization is not supported with a collection yet")
 
 
 _HINTS = {

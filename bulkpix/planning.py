@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, overload
 
 import numpy as np
@@ -20,8 +20,10 @@ from bulkpix.errors import BadMetadata, JobError, printable
 from bulkpix.geometry.grid import (
     CRS,
     PixelGrid,
+    Window,
     aligned_grid,
     describe_bounds,
+    is_lonlat_crs,
     native_subgrid,
     region_bounds,
     sized_grid,
@@ -35,12 +37,16 @@ __all__ = [
     "Estimate",
     "ItemPlan",
     "JobPlan",
+    "MosaicImage",
+    "MosaicPlan",
     "estimate",
     "human_bytes",
     "human_seconds",
     "job_plan",
+    "mosaic_images",
     "parse_asset",
     "plan_item",
+    "plan_mosaic",
     "size_warning",
     "tile_plan_from_fingerprint",
 ]
@@ -61,6 +67,333 @@ class AssetInfo:
     update_time: str | None
     # Per band, what the asset says of it beyond type and grid (units, description, ...).
     band_metadata: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class MosaicImage:
+    """One image of a collection as a mosaic uses it: its name, times and the lon/lat
+    bounding box of its footprint (what the record keeps, so a resume uses the same images)."""
+
+    name: str
+    start: str
+    end: str
+    bbox: tuple[float, float, float, float]
+
+    def record(self) -> list[Any]:
+        return [self.name, self.start, self.end, list(self.bbox)]
+
+    @classmethod
+    def from_record(cls, value: Any) -> MosaicImage:
+        name, start, end, bbox = value
+        return cls(str(name), str(start), str(end), tuple(float(v) for v in bbox))  # type: ignore[arg-type]
+
+
+def mosaic_images(listed: Sequence[Mapping[str, Any]], collection: str) -> list[MosaicImage]:
+    """The listing's images in mosaic order (start time, then id); BadMetadata if unusable."""
+    from bulkpix.geometry.grid import region_bounds
+
+    images = []
+    for entry in listed:
+        name, start = entry.get("name"), entry.get("startTime")
+        geometry = entry.get("geometry")
+        if not isinstance(name, str) or not isinstance(start, str) or not isinstance(
+            geometry, dict
+        ):
+            raise BadMetadata(
+                f"collection {collection}: an image without name, startTime or geometry"
+            )
+        try:
+            bbox = region_bounds(geometry, "EPSG:4326", "EPSG:4326")
+        except (ValueError, TypeError, KeyError, IndexError):
+            raise BadMetadata(f"image {name}: its footprint is not GeoJSON") from None
+        end = entry.get("endTime")
+        images.append(MosaicImage(name, start, end if isinstance(end, str) else start, bbox))
+    images.sort(key=lambda image: (_time_key(image.start), image.name))
+    return images
+
+
+def _time_key(text: str) -> str:
+    from bulkpix.job import parse_time, rfc3339
+
+    try:
+        return rfc3339(parse_time(text))
+    except ValueError:
+        return text
+
+
+@dataclass(frozen=True)
+class MosaicPlan:
+    """A collection mosaicked into one grid: the images (in order: later ones on top with
+    rule last) and, per output tile, the images whose footprints meet it."""
+
+    collection: str
+    rule: str
+    images: tuple[MosaicImage, ...]
+    # Per image, its footprint's pixel window in the output grid (None: it misses the grid).
+    windows: tuple[Window | None, ...]
+    # (tile row, tile col) -> indexes of the images whose window meets that tile.
+    buckets: Mapping[tuple[int, int], tuple[int, ...]]
+    tile_height: int
+    tile_width: int
+
+    def meeting(self, window: Window) -> list[tuple[int, Window]]:
+        """(image index, the part of ``window`` it covers) of every image meeting ``window``,
+        in mosaic order."""
+        rows = range(window.row_off // self.tile_height,
+                     (window.row_end - 1) // self.tile_height + 1)
+        cols = range(window.col_off // self.tile_width,
+                     (window.col_end - 1) // self.tile_width + 1)
+        found: set[int] = set()
+        for row in rows:
+            for col in cols:
+                found.update(self.buckets.get((row, col), ()))
+        out = []
+        for index in sorted(found):
+            footprint = self.windows[index]
+            part = footprint.intersection(window) if footprint is not None else None
+            if part is not None:
+                out.append((index, part))
+        return out
+
+    def tiles_per_image(self) -> list[int]:
+        """How many output tiles (of one band group) each image's footprint meets."""
+        counts = [0] * len(self.images)
+        for members in self.buckets.values():
+            for index in members:
+                counts[index] += 1
+        return counts
+
+    @property
+    def n_calls(self) -> int:
+        """getPixels calls per band group: one per (tile, image meeting it)."""
+        return sum(len(members) for members in self.buckets.values())
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {
+            "collection": self.collection,
+            "mosaic": self.rule,
+            "images": [image.record() for image in self.images],
+        }
+
+
+# Pixels added around each footprint's window: its lon/lat box is projected with densified
+# edges, and a pixel whose centre lies just inside must not be left out.
+_FOOTPRINT_MARGIN = 1
+
+
+# Points per edge of a footprint's lon/lat box when it is projected into the output CRS.
+_FOOTPRINT_EDGE_POINTS = 8
+
+
+def _footprint_windows(images: Sequence[MosaicImage], grid: PixelGrid) -> list[Window | None]:
+    """Each image's footprint box as a pixel window of ``grid`` (clipped to it; None when it
+    misses the grid or cannot be projected), for every image in one vectorised projection."""
+    if not images:
+        return []
+    boxes = np.array([image.bbox for image in images], dtype=np.float64)
+    steps = np.linspace(0.0, 1.0, _FOOTPRINT_EDGE_POINTS, endpoint=False)[None, :]
+    x0, y0, x1, y1 = (boxes[:, i : i + 1] for i in range(4))
+    ones = np.ones_like(steps)
+    xs = np.concatenate([x0 + (x1 - x0) * steps, x1 * ones, x1 - (x1 - x0) * steps, x0 * ones], 1)
+    ys = np.concatenate([y0 * ones, y0 + (y1 - y0) * steps, y1 * ones, y1 - (y1 - y0) * steps], 1)
+    if not is_lonlat_crs(grid.crs) or CRS.of(grid.crs) != CRS.of("EPSG:4326"):
+        from pyproj import Transformer
+
+        to_grid = Transformer.from_crs("EPSG:4326", grid.crs.wkt, always_xy=True)
+        xs, ys = (np.asarray(v) for v in to_grid.transform(xs, ys, errcheck=False))
+    inverse = ~grid.transform
+    cols = inverse.a * xs + inverse.b * ys + inverse.c
+    rows = inverse.d * xs + inverse.e * ys + inverse.f
+    finite = np.isfinite(cols).all(axis=1) & np.isfinite(rows).all(axis=1)
+    with np.errstate(invalid="ignore"):
+        col0 = np.floor(cols.min(axis=1)) - _FOOTPRINT_MARGIN
+        col1 = np.ceil(cols.max(axis=1)) + _FOOTPRINT_MARGIN
+        row0 = np.floor(rows.min(axis=1)) - _FOOTPRINT_MARGIN
+        row1 = np.ceil(rows.max(axis=1)) + _FOOTPRINT_MARGIN
+    windows: list[Window | None] = []
+    for ok, c0, c1, r0, r1 in zip(finite, col0, col1, row0, row1, strict=True):
+        if not ok:
+            windows.append(None)
+            continue
+        c0, r0 = max(int(c0), 0), max(int(r0), 0)
+        c1, r1 = min(int(c1), grid.width), min(int(r1), grid.height)
+        windows.append(Window(r0, c0, r1 - r0, c1 - c0) if c1 > c0 and r1 > r0 else None)
+    return windows
+
+
+def plan_mosaic_index(
+    collection: str, rule: str, images: Sequence[MosaicImage], grid: PixelGrid, tiles: TilePlan
+) -> MosaicPlan:
+    """Each image's footprint window in ``grid`` and a bucket index of them by tile.
+
+    Memory and time go with the tiles each footprint meets, never images x tiles.
+    """
+    windows = _footprint_windows(images, grid)
+    buckets: dict[tuple[int, int], list[int]] = {}
+    for index, window in enumerate(windows):
+        if window is None:
+            continue
+        for row in range(window.row_off // tiles.tile_height,
+                         (window.row_end - 1) // tiles.tile_height + 1):
+            for col in range(window.col_off // tiles.tile_width,
+                             (window.col_end - 1) // tiles.tile_width + 1):
+                buckets.setdefault((row, col), []).append(index)
+    return MosaicPlan(
+        collection=collection,
+        rule=rule,
+        images=tuple(images),
+        windows=tuple(windows),
+        buckets={key: tuple(value) for key, value in buckets.items()},
+        tile_height=tiles.tile_height,
+        tile_width=tiles.tile_width,
+    )
+
+
+def plan_mosaic(
+    spec: ResolvedItem,
+    listed: Sequence[AssetInfo],
+    images: Sequence[MosaicImage],
+    job: Job,
+    recorded_tile: tuple[int, int] | None = None,
+) -> ItemPlan:
+    """A collection item with layout mosaic: one grid over the region (the images' footprints
+    without one), tiles, and the footprint index.
+
+    With crs and scale the grid is aligned (edges on multiples of scale). Without them the
+    images must share one native grid (one CRS, pixel size and lattice, as tiles of one
+    dataset do): the output is that lattice over the region. ``listed`` holds the metadata of
+    the images used (the first names the bands and types)."""
+    assert spec.collection is not None
+    if not images or not listed:
+        raise JobError(f"collection {spec.collection}: no image to mosaic")
+    if spec.dimensions is not None:
+        raise JobError(
+            f"collection {spec.collection}: a mosaic takes crs and scale, not dimensions"
+        )
+    union = _union_bbox([image.bbox for image in images])
+    try:
+        if spec.crs is None and spec.scale is None:
+            grid = _native_mosaic_grid(spec, listed, union, job)
+        elif spec.crs is None or spec.scale is None:
+            raise JobError(
+                f"collection {spec.collection}: a mosaic needs both crs and scale (or neither, "
+                "when the images share one native grid)"
+            )
+        else:
+            grid = _aligned_mosaic_grid(spec, listed, CRS.of(spec.crs), spec.scale, union, job)
+    except JobError:
+        raise
+    except (ValueError, TypeError, KeyError, IndexError) as exc:
+        raise JobError(f"cannot make the output grid: {exc}") from None
+    plan = plan_item(spec, listed[0], job, recorded_tile, grid=grid)
+    _check_same_bands(spec, listed, plan.bands)
+    index = plan_mosaic_index(spec.collection, spec.mosaic_rule, images, plan.grid, plan.tiles)
+    return replace(plan, mosaic=index, native_pixels=None)
+
+
+def _check_same_bands(
+    spec: ResolvedItem, listed: Sequence[AssetInfo], bands: Sequence[BandSpec]
+) -> None:
+    """Every image has the output's bands with the same types (the first image's), so no
+    call of the mosaic asks for a band an image lacks or decodes to another type."""
+    for info in listed[1:]:
+        theirs = {band.id: band.dtype for band in info.bands}
+        for band in bands:
+            if band.id not in theirs:
+                raise JobError(
+                    f"collection {spec.collection}: image {info.name} has no band {band.id}"
+                )
+            if theirs[band.id] != band.dtype:
+                raise JobError(
+                    f"collection {spec.collection}: band {band.id} is {band.dtype.name} in "
+                    f"{listed[0].name} but {theirs[band.id].name} in {info.name}"
+                )
+
+
+def _clip_to_region(
+    spec: ResolvedItem, crs: CRS, footprints: Sequence[float], job: Job
+) -> tuple[float, float, float, float]:
+    if spec.region is None:
+        return (footprints[0], footprints[1], footprints[2], footprints[3])
+    region = spec.region.load_geometry(job.base_dir)
+    rb = region_bounds(region, spec.region.region_crs, crs)
+    bounds = (max(rb[0], footprints[0]), max(rb[1], footprints[1]),
+              min(rb[2], footprints[2]), min(rb[3], footprints[3]))
+    if bounds[0] >= bounds[2] or bounds[1] >= bounds[3]:
+        raise JobError(f"collection {spec.collection}: no image falls in the region")
+    return bounds
+
+
+def _aligned_mosaic_grid(
+    spec: ResolvedItem,
+    listed: Sequence[AssetInfo],
+    crs: CRS,
+    scale: float,
+    union: Sequence[float],
+    job: Job,
+) -> PixelGrid:
+    band = spec.bands[0] if spec.bands else listed[0].bands[0].id
+    footprints = _footprints(listed, band, crs, union)
+    return aligned_grid(crs, scale, _clip_to_region(spec, crs, footprints, job))
+
+
+def _footprints(
+    listed: Sequence[AssetInfo], band: str, crs: CRS, union: Sequence[float]
+) -> Sequence[float]:
+    """The images' extent in ``crs``: from their own grids (exact), or from the lon/lat boxes
+    of their footprints when a grid is missing or cannot be projected."""
+    try:
+        boxes = [info.grids[band].footprint_bounds(crs) for info in listed]
+    except (KeyError, ValueError):
+        return region_bounds(list(union), "EPSG:4326", crs)
+    return _union_bbox(boxes)
+
+
+# Offsets between images' grids this close to whole pixels count as one lattice.
+_LATTICE_TOLERANCE_PX = 1e-6
+
+
+def _native_mosaic_grid(
+    spec: ResolvedItem, listed: Sequence[AssetInfo], union: Sequence[float], job: Job
+) -> PixelGrid:
+    """The images' shared native lattice over the region (their footprints without one)."""
+    band = spec.bands[0] if spec.bands else listed[0].bands[0].id
+    first = listed[0].grids.get(band)
+    if first is None:
+        raise JobError(f"image {listed[0].name}: band {band} has no grid")
+    if not first.is_north_up:
+        raise JobError(f"image {listed[0].name} is not north-up: give crs and scale")
+    t0 = first.transform
+    for info in listed[1:]:
+        grid = info.grids.get(band)
+        if grid is None:
+            raise JobError(f"image {info.name}: band {band} has no grid")
+        t = grid.transform
+        col, row = ~t0 @ (t.c, t.f)
+        if (
+            grid.crs != first.crs
+            or (t.a, t.b, t.d, t.e) != (t0.a, t0.b, t0.d, t0.e)
+            or abs(col - round(col)) > _LATTICE_TOLERANCE_PX
+            or abs(row - round(row)) > _LATTICE_TOLERANCE_PX
+        ):
+            raise JobError(
+                f"collection {spec.collection}: the images do not share one grid ({listed[0].name}"
+                f" and {info.name} differ); give crs and scale for the output grid"
+            )
+    footprints = _footprints(listed, band, first.crs, union)
+    xmin, ymin, xmax, ymax = _clip_to_region(spec, first.crs, footprints, job)
+    # Snapped outward to the lattice, as native_subgrid snaps a region to an asset's pixels.
+    cols = [c for c, _ in (~t0 @ (x, y) for x in (xmin, xmax) for y in (ymin, ymax))]
+    rows = [r for _, r in (~t0 @ (x, y) for x in (xmin, xmax) for y in (ymin, ymax))]
+    col0, col1 = math.floor(min(cols) + 1e-9), math.ceil(max(cols) - 1e-9)
+    row0, row1 = math.floor(min(rows) + 1e-9), math.ceil(max(rows) - 1e-9)
+    window = Window(row0, col0, max(row1 - row0, 1), max(col1 - col0, 1))
+    return PixelGrid(first.crs, t0, 1, 1).window_grid(window)
+
+
+def _union_bbox(boxes: Sequence[Sequence[float]]) -> tuple[float, float, float, float]:
+    return (min(b[0] for b in boxes), min(b[1] for b in boxes),
+            max(b[2] for b in boxes), max(b[3] for b in boxes))
 
 
 @dataclass(frozen=True)
@@ -85,6 +418,8 @@ class ItemPlan:
     # How many of the asset's native pixels the output's footprint spans (None: unknown):
     # the output's pixel count over this says how far it oversamples the asset.
     native_pixels: float | None = None
+    # A collection mosaicked into this grid: its images and their footprint index.
+    mosaic: MosaicPlan | None = None
 
     @property
     def path(self) -> str:
@@ -129,7 +464,7 @@ class ItemPlan:
             "band_groups": [list(g) for g in self.tiles.band_groups],
             "n_tiles": self.tiles.n_tiles,
             "bulkpix": __version__.split(".")[0],
-        } | self._output_options()
+        } | self._output_options() | (self.mosaic.fingerprint() if self.mosaic else {})
 
     def _output_options(self) -> dict[str, Any]:
         # Only when set, so outputs written before these options existed still match.
@@ -428,7 +763,12 @@ def _intersect(a: Sequence[float], b: Sequence[float]) -> bool:
 
 
 def plan_item(
-    spec: ResolvedItem, asset: AssetInfo, job: Job, recorded_tile: tuple[int, int] | None = None
+    spec: ResolvedItem,
+    asset: AssetInfo,
+    job: Job,
+    recorded_tile: tuple[int, int] | None = None,
+    *,
+    grid: PixelGrid | None = None,
 ) -> ItemPlan:
     """Choose the output grid and cut it into tiles. Raises JobError for impossible items.
 
@@ -441,7 +781,8 @@ def plan_item(
     if native is None:
         raise JobError(f"asset {asset.name}: band {bands[0].id} has no grid")
     try:
-        grid = _output_grid(spec, asset, native, job.base_dir)
+        if grid is None:
+            grid = _output_grid(spec, asset, native, job.base_dir)
     except JobError:
         raise
     except (ValueError, TypeError, KeyError, IndexError) as exc:
@@ -511,7 +852,7 @@ def plan_item(
         tiles = tiling(job.tile)
     return ItemPlan(
         name=spec.name,
-        asset=spec.asset,
+        asset=spec.source,
         bands=bands,
         grid=grid,
         tiles=tiles,
@@ -679,7 +1020,10 @@ def estimate(
     if not plans:
         return Estimate(0, 0, 0, 0, 0.0)
     ratio = ASSUMED_COMPRESSION.get(compression, 1.0)
-    requests = sum(p.tiles.n_tiles for p in plans)
+    requests = sum(
+        p.mosaic.n_calls * len(p.tiles.band_groups) if p.mosaic else p.tiles.n_tiles
+        for p in plans
+    )
     times = [_request_seconds(p, service) for p in plans]
     waves = sum(-(-p.tiles.n_tiles // concurrency) * t for p, t in zip(plans, times, strict=True))
     rate = (requests - 1) / qps + max(times)

@@ -29,7 +29,7 @@ from bulkpix.errors import JobTooLarge, printable
 from bulkpix.pipeline import RunStats
 
 if TYPE_CHECKING:  # planning loads numpy and rasterio: only `bulkpix plan` needs it here
-    from bulkpix.planning import Estimate, ItemPlan, JobPlan
+    from bulkpix.planning import Estimate, ItemPlan, JobPlan, MosaicPlan
 
 __all__ = [
     "confirm_large_job",
@@ -251,9 +251,15 @@ def print_plan(console: Console, plans: JobPlan | Sequence[ItemPlan]) -> None:
         t = grid.transform
         tiles = plan.tiles
         nbytes = item_request_bytes(plan)
-        total_requests += tiles.n_tiles
+        mosaic = plan.mosaic
+        total_requests += (
+            mosaic.n_calls * len(tiles.band_groups) if mosaic is not None else tiles.n_tiles
+        )
         total_bytes += nbytes
-        console.print(f"[bold]{plan.label}[/bold]  asset {plan.asset}")
+        if mosaic is None:
+            console.print(f"[bold]{plan.label}[/bold]  asset {plan.asset}")
+        else:
+            _print_mosaic(console, plan.label, mosaic)
         console.print(f"  bands      {', '.join(f'{b.id}:{b.dtype.name}' for b in plan.bands)}")
         console.print(f"  crs        {grid.crs}")
         console.print(f"  transform  ({t.a!r}, {t.b!r}, {t.c!r}, {t.d!r}, {t.e!r}, {t.f!r})")
@@ -288,6 +294,28 @@ def print_plan(console: Console, plans: JobPlan | Sequence[ItemPlan]) -> None:
             "starting (--yes to skip)",
             highlight=False,
         )
+
+
+# `bulkpix plan` lists this many images of a collection, then counts the rest.
+PLAN_IMAGES_SHOWN = 50
+
+
+def _print_mosaic(console: Console, label: str, mosaic: MosaicPlan) -> None:
+    console.print(
+        f"[bold]{label}[/bold]  collection {mosaic.collection}: mosaic ({mosaic.rule}) of "
+        f"{len(mosaic.images)} images, {mosaic.n_calls} getPixels calls per band group",
+        highlight=False,
+    )
+    counts = mosaic.tiles_per_image()
+    for image, count in list(zip(mosaic.images, counts, strict=True))[:PLAN_IMAGES_SHOWN]:
+        console.print(
+            f"  image      {image.name.rsplit('/', 1)[-1]}  {image.start} .. {image.end}  "
+            f"{count} tile(s)",
+            markup=False,
+            highlight=False,
+        )
+    if len(mosaic.images) > PLAN_IMAGES_SHOWN:
+        console.print(f"  ... and {len(mosaic.images) - PLAN_IMAGES_SHOWN} more images")
 
 
 def confirm_large_job(console: Console, exc: JobTooLarge, stdin: TextIO | None = None) -> bool:

@@ -18,10 +18,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
+import functools
 import json
 import math
+import urllib.parse
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import TracebackType
@@ -215,6 +217,71 @@ class EEClient:
             raise BadMetadata(f"{where}: the service's answer is not a JSON object", status=200)
         return asset
 
+    async def list_images_page(
+        self, parent: str, query: dict[str, str], *, method: str = "listImages"
+    ) -> dict[str, Any]:
+        """One page of ``GET {base}/v1alpha/{parent}:listImages?...`` (or ``listAssets`` on the
+        client's version): the JSON answer, checked to be an object with a list of images."""
+        version = "v1alpha" if method == "listImages" else None
+        key = "images" if method == "listImages" else "assets"
+        path = f"/{parent}:{method}?{urllib.parse.urlencode(query, quote_via=urllib.parse.quote)}"
+        async with self._stream(
+            "GET", method, parent, path, None, MAX_METADATA_BYTES, version=version
+        ) as response:
+            payload = await response.read()
+        where = f"{method} {parent}"
+        try:
+            page = json.loads(payload)
+        except (ValueError, RecursionError):
+            raise BadPayload(f"{where}: response is not JSON", status=200) from None
+        if not isinstance(page, dict) or not isinstance(page.get(key, []), list):
+            raise BadMetadata(f"{where}: the answer holds no list of {key}", status=200)
+        token = page.get("nextPageToken")
+        if token is not None and not isinstance(token, str):
+            raise BadMetadata(f"{where}: the nextPageToken is not a string", status=200)
+        return {"images": page.get(key, []), "nextPageToken": token or None}
+
+    async def list_images(
+        self,
+        parent: str,
+        *,
+        start: str | None = None,
+        end: str | None = None,
+        region: dict[str, Any] | None = None,
+        filter: str | None = None,
+        page_size: int = 1000,
+        call: Callable[[Callable[[], Awaitable[Any]]], Awaitable[Any]] | None = None,
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Every image of a collection that ``listImages`` selects, page after page.
+
+        ``call`` wraps each page's request (the run's retry loop); every request goes through
+        the governor like any other. ``start`` is inclusive and ``end`` exclusive (RFC 3339);
+        ``region`` is a GeoJSON geometry in lon/lat.
+        """
+        query: dict[str, str] = {"pageSize": str(page_size), "view": "FULL"}
+        if start:
+            query["startTime"] = start
+        if end:
+            query["endTime"] = end
+        if region is not None:
+            query["region"] = json.dumps(region, separators=(",", ":"))
+        if filter:
+            query["filter"] = filter
+        seen: set[str] = set()
+        while True:
+            fetch = functools.partial(self.list_images_page, parent, dict(query))
+            page = await (call(fetch) if call is not None else fetch())
+            for image in page["images"]:
+                if isinstance(image, dict):
+                    yield image
+            token = page["nextPageToken"]
+            if token is None:
+                return
+            if token in seen:  # a server that hands out the same page again: stop, not loop
+                raise BadMetadata(f"listImages {parent}: the listing repeats a page", status=200)
+            seen.add(token)
+            query["pageToken"] = token
+
     async def get_pixels(
         self, name: str, body: dict[str, Any], *, max_bytes: int | None = None
     ) -> bytes | bytearray:
@@ -246,9 +313,17 @@ class EEClient:
     # -- internals -----------------------------------------------------------------------
     @contextlib.asynccontextmanager
     async def _stream(
-        self, method: str, operation: str, name: str, path: str, body: Any, max_bytes: int
+        self,
+        method: str,
+        operation: str,
+        name: str,
+        path: str,
+        body: Any,
+        max_bytes: int,
+        *,
+        version: str | None = None,
     ) -> AsyncIterator[ResponseBody]:
-        url = f"{self.base_url}/{self.api_version}{path}"
+        url = f"{self.base_url}/{version or self.api_version}{path}"
         for may_refresh in (True, False):
             try:
                 async with self._open(

@@ -10,12 +10,23 @@ import signal
 import sys
 from typing import NoReturn
 
-from bulkpix.emulator.config import ComputeConfig, EmulatorConfig, FaultConfig, SyntheticAsset
+from bulkpix.emulator.config import (
+    ComputeConfig,
+    EmulatorConfig,
+    FaultConfig,
+    FileCollection,
+    SyntheticAsset,
+    SyntheticCollection,
+)
 from bulkpix.emulator.server import run_emulator
 
 __all__ = ["build_parser", "main"]
 
 _SYNTHETIC = re.compile(r"(?P<name>.+):(?P<width>\d+)x(?P<height>\d+)")
+_COLLECTION = re.compile(
+    r"(?P<name>[^:@]+):(?P<rows>\d+)x(?P<cols>\d+)x(?P<dates>\d+)(?::(?P<size>\d+))?"
+    r"(?:@(?P<crs>.+))?"
+)
 
 
 class _UsageError(Exception):
@@ -49,6 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="file-backed asset: bands of the files (one grid) concatenated; repeatable")
     add("--synthetic", action="append", default=[], metavar="NAME:WIDTHxHEIGHT",
         help="synthetic asset (bands u8, i16, u16, f32) of that size; repeatable")
+    add("--collection", action="append", default=[],
+        metavar="NAME:ROWSxCOLSxDATES[:TILE_PX][@CRS,CRS...]",
+        help="synthetic tiled collection: rows x cols tiles of TILE_PX (default 512) at 30 m, "
+             "over DATES days from 2024-01-01, its grid repeated in each CRS (default "
+             "EPSG:32633); repeatable")
     add("--forbidden", action="append", default=[], metavar="NAME",
         help="asset name answered with 403; repeatable")
     add("--token", help="bearer token every API call must carry (default: none checked)")
@@ -115,8 +131,23 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
         if match is None:
             raise _UsageError(f"--synthetic {spec!r}: expected NAME:WIDTHxHEIGHT")
         synthetic[match["name"]] = SyntheticAsset(int(match["width"]), int(match["height"]))
-    if not assets and not synthetic:
-        raise _UsageError("nothing to serve: give at least one --asset or --synthetic")
+    collections: dict[str, SyntheticCollection | FileCollection] = {}
+    for spec in args.collection:
+        match = _COLLECTION.fullmatch(spec)
+        if match is None:
+            raise _UsageError(
+                f"--collection {spec!r}: expected NAME:ROWSxCOLSxDATES[:TILE_PX][@CRS,CRS...]")
+        crs = tuple(match["crs"].split(",")) if match["crs"] else ("EPSG:32633",)
+        size = int(match["size"] or 512)
+        try:
+            collections[match["name"]] = SyntheticCollection(
+                tiles=(int(match["rows"]), int(match["cols"])), dates=int(match["dates"]),
+                tile_size=size, overlap=min(32, size - 1), crs=crs)
+        except ValueError as exc:
+            raise _UsageError(f"--collection {spec!r}: {exc}") from None
+    if not assets and not synthetic and not collections:
+        raise _UsageError(
+            "nothing to serve: give at least one --asset, --synthetic or --collection")
     faults = FaultConfig(
         p500=args.fault_500, p503=args.fault_503, p429=args.fault_429,
         retry_after_share=args.retry_after_share, retry_after_s=args.retry_after,
@@ -124,7 +155,8 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
         stall_s=args.stall_seconds, bandwidth_bps=args.bandwidth or None,
         p400=args.fault_400, p403=args.fault_403, p404=args.fault_404)
     return EmulatorConfig(
-        assets=assets, synthetic=synthetic, forbidden=set(args.forbidden), token=args.token,
+        assets=assets, synthetic=synthetic, collections=collections,
+        forbidden=set(args.forbidden), token=args.token,
         max_concurrent=args.max_concurrent or None, max_qps=args.max_qps or None,
         qps_window=args.qps_window,
         service_base_s=args.service_base, service_per_mb_s=args.service_per_mb,

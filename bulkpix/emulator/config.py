@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from affine import Affine
 
-__all__ = ["ComputeConfig", "EmulatorConfig", "FaultConfig", "SyntheticAsset"]
+__all__ = [
+    "ComputeConfig",
+    "EmulatorConfig",
+    "FaultConfig",
+    "FileCollection",
+    "FileImageSpec",
+    "SyntheticAsset",
+    "SyntheticCollection",
+]
 
 
 @dataclass
@@ -54,6 +62,43 @@ class SyntheticAsset:
             raise ValueError("synthetic asset width and height must be > 0")
 
 
+@dataclass(frozen=True)
+class SyntheticCollection:
+    """``tiles`` (rows, cols) of ``tile_size`` px at ``scale``, overlapping by ``overlap`` px,
+    over ``dates`` days from ``start``; the grid repeats in each of ``crs`` (its top-left corner
+    at ``origin`` lon/lat, snapped to the scale). Each date shifts the pixel values."""
+
+    tiles: tuple[int, int] = (2, 2)
+    tile_size: int = 256
+    overlap: int = 32
+    scale: float = 30.0
+    dates: int = 1
+    start: str = "2024-01-01"
+    crs: tuple[str, ...] = ("EPSG:32633",)
+    origin: tuple[float, float] = (12.0, 46.0)
+
+    def __post_init__(self) -> None:
+        if min(self.tiles) < 1 or self.dates < 1 or self.tile_size < 1 or not self.crs:
+            raise ValueError("a synthetic collection needs tiles, dates and a size of at least 1")
+        if not 0 <= self.overlap < self.tile_size:
+            raise ValueError("a synthetic collection's overlap must be below its tile size")
+
+
+@dataclass(frozen=True)
+class FileImageSpec:
+    path: str
+    start: str
+    end: str | None = None  # default: a day after start
+    properties: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class FileCollection:
+    """One image per raster file, with the times given for it."""
+
+    images: tuple[FileImageSpec, ...]
+
+
 @dataclass
 class ComputeConfig:
     """Faults of computation (computePixels), by output size in pixels (width x height)."""
@@ -78,6 +123,8 @@ class EmulatorConfig:
 
     assets: dict[str, list[str]] = field(default_factory=dict)  # name -> raster files
     synthetic: dict[str, SyntheticAsset] = field(default_factory=dict)
+    # name -> a collection of image assets (listed with listImages / listAssets)
+    collections: dict[str, SyntheticCollection | FileCollection] = field(default_factory=dict)
     forbidden: set[str] = field(default_factory=set)  # names answered with 403
     token: str | None = None  # when set, a bearer token every API call must carry
     max_concurrent: int | None = 40

@@ -16,6 +16,7 @@ from urllib.parse import unquote
 from aiohttp import web
 
 from bulkpix.emulator.assets import Asset, load_assets
+from bulkpix.emulator.collections import Collection, build_collection, list_page
 from bulkpix.emulator.compute_api import ComputeService, compute_route
 from bulkpix.emulator.config import EmulatorConfig
 from bulkpix.emulator.discovery import discovery_document
@@ -30,6 +31,10 @@ __all__ = ["Emulator", "emulator_in_thread", "run_emulator"]
 
 _API_PATH = re.compile(r"/(v1|v1alpha|v1beta)/(.+)")
 _GET_PIXELS_SUFFIX = ":getPixels"
+_LIST_SUFFIXES = {
+    ":listImages": ("list_images", "images"),
+    ":listAssets": ("list_assets", "assets"),
+}
 _BODY_FIELDS = {"fileFormat", "bandIds", "grid", "region", "visualizationOptions", "workloadTag"}
 _TOKEN_GRANTS = {"refresh_token", "urn:ietf:params:oauth:grant-type:jwt-bearer",
                  "client_credentials"}
@@ -69,6 +74,13 @@ class Emulator:
     def __init__(self, config: EmulatorConfig) -> None:
         self.config = config
         self.assets: dict[str, Asset] = load_assets(config)
+        self.collections: dict[str, Collection] = {}
+        for name, spec in config.collections.items():
+            if name in self.assets or name in self.collections:
+                raise ValueError(f"collection {name} is configured twice")
+            collection = self.collections[name] = build_collection(name, spec)
+            for image in collection.images:  # each image is an asset of its own too
+                self.assets[image.asset.name] = image.asset
         self.url = ""
         self.quota = Quota(config)
         self._log = RequestLog(config.log_path)
@@ -102,6 +114,24 @@ class Emulator:
         if asset is None:
             raise ApiError(404, f"Asset '{name}' not found.")
         return asset
+
+    def _collection(self, name: str) -> Collection:
+        if name in self.config.forbidden:
+            raise ApiError(403, f"Permission denied on asset '{name}' (or it does not exist).")
+        collection = self.collections.get(name)
+        if collection is None:
+            raise ApiError(404, f"ImageCollection '{name}' not found.")
+        return collection
+
+    def _metadata(self, name: str) -> dict[str, Any]:
+        if name in self.collections and name not in self.config.forbidden:
+            return self.collections[name].metadata()
+        for collection in self.collections.values():  # an image of a collection: with its times
+            if name.startswith(collection.name + "/"):
+                for image in collection.images:
+                    if image.asset.name == name:
+                        return image.metadata()
+        return self._asset(name).metadata()
 
     # -- routes --------------------------------------------------------------------------
 
@@ -145,6 +175,10 @@ class Emulator:
             op, expected_method = route
         elif name is not None and name.endswith(_GET_PIXELS_SUFFIX):
             op, name, expected_method = "get_pixels", name[: -len(_GET_PIXELS_SUFFIX)], "POST"
+        list_key = ""
+        for suffix, (list_op, key) in _LIST_SUFFIXES.items():
+            if route is None and name is not None and name.endswith(suffix):
+                op, list_key, name = list_op, key, name[: -len(suffix)]
         call = _Call(self._log, request, op, asset=name)
         try:
             if name is None or request.method != expected_method:
@@ -155,7 +189,10 @@ class Emulator:
                 if route is not None:
                     response = await self.compute.handle(request, op, call)
                 elif op == "get_asset":
-                    response = web.json_response(self._asset(name).metadata())
+                    response = web.json_response(self._metadata(name))
+                elif list_key:
+                    response = web.json_response(
+                        list_page(self._collection(name), dict(request.query), list_key))
                 else:
                     response = await self._get_pixels(request, name, call)
         except ApiError as error:
