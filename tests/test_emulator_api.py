@@ -682,7 +682,7 @@ async def test_discovery_is_404_without_earthengine_api(mixed_files: dict[str, A
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     import bulkpix.emulator.discovery as discovery
 
-    monkeypatch.setattr(discovery, "_packaged_document", lambda: None)
+    monkeypatch.setattr(discovery, "packaged_ee_json", lambda resource: None)
     async with run_emulator(make_config(mixed_files)) as emu, aiohttp.ClientSession() as s, \
             s.get(f"{emu.url}/$discovery/rest?version=v1beta") as response:
         assert response.status == 404

@@ -24,10 +24,6 @@ Types follow Earth Engine's rules, simplified where noted:
 from __future__ import annotations
 
 import datetime as dt
-import functools
-import importlib.resources
-import importlib.util
-import json
 import re
 import warnings
 from collections.abc import Callable
@@ -48,6 +44,7 @@ from bulkpix.emulator.compute import (
     image_of,
     union_type,
 )
+from bulkpix.emulator.discovery import packaged_ee_json
 from bulkpix.emulator.status import ApiError
 
 __all__ = ["SUPPORTED", "algorithm_list", "call_algorithm", "constant_image"]
@@ -55,21 +52,10 @@ __all__ = ["SUPPORTED", "algorithm_list", "call_algorithm", "constant_image"]
 _RESOURCE = "tests/algorithms.json"
 
 
-@functools.cache
-def _packaged_list() -> dict[str, Any] | None:
-    if importlib.util.find_spec("ee") is None:
-        return None
-    try:
-        text = importlib.resources.files("ee").joinpath(_RESOURCE).read_text(encoding="utf-8")
-    except (FileNotFoundError, ModuleNotFoundError, OSError):
-        return None
-    return json.loads(text)
-
-
 def algorithm_list() -> dict[str, Any] | None:
     """The list earthengine-api reads at initialize: its own packaged copy, or None when
     earthengine-api is not installed (only its users ask for the list)."""
-    return _packaged_list()
+    return packaged_ee_json(_RESOURCE)
 
 
 # -- arguments -------------------------------------------------------------------------------
