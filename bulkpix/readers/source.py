@@ -17,6 +17,7 @@ import zarr
 from affine import Affine
 
 from bulkpix.errors import JobError, StoreDamaged
+from bulkpix.store.location import V2_GROUP, V3_METADATA
 
 __all__ = ["Band", "OutputItem", "blocks", "open_item"]
 
@@ -145,7 +146,7 @@ def _is_output(output: str) -> bool:
     if "://" in output:
         return True
     path = Path(output)
-    return (path / "zarr.json").is_file() or (path / ".zgroup").is_file()
+    return (path / V3_METADATA).is_file() or (path / V2_GROUP).is_file()
 
 
 def open_item(output: str, item: str | None = None) -> OutputItem:
