@@ -674,6 +674,8 @@ async def _refuse_unowned_nodes(
     writer would make (or overwrite) its own over them, and --restart does not clear them."""
     for plan in plans:
         recorded = state.items.get(plan.path)
+        if recorded is None and plan.path and not await has_keys_under(store, plan.path):
+            continue  # a new item in a batch, with nothing at its path: one look suffices
         owned = {*recorded.bands, *COORD_NAMES} if recorded is not None else set()
         prefix = f"{plan.path}/" if plan.path else ""
         for name in (*(band.id for band in plan.bands), *COORD_NAMES):
