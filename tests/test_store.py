@@ -155,7 +155,7 @@ async def test_aligned_tile_writes_never_read_a_chunk(tmp_path):
     grid = Grid("EPSG:32633", UTM, width=37, height=45)
     store, _ = await new_item(tmp_path, grid)
     counting = CountingStore(store)
-    writer = await ItemWriter.open(counting, "")
+    writer = await ItemWriter.open_recorded(counting, "", BANDS, 16, 45, 37)
     counting.calls.clear()
     edge = Window(32, 32, 13, 5)  # the bottom-right edge tile, partial chunks
     await writer.write_tile(edge, tile_data(edge))
@@ -216,9 +216,7 @@ async def test_one_group_per_item(tmp_path):
 
 async def test_reopen_for_resume_keeps_bands_and_writes(tmp_path):
     store, _ = await new_item(tmp_path, Grid("EPSG:32633", UTM, width=32, height=32), path="x1")
-    writer = await ItemWriter.open(store, "x1")
-    assert writer.bands == tuple(BANDS) and writer.chunk == 16
-    assert (writer.height, writer.width) == (32, 32)
+    writer = await ItemWriter.open_recorded(store, "x1", BANDS, 16, 32, 32)
     arrays = tile_data(Window(0, 0, 32, 32))
     await writer.write_tile(Window(0, 0, 32, 32), arrays)
     group = zarr.open_group(str(tmp_path / "out.zarr"), path="x1", mode="r")
@@ -229,13 +227,12 @@ async def test_reopen_for_resume_keeps_bands_and_writes(tmp_path):
     assert codec["configuration"]["shuffle"] == "shuffle"  # bytes, not bits, for every band
 
 
-async def test_open_of_nothing_or_foreign_group_is_a_store_error(tmp_path):
-    store = await open_store(str(tmp_path / "out.zarr"))
-    with pytest.raises(StoreError, match="no bulkpix output"):
-        await ItemWriter.open(store, "missing")
-    zarr.create_group(store, path="foreign")
-    with pytest.raises(StoreError, match="not written by bulkpix"):
-        await ItemWriter.open(store, "foreign")
+async def test_reopening_what_the_record_does_not_match_is_a_store_error(tmp_path):
+    store, _ = await new_item(tmp_path, Grid("EPSG:32633", UTM, width=32, height=32), path="a")
+    with pytest.raises(StoreError, match=r"band array '\w+' at 'missing' is missing"):
+        await ItemWriter.open_recorded(store, "missing", BANDS, 16, 32, 32)
+    with pytest.raises(StoreError, match=r"band array '\w+' at 'a' does not match its record"):
+        await ItemWriter.open_recorded(store, "a", BANDS, 16, 32, 48)
 
 
 async def test_existing_output_needs_overwrite(tmp_path):

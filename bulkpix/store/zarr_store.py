@@ -351,7 +351,7 @@ class ItemWriter:
             if not overwrite:
                 raise StoreError(
                     f"the store already holds data at {path or '(root)'!r}; "
-                    "resume it with ItemWriter.open or pass overwrite=True"
+                    "resume it with ItemWriter.open_recorded or pass overwrite=True"
                 )
             await store.delete_dir(path)
 
@@ -464,37 +464,6 @@ class ItemWriter:
             chunk,
             height,
             width,
-        )
-
-    @classmethod
-    async def open(cls, store: Store, path: str) -> Self:
-        """Reopen an item group made by ``create`` (to resume writing into it)."""
-        path = path.strip("/")
-        try:
-            # Fresh metadata from the store, not a possibly stale consolidated copy.
-            group = await AsyncGroup.open(
-                StorePath(store, path), use_consolidated=False, zarr_format=None
-            )
-        except (FileNotFoundError, KeyError) as exc:
-            raise StoreError(f"no bulkpix output at {path or '(root)'!r}: {exc}") from None
-        info = group.attrs.get("bulkpix")
-        if not isinstance(info, dict) or info.get("layout") != LAYOUT_VERSION:
-            raise StoreError(f"the group at {path or '(root)'!r} was not written by bulkpix")
-        bands = [BandSpec(b["id"], np.dtype(b["dtype"])) for b in info["bands"]]
-        arrays = []
-        for node in await asyncio.gather(*(group.getitem(b.id) for b in bands)):
-            if not isinstance(node, AsyncArray):
-                raise StoreError(f"{node.path!r} is a group, not a band array")
-            arrays.append(node)
-        grid = info["grid"]
-        return cls(
-            store,
-            path,
-            dict(zip((b.id for b in bands), arrays, strict=True)),
-            bands,
-            int(info["chunk"]),
-            int(grid["height"]),
-            int(grid["width"]),
         )
 
     # ---------------------------------------------------------------- writing
