@@ -30,6 +30,7 @@ from bulkpix.geometry.grid import (
 )
 from bulkpix.geometry.tiling import ServiceModel, TilePlan, plan_tiles
 from bulkpix.job import Job, ResolvedItem
+from bulkpix.store.location import RESERVED_NAMES
 
 __all__ = [
     "ASSUMED_COMPRESSION",
@@ -546,8 +547,6 @@ def parse_asset(metadata: Mapping[str, Any], requested_name: str) -> AssetInfo:
     )
 
 
-# Names the output itself uses next to the band arrays (coordinates, grid mapping, record).
-_RESERVED_NAMES = frozenset({"x", "y", "spatial_ref", "zarr.json", ".bulkpix"})
 _MAX_BAND_ID = 255
 # An output side of 2**31 px or more is no image the service serves.
 _MAX_GRID_SIDE = 2**31 - 1
@@ -559,7 +558,7 @@ def _band_id_problem(band_id: str) -> str | None:
         return "holds control characters"
     if len(band_id) > _MAX_BAND_ID:
         return f"is longer than {_MAX_BAND_ID} characters"
-    if band_id in _RESERVED_NAMES:
+    if band_id in RESERVED_NAMES:
         return "clashes with a name the output reserves"
     if "/" in band_id or "\\" in band_id:
         return "holds a path separator"

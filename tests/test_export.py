@@ -240,3 +240,35 @@ def test_a_destination_inside_the_output_is_refused(
     err = capsys.readouterr().err
     assert "is inside the output" in err and err.count("\n") == 1
     assert {p: p.read_bytes() for p in output.rglob("*") if p.is_file()} == before
+
+
+@pytest.mark.parametrize("command", ["export", "preview"])
+@pytest.mark.parametrize(
+    ("compression", "zarr_format"),
+    [("zstd", 3), ("lz4", 3), ("gzip", 2), ("none", 3)],
+)
+def test_a_corrupt_chunk_is_named_in_one_line(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    command: str,
+    compression: str,
+    zarr_format: int,
+) -> None:
+    output = make_output(
+        tmp_path / "out.zarr",
+        [("a", "uint16")],
+        64,
+        64,
+        ramp,
+        chunk=32,
+        compression=compression,
+        zarr_format=zarr_format,
+        item="i",
+    )
+    key = "c/1/0" if zarr_format == 3 else "1.0"
+    (output / "i" / "a" / key).write_bytes(b"garbage, not a chunk")
+    assert main([command, str(output), str(tmp_path / "o.out"), "--item", "i"]) == 1
+    err = capsys.readouterr().err
+    assert f"chunk i/a/{key} cannot be read" in err and f"bulkpix verify {output}" in err
+    assert "Traceback" not in err and err.count("\n") == 1
+    assert not (tmp_path / "o.out").exists()

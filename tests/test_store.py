@@ -66,6 +66,12 @@ async def new_item(tmp_path, grid, *, path="", chunk=16, bands=BANDS, **kwargs):
     return store, writer
 
 
+def stored_codecs(tmp_path, path="", band="B4") -> list[dict]:
+    """The codecs of a band array as stored in its metadata (the first band, as all share)."""
+    array = zarr.open_array(str(tmp_path / "out.zarr"), path=f"{path}/{band}" if path else band)
+    return [c.to_dict() for c in array.metadata.codecs]
+
+
 def open_dataset(tmp_path, group=None) -> xr.Dataset:
     return xr.open_zarr(str(tmp_path / "out.zarr"), group=group, consolidated=True)
 
@@ -149,7 +155,7 @@ async def test_aligned_tile_writes_never_read_a_chunk(tmp_path):
     grid = Grid("EPSG:32633", UTM, width=37, height=45)
     store, _ = await new_item(tmp_path, grid)
     counting = CountingStore(store)
-    writer = await ItemWriter.open(counting, "")
+    writer = await ItemWriter.open_recorded(counting, "", BANDS, 16, 45, 37)
     counting.calls.clear()
     edge = Window(32, 32, 13, 5)  # the bottom-right edge tile, partial chunks
     await writer.write_tile(edge, tile_data(edge))
@@ -210,26 +216,23 @@ async def test_one_group_per_item(tmp_path):
 
 async def test_reopen_for_resume_keeps_bands_and_writes(tmp_path):
     store, _ = await new_item(tmp_path, Grid("EPSG:32633", UTM, width=32, height=32), path="x1")
-    writer = await ItemWriter.open(store, "x1")
-    assert writer.bands == tuple(BANDS) and writer.chunk == 16
-    assert (writer.height, writer.width) == (32, 32)
+    writer = await ItemWriter.open_recorded(store, "x1", BANDS, 16, 32, 32)
     arrays = tile_data(Window(0, 0, 32, 32))
     await writer.write_tile(Window(0, 0, 32, 32), arrays)
     group = zarr.open_group(str(tmp_path / "out.zarr"), path="x1", mode="r")
     np.testing.assert_array_equal(group["NDVI"][:], arrays["NDVI"])
     # The default codec, lz4 inside blosc, byte-shuffled: kept by the reopened arrays.
-    codec = writer.describe()["codecs"][-1]
+    codec = stored_codecs(tmp_path, "x1")[-1]
     assert codec["name"] == "blosc" and codec["configuration"]["cname"] == "lz4"
     assert codec["configuration"]["shuffle"] == "shuffle"  # bytes, not bits, for every band
 
 
-async def test_open_of_nothing_or_foreign_group_is_a_store_error(tmp_path):
-    store = await open_store(str(tmp_path / "out.zarr"))
-    with pytest.raises(StoreError, match="no bulkpix output"):
-        await ItemWriter.open(store, "missing")
-    zarr.create_group(store, path="foreign")
-    with pytest.raises(StoreError, match="not written by bulkpix"):
-        await ItemWriter.open(store, "foreign")
+async def test_reopening_what_the_record_does_not_match_is_a_store_error(tmp_path):
+    store, _ = await new_item(tmp_path, Grid("EPSG:32633", UTM, width=32, height=32), path="a")
+    with pytest.raises(StoreError, match=r"band array '\w+' at 'missing' is missing"):
+        await ItemWriter.open_recorded(store, "missing", BANDS, 16, 32, 32)
+    with pytest.raises(StoreError, match=r"band array '\w+' at 'a' does not match its record"):
+        await ItemWriter.open_recorded(store, "a", BANDS, 16, 32, 48)
 
 
 async def test_existing_output_needs_overwrite(tmp_path):
@@ -249,10 +252,10 @@ async def test_existing_output_needs_overwrite(tmp_path):
 
 
 async def test_uncompressed_option(tmp_path):
-    _, writer = await new_item(
+    await new_item(
         tmp_path, Grid("EPSG:32633", UTM, width=16, height=16), compression="none"
     )
-    assert [c["name"] for c in writer.describe()["codecs"]] == ["bytes"]
+    assert [c["name"] for c in stored_codecs(tmp_path)] == ["bytes"]
 
 
 @pytest.mark.parametrize(
@@ -267,7 +270,7 @@ async def test_every_codec_a_job_may_name_round_trips(tmp_path, compression, lev
     )
     arrays = tile_data(Window(0, 0, 32, 32))
     await writer.write_tile(Window(0, 0, 32, 32), arrays)
-    written = writer.describe()["codecs"][-1]
+    written = stored_codecs(tmp_path)[-1]
     assert written["name"] == codec.pop("name")
     assert codec.items() <= written["configuration"].items()
     group = zarr.open_group(str(tmp_path / "out.zarr"), mode="r")

@@ -207,7 +207,7 @@ def _write_scratch(
     with rasterio.open(path, "w", **profile) as dst:
         for index, band in enumerate(bands, start=1):
             for row, col, height, width in blocks(source.height, source.width, step):
-                data = np.asarray(band.array[row : row + height, col : col + width])
+                data = source.read(band, slice(row, row + height), slice(col, col + width))
                 if data.dtype != dtype:
                     data = data.astype(dtype)
                 if to_nan and band.nodata is not None:

@@ -51,13 +51,15 @@ def preview_shape(height: int, width: int, size: int) -> tuple[int, int]:
     return max(1, round(height / factor)), max(1, round(width / factor))
 
 
-def read_decimated(band: Band, rows: np.ndarray, cols: np.ndarray, chunk: int) -> np.ndarray:
+def read_decimated(
+    source: OutputItem, band: Band, rows: np.ndarray, cols: np.ndarray
+) -> np.ndarray:
     """Band values at rows x cols, read one chunk row at a time (only chunks holding them)."""
     out = np.empty((rows.size, cols.size), dtype=band.dtype)
-    chunk_rows = rows // chunk
+    chunk_rows = rows // source.chunk
     for chunk_row in np.unique(chunk_rows):
         where = np.flatnonzero(chunk_rows == chunk_row)
-        out[where] = band.array.get_orthogonal_selection((rows[where], cols))
+        out[where] = source.read(band, rows[where], cols)
     return out
 
 
@@ -110,7 +112,7 @@ def write_preview(
     planes = []
     valid = np.ones((height, width), dtype=bool)
     for band in chosen:
-        values = read_decimated(band, rows, cols, source.chunk)
+        values = read_decimated(source, band, rows, cols)
         band_valid = np.ones(values.shape, dtype=bool)
         if values.dtype.kind == "f":
             band_valid &= ~np.isnan(values)

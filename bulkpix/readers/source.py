@@ -3,8 +3,10 @@ each band's nodata and attributes, and whether every tile is in."""
 
 from __future__ import annotations
 
+import gzip
 import math
 import warnings
+import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +16,8 @@ import numpy as np
 import zarr
 from affine import Affine
 
-from bulkpix.errors import JobError
+from bulkpix.errors import JobError, StoreDamaged
+from bulkpix.store.location import V2_GROUP, V3_METADATA
 
 __all__ = ["Band", "OutputItem", "blocks", "open_item"]
 
@@ -68,6 +71,47 @@ class OutputItem:
     def label(self) -> str:
         return f"{self.output} item {self.path}" if self.path else self.output
 
+    def read(self, band: Band, rows: slice | np.ndarray, cols: slice | np.ndarray) -> np.ndarray:
+        """``band``'s values at ``rows`` x ``cols`` (slices, or index arrays for an orthogonal
+        read); a chunk that cannot be decoded is ``StoreDamaged``, naming it."""
+        try:
+            if isinstance(rows, slice) and isinstance(cols, slice):
+                return np.asarray(band.array[rows, cols])
+            return np.asarray(band.array.get_orthogonal_selection((rows, cols)))
+        except _DECODE_ERRORS as exc:
+            raise self._damaged(band, rows, cols, exc) from None
+
+    def _damaged(
+        self,
+        band: Band,
+        rows: slice | np.ndarray,
+        cols: slice | np.ndarray,
+        exc: Exception,
+    ) -> StoreDamaged:
+        """Find the chunk of the read that does not decode (read one by one)."""
+        chunk_rows, chunk_cols = band.array.chunks
+        bad, why = None, exc
+        for r in _chunk_indices(rows, chunk_rows, band.array.shape[0]):
+            for c in _chunk_indices(cols, chunk_cols, band.array.shape[1]):
+                try:
+                    band.array.blocks[r, c]
+                except _DECODE_ERRORS as found:
+                    bad, why = (r, c), found
+                    break
+            if bad is not None:
+                break
+        prefix = f"{self.path}/" if self.path else ""
+        what = (
+            f"chunk {prefix}{band.id}/{band.array.metadata.encode_chunk_key(bad)}"
+            if bad is not None
+            else f"a chunk of {prefix}{band.id}"
+        )
+        return StoreDamaged(
+            f"{self.output}: {what} cannot be read ({type(why).__name__}: {why}); "
+            f"`bulkpix verify {self.output}` finds the damaged tiles, and the next "
+            "`bulkpix run` fetches them again"
+        )
+
 
 def check_destination(output: str, destination: str | Path, what: str) -> Path:
     """The file ``export``/``preview`` writes ``what`` (e.g. "GeoTIFF") to, checked: a file
@@ -86,11 +130,23 @@ def check_destination(output: str, destination: str | Path, what: str) -> Path:
     return path
 
 
+# What zarr's codecs raise for bytes they cannot decode (blosc, zstd, lz4: RuntimeError; a
+# chunk of the wrong size: ValueError; gzip: BadGzipFile, EOFError or zlib.error).
+_DECODE_ERRORS = (RuntimeError, ValueError, zlib.error, gzip.BadGzipFile, EOFError)
+
+
+def _chunk_indices(selection: slice | np.ndarray, chunk: int, length: int) -> list[int]:
+    if isinstance(selection, slice):
+        start, stop, _ = selection.indices(length)
+        return list(range(start // chunk, (max(stop, start + 1) - 1) // chunk + 1))
+    return sorted({int(i) // chunk for i in np.asarray(selection).ravel()})
+
+
 def _is_output(output: str) -> bool:
     if "://" in output:
         return True
     path = Path(output)
-    return (path / "zarr.json").is_file() or (path / ".zgroup").is_file()
+    return (path / V3_METADATA).is_file() or (path / V2_GROUP).is_file()
 
 
 def open_item(output: str, item: str | None = None) -> OutputItem:

@@ -23,9 +23,10 @@ from zarr.abc.store import Store
 from zarr.core.buffer import Buffer
 from zarr.storage import LocalStore, WrapperStore
 
+from bulkpix.store.location import METADATA_NAMES
+
 __all__ = ["ChecksumStore", "crc32c"]
 
-_METADATA_NAMES = ("zarr.json", ".zarray", ".zattrs")
 
 
 def crc32c(data: bytes) -> int:
@@ -73,7 +74,7 @@ class ChecksumStore(WrapperStore[Store]):
         tracked = (
             key.rpartition("/c/")[0] in self._tracked
             or key.rpartition("/")[0] in self._tracked
-        ) and not key.endswith(_METADATA_NAMES)
+        ) and not key.endswith(METADATA_NAMES)
         if tracked:
             crc = crc32c(value.to_bytes())
         await self._store.set(key, value)

@@ -13,9 +13,17 @@ from bulkpix.errors import JobError
 
 __all__ = [
     "BATCH_KEY",
+    "COORD_NAMES",
+    "GRID_MAPPING",
     "JOB_KEY",
+    "METADATA_NAMES",
     "RECORD_DIR",
+    "RESERVED_NAMES",
+    "V2_ARRAY",
+    "V2_ATTRS",
+    "V2_CONSOLIDATED",
     "V2_GROUP",
+    "V2_GROUP_FILES",
     "V3_METADATA",
     "check_output_location",
 ]
@@ -23,8 +31,21 @@ __all__ = [
 RECORD_DIR = ".bulkpix"  # the tile record lives here, see bulkpix.store.record
 JOB_KEY = "job.json"  # an item's fingerprint, under {path}/.bulkpix/
 BATCH_KEY = f"{RECORD_DIR}/batch.json"  # a batch root's record: the items it was made with
+
+# Zarr's metadata documents: v3 keeps a node's in one; v2 (zarr_format: 2) in several.
 V3_METADATA = "zarr.json"
-V2_GROUP = ".zgroup"  # Zarr v2 (zarr_format: 2) keeps a group's metadata here
+V2_GROUP = ".zgroup"
+V2_ARRAY = ".zarray"
+V2_ATTRS = ".zattrs"
+V2_CONSOLIDATED = ".zmetadata"
+V2_GROUP_FILES = (V2_GROUP, V2_ATTRS, V2_CONSOLIDATED)
+METADATA_NAMES = (V3_METADATA, V2_GROUP, V2_ARRAY, V2_ATTRS, V2_CONSOLIDATED)
+
+# The nodes an item holds next to its band arrays: the coordinates and the CF grid mapping.
+GRID_MAPPING = "spatial_ref"
+COORD_NAMES = ("x", "y", GRID_MAPPING)
+# Names no band may take: they would clash with the item's own nodes or Zarr's metadata.
+RESERVED_NAMES = frozenset({*COORD_NAMES, RECORD_DIR, *METADATA_NAMES})
 
 
 def check_output_location(output: str) -> None:

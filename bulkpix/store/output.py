@@ -41,15 +41,19 @@ from bulkpix.store.checksum import ChecksumStore
 from bulkpix.store.lease import LEASE_KEY, Lease, job_token
 from bulkpix.store.location import (
     BATCH_KEY,
+    COORD_NAMES,
     JOB_KEY,
     RECORD_DIR,
+    V2_ARRAY,
+    V2_ATTRS,
+    V2_CONSOLIDATED,
     V2_GROUP,
+    V2_GROUP_FILES,
     V3_METADATA,
     check_output_location,
 )
 from bulkpix.store.record import TileRecord, fingerprint_diff
 from bulkpix.store.zarr_store import (
-    COORD_NAMES,
     ItemWriter,
     consolidate,
     has_keys_under,
@@ -77,11 +81,6 @@ __all__ = [
     "remove_partials",
 ]
 
-_METADATA = V3_METADATA
-# Zarr v2 (``zarr_format: 2``) keeps a node's metadata in files of its own.
-_V2_GROUP = V2_GROUP
-_V2_ARRAY = ".zarray"
-_V2_GROUP_FILES = (_V2_GROUP, ".zattrs", ".zmetadata")
 # zarr LocalStore's temp files, the only ones bulkpix leaves: {name}.{uuid4 hex}.partial
 _PARTIAL = re.compile(r".\.[0-9a-f]{32}\.partial\Z")
 # Attributes bulkpix puts on an item's group (copies of its record).
@@ -131,8 +130,8 @@ class RecordedItem:
             found.append(f"the record {prefix}{RECORD_DIR}/{JOB_KEY} is {how}")
         if self.missing and not self.unfinished:
             for name in self.missing:
-                if name == _METADATA:
-                    found.append(f"the group metadata {prefix}{_METADATA} is missing")
+                if name == V3_METADATA:
+                    found.append(f"the group metadata {prefix}{V3_METADATA} is missing")
                 elif name in COORD_NAMES:
                     found.append(f"the coordinate array {prefix}{name} is missing")
                 else:
@@ -209,7 +208,7 @@ async def _inspect_once(store: Store, output: str, item_paths: list[str]) -> Out
         candidates = set(batch_names) | {p for p in item_paths if p}
         async for child in store.list_dir(""):
             name = child.rstrip("/")
-            if name and not name.startswith(".") and name != _METADATA:  # .zgroup too
+            if name and not name.startswith(".") and name != V3_METADATA:  # .zgroup too
                 candidates.add(name)
         for name in sorted(candidates):
             if await store.exists(f"{name}/{RECORD_DIR}/{JOB_KEY}"):
@@ -224,7 +223,7 @@ async def _inspect_once(store: Store, output: str, item_paths: list[str]) -> Out
     if batch_exists and not batch_readable:
         damage.append(f"the batch record {BATCH_KEY} is unreadable")
     if batch:
-        for key in (_METADATA, _V2_GROUP):
+        for key in (V3_METADATA, V2_GROUP):
             if await _metadata_document(store, key) is False:
                 damage.append(f"the group metadata {key} is unreadable")
     for item in items.values():
@@ -266,9 +265,9 @@ async def _looks_empty(store: Store) -> bool:
             return False
     if not keys:
         return True
-    if keys == [_V2_GROUP]:
+    if keys == [V2_GROUP]:
         return True
-    return keys == [_METADATA] and not await _node_attributes(store, "")
+    return keys == [V3_METADATA] and not await _node_attributes(store, "")
 
 
 async def _read_batch_record(store: Store) -> tuple[bool, list[str], bool]:
@@ -286,7 +285,7 @@ async def _read_batch_record(store: Store) -> tuple[bool, list[str], bool]:
 
 async def _node_attributes(store: Store, path: str) -> dict[str, Any] | None:
     """The attributes of the Zarr node at ``path``, or None when there is none."""
-    key = f"{path}/{_METADATA}" if path else _METADATA
+    key = f"{path}/{V3_METADATA}" if path else V3_METADATA
     buffer = await store.get(key, prototype=default_buffer_prototype())
     if buffer is None:
         return await _v2_group_attributes(store, path)
@@ -311,11 +310,11 @@ async def _inspect_item(store: Store, path: str, *, record_missing: bool = False
         if isinstance(copy, dict) and isinstance(copy.get("bands"), list):
             bands = _names([b.get("id") for b in copy["bands"] if isinstance(b, dict)])
     prefix = f"{path}/" if path else ""
-    v2 = (fingerprint or {}).get("zarr_format") == 2 or await store.exists(prefix + _V2_GROUP)
-    group_key, array_key = (_V2_GROUP, _V2_ARRAY) if v2 else (_METADATA, _METADATA)
+    v2 = (fingerprint or {}).get("zarr_format") == 2 or await store.exists(prefix + V2_GROUP)
+    group_key, array_key = (V2_GROUP, V2_ARRAY) if v2 else (V3_METADATA, V3_METADATA)
     missing, unparseable = [], []
     for name, key in (
-        (_METADATA, group_key),
+        (V3_METADATA, group_key),
         *((name, f"{name}/{array_key}") for name in (*bands, *COORD_NAMES)),
     ):
         found = await _metadata_document(store, prefix + key)
@@ -449,9 +448,9 @@ def _prune_empty_dirs(base: Path, *, recursive: bool = True) -> None:
 async def _v2_group_attributes(store: Store, path: str) -> dict[str, Any] | None:
     prefix = f"{path}/" if path else ""
     prototype = default_buffer_prototype()
-    if await store.get(prefix + _V2_GROUP, prototype=prototype) is None:
+    if await store.get(prefix + V2_GROUP, prototype=prototype) is None:
         return None
-    buffer = await store.get(prefix + ".zattrs", prototype=prototype)
+    buffer = await store.get(prefix + V2_ATTRS, prototype=prototype)
     try:
         attributes = json.loads(buffer.to_bytes()) if buffer is not None else {}
     except (ValueError, UnicodeDecodeError):
@@ -462,7 +461,7 @@ async def _v2_group_attributes(store: Store, path: str) -> dict[str, Any] | None
 async def _strip_v2_group(store: Store, path: str) -> None:
     """``_strip_group`` for a Zarr v2 group (``.zgroup``, ``.zattrs``, ``.zmetadata``)."""
     prefix = f"{path}/" if path else ""
-    ours = {prefix + name for name in _V2_GROUP_FILES}
+    ours = {prefix + name for name in V2_GROUP_FILES}
     others = False
     async for other in store.list_prefix(prefix):
         if other not in ours and other != LEASE_KEY and not _PARTIAL.search(other):
@@ -472,23 +471,23 @@ async def _strip_v2_group(store: Store, path: str) -> None:
         for key in ours:
             await store.delete(key)
         return
-    await store.delete(prefix + ".zmetadata")  # it listed what is gone now
-    if not await _metadata_document(store, prefix + _V2_GROUP):
-        await store.delete(prefix + _V2_GROUP)  # unreadable: made again, as in _strip_group
+    await store.delete(prefix + V2_CONSOLIDATED)  # it listed what is gone now
+    if not await _metadata_document(store, prefix + V2_GROUP):
+        await store.delete(prefix + V2_GROUP)  # unreadable: made again, as in _strip_group
     attributes = await _v2_group_attributes(store, path)
     if attributes:
         for name in _OUR_ATTRIBUTES:
             attributes.pop(name, None)
         data = json.dumps(attributes, indent=2).encode()
-        await store.set(prefix + ".zattrs", default_buffer_prototype().buffer.from_bytes(data))
+        await store.set(prefix + V2_ATTRS, default_buffer_prototype().buffer.from_bytes(data))
 
 
 async def _strip_group(store: Store, path: str) -> None:
     """The group at ``path`` loses what bulkpix put on it; it goes when nothing else is left."""
-    if await store.exists((f"{path}/" if path else "") + _V2_GROUP):
+    if await store.exists((f"{path}/" if path else "") + V2_GROUP):
         await _strip_v2_group(store, path)
         return
-    key = f"{path}/{_METADATA}" if path else _METADATA
+    key = f"{path}/{V3_METADATA}" if path else V3_METADATA
     prefix = f"{path}/" if path else ""
     others = False
     async for other in store.list_prefix(prefix):
@@ -675,6 +674,8 @@ async def _refuse_unowned_nodes(
     writer would make (or overwrite) its own over them, and --restart does not clear them."""
     for plan in plans:
         recorded = state.items.get(plan.path)
+        if recorded is None and plan.path and not await has_keys_under(store, plan.path):
+            continue  # a new item in a batch, with nothing at its path: one look suffices
         owned = {*recorded.bands, *COORD_NAMES} if recorded is not None else set()
         prefix = f"{plan.path}/" if plan.path else ""
         for name in (*(band.id for band in plan.bands), *COORD_NAMES):
@@ -698,10 +699,10 @@ async def _refuse_unowned_nodes(
 async def _refuse_format_change_over_user_data(store: Store, job: Job, state: OutputState) -> None:
     """A --restart in another Zarr format keeps the root group when the user's data is in
     it, in the old format: it would hold both formats' metadata. Refused instead."""
-    old = 2 if await store.exists(_V2_GROUP) else 3 if await store.exists(_METADATA) else None
+    old = 2 if await store.exists(V2_GROUP) else 3 if await store.exists(V3_METADATA) else None
     if old is None or old == job.zarr_format or not (state.items or state.batch):
         return
-    group_files = (_METADATA, *_V2_GROUP_FILES)
+    group_files = (V3_METADATA, *V2_GROUP_FILES)
     owned_dirs = [f"{RECORD_DIR}/"]
     owned_files = set(group_files)
     for item in state.items.values():

@@ -162,10 +162,6 @@ class TileRecord:
         await self.store.delete_dir(self._done_prefix)
         await self.store.delete_dir(self._failed_prefix)
 
-    async def has_fingerprint(self) -> bool:
-        """Whether a fingerprint object exists, readable or not."""
-        return await self.store.exists(self._job_key)
-
     async def count_done(self) -> int:
         """How many done-markers are listed (not read: a quick look for status and checks)."""
         return len([name async for name in self._list_names(self._done_prefix)])

@@ -47,7 +47,12 @@ from bulkpix.dtypes import BandSpec
 from bulkpix.errors import StoreError
 from bulkpix.store.checksum import ChecksumStore
 from bulkpix.store.codecs import DEFAULT_COMPRESSION, zarr_compressors
-from bulkpix.store.location import RECORD_DIR
+from bulkpix.store.location import (
+    GRID_MAPPING,
+    RESERVED_NAMES,
+    V2_CONSOLIDATED,
+    V3_METADATA,
+)
 
 if TYPE_CHECKING:
     from bulkpix.geometry.crs import CRS
@@ -72,10 +77,6 @@ ZarrFormat = Literal[2, 3]
 DEFAULT_ZARR_FORMAT: ZarrFormat = 3
 ZARR_FORMATS = (2, 3)
 
-GRID_MAPPING = "spatial_ref"
-COORD_NAMES = ("x", "y", GRID_MAPPING)
-ROOT_METADATA_KEY = "zarr.json"
-V2_METADATA_KEYS = (".zgroup", ".zattrs", ".zarray", ".zmetadata")
 LAYOUT_VERSION = 1
 
 # zarr warns about every object under a group that is not a Zarr node (our .bulkpix
@@ -138,7 +139,7 @@ async def zarr_format_of(store: Store, path: str = "") -> ZarrFormat | None:
     """The Zarr format (2 or 3) of the group at ``path``, None when there is no group."""
     prefix = _prefix(path)
     prototype = default_buffer_prototype()
-    if await store.get(f"{prefix}{ROOT_METADATA_KEY}", prototype=prototype) is not None:
+    if await store.get(f"{prefix}{V3_METADATA}", prototype=prototype) is not None:
         return 3
     if await store.get(f"{prefix}.zgroup", prototype=prototype) is not None:
         return 2
@@ -183,17 +184,17 @@ async def _drop_root_consolidation(store: Store) -> None:
     Re-consolidating here instead would re-read every item for every item created.
     """
     prototype = default_buffer_prototype()
-    if await store.get(".zmetadata", prototype=prototype) is not None:  # a v2 store
-        await store.delete(".zmetadata")
+    if await store.get(V2_CONSOLIDATED, prototype=prototype) is not None:  # a v2 store
+        await store.delete(V2_CONSOLIDATED)
         return
-    buffer = await store.get(ROOT_METADATA_KEY, prototype=prototype)
+    buffer = await store.get(V3_METADATA, prototype=prototype)
     if buffer is None:
         return
     metadata = json.loads(buffer.to_bytes())
     if metadata.pop("consolidated_metadata", None) is None:
         return
     await store.set(
-        ROOT_METADATA_KEY, prototype.buffer.from_bytes(json.dumps(metadata, indent=2).encode())
+        V3_METADATA, prototype.buffer.from_bytes(json.dumps(metadata, indent=2).encode())
     )
 
 
@@ -350,7 +351,7 @@ class ItemWriter:
             if not overwrite:
                 raise StoreError(
                     f"the store already holds data at {path or '(root)'!r}; "
-                    "resume it with ItemWriter.open or pass overwrite=True"
+                    "resume it with ItemWriter.open_recorded or pass overwrite=True"
                 )
             await store.delete_dir(path)
 
@@ -465,37 +466,6 @@ class ItemWriter:
             width,
         )
 
-    @classmethod
-    async def open(cls, store: Store, path: str) -> Self:
-        """Reopen an item group made by ``create`` (to resume writing into it)."""
-        path = path.strip("/")
-        try:
-            # Fresh metadata from the store, not a possibly stale consolidated copy.
-            group = await AsyncGroup.open(
-                StorePath(store, path), use_consolidated=False, zarr_format=None
-            )
-        except (FileNotFoundError, KeyError) as exc:
-            raise StoreError(f"no bulkpix output at {path or '(root)'!r}: {exc}") from None
-        info = group.attrs.get("bulkpix")
-        if not isinstance(info, dict) or info.get("layout") != LAYOUT_VERSION:
-            raise StoreError(f"the group at {path or '(root)'!r} was not written by bulkpix")
-        bands = [BandSpec(b["id"], np.dtype(b["dtype"])) for b in info["bands"]]
-        arrays = []
-        for node in await asyncio.gather(*(group.getitem(b.id) for b in bands)):
-            if not isinstance(node, AsyncArray):
-                raise StoreError(f"{node.path!r} is a group, not a band array")
-            arrays.append(node)
-        grid = info["grid"]
-        return cls(
-            store,
-            path,
-            dict(zip((b.id for b in bands), arrays, strict=True)),
-            bands,
-            int(info["chunk"]),
-            int(grid["height"]),
-            int(grid["width"]),
-        )
-
     # ---------------------------------------------------------------- writing
 
     async def write_tile(
@@ -554,16 +524,6 @@ class ItemWriter:
         """Store paths of the band arrays (what a ``ChecksumStore`` should track)."""
         return [_prefix(self.path) + b.id for b in self.bands]
 
-    def describe(self) -> dict[str, Any]:
-        """What of this output belongs in the job fingerprint: bands, chunking, codecs."""
-        first = next(iter(self._arrays.values()))
-        return {
-            "bands": [{"id": b.id, "dtype": b.dtype.str} for b in self.bands],
-            "shape": [self.height, self.width],
-            "chunk": self.chunk,
-            "codecs": _codecs(first),
-        }
-
     async def mark_complete(self) -> None:
         """Record in the group's attributes that every tile is stored (readers check
         ``attrs["bulkpix"]["complete"]``). Re-consolidate the root afterwards."""
@@ -609,14 +569,6 @@ class ItemWriter:
                 raise ValueError(f"band {band.id!r} is {value.dtype}, output is {band.dtype}")
 
 
-def _codecs(array: AsyncArray) -> list[dict[str, Any]]:
-    metadata = array.metadata
-    if hasattr(metadata, "codecs"):  # v3
-        return [c.to_dict() for c in metadata.codecs]
-    compressor = getattr(metadata, "compressor", None)  # v2: one numcodecs compressor
-    return [compressor.get_config()] if compressor is not None else []
-
-
 def _chunk_spans(offset: int, length: int, chunk: int) -> list[tuple[int, int]]:
     """(start, length) of each chunk along one axis of a chunk-aligned window."""
     return [(start, min(chunk, offset + length - start))
@@ -634,7 +586,7 @@ def _check_band_names(bands: Sequence[BandSpec]) -> None:
     if len(set(ids)) != len(ids):
         raise StoreError(f"duplicate band ids: {ids}")
     for band_id in ids:
-        if band_id in COORD_NAMES or band_id == RECORD_DIR:
+        if band_id in RESERVED_NAMES:
             raise StoreError(f"band id {band_id!r} clashes with a name the output reserves")
         if not band_id or "/" in band_id or band_id.startswith("__") or band_id in (".", ".."):
             raise StoreError(f"band id {band_id!r} cannot name a Zarr array")
