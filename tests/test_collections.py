@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import yaml
 import zarr
 from affine import Affine
 
@@ -347,8 +348,6 @@ def test_plan_prints_the_images_found_with_their_dates_and_tiles(
 
 
 def test_the_demo_mosaic_job_runs_and_covers_its_region(tmp_path: Path) -> None:
-    import yaml
-
     root = Path(__file__).resolve().parent.parent
     data = yaml.safe_load((root / "configs" / "demo_mosaic.yaml").read_text())
     data["output"] = str(tmp_path / "demo.zarr")
@@ -442,3 +441,54 @@ def test_the_mosaic_benchmark_asks_each_image_only_for_what_it_covers() -> None:
     assert run["images"] == 8 and run["requests"] >= run["output_tiles"]
     # Bytes requested equal the footprints' windows over the output: no call asks for more.
     assert run["overfetch_over_depth"] == 1.0
+
+
+def test_a_mosaic_killed_mid_run_resumes_bit_exact_without_refetching_a_finished_tile(
+    tmp_path: Path,
+) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from bulkpix.emulator.config import SyntheticCollection
+    from bulkpix.geometry.tiling import parse_tile_key
+    from bulkpix.pipeline import plan_job
+    from tests.conftest import emulator_thread
+
+    spec = SyntheticCollection(
+        tiles=(2, 2), tile_size=96, overlap=16, scale=30, dates=2, start="2024-05-01",
+        crs=("EPSG:32632", "EPSG:32633"), origin=(11.98, 46.0))
+    output = tmp_path / "out.zarr"
+    with emulator_thread(collections={COLL: spec}, max_qps=None, service_base_s=0.01) as emu:
+        path = _job_file(tmp_path, endpoint=emu.url, emulator=None, credentials="none",
+                         bands=["u16", "u8"], chunk=16, tile=[16, 16], concurrency=4)
+        text = path.read_text()
+        path.write_text("\n".join(line for line in text.splitlines()
+                                  if not line.startswith("emulator:")))
+        proc = subprocess.Popen([sys.executable, "-m", "bulkpix", "run", "--quiet", str(path)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        deadline = time.monotonic() + 60
+        done_dir = output / ".bulkpix" / "done"
+        while not (done_dir.is_dir() and len(list(done_dir.iterdir())) >= 8):
+            assert proc.poll() is None, "the run ended before it could be killed"
+            assert time.monotonic() < deadline, "the run made no progress"
+            time.sleep(0.005)  # polling for the kill point, not hiding a race
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=60)
+        keys = [m.name for m in done_dir.iterdir() if not m.name.endswith(".partial")]
+        done_tiles = {(parse_tile_key(k).window.row_off // 16,
+                       parse_tile_key(k).window.col_off // 16) for k in keys}
+        assert len(done_tiles) >= 8
+        job = parse_job(yaml.safe_load(path.read_text()), base_dir=tmp_path)
+        (plan,) = asyncio.run(plan_job(job))
+        assert len(done_tiles) < plan.tiles.n_tiles  # killed mid-run
+        assert main(["run", "--quiet", "--workload-tag", "resume", str(path)]) == 0
+        resumed = [r for r in emu.log if r.get("workload_tag") == "resume"]
+        fetched = _request_tiles(resumed, plan.grid, 16)
+        assert fetched and not set(fetched) & done_tiles
+    got, want = _read(output), _reference(job, "last")
+    for band in want:
+        np.testing.assert_array_equal(got[band], want[band])
