@@ -222,3 +222,56 @@ def test_verify_refetches_exactly_the_step_tile_of_a_corrupted_chunk(
             (f"{COLL}/EPSG32633_r0_c0_d003", 0, 0)]
     capsys.readouterr()
     _check_against_references(tmp_path / "out.zarr", FIVE_DAYS, by_day=False)
+
+
+# --------------------------------------------------------------------------- keys, plan, configs
+
+
+def test_tile_keys_carry_the_step_only_in_a_cube() -> None:
+    from bulkpix.geometry.grid import Window
+    from bulkpix.geometry.tiling import Tile, TilePlan, parse_tile_key, split_tile
+    from bulkpix.store.verify import _contains
+
+    flat = Tile(Window(0, 32, 32, 32), 1)
+    assert flat.key == "g1_r0_c32_h32_w32" and parse_tile_key(flat.key) == flat  # as before
+    cube = Tile(Window(0, 32, 32, 32), 1, step=3)
+    assert cube.key == "s3_g1_r0_c32_h32_w32" and parse_tile_key(cube.key) == cube
+    assert {part.step for part in split_tile(cube, 16)} == {3}
+    part = split_tile(cube, 16)[0]
+    assert _contains(cube.key, part.key) and _contains(cube.key, part.key + "_b0-1")
+    assert not _contains(cube.key, split_tile(Tile(cube.window, 1, step=2), 16)[0].key)
+    plan = TilePlan(64, 64, 16, 32, 32, ((0,),), steps=5)
+    assert plan.n_tiles == 20 and len(list(plan.tiles())) == 20
+    assert plan.has_tile_key("s4_g0_r32_c32_h32_w32")
+    assert not plan.has_tile_key("s5_g0_r32_c32_h32_w32") and not plan.has_tile_key(flat.key)
+    assert not TilePlan(64, 64, 16, 32, 32, ((0,),)).has_tile_key(cube.key)
+
+
+def test_plan_shows_the_cube_and_export_refuses_it_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_job(tmp_path / "job.yaml", **_keys(TWO_GRANULES, tmp_path / "out.zarr",
+                                                      group_by="day"))
+    assert main(["plan", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert f"collection {COLL}: cube of 3 steps (a day each, last) of 6 images" in out
+    assert main(["run", "--quiet", str(path)]) == 0
+    capsys.readouterr()
+    assert main(["export", str(tmp_path / "out.zarr"), str(tmp_path / "x.tif")]) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "is a time cube of 3 steps" in lines[0]
+    assert not (tmp_path / "x.tif").exists()
+
+
+def test_the_shipped_cube_and_dem_configs_load_as_annotated() -> None:
+    from bulkpix.job import load_job
+
+    configs = Path(__file__).resolve().parent.parent / "configs"
+    (cube,) = load_job(configs / "s2_cube.yaml").resolved_items()
+    assert cube.collection == "projects/earthengine-public/assets/COPERNICUS/S2_SR_HARMONIZED"
+    assert (cube.layout_name, cube.group_by, cube.mosaic_rule) == ("cube", "day", "last")
+    assert cube.filter and "CLOUDY_PIXEL_PERCENTAGE" in cube.filter
+    assert cube.time_range() == ("2023-07-01T00:00:00Z", "2023-08-01T00:00:00Z")
+    (dem,) = load_job(configs / "dem_mosaic.yaml").resolved_items()
+    assert dem.collection == "projects/earthengine-public/assets/COPERNICUS/DEM/GLO30"
+    assert dem.layout_name == "mosaic" and (dem.crs, dem.scale) == ("EPSG:3035", 30)
