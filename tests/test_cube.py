@@ -275,3 +275,22 @@ def test_the_shipped_cube_and_dem_configs_load_as_annotated() -> None:
     (dem,) = load_job(configs / "dem_mosaic.yaml").resolved_items()
     assert dem.collection == "projects/earthengine-public/assets/COPERNICUS/DEM/GLO30"
     assert dem.layout_name == "mosaic" and (dem.crs, dem.scale) == ("EPSG:3035", 30)
+
+
+def test_a_cube_resumes_on_its_recorded_steps_and_a_restart_takes_the_new_ones(
+    tmp_path: Path,
+) -> None:
+    from tests.test_collections import _interrupted
+
+    first = asyncio.run(_interrupted(_job(tmp_path, FIVE_DAYS, tile=[16, 16], concurrency=2), 8))
+    assert first.interrupted and first.finished < first.total
+    grown = {**FIVE_DAYS, "dates": 6}
+    second = asyncio.run(run_job(_job(tmp_path, grown, tile=[16, 16])))
+    assert second.ok and second.items[0].done_before >= 8
+    assert any("resuming with the 5 images its record holds; the collection now lists 6"
+               in notice for notice in second.notices)
+    _check_against_references(tmp_path / "out.zarr", FIVE_DAYS, by_day=False)
+    third = asyncio.run(run_job(_job(tmp_path, grown, tile=[16, 16]), restart=True))
+    assert third.ok and third.items[0].done_before == 0
+    _check_against_references(tmp_path / "out.zarr", grown, by_day=False)
+    assert len(xr.open_zarr(tmp_path / "out.zarr")["time"]) == 6
