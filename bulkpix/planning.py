@@ -478,8 +478,10 @@ class ItemPlan:
 
     @property
     def pixel_bytes(self) -> int:
-        """Bytes of the output's pixels, uncompressed (no mask bytes: those are not stored)."""
-        return self.grid.width * self.grid.height * sum(b.dtype.itemsize for b in self.bands)
+        """Bytes of the output's pixels, uncompressed (no mask bytes: those are not stored);
+        every step of a cube."""
+        itemsizes = sum(b.dtype.itemsize for b in self.bands)
+        return self.grid.width * self.grid.height * itemsizes * max(1, self.tiles.steps)
 
     @property
     def oversampling(self) -> float | None:
@@ -957,9 +959,10 @@ def request_body(item: ItemPlan, grid: PixelGrid, band_ids: Sequence[str]) -> di
 
 
 def item_request_bytes(item: ItemPlan) -> int:
-    """Bytes of pixels (as the service counts) for the whole item."""
+    """Bytes of pixels (as the service counts) for the whole item (every step of a cube)."""
     itemsizes = (b.dtype.itemsize for b in item.bands)
-    return request_bytes(item.grid.height, item.grid.width, itemsizes)
+    steps = max(1, item.tiles.steps)
+    return request_bytes(item.grid.height, item.grid.width, itemsizes) * steps
 
 
 def tile_plan_from_fingerprint(fingerprint: Mapping[str, Any]) -> TilePlan | None:

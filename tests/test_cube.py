@@ -17,10 +17,11 @@ import xarray as xr
 import zarr
 from affine import Affine
 
+import bulkpix
 from bulkpix.cli import main
 from bulkpix.emulator.config import SyntheticCollection
 from bulkpix.job import Job, parse_job
-from bulkpix.pipeline import run_job
+from bulkpix.pipeline import plan_job, run_job
 from tests.conftest import emulator_thread, write_job
 
 COLL = "projects/p/assets/coll"
@@ -116,6 +117,8 @@ def test_a_cube_over_five_dates_equals_the_per_date_references(tmp_path: Path) -
     grid = zarr.open_group(str(output), mode="r").attrs["bulkpix"]["grid"]
     assert tuple(dataset["u16"].rio.transform())[:6] == pytest.approx(grid["transform"][:6])
     assert zarr.open_group(str(output), mode="r").attrs["bulkpix"]["complete"] is True
+    opened = bulkpix.open(output)
+    assert list(opened.data_vars) == ["u16", "u8"] and opened["u8"].dims == ("time", "y", "x")
 
 
 def test_group_by_day_merges_the_granules_of_one_pass(tmp_path: Path) -> None:
@@ -170,7 +173,7 @@ def test_a_sigkilled_cube_resumes_bit_exact_without_fetching_a_finished_step_til
                      credentials="none", tile=[16, 16], concurrency=2)
         path = write_job(tmp_path / "job.yaml", **keys)
         proc = subprocess.Popen([sys.executable, "-m", "bulkpix", "run", "--quiet", str(path)],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         done_dir = tmp_path / "out.zarr" / ".bulkpix" / "done"
         try:
             # Killed once some (step, tile)s are recorded: the point we wait for, not a race.
@@ -255,6 +258,9 @@ def test_plan_shows_the_cube_and_export_refuses_it_in_one_line(
     assert main(["plan", str(path)]) == 0
     out = capsys.readouterr().out
     assert f"collection {COLL}: cube of 3 steps (a day each, last) of 6 images" in out
+    job = parse_job(_keys(TWO_GRANULES, tmp_path / "out.zarr", group_by="day"))
+    (plan,) = asyncio.run(plan_job(job))
+    assert plan.pixel_bytes == 3 * plan.grid.width * plan.grid.height * 3  # 3 steps, u16 + u8
     assert main(["run", "--quiet", str(path)]) == 0
     capsys.readouterr()
     assert main(["export", str(tmp_path / "out.zarr"), str(tmp_path / "x.tif")]) == 2

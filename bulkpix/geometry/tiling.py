@@ -333,8 +333,8 @@ class TilePlan:
 
     @property
     def total_request_bytes(self) -> int:
-        # Tiles partition the grid once per group: no need to iterate.
-        return self.height * self.width * sum(self.group_bytes_per_px)
+        # Tiles partition the grid once per group (and step): no need to iterate.
+        return self.height * self.width * sum(self.group_bytes_per_px) * max(1, self.steps)
 
 
 def _side_candidates(side: int, chunk: int) -> tuple[np.ndarray, np.ndarray]:
