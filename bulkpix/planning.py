@@ -330,6 +330,9 @@ def plan_mosaic(
     _check_same_bands(spec, listed, plan.bands)
     index = plan_mosaic_index(spec.collection, spec.mosaic_rule, images, plan.grid, plan.tiles)
     if spec.layout_name == "cube":
+        clash = [b.id for b in plan.bands if b.id in ("time", "image_id")]
+        if clash:  # the cube's own coordinates
+            raise JobError(f"collection {spec.collection}: a cube cannot hold a band {clash[0]!r}")
         steps = cube_steps(images, spec.group_by)
         index = replace(index, steps=tuple(steps), group_by=spec.group_by)
         return replace(
