@@ -29,9 +29,12 @@ __all__ = [
     "EXPRESSION_FILE_MAX_BYTES",
     "check_computed_item",
     "check_expression",
+    "check_reduced_item",
     "computed_asset",
     "computed_grid",
+    "item_graph",
     "load_expression",
+    "reduce_graph",
 ]
 
 # A graph of thousands of nodes is a few hundred KB; past this it is not a graph.
@@ -105,15 +108,81 @@ def check_computed_item(where: str, fields: Mapping[str, Any]) -> None:
     if others:
         raise ValueError(f"{where}: give one of asset, collection or expression, not "
                          f"{' and '.join(['expression', *others])}")
-    given = [k for k in _COLLECTION_KEYS if fields.get(k) is not None]
+    given = [k for k in (*_COLLECTION_KEYS, "reduce") if fields.get(k) is not None]
     if given:
         raise ValueError(f"{where}: {', '.join(given)} goes with collection, not expression")
+    _check_grid_keys(where, fields, "a computed image (expression)")
+
+
+def check_reduced_item(where: str, fields: Mapping[str, Any]) -> None:
+    """A collection the service reduces: no listing keys it cannot express, a grid."""
+    if fields.get("collection") is None:
+        raise ValueError(f"{where}: reduce goes with collection")
+    if fields.get("asset") is not None:
+        raise ValueError(f"{where}: give asset or collection, not both")
+    given = [k for k in ("filter", "layout", "mosaic") if fields.get(k) is not None]
+    if given:
+        raise ValueError(f"{where}: {', '.join(given)} does not go with reduce (the composite "
+                         "is computed by the service from the images in dates and region)")
+    _check_grid_keys(where, fields, "a reduced collection")
+
+
+def _check_grid_keys(where: str, fields: Mapping[str, Any], what: str) -> None:
     missing = [k for k in ("crs", "region") if fields.get(k) is None]
     if fields.get("scale") is None and fields.get("dimensions") is None:
         missing.insert(1, "scale (or dimensions)")
     if missing:
-        raise ValueError(f"{where}: a computed image (expression) has no native grid: give "
-                         f"{', '.join(missing)}")
+        raise ValueError(f"{where}: {what} has no native grid: give {', '.join(missing)}")
+
+
+def item_graph(spec: ResolvedItem, base_dir: Path) -> dict[str, Any]:
+    """A computed item's graph: its expression, or its collection's composite."""
+    if spec.reduce is not None:
+        return reduce_graph(spec, base_dir)
+    assert spec.expression is not None
+    return load_expression(spec.expression, base_dir)
+
+
+def _call(name: str, **arguments: dict[str, Any]) -> dict[str, Any]:
+    return {"functionInvocationValue": {"functionName": name, "arguments": arguments}}
+
+
+def _constant(value: Any) -> dict[str, Any]:
+    return {"constantValue": value}
+
+
+def reduce_graph(spec: ResolvedItem, base_dir: Path) -> dict[str, Any]:
+    """The composite as earthengine-api writes ``ee.ImageCollection(C).filterDate(a, b)
+    .filterBounds(region).median().select(bands)``: ImageCollection.load, Collection.filter by
+    dates and by the region's lon/lat bounding box, reduce.X (or ImageCollection.mosaic)."""
+    from bulkpix.geometry.grid import region_bounds
+
+    assert spec.collection is not None and spec.reduce is not None
+    node = _call("ImageCollection.load", id=_constant(spec.collection))
+    times = spec.time_range()
+    if times is not None:
+        dates = _call("DateRange", start=_constant(times[0]), end=_constant(times[1]))
+        node = _call("Collection.filter", collection=node, filter=_call(
+            "Filter.dateRangeContains", leftValue=dates,
+            rightField=_constant("system:time_start")))
+    if spec.region is not None:
+        region = spec.region.load_geometry(base_dir)
+        try:
+            west, south, east, north = region_bounds(region, spec.region.region_crs,
+                                                     "EPSG:4326")
+        except (ValueError, TypeError, KeyError, IndexError) as exc:
+            raise JobError(f"cannot read the region: {exc}") from None
+        ring = [[west, north], [west, south], [east, south], [east, north]]
+        polygon = _call("GeometryConstructors.Polygon", coordinates=_constant([ring]),
+                        evenOdd=_constant(True))
+        node = _call("Collection.filter", collection=node, filter=_call(
+            "Filter.intersects", leftField=_constant(".all"),
+            rightValue=_call("Feature", geometry=polygon)))
+    name = "ImageCollection.mosaic" if spec.reduce == "mosaic" else f"reduce.{spec.reduce}"
+    node = _call(name, collection=node)
+    if spec.bands is not None:
+        node = _call("Image.select", input=node, bandSelectors=_constant(list(spec.bands)))
+    return {"result": "0", "values": {"0": node}}
 
 
 def computed_grid(spec: ResolvedItem, base_dir: Path) -> PixelGrid:

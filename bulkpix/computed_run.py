@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from bulkpix.computed import computed_asset, computed_grid, load_expression
+from bulkpix.computed import computed_asset, computed_grid, item_graph
 from bulkpix.errors import JobError, NotFound, RequestInvalid, printable
 
 if TYPE_CHECKING:
@@ -47,9 +47,9 @@ async def describe_computed(
     """One ``value:compute`` per computed item (by position), through the run's retries."""
     described: dict[int, Described] = {}
     for index, spec in enumerate(items):
-        if spec.expression is None:
+        if not spec.is_computed:
             continue
-        graph = load_expression(spec.expression, job.base_dir)
+        graph = item_graph(spec, job.base_dir)
         grid = computed_grid(spec, job.base_dir)
         try:
             result = await retry(functools.partial(client.compute_value, graph))

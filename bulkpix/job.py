@@ -328,6 +328,7 @@ class Visualization(_Strict):
 
 _RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?([Zz]|[+-]\d{2}:\d{2})")
 MosaicRule = Literal["last", "first", "min", "max"]
+Reduction = Literal["median", "mean", "min", "max", "mosaic"]
 Layout = Literal["mosaic", "items", "cube"]
 
 
@@ -384,6 +385,10 @@ class _ItemFields(_Strict):
     mosaic: MosaicRule | None = None
     """With layout mosaic: how overlapping images combine per pixel: last (default: later
     start times on top), first, min or max; the band's nodata (default 0) is no value."""
+    reduce: Reduction | None = None
+    """With collection: one composite the service computes (image:computePixels) from the
+    images in dates and region: median, mean, min, max or mosaic (the last image on top).
+    Needs crs, scale (or dimensions), region and project, as a computed image."""
     bands: list[str] | None = Field(default=None, min_length=1)
     """Band ids, in output order (default: all of the asset's bands)."""
     region: Region | None = None
@@ -531,11 +536,13 @@ class ResolvedItem(_ItemFields):
 
     @property
     def is_collection(self) -> bool:
-        return self.collection is not None
+        """A collection whose images are listed and fetched (not reduced by the service)."""
+        return self.collection is not None and self.reduce is None
 
     @property
     def is_computed(self) -> bool:
-        return self.expression is not None
+        """An expression, or a collection the service reduces: image:computePixels."""
+        return self.expression is not None or self.reduce is not None
 
     @property
     def source(self) -> str:
@@ -882,6 +889,11 @@ def _check_source(where: str, fields: dict[str, Any]) -> None:
         check_computed_item(where, fields)
         return
     asset, collection = fields.get("asset"), fields.get("collection")
+    if fields.get("reduce") is not None:
+        from bulkpix.computed import check_reduced_item
+
+        check_reduced_item(where, fields)
+        return
     if asset is not None and collection is not None:
         raise ValueError(f"{where}: give asset or collection, not both")
     if asset is None and collection is None:
@@ -948,10 +960,10 @@ def parse_job(data: Any, *, source: str = "job", base_dir: Path | None = None) -
         for item in job.resolved_items():
             if item.region is not None and item.region.file is not None:
                 item.region.load_geometry(job.base_dir)
-            if item.expression is not None:
-                from bulkpix.computed import load_expression
+            if item.is_computed:
+                from bulkpix.computed import item_graph
 
-                load_expression(item.expression, job.base_dir)
+                item_graph(item, job.base_dir)
     return job
 
 

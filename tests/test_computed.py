@@ -260,3 +260,85 @@ def test_an_expression_the_service_refuses_is_one_line(emu: Any, tmp_path: Path)
     with pytest.raises(JobError, match=r"refused the expression: Unknown algorithm"):
         bulkpix.run(job(tmp_path / "o.zarr", emu.url, bad), progress=False)
     assert not (tmp_path / "o.zarr").exists()
+
+
+# -- reduce: a collection composited by the service ---------------------------------------------
+
+
+@pytest.fixture
+def served(emu: Any, data: dict[str, Any]) -> Any:  # noqa: F811
+    """The emulator with the collection listed (as test_emulator_compute serves it)."""
+    import datetime as dt
+    from types import SimpleNamespace
+
+    from bulkpix.emulator.assets import FileAsset
+    from tests.test_emulator_compute import COLLECTION, collection_source
+
+    assets = {name: FileAsset(name, paths) for name, paths in data["assets"].items()}
+    images = [SimpleNamespace(asset=member.asset, footprint=None, end=None,
+                              start=dt.datetime.fromtimestamp(member.start_ms / 1000, dt.UTC))
+              for member in collection_source(assets)(COLLECTION) or []]
+    emu.collections = {COLLECTION: SimpleNamespace(images=images)}
+    return emu
+
+
+@pytest.mark.parametrize("reduction", ["median", "mean", "min", "max", "mosaic"])
+def test_reduce_equals_the_composite_built_with_earthengine_api(
+    ee: Any, served: Any, tmp_path: Path, reduction: str
+) -> None:
+    from tests.test_emulator_compute import COLLECTION, ee_grid
+
+    spec = job(tmp_path / "o.zarr", served.url, None, collection=COLLECTION,
+               dates=["2024-01-10", "2024-02-05"], reduce=reduction, bands=["B8"])
+    del spec["expression"]
+    assert bulkpix.run(spec, progress=False).complete
+    out = read(tmp_path / "o.zarr")
+    assert list(out) == ["B8"]
+    collection = ee.ImageCollection(COLLECTION).filterDate("2024-01-10", "2024-02-05") \
+        .filterBounds(ee.Geometry.Rectangle([14.0, 41.0, 16.0, 42.0]))
+    composite = collection.mosaic() if reduction == "mosaic" \
+        else getattr(collection, reduction)()
+    want = ee.data.computePixels({"expression": composite.select(["B8"]),
+                                  "fileFormat": "NUMPY_NDARRAY",
+                                  "grid": ee_grid(0, 0, WIDTH, HEIGHT)})
+    assert out["B8"].dtype == want["B8"].dtype
+    assert out["B8"].tobytes() == want["B8"].tobytes()
+    # Three of the five images fall in the dates: the composite is not any one of them.
+    assert (out["B8"] != 0).any()
+
+
+@pytest.mark.parametrize(("reduction", "reference", "dtype"), [
+    ("median", np.median, np.float64), ("mean", np.mean, np.float64),
+    ("min", np.min, np.uint16), ("max", np.max, np.uint16),
+])
+def test_reduce_of_the_dates_equals_numpy(served: Any, data: dict[str, Any],  # noqa: F811
+                                          tmp_path: Path, reduction: str, reference: Any,
+                                          dtype: Any) -> None:
+    from tests.test_emulator_compute import COLLECTION
+
+    spec = job(tmp_path / "o.zarr", served.url, None, collection=COLLECTION,
+               dates=["2024-01-10", "2024-02-05"], reduce=reduction)
+    del spec["expression"]
+    assert bulkpix.run(spec, progress=False).complete
+    out = read(tmp_path / "o.zarr")
+    members = np.stack(data["members"][1:4]).astype(np.float64)  # 01-12, 01-19, 02-02
+    want = reference(members, axis=0)
+    assert sorted(out) == ["B4", "B8"] and out["B4"].dtype == dtype
+    np.testing.assert_array_equal(out["B4"], want[0].astype(dtype))
+    np.testing.assert_array_equal(out["B8"], want[1].astype(dtype))
+
+
+@pytest.mark.parametrize(("keys", "message"), [
+    ({"filter": "x < 1"}, "filter does not go with reduce"),
+    ({"layout": "items"}, "layout does not go with reduce"),
+    ({"region": None}, "a reduced collection has no native grid: give region"),
+    ({"collection": None, "asset": S2}, "reduce goes with collection"),
+])
+def test_bad_reduce_jobs_are_one_line(tmp_path: Path, keys: dict[str, Any],
+                                      message: str) -> None:
+    spec = {**job(tmp_path / "o.zarr", "emulator", None),
+            "collection": "projects/demo-project/assets/col", "reduce": "median", **keys}
+    spec = {k: v for k, v in spec.items() if v is not None}
+    with pytest.raises(JobError) as info:
+        load_job(write_job(tmp_path / "job.yaml", **spec))
+    assert message in str(info.value) and "\n" not in str(info.value)
