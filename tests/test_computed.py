@@ -342,3 +342,81 @@ def test_bad_reduce_jobs_are_one_line(tmp_path: Path, keys: dict[str, Any],
     with pytest.raises(JobError) as info:
         load_job(write_job(tmp_path / "job.yaml", **spec))
     assert message in str(info.value) and "\n" not in str(info.value)
+
+
+# -- the Done-when: composites built with earthengine-api, YAML alike, SIGKILL ----------
+
+
+def test_ee_median_composite_ndvi_in_tiles_equals_numpy(
+    ee: Any, served: Any, data: dict[str, Any], tmp_path: Path  # noqa: F811
+) -> None:
+    from tests.test_emulator_compute import COLLECTION
+
+    composite = ee.ImageCollection(COLLECTION).filterDate("2024-01-01", "2024-03-01").median()
+    ndvi = composite.normalizedDifference(["B8", "B4"])
+    assert bulkpix.run(job(tmp_path / "o.zarr", served.url, ndvi), progress=False).complete
+    median = np.median(np.stack(data["members"]).astype(np.float64), axis=0)  # all 5 dates
+    np.testing.assert_array_equal(read(tmp_path / "o.zarr")["nd"], ndvi_reference(median))
+    assert len(computed_calls(served)) == 4  # in several tiles
+
+
+def test_yaml_reduce_median_gives_the_bytes_of_the_python_composite(
+    ee: Any, served: Any, tmp_path: Path
+) -> None:
+    from tests.test_emulator_compute import COLLECTION
+
+    keys = job(tmp_path / "yaml.zarr", served.url, None, collection=COLLECTION,
+               dates=["2024-01-10", "2024-02-05"], reduce="median", bands=["B8", "B4"])
+    del keys["expression"]
+    assert bulkpix.run(write_job(tmp_path / "job.yaml", **keys), progress=False).complete
+    composite = ee.ImageCollection(COLLECTION).filterDate("2024-01-10", "2024-02-05") \
+        .median().select(["B8", "B4"])
+    python = job(tmp_path / "py.zarr", served.url, composite)
+    assert bulkpix.run(python, progress=False).complete
+    from_yaml, from_python = read(tmp_path / "yaml.zarr"), read(tmp_path / "py.zarr")
+    assert sorted(from_yaml) == sorted(from_python) == ["B4", "B8"]
+    for band in ("B8", "B4"):
+        assert from_yaml[band].dtype == from_python[band].dtype
+        assert from_yaml[band].tobytes() == from_python[band].tobytes()
+
+
+def test_sigkill_mid_job_then_resume_is_bit_exact(data: dict[str, Any],  # noqa: F811
+                                                  tmp_path: Path) -> None:
+    import hashlib
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from bulkpix.cli import main
+
+    def digests(output: Path) -> dict[str, str]:
+        return {p.relative_to(output).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+                for p in sorted(output.rglob("*")) if p.is_file()
+                and ".bulkpix" not in p.relative_to(output).as_posix()}
+
+    (tmp_path / "ndvi.json").write_text(json.dumps(NDVI))
+    config = EmulatorConfig(assets=data["assets"], service_base_s=0.05)
+    with emulator_in_thread(config) as emu:
+        # 12 tiles of 16 x 16 px, two at a time.
+        reference = write_job(tmp_path / "ref.yaml", **job(
+            tmp_path / "ref.zarr", emu.url, "ndvi.json", tile=[16, 16], concurrency=2))
+        assert main(["run", "--quiet", str(reference)]) == 0
+        killed = write_job(tmp_path / "kill.yaml", **job(
+            tmp_path / "kill.zarr", emu.url, "ndvi.json", tile=[16, 16], concurrency=2))
+        start = len(emu.log)
+        proc = subprocess.Popen([sys.executable, "-m", "bulkpix", "run", "--quiet", str(killed)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        deadline = time.monotonic() + 60
+        while len([r for r in emu.log[start:] if r["op"] == "compute_pixels"]) < 5:
+            assert proc.poll() is None, "the run ended before it could be killed"
+            assert time.monotonic() < deadline, "the run made no progress"
+            time.sleep(0.005)  # polling the log for the kill point
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+        done = list((tmp_path / "kill.zarr" / ".bulkpix" / "done").glob("*"))
+        assert 0 < len(done) < 12  # killed mid-job
+        assert main(["run", "--quiet", str(killed)]) == 0
+    assert digests(tmp_path / "kill.zarr") == digests(tmp_path / "ref.zarr")
