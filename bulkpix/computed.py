@@ -30,6 +30,7 @@ __all__ = [
     "check_computed_item",
     "check_expression",
     "check_reduced_item",
+    "check_rescale",
     "computed_asset",
     "computed_grid",
     "item_graph",
@@ -111,6 +112,7 @@ def check_computed_item(where: str, fields: Mapping[str, Any]) -> None:
     given = [k for k in (*_COLLECTION_KEYS, "reduce") if fields.get(k) is not None]
     if given:
         raise ValueError(f"{where}: {', '.join(given)} goes with collection, not expression")
+    check_rescale(where, fields)
     _check_grid_keys(where, fields, "a computed image (expression)")
 
 
@@ -125,6 +127,13 @@ def check_reduced_item(where: str, fields: Mapping[str, Any]) -> None:
         raise ValueError(f"{where}: {', '.join(given)} does not go with reduce (the composite "
                          "is computed by the service from the images in dates and region)")
     _check_grid_keys(where, fields, "a reduced collection")
+
+
+def check_rescale(where: str, fields: Mapping[str, Any]) -> None:
+    given = [k for k in ("scale_factor", "offset") if fields.get(k) is not None]
+    if given:
+        raise ValueError(f"{where}: {' and '.join(given)} goes with reduce (in an expression, "
+                         "multiply and add in the graph)")
 
 
 def _check_grid_keys(where: str, fields: Mapping[str, Any], what: str) -> None:
@@ -182,6 +191,13 @@ def reduce_graph(spec: ResolvedItem, base_dir: Path) -> dict[str, Any]:
     node = _call(name, collection=node)
     if spec.bands is not None:
         node = _call("Image.select", input=node, bandSelectors=_constant(list(spec.bands)))
+    # As earthengine-api writes image.multiply(x).add(y).
+    if spec.scale_factor is not None:
+        node = _call("Image.multiply", image1=node, image2=_call(
+            "Image.constant", value=_constant(spec.scale_factor)))
+    if spec.offset is not None:
+        node = _call("Image.add", image1=node, image2=_call(
+            "Image.constant", value=_constant(spec.offset)))
     return {"result": "0", "values": {"0": node}}
 
 

@@ -389,6 +389,11 @@ class _ItemFields(_Strict):
     """With collection: one composite the service computes (image:computePixels) from the
     images in dates and region: median, mean, min, max or mosaic (the last image on top).
     Needs crs, scale (or dimensions), region and project, as a computed image."""
+    scale_factor: Annotated[float, Field(allow_inf_nan=False)] | None = None
+    """With reduce: the composite's bands multiplied by this (e.g. 0.0000275 for Landsat
+    surface reflectance), computed by the service."""
+    offset: Annotated[float, Field(allow_inf_nan=False)] | None = None
+    """With reduce: added to the composite's bands after scale_factor."""
     bands: list[str] | None = Field(default=None, min_length=1)
     """Band ids, in output order (default: all of the asset's bands)."""
     region: Region | None = None
@@ -894,6 +899,9 @@ def _check_source(where: str, fields: dict[str, Any]) -> None:
 
         check_reduced_item(where, fields)
         return
+    from bulkpix.computed import check_rescale
+
+    check_rescale(where, fields)
     if asset is not None and collection is not None:
         raise ValueError(f"{where}: give asset or collection, not both")
     if asset is None and collection is None:

@@ -243,6 +243,7 @@ def test_the_quota_status_notice_is_shown_once(data: dict[str, Any],  # noqa: F8
     ({"expression": {"result": "0", "values": {}}}, "names none of its values"),
     ({"expression": "missing.json"}, "cannot read it"),
     ({"expression": 5}, "must be a graph file path"),
+    ({"scale_factor": 2}, "scale_factor goes with reduce"),
 ])
 def test_bad_computed_jobs_are_one_line(tmp_path: Path, keys: dict[str, Any],
                                         message: str) -> None:
@@ -333,6 +334,7 @@ def test_reduce_of_the_dates_equals_numpy(served: Any, data: dict[str, Any],  # 
     ({"layout": "items"}, "layout does not go with reduce"),
     ({"region": None}, "a reduced collection has no native grid: give region"),
     ({"collection": None, "asset": S2}, "reduce goes with collection"),
+    ({"reduce": None, "offset": 1}, "offset goes with reduce"),
 ])
 def test_bad_reduce_jobs_are_one_line(tmp_path: Path, keys: dict[str, Any],
                                       message: str) -> None:
@@ -420,3 +422,19 @@ def test_sigkill_mid_job_then_resume_is_bit_exact(data: dict[str, Any],  # noqa:
         assert 0 < len(done) < 12  # killed mid-job
         assert main(["run", "--quiet", str(killed)]) == 0
     assert digests(tmp_path / "kill.zarr") == digests(tmp_path / "ref.zarr")
+
+
+def test_reduce_with_scale_factor_and_offset_equals_the_python_form(
+    ee: Any, served: Any, tmp_path: Path
+) -> None:
+    from tests.test_emulator_compute import COLLECTION
+
+    keys = job(tmp_path / "yaml.zarr", served.url, None, collection=COLLECTION,
+               reduce="max", bands=["B8"], scale_factor=0.0001, offset=-0.1)
+    del keys["expression"]
+    assert bulkpix.run(keys, progress=False).complete
+    composite = ee.ImageCollection(COLLECTION).max().select(["B8"]).multiply(0.0001).add(-0.1)
+    assert bulkpix.run(job(tmp_path / "py.zarr", served.url, composite), progress=False).complete
+    from_yaml, from_python = read(tmp_path / "yaml.zarr")["B8"], read(tmp_path / "py.zarr")["B8"]
+    assert from_yaml.dtype == np.float64 and from_yaml.tobytes() == from_python.tobytes()
+    assert np.nanmin(from_yaml) < 0 < np.nanmax(from_yaml) < 0.3  # rescaled, not raw counts
