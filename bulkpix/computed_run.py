@@ -15,9 +15,10 @@ import functools
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from bulkpix.computed import computed_asset, computed_grid, item_graph
+from bulkpix.computed import check_graph, computed_asset, computed_grid, item_graph
 from bulkpix.errors import JobError, NotFound, RequestInvalid, printable
 
 if TYPE_CHECKING:
@@ -25,7 +26,13 @@ if TYPE_CHECKING:
     from bulkpix.job import Job, ResolvedItem
     from bulkpix.planning import AssetInfo, ItemPlan
 
-__all__ = ["Described", "QuotaStatusNotice", "describe_computed", "plan_computed"]
+__all__ = [
+    "Described",
+    "QuotaStatusNotice",
+    "describe_computed",
+    "graph_from_snippet",
+    "plan_computed",
+]
 
 T = TypeVar("T")
 
@@ -89,3 +96,47 @@ class QuotaStatusNotice:
             "Earth Engine has restricted this project's parallel computation (its compute "
             "quota is spent for now): computed tiles will run fewer at a time and more slowly"
         )
+
+
+def graph_from_snippet(snippet: Path, *, project: str | None,
+                       endpoint: str | None) -> dict[str, Any]:
+    """``bulkpix expression``: run a Python snippet that builds ``image`` with
+    earthengine-api (``ee`` is initialized and in its namespace) and return the image's
+    serialized graph, for a job file's ``expression:``. ``endpoint``: a stand-in's URL (the
+    emulator), reached with a placeholder token; otherwise earthengine-api's own login."""
+    try:
+        import ee
+    except ImportError:
+        raise JobError("bulkpix expression needs earthengine-api: pip install 'bulkpix[ee]'")\
+            from None
+    from bulkpix.files import FileRefused, read_bounded
+
+    try:
+        source = read_bounded(snippet, 1 << 20).decode("utf-8")
+    except (OSError, FileRefused, UnicodeDecodeError) as exc:
+        raise JobError(f"{snippet}: cannot read the snippet ({exc})") from None
+    try:
+        if endpoint is not None:
+            import google.oauth2.credentials
+
+            ee.data.initialize(credentials=google.oauth2.credentials.Credentials(token="x"),
+                               cloud_api_base_url=endpoint.rstrip("/"), project=project)
+        else:
+            ee.Initialize(project=project)
+    except Exception as exc:  # earthengine-api's login and discovery errors vary widely
+        raise JobError(f"earthengine-api could not start: {printable(str(exc), limit=300)}") \
+            from None
+    namespace: dict[str, Any] = {"ee": ee, "__name__": "__bulkpix_expression__"}
+    try:
+        exec(compile(source, str(snippet), "exec"), namespace)  # the user's own snippet
+        image = namespace.get("image")
+        if image is None:
+            raise JobError(f"{snippet}: the snippet must assign the image to `image`")
+        return check_graph(ee.serializer.encode(image, for_cloud_api=True))
+    except JobError:
+        raise
+    except Exception as exc:  # whatever the snippet raises: one line, its type and text
+        text = printable(f"{type(exc).__name__}: {exc}", limit=300)
+        raise JobError(f"{snippet}: {text}") from None
+    finally:
+        ee.Reset()

@@ -438,3 +438,27 @@ def test_reduce_with_scale_factor_and_offset_equals_the_python_form(
     from_yaml, from_python = read(tmp_path / "yaml.zarr")["B8"], read(tmp_path / "py.zarr")["B8"]
     assert from_yaml.dtype == np.float64 and from_yaml.tobytes() == from_python.tobytes()
     assert np.nanmin(from_yaml) < 0 < np.nanmax(from_yaml) < 0.3  # rescaled, not raw counts
+
+
+def test_the_expression_command_writes_a_graph_a_job_runs(
+    emu: Any, data: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]  # noqa: F811
+) -> None:
+    pytest.importorskip("ee")
+    from bulkpix.cli import main
+
+    snippet = tmp_path / "ndvi.py"
+    snippet.write_text(f"image = ee.Image({S2!r}).normalizedDifference(['B8', 'B4'])\n")
+    assert main(["expression", str(snippet), "--endpoint", emu.url, "--project",
+                 "demo-project", "-o", str(tmp_path / "ndvi.json")]) == 0
+    spec = write_job(tmp_path / "job.yaml", **job(tmp_path / "o.zarr", emu.url, "ndvi.json"))
+    assert main(["run", "--quiet", str(spec)]) == 0
+    np.testing.assert_array_equal(read(tmp_path / "o.zarr")["nd"], ndvi_reference(data["s2"]))
+    capsys.readouterr()
+    # A snippet that builds no image, or fails: one line, exit 2.
+    snippet.write_text("x = 1\n")
+    assert main(["expression", str(snippet), "--endpoint", emu.url]) == 2
+    snippet.write_text("image = ee.Image(1).focal_max(\n")
+    assert main(["expression", str(snippet), "--endpoint", emu.url]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "must assign the image to `image`" in err[0]
+    assert "SyntaxError" in err[1]
