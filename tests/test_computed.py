@@ -462,3 +462,14 @@ def test_the_expression_command_writes_a_graph_a_job_runs(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and "must assign the image to `image`" in err[0]
     assert "SyntaxError" in err[1]
+
+
+def test_the_composite_benchmark_reports_splits_and_no_retries() -> None:
+    from benchmarks.computed import composite_run
+
+    figures = composite_run(2, 2, memory_limit=70_000, service_base_s=0.0)
+    # Every 512 x 512 tile refused once, split in four 256 x 256 parts that fit.
+    assert figures["retries"] == 0
+    assert figures["splits"] == figures["refused_too_costly"] == figures["tiles"] > 0
+    assert figures["requests"] == 5 * figures["tiles"]
+    assert figures["wall_s"] > 0 and figures["ideal_s"] >= 0
