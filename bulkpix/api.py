@@ -55,6 +55,9 @@ class RunSummary:
     seconds: float
     interrupted: bool
     aborted: str | None  # why the run stopped by itself (access refused everywhere)
+    # Computed tiles the service found too costly (memory, time, aggregations): split, or
+    # failed at one chunk.
+    computation_limits: int = 0
 
     @property
     def complete(self) -> bool:
@@ -90,6 +93,7 @@ class RunSummary:
             seconds=stats.elapsed,
             interrupted=stats.interrupted,
             aborted=stats.aborted,
+            computation_limits=stats.computation_limits,
         )
 
 

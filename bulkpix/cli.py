@@ -127,6 +127,17 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     schema.add_argument("--debug", action="store_true", help="show tracebacks")
 
+    expression = commands.add_parser(
+        "expression",
+        help="write a computed image's graph (for a job's expression:) from a Python snippet "
+        "that builds `image` with earthengine-api",
+    )
+    expression.add_argument("snippet", help="a Python file; `ee` is initialized for it")
+    expression.add_argument("-o", "--output", help="the JSON file to write (default: stdout)")
+    expression.add_argument("--project", help="the Cloud project earthengine-api uses")
+    expression.add_argument("--endpoint", help="a stand-in's URL, e.g. the emulator's")
+    expression.add_argument("--debug", action="store_true", help="show tracebacks")
+
     commands.add_parser("emulator", help="serve the local Earth Engine stand-in", add_help=False)
     return parser
 
@@ -252,6 +263,8 @@ def _dispatch(args: argparse.Namespace, debug: bool) -> int:
             return _preview(args)
         if args.command == "verify":
             return _verify(args)
+        if args.command == "expression":
+            return _expression(args)
         if args.command == "schema":
             from bulkpix.schema import markdown_reference, schema_text
 
@@ -267,6 +280,20 @@ def _dispatch(args: argparse.Namespace, debug: bool) -> int:
     except OSError as exc:  # the disk filled up, the output went away, ...
         text = f"{exc.strerror or exc}{f': {exc.filename}' if exc.filename else ''}"
         return _failed(exc, EXIT_FAILED, debug, text)
+
+
+def _expression(args: argparse.Namespace) -> int:
+    import json
+
+    from bulkpix.computed_run import graph_from_snippet
+
+    graph = graph_from_snippet(Path(args.snippet), project=args.project, endpoint=args.endpoint)
+    text = json.dumps(graph, indent=1) + "\n"
+    if args.output is None:
+        sys.stdout.write(text)
+    else:
+        Path(args.output).write_text(text, encoding="utf-8")
+    return EXIT_OK
 
 
 def _failed(exc: BaseException, code: int, debug: bool, text: str | None = None) -> int:

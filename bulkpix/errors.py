@@ -17,6 +17,7 @@ __all__ = [
     "BadMetadata",
     "BadPayload",
     "BulkpixError",
+    "ComputationLimited",
     "CredentialsMissing",
     "JobError",
     "JobTooLarge",
@@ -143,6 +144,12 @@ class RequestTooLarge(RequestInvalid):
 
 class TooManyBands(RequestTooLarge):
     """400 for the number of bands: the tile's bands must be split (its window is fine)."""
+
+
+class ComputationLimited(RequestTooLarge):
+    """A computed image's tile cost more than the service allows ("User memory limit
+    exceeded.", "Computation timed out." as 400s, "Too many concurrent aggregations." as a
+    429): the same request will fail again, a smaller one may not."""
 
 
 class Unauthenticated(PermanentError, PermissionError):

@@ -328,6 +328,7 @@ class Visualization(_Strict):
 
 _RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?([Zz]|[+-]\d{2}:\d{2})")
 MosaicRule = Literal["last", "first", "min", "max"]
+Reduction = Literal["median", "mean", "min", "max", "mosaic"]
 Layout = Literal["mosaic", "items", "cube"]
 
 
@@ -365,6 +366,10 @@ class _ItemFields(_Strict):
     asset: str | None = None
     """The image asset: projects/P/assets/ID, users/... (legacy) or a public id such as
     COPERNICUS/S2_SR/...; this or collection is required (at the top level or in each item)."""
+    expression: str | dict[str, Any] | None = None
+    """A computed image instead of an asset: the path of a serialized expression graph (JSON,
+    relative to the job file; what ee.serializer.encode(image, for_cloud_api=True) writes) or
+    the graph inline. Needs crs, scale (or dimensions), region and project."""
     collection: str | None = None
     """An image collection instead of an asset: its images are listed (by region, dates and
     filter) and mosaicked (layout: mosaic) or exported one group each (layout: items)."""
@@ -385,6 +390,15 @@ class _ItemFields(_Strict):
     """With layout mosaic (or cube with group_by): how overlapping images combine per pixel:
     last (default: later start times on top), first, min or max; the band's nodata (default
     0) is no value."""
+    reduce: Reduction | None = None
+    """With collection: one composite the service computes (image:computePixels) from the
+    images in dates and region: median, mean, min, max or mosaic (the last image on top).
+    Needs crs, scale (or dimensions), region and project, as a computed image."""
+    scale_factor: Annotated[float, Field(allow_inf_nan=False)] | None = None
+    """With reduce: the composite's bands multiplied by this (e.g. 0.0000275 for Landsat
+    surface reflectance), computed by the service."""
+    offset: Annotated[float, Field(allow_inf_nan=False)] | None = None
+    """With reduce: added to the composite's bands after scale_factor."""
     bands: list[str] | None = Field(default=None, min_length=1)
     """Band ids, in output order (default: all of the asset's bands)."""
     region: Region | None = None
@@ -418,6 +432,13 @@ class _ItemFields(_Strict):
     _asset = field_validator("asset")(lambda value: _Checked.asset_id(value))
 
     _collection = field_validator("collection")(lambda value: _Checked.asset_id(value))
+
+    @field_validator("expression", mode="before")
+    @classmethod
+    def _expression(cls, value: Any) -> Any:
+        from bulkpix.computed import check_expression
+
+        return check_expression(value)
 
     @field_validator("dates")
     @classmethod
@@ -517,18 +538,26 @@ class ResolvedItem(_ItemFields):
 
     @model_validator(mode="after")
     def _one_source(self) -> ResolvedItem:
-        if bool(self.asset) == (self.collection is not None):
-            raise ValueError("a resolved item has exactly one of asset and collection")
+        given = [bool(self.asset), self.collection is not None, self.expression is not None]
+        if sum(given) != 1:
+            raise ValueError("a resolved item has exactly one of asset, collection and "
+                             "expression")
         return self
 
     @property
     def is_collection(self) -> bool:
-        return self.collection is not None
+        """A collection whose images are listed and fetched (not reduced by the service)."""
+        return self.collection is not None and self.reduce is None
+
+    @property
+    def is_computed(self) -> bool:
+        """An expression, or a collection the service reduces: image:computePixels."""
+        return self.expression is not None or self.reduce is not None
 
     @property
     def source(self) -> str:
-        """The asset or the collection this item reads."""
-        return self.collection or self.asset
+        """The asset or the collection this item reads ("expression" for a computed image)."""
+        return self.collection or self.asset or "expression"
 
     @property
     def layout_name(self) -> Layout | None:
@@ -797,6 +826,9 @@ class Job(_ItemFields):
             raise ValueError("the emulator section goes with endpoint: emulator")
         codec_for(self.compression, self.compression_level)  # a level this codec has
         items = self._resolved = self._resolve()
+        if self.project is None and any(item.is_computed for item in items):
+            raise ValueError("key 'project' is required for a computed image (expression): "
+                             "the computePixels path names it")
         names = [item.name for item in items]
         duplicates = sorted({n for n in names if names.count(n) > 1 and n is not None})
         if duplicates:
@@ -841,6 +873,14 @@ class Job(_ItemFields):
                 fields["collection"] = None  # an item's asset replaces a shared collection
             if entry.get("collection") is not None and entry.get("asset") is None:
                 fields["asset"] = None
+            # An item's source replaces a shared one of another kind.
+            if entry.get("expression") is not None:
+                if entry.get("asset") is None:
+                    fields["asset"] = None
+                if entry.get("collection") is None:
+                    fields["collection"] = None
+            elif entry.get("asset") is not None or entry.get("collection") is not None:
+                fields["expression"] = None
             _check_source(where, fields)
             if fields.get("asset") is None:
                 fields["asset"] = ""
@@ -851,8 +891,22 @@ class Job(_ItemFields):
 
 
 def _check_source(where: str, fields: dict[str, Any]) -> None:
-    """Exactly one of asset and collection; the collection keys only with a collection."""
+    """Exactly one of asset, collection and expression; the collection keys only with a
+    collection; a computed image's grid keys (it has no native grid)."""
+    if fields.get("expression") is not None:
+        from bulkpix.computed import check_computed_item
+
+        check_computed_item(where, fields)
+        return
     asset, collection = fields.get("asset"), fields.get("collection")
+    if fields.get("reduce") is not None:
+        from bulkpix.computed import check_reduced_item
+
+        check_reduced_item(where, fields)
+        return
+    from bulkpix.computed import check_rescale
+
+    check_rescale(where, fields)
     if asset is not None and collection is not None:
         raise ValueError(f"{where}: give asset or collection, not both")
     if asset is None and collection is None:
@@ -922,6 +976,10 @@ def parse_job(data: Any, *, source: str = "job", base_dir: Path | None = None) -
         for item in job.resolved_items():
             if item.region is not None and item.region.file is not None:
                 item.region.load_geometry(job.base_dir)
+            if item.is_computed:
+                from bulkpix.computed import item_graph
+
+                item_graph(item, job.base_dir)
     return job
 
 

@@ -24,6 +24,7 @@ from bulkpix.assets import asset_name
 from bulkpix.ee.auth import load_credentials
 from bulkpix.ee.client import EEClient, RequestTimeouts
 from bulkpix.errors import (
+    ComputationLimited,
     JobError,
     JobTooLarge,
     NotFound,
@@ -95,6 +96,9 @@ class RunStats:
     # Things the user should hear about once (the progress display prints each once).
     notices: list[str] = field(default_factory=list)
     notices_shown: int = 0  # how many of them the live display has printed
+    # Tiles of computed images the service found too costly ("User memory limit exceeded."
+    # and the like): split, or failed at the floor.
+    computation_limits: int = 0
 
     @property
     def total(self) -> int:
@@ -152,7 +156,7 @@ async def _endpoint_url(job: Job) -> AsyncIterator[str]:
     # An asset the section does not mention is served as a synthetic one, so a job that
     # only says `endpoint: emulator` runs as is.
     for item in job.resolved_items():
-        if item.is_collection:
+        if item.is_collection or item.is_computed:
             continue
         if item.asset not in assets and item.asset not in synthetic:
             synthetic[item.asset] = SyntheticAsset(width=20000, height=20000)
@@ -217,7 +221,7 @@ async def _fetch_assets(
     retry loop and governor (a batch of a thousand scenes must not wait a round trip each).
     """
     if names is None:
-        names = [item.asset for item in job.resolved_items() if not item.is_collection]
+        names = [item.asset for item in job.resolved_items() if item.asset]
     # The first calls go out first; the store side's imports overlap their round trips.
     importing = asyncio.ensure_future(asyncio.to_thread(_import_store_side))
     slots = asyncio.Semaphore(job.concurrency)
@@ -262,6 +266,8 @@ class _Sources:
     items: list[ResolvedItem]
     listings: dict[int, list[dict[str, Any]]]
     infos: dict[str, AssetInfo]
+    # Computed items (by position): their graph and described bands on their grid.
+    computed: dict[int, Any] = field(default_factory=dict)
 
 
 def _listing_region(spec: ResolvedItem, base_dir: Path) -> dict[str, Any] | None:
@@ -354,10 +360,11 @@ async def _resolve_sources(job: Job, client: EEClient, retry: _Retry) -> _Source
         if repeated:
             raise JobError(f"item names repeat once collections are expanded: {repeated[0]}")
         job = _as_batch(job, items)
-    infos = await _fetch_assets(
-        job, client, retry, [item.asset for item in items if not item.is_collection]
-    )
-    return _Sources(job, items, listings, infos)
+    infos = await _fetch_assets(job, client, retry, [item.asset for item in items if item.asset])
+    from bulkpix.computed_run import describe_computed
+
+    computed = await describe_computed(job, items, client, retry)
+    return _Sources(job, items, listings, infos, computed)
 
 
 def _as_batch(job: Job, items: list[ResolvedItem]) -> Job:
@@ -405,6 +412,10 @@ def _plan_items(
                     if entry.get("name") in chosen
                 ]
                 plans.append(plan_mosaic(spec, infos, images, job, recorded_tile))
+            elif spec.is_computed:
+                from bulkpix.computed_run import plan_computed
+
+                plans.append(plan_computed(spec, sources.computed[index], job, recorded_tile))
             else:
                 plans.append(plan_item(spec, sources.infos[spec.asset], job, recorded_tile))
         except JobError as exc:
@@ -509,6 +520,9 @@ async def _session(
             pool_size=job.concurrency,
             max_wait_s=longest_wait,
         )
+        from bulkpix.computed_run import QuotaStatusNotice
+
+        client.on_quota_status = QuotaStatusNotice(stats.notices)
         async with client:
             yield client, retry, stats
 
@@ -732,7 +746,10 @@ async def _process_tile(run: _Run, work: _Work) -> list[_Work] | None:
 
     async def fetch_and_decode() -> tuple[contextlib.AsyncExitStack, int, dict[str, np.ndarray]]:
         async with contextlib.AsyncExitStack() as attempt:
-            async with run.client.stream_pixels(plan.asset, body, max_bytes=most) as response:
+            async with (
+                run.client.stream_computed(body, max_bytes=most) if plan.expression is not None
+                else run.client.stream_pixels(plan.asset, body, max_bytes=most)
+            ) as response:
                 # Headers are in: wait for room before reading (the body waits in the socket).
                 await attempt.enter_async_context(run.budget.hold(most))
                 payload = await response.read()
@@ -751,6 +768,8 @@ async def _process_tile(run: _Run, work: _Work) -> list[_Work] | None:
         await _settle(run, work, finished=False)  # left for the next run, not a failure
         return None
     except RequestTooLarge as exc:
+        if isinstance(exc, ComputationLimited):
+            run.stats.computation_limits += 1
         parts = _split(work, exc, plan.tiles.chunk, len(group))
         if not parts:
             await _settle(run, work, finished=False, failure=exc)
@@ -894,7 +913,8 @@ def _split(work: _Work, exc: RequestTooLarge, chunk: int, n_bands: int) -> list[
     windows = split_tile(work.tile, chunk)
     if len(windows) > 1:
         return [_Work(work.item, part, work.bands) for part in windows]
-    return by_bands
+    # A computation too costly at one chunk fails there (with the service's message).
+    return [] if isinstance(exc, ComputationLimited) else by_bands
 
 
 async def _settle(

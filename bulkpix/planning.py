@@ -470,6 +470,8 @@ class ItemPlan:
     native_pixels: float | None = None
     # A collection mosaicked into this grid: its images and their footprint index.
     mosaic: MosaicPlan | None = None
+    # A computed image: its serialized graph (the pixels come from image:computePixels).
+    expression: Mapping[str, Any] | None = None
 
     @property
     def path(self) -> str:
@@ -516,7 +518,8 @@ class ItemPlan:
             "band_groups": [list(g) for g in self.tiles.band_groups],
             "n_tiles": self.tiles.n_tiles,
             "bulkpix": __version__.split(".")[0],
-        } | self._output_options() | (self.mosaic.fingerprint() if self.mosaic else {})
+        } | self._output_options() | (self.mosaic.fingerprint() if self.mosaic else {}) | (
+            {"expression": dict(self.expression)} if self.expression is not None else {})
 
     def _output_options(self) -> dict[str, Any]:
         # Only when set, so outputs written before these options existed still match.
@@ -958,6 +961,8 @@ def request_body(item: ItemPlan, grid: PixelGrid, band_ids: Sequence[str]) -> di
         body["visualizationOptions"] = dict(item.visualization)
     if item.workload_tag:
         body["workloadTag"] = item.workload_tag
+    if item.expression is not None:
+        body["expression"] = item.expression
     return body
 
 

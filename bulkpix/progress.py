@@ -227,6 +227,8 @@ def print_summary(console: Console, stats: RunStats, output: str) -> None:
     console.print(
         f"{elapsed:,.1f} s, {stats.bytes / _MB / max(elapsed, 1e-9):,.1f} MB/s, "
         f"{stats.retries} retries, {throttles} quota cuts"
+        + (f", {stats.computation_limits} computations too costly (split, or failed at one "
+           "chunk)" if stats.computation_limits else "")
     )
     failed = [(item.label, key, why) for item in stats.items for key, why in item.failed.items()]
     for label, key, why in failed[:10]:

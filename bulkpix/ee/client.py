@@ -38,6 +38,7 @@ from bulkpix.ee.auth import TokenProvider, is_loopback_host
 from bulkpix.errors import (
     BadMetadata,
     BadPayload,
+    ComputationLimited,
     JobError,
     NotFound,
     PermissionDenied,
@@ -72,6 +73,11 @@ _MAX_MESSAGE = 300
 # band count. Any other "must be less than or equal to" is a plain invalid request.
 _SIZE_LIMIT_HINTS = ("total request size", "grid dimensions", "pixels on each side")
 _BAND_LIMIT_HINTS = ("number of bands",)
+# A computation that cost too much: not a transport fault, so never retried unchanged; the
+# tile is split instead (EE_API.md, "Computed images").
+_COMPUTATION_LIMIT_HINTS = ("user memory limit exceeded", "computation timed out",
+                            "too many concurrent aggregations")
+QUOTA_STATUS_HEADER = "x-earth-engine-quota-status"
 # The most any getPixels answer can be: the service's request-size limit (which counts more
 # bytes per pixel than the payload holds) plus room for a GeoTIFF's tags. Callers that know
 # the request pass a tighter bound.
@@ -170,6 +176,8 @@ class EEClient:
         self.pool_size = pool_size
         self.max_wait_s = max_wait_s
         self._session: aiohttp.ClientSession | None = None
+        # Called with the x-earth-engine-quota-status header of any answer that has one.
+        self.on_quota_status: Callable[[str], None] | None = None
 
     async def __aenter__(self) -> EEClient:
         connector = aiohttp.TCPConnector(limit=self.pool_size, limit_per_host=self.pool_size)
@@ -310,6 +318,36 @@ class EEClient:
             MAX_PIXELS_BYTES if max_bytes is None else max_bytes,
         )
 
+    async def compute_value(self, expression: dict[str, Any]) -> Any:
+        """``POST {base}/{version}/projects/{project}/value:compute``: the ``result``."""
+        name = self._project_name("value:compute")
+        async with self._stream("POST", "value:compute", name, f"/{name}/value:compute",
+                                {"expression": expression}, MAX_METADATA_BYTES) as response:
+            payload = await response.read()
+        try:
+            answer = json.loads(payload)
+        except (ValueError, RecursionError):
+            raise BadPayload(f"value:compute {name}: response is not JSON", status=200) from None
+        if not isinstance(answer, dict) or "result" not in answer:
+            raise BadMetadata(f"value:compute {name}: the answer holds no result", status=200)
+        return answer["result"]
+
+    def stream_computed(
+        self, body: dict[str, Any], *, max_bytes: int | None = None
+    ) -> contextlib.AbstractAsyncContextManager[ResponseBody]:
+        """``image:computePixels`` as a stream, as ``stream_pixels`` (the body carries the
+        expression)."""
+        name = self._project_name("computePixels")
+        return self._stream(
+            "POST", "computePixels", name, f"/{name}/image:computePixels", body,
+            MAX_PIXELS_BYTES if max_bytes is None else max_bytes,
+        )
+
+    def _project_name(self, operation: str) -> str:
+        if not self.project:
+            raise JobError(f"{operation} needs a project (key 'project')")
+        return f"projects/{self.project}"
+
     # -- internals -----------------------------------------------------------------------
     @contextlib.asynccontextmanager
     async def _stream(
@@ -374,6 +412,9 @@ class EEClient:
             if problem is not None:
                 raise problem
             stream = ResponseBody(response, where, secrets, max_bytes, self.max_wait_s)
+            quota_status = response.headers.get(QUOTA_STATUS_HEADER)
+            if quota_status is not None and self.on_quota_status is not None:
+                self.on_quota_status(printable(quota_status, limit=200))
             try:
                 if not 200 <= response.status < 300:
                     payload = await stream.read_capped(MAX_ERROR_BYTES)
@@ -572,6 +613,8 @@ def _status_error(
         cls = PermissionDenied
     elif status == 404:
         cls = NotFound
+    elif status == 429 and _is_computation_limit(server_message):
+        cls = ComputationLimited
     elif status == 429:
         cls = QuotaExceeded
     elif status >= 500:
@@ -581,8 +624,15 @@ def _status_error(
     return cls(message, status=status, retry_after=retry_after, asked_wait=asked_wait)
 
 
+def _is_computation_limit(server_message: str) -> bool:
+    lowered = server_message.lower()
+    return any(hint in lowered for hint in _COMPUTATION_LIMIT_HINTS)
+
+
 def _classify_400(server_message: str) -> type[RequestInvalid]:
     lowered = server_message.lower()
+    if _is_computation_limit(server_message):
+        return ComputationLimited
     if any(hint in lowered for hint in _BAND_LIMIT_HINTS):
         return TooManyBands
     if any(hint in lowered for hint in _SIZE_LIMIT_HINTS):

@@ -562,6 +562,34 @@ def _reduce(statistic: str) -> Callable[[dict[str, Any], Context], Image]:
     return run
 
 
+def _reduce_extreme(statistic: str) -> Callable[[dict[str, Any], Context], Image]:
+    """reduce.min / reduce.max: per pixel, the least / greatest unmasked value, in the
+    bands' common type (as the service keeps it)."""
+    algorithm = f"reduce.{statistic}"
+    pick = np.fmin if statistic == "min" else np.fmax
+
+    def run(arguments: dict[str, Any], context: Context) -> Image:
+        images = _stack(_collection_of(arguments["collection"], algorithm), context, algorithm)
+        if not images:
+            return Image([], np.zeros(context.shape, bool))
+        bands = []
+        for i, band_id in enumerate(images[0].band_ids()):
+            kind = images[0].bands[i].type
+            for image in images[1:]:
+                kind = union_type(kind, image.bands[i].type)
+            values = np.full(context.shape, np.nan)
+            mask = np.zeros(context.shape, bool)
+            for image in images:
+                band = image.bands[i]
+                values = pick(values, np.where(band.mask, band.values.astype(np.float64), np.nan))
+                mask |= band.mask
+            work = np.int64 if kind.precision == "int" else np.float64
+            bands.append(Band(band_id, kind, np.where(mask, values, 0).astype(work), mask))
+        return Image(bands, np.logical_or.reduce([im.footprint for im in images]))
+
+    return run
+
+
 def _mosaic(arguments: dict[str, Any], context: Context) -> Image:
     images = _stack(_collection_of(arguments["collection"], "ImageCollection.mosaic"),
                     context, "ImageCollection.mosaic")
@@ -612,6 +640,8 @@ SUPPORTED: dict[str, _Algorithm] = {
     "DateRange": _Algorithm(_date_range, ("start",), ("end", "timeZone")),
     "reduce.median": _Algorithm(_reduce("median"), ("collection",)),
     "reduce.mean": _Algorithm(_reduce("mean"), ("collection",)),
+    "reduce.min": _Algorithm(_reduce_extreme("min"), ("collection",)),
+    "reduce.max": _Algorithm(_reduce_extreme("max"), ("collection",)),
     "ImageCollection.mosaic": _Algorithm(_mosaic, ("collection",)),
 }
 for _kind in ("Point", "MultiPoint", "LineString", "Polygon", "MultiPolygon", "Rectangle",
