@@ -380,9 +380,14 @@ class _ItemFields(_Strict):
     """With collection: the service's filter expression, e.g.
     'properties.CLOUDY_PIXEL_PERCENTAGE < 20'."""
     layout: Layout | None = None
-    """With collection: mosaic (default: one 2-D grid per band) or items (one group per
-    image); cube is not supported yet."""
+    """With collection: mosaic (default: one 2-D grid per band), cube (one (time, y, x)
+    array per band, a step per image, or per day with group_by) or items (one group per
+    image)."""
+    group_by: Literal["day"] | None = None
+    """With layout cube: day merges the images of one UTC day into one step (with the mosaic
+    rule), as the granules of one Sentinel-2 pass need; default: a step per image."""
     mosaic: MosaicRule | None = None
+<<<<<<< HEAD
     """With layout mosaic: how overlapping images combine per pixel: last (default: later
     start times on top), first, min or max; the band's nodata (default 0) is no value."""
     reduce: Reduction | None = None
@@ -394,6 +399,11 @@ class _ItemFields(_Strict):
     surface reflectance), computed by the service."""
     offset: Annotated[float, Field(allow_inf_nan=False)] | None = None
     """With reduce: added to the composite's bands after scale_factor."""
+=======
+    """With layout mosaic (or cube with group_by): how overlapping images combine per pixel:
+    last (default: later start times on top), first, min or max; the band's nodata (default
+    0) is no value."""
+>>>>>>> main
     bands: list[str] | None = Field(default=None, min_length=1)
     """Band ids, in output order (default: all of the asset's bands)."""
     region: Region | None = None
@@ -907,12 +917,15 @@ def _check_source(where: str, fields: dict[str, Any]) -> None:
     if asset is None and collection is None:
         raise ValueError(f"{where}: asset is missing (or give collection)")
     if collection is None:
-        given = [k for k in ("dates", "filter", "layout", "mosaic") if fields.get(k) is not None]
+        given = [
+            k for k in ("dates", "filter", "layout", "mosaic", "group_by")
+            if fields.get(k) is not None
+        ]
         if given:
             raise ValueError(f"{where}: {', '.join(given)} goes with collection, not asset")
         return
-    if fields.get("layout") == "cube":
-        raise ValueError(f"{where}: layout cube is not supported yet (use mosaic or items)")
+    if fields.get("group_by") is not None and fields.get("layout") != "cube":
+        raise ValueError(f"{where}: group_by goes with layout cube")
     if fields.get("mosaic") is not None and fields.get("layout") == "items":
         raise ValueError(f"{where}: mosaic goes with layout mosaic, not items")
     if fields.get("visualization") is not None:

@@ -344,7 +344,9 @@ async def _resolve_sources(job: Job, client: EEClient, retry: _Retry) -> _Source
             expanded = True
             from bulkpix.planning import mosaic_images
 
-            base = spec.model_dump(exclude={"collection", "dates", "filter", "layout", "mosaic"})
+            base = spec.model_dump(
+                exclude={"collection", "dates", "filter", "layout", "mosaic", "group_by"}
+            )
             ordered = mosaic_images(by_collection[id(spec)], spec.source)
             for image in ordered:
                 name = _image_item_name(spec, image.name, job.is_batch)
@@ -866,7 +868,7 @@ async def _process_mosaic_tile(run: _Run, work: _Work) -> None:
         return await run.retry(fetch_and_combine)
 
     outcomes = await asyncio.gather(
-        *(fetch(position, part) for position, part in mosaic.meeting(tile.window)),
+        *(fetch(position, part) for position, part in mosaic.meeting(tile.window, tile.step)),
         return_exceptions=True,
     )
     for outcome in outcomes:
@@ -880,7 +882,9 @@ async def _process_mosaic_tile(run: _Run, work: _Work) -> None:
         if isinstance(outcome, BaseException):
             raise outcome
     async with run.write_slots:
-        checksums = await run.write_loop.run(item.writer.write_tile(tile.window, out))
+        checksums = await run.write_loop.run(
+            item.writer.write_tile(tile.window, out, step=tile.step)
+        )
     await item.record.mark_done(work.key, checksums)
     run.stats.items[work.item].bytes += sum(o for o in outcomes if isinstance(o, int))
     run.stats.items[work.item].refusals = 0

@@ -136,10 +136,17 @@ class MosaicPlan:
     buckets: Mapping[tuple[int, int], tuple[int, ...]]
     tile_height: int
     tile_width: int
+    # layout cube: the images (indexes, in mosaic order) of each time step; () for a mosaic.
+    steps: tuple[tuple[int, ...], ...] = ()
+    group_by: str | None = None
 
-    def meeting(self, window: Window) -> list[tuple[int, Window]]:
-        """(image index, the part of ``window`` it covers) of every image meeting ``window``,
-        in mosaic order."""
+    @property
+    def is_cube(self) -> bool:
+        return bool(self.steps)
+
+    def meeting(self, window: Window, step: int | None = None) -> list[tuple[int, Window]]:
+        """(image index, the part of ``window`` it covers) of every image meeting ``window``
+        (in a cube: of the images of ``step``), in mosaic order."""
         rows = range(window.row_off // self.tile_height,
                      (window.row_end - 1) // self.tile_height + 1)
         cols = range(window.col_off // self.tile_width,
@@ -148,6 +155,8 @@ class MosaicPlan:
         for row in rows:
             for col in cols:
                 found.update(self.buckets.get((row, col), ()))
+        if step is not None:
+            found &= set(self.steps[step])
         out = []
         for index in sorted(found):
             footprint = self.windows[index]
@@ -169,12 +178,43 @@ class MosaicPlan:
         """getPixels calls per band group: one per (tile, image meeting it)."""
         return sum(len(members) for members in self.buckets.values())
 
+    def step_times(self) -> list[str]:
+        """Each cube step's time: its first image's start, RFC 3339 UTC."""
+        return [_time_key(self.images[members[0]].start) for members in self.steps]
+
+    def step_ids(self) -> list[str]:
+        """Each cube step's image ids (the last part of each name), joined by ``+``."""
+        return [
+            "+".join(self.images[i].name.rsplit("/", 1)[-1] for i in members)
+            for members in self.steps
+        ]
+
     def fingerprint(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "collection": self.collection,
             "mosaic": self.rule,
             "images": [image.record() for image in self.images],
         }
+        if self.steps:
+            out["cube"] = {
+                "group_by": self.group_by,
+                "steps": [
+                    {"time": time, "images": [self.images[i].name for i in members]}
+                    for time, members in zip(self.step_times(), self.steps, strict=True)
+                ],
+            }
+        return out
+
+
+def cube_steps(images: Sequence[MosaicImage], group_by: str | None) -> list[tuple[int, ...]]:
+    """The images (indexes into ``images``, which are in mosaic order) of each cube step: one
+    step per image, or with ``group_by: day`` the images starting on one UTC day."""
+    if group_by is None:
+        return [(index,) for index in range(len(images))]
+    days: dict[str, list[int]] = {}
+    for index, image in enumerate(images):
+        days.setdefault(_time_key(image.start)[:10], []).append(index)
+    return [tuple(members) for _, members in sorted(days.items())]
 
 
 # Pixels added around each footprint's window: its lon/lat box is projected with densified
@@ -289,6 +329,15 @@ def plan_mosaic(
     plan = plan_item(spec, listed[0], job, recorded_tile, grid=grid)
     _check_same_bands(spec, listed, plan.bands)
     index = plan_mosaic_index(spec.collection, spec.mosaic_rule, images, plan.grid, plan.tiles)
+    if spec.layout_name == "cube":
+        clash = [b.id for b in plan.bands if b.id in ("time", "image_id")]
+        if clash:  # the cube's own coordinates
+            raise JobError(f"collection {spec.collection}: a cube cannot hold a band {clash[0]!r}")
+        steps = cube_steps(images, spec.group_by)
+        index = replace(index, steps=tuple(steps), group_by=spec.group_by)
+        return replace(
+            plan, mosaic=index, native_pixels=None, tiles=replace(plan.tiles, steps=len(steps))
+        )
     return replace(plan, mosaic=index, native_pixels=None)
 
 
@@ -434,8 +483,10 @@ class ItemPlan:
 
     @property
     def pixel_bytes(self) -> int:
-        """Bytes of the output's pixels, uncompressed (no mask bytes: those are not stored)."""
-        return self.grid.width * self.grid.height * sum(b.dtype.itemsize for b in self.bands)
+        """Bytes of the output's pixels, uncompressed (no mask bytes: those are not stored);
+        every step of a cube."""
+        itemsizes = sum(b.dtype.itemsize for b in self.bands)
+        return self.grid.width * self.grid.height * itemsizes * max(1, self.tiles.steps)
 
     @property
     def oversampling(self) -> float | None:
@@ -916,9 +967,10 @@ def request_body(item: ItemPlan, grid: PixelGrid, band_ids: Sequence[str]) -> di
 
 
 def item_request_bytes(item: ItemPlan) -> int:
-    """Bytes of pixels (as the service counts) for the whole item."""
+    """Bytes of pixels (as the service counts) for the whole item (every step of a cube)."""
     itemsizes = (b.dtype.itemsize for b in item.bands)
-    return request_bytes(item.grid.height, item.grid.width, itemsizes)
+    steps = max(1, item.tiles.steps)
+    return request_bytes(item.grid.height, item.grid.width, itemsizes) * steps
 
 
 def tile_plan_from_fingerprint(fingerprint: Mapping[str, Any]) -> TilePlan | None:
@@ -927,6 +979,7 @@ def tile_plan_from_fingerprint(fingerprint: Mapping[str, Any]) -> TilePlan | Non
         height, width = fingerprint["shape"]
         tile_height, tile_width = fingerprint["tile"]
         groups = tuple(tuple(int(i) for i in g) for g in fingerprint["band_groups"])
+        cube = fingerprint.get("cube")
         return TilePlan(
             int(height),
             int(width),
@@ -934,6 +987,7 @@ def tile_plan_from_fingerprint(fingerprint: Mapping[str, Any]) -> TilePlan | Non
             int(tile_height),
             int(tile_width),
             groups,
+            steps=len(cube["steps"]) if isinstance(cube, dict) else 0,
         )
     except (KeyError, TypeError, ValueError):
         return None

@@ -303,8 +303,13 @@ PLAN_IMAGES_SHOWN = 50
 
 
 def _print_mosaic(console: Console, label: str, mosaic: MosaicPlan) -> None:
+    if mosaic.is_cube:
+        per = "a day" if mosaic.group_by == "day" else "an image"
+        layout = f"cube of {len(mosaic.steps)} steps ({per} each, {mosaic.rule})"
+    else:
+        layout = f"mosaic ({mosaic.rule})"
     console.print(
-        f"[bold]{label}[/bold]  collection {mosaic.collection}: mosaic ({mosaic.rule}) of "
+        f"[bold]{label}[/bold]  collection {mosaic.collection}: {layout} of "
         f"{len(mosaic.images)} images, {mosaic.n_calls} getPixels calls per band group",
         highlight=False,
     )

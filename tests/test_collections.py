@@ -48,7 +48,7 @@ def test_a_batch_mixes_assets_and_collections() -> None:
         ({"collection": COLL, "dates": ["2024-03-01", "2024-02-01"]}, "start must come before"),
         ({"collection": COLL, "dates": ["2024-03-01", "2024-03-01"]}, "start must come before"),
         ({"collection": COLL, "dates": ["2024-03-01", "March"]}, "not a date"),
-        ({"collection": COLL, "layout": "cube"}, "layout cube is not supported yet"),
+        ({"collection": COLL, "group_by": "day"}, "group_by goes with layout cube"),
         ({"collection": COLL, "layout": "items", "mosaic": "min"}, "mosaic goes with layout"),
         ({"asset": "projects/p/assets/a", "filter": "x < 1"}, "filter goes with collection"),
         ({"collection": COLL, "mosaic": "median"}, "mosaic"),

@@ -12,7 +12,7 @@ memory until iterated), in the spirit of odc-geo's ``GeoboxTiles``.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -46,22 +46,27 @@ _MAX_SIDE_CANDIDATES = 1024  # cap on tile sizes tried per side, so the search s
 # Tiles
 
 
-# The fields of ``Tile.key``: band group, row and column offsets, height, width.
-_TILE_KEY_FIELDS = re.compile(r"g(\d+)_r(\d+)_c(\d+)_h(\d+)_w(\d+)")
+# The fields of ``Tile.key``: a time cube's step (only in a cube), band group, row and column
+# offsets, height, width.
+_TILE_KEY_FIELDS = re.compile(r"(?:s(\d+)_)?g(\d+)_r(\d+)_c(\d+)_h(\d+)_w(\d+)")
 
 
 @dataclass(frozen=True, slots=True)
 class Tile:
-    """One request: a window of the output grid and the index of its band group."""
+    """One request: a window of the output grid and the index of its band group; in a time
+    cube, also the step (the index along time) it fills."""
 
     window: Window
     group: int = 0
+    step: int | None = None
 
     @property
     def key(self) -> str:
-        """Stable, filename-safe name, e.g. ``g0_r1024_c2048_h512_w512``."""
+        """Stable, filename-safe name, e.g. ``g0_r1024_c2048_h512_w512``; a cube's tiles
+        start with their step, ``s3_g0_r1024_...`` (2-D keys stay as they were)."""
         w = self.window
-        return f"g{self.group}_r{w.row_off}_c{w.col_off}_h{w.height}_w{w.width}"
+        key = f"g{self.group}_r{w.row_off}_c{w.col_off}_h{w.height}_w{w.width}"
+        return key if self.step is None else f"s{self.step}_{key}"
 
 
 def parse_tile_key(key: str) -> Tile:
@@ -69,8 +74,8 @@ def parse_tile_key(key: str) -> Tile:
     match = _TILE_KEY_FIELDS.fullmatch(key)
     if match is None:
         raise ValueError(f"not a tile key: {key!r}")
-    group, row, col, height, width = (int(v) for v in match.groups())
-    return Tile(Window(row, col, height, width), group)
+    step, (group, row, col, height, width) = match[1], (int(v) for v in match.groups()[1:])
+    return Tile(Window(row, col, height, width), group, None if step is None else int(step))
 
 
 # --------------------------------------------------------------------------------------
@@ -197,8 +202,12 @@ class TilePlan:
     tile_width: int
     band_groups: tuple[tuple[int, ...], ...]
     itemsizes: tuple[int, ...] | None = field(default=None, compare=True)
+    # A time cube's steps: every window is fetched once per step (0: a 2-D output).
+    steps: int = 0
 
     def __post_init__(self) -> None:
+        if self.steps < 0:
+            raise ValueError(f"steps must be 0 or more, got {self.steps}")
         for name in ("height", "width", "chunk", "tile_height", "tile_width"):
             _positive_int(getattr(self, name), name)
         for name, side, tile in (
@@ -252,8 +261,8 @@ class TilePlan:
 
     @property
     def n_tiles(self) -> int:
-        """Number of requests: windows x band groups."""
-        return self.n_windows * len(self.band_groups)
+        """Number of requests: windows x band groups (x steps in a cube)."""
+        return self.n_windows * len(self.band_groups) * max(1, self.steps)
 
     # -- iteration ---------------------------------------------------------------------
 
@@ -265,17 +274,25 @@ class TilePlan:
                 yield Window(row, col, height, min(self.tile_width, self.width - col))
 
     def tiles(self) -> Iterator[Tile]:
-        """Every request, row-major over windows, band group innermost."""
+        """Every request, row-major over windows, band group innermost; in a cube, step by
+        step (a step is finished before the next begins)."""
         n_groups = len(self.band_groups)
-        for window in self.windows():
-            for group in range(n_groups):
-                yield Tile(window, group)
+        steps: Iterable[int | None] = range(self.steps) if self.steps else (None,)
+        for step in steps:
+            for window in self.windows():
+                for group in range(n_groups):
+                    yield Tile(window, group, step)
 
     def has_tile(self, tile: Tile) -> bool:
         """Whether ``tile`` is one of this plan's tiles (not a part of a split one)."""
         w = tile.window
+        if self.steps:
+            step_ok = tile.step is not None and 0 <= tile.step < self.steps
+        else:
+            step_ok = tile.step is None
         return (
-            0 <= tile.group < len(self.band_groups)
+            step_ok
+            and 0 <= tile.group < len(self.band_groups)
             and 0 <= w.row_off < self.height
             and 0 <= w.col_off < self.width
             and w.row_off % self.tile_height == 0
@@ -316,8 +333,8 @@ class TilePlan:
 
     @property
     def total_request_bytes(self) -> int:
-        # Tiles partition the grid once per group: no need to iterate.
-        return self.height * self.width * sum(self.group_bytes_per_px)
+        # Tiles partition the grid once per group (and step): no need to iterate.
+        return self.height * self.width * sum(self.group_bytes_per_px) * max(1, self.steps)
 
 
 def _side_candidates(side: int, chunk: int) -> tuple[np.ndarray, np.ndarray]:
@@ -495,5 +512,7 @@ def split_tile(tile: Tile, chunk: int) -> list[Tile]:
         (w.col_off, col_cut), (col_cut, w.col_end)
     ]
     return [
-        Tile(Window(r0, c0, r1 - r0, c1 - c0), tile.group) for r0, r1 in rows for c0, c1 in cols
+        Tile(Window(r0, c0, r1 - r0, c1 - c0), tile.group, tile.step)
+        for r0, r1 in rows
+        for c0, c1 in cols
     ]

@@ -187,6 +187,12 @@ def open_item(output: str, item: str | None = None) -> OutputItem:
             group, path = root, ""
         if not isinstance(info, dict) or "bands" not in info or "grid" not in info:
             raise JobError(f"{output}: item {path or '(root)'} was not written by bulkpix")
+        if info.get("steps"):
+            # export and preview draw one 2-D grid; a cube's steps are read with xarray.
+            raise JobError(
+                f"{output}: item {path or '(root)'} is a time cube of {info['steps']} steps; "
+                "export and preview read 2-D outputs (open a cube with bulkpix.open or xarray)"
+            )
         bands = []
         for entry in info["bands"]:
             array = group[entry["id"]]

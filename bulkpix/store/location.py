@@ -14,6 +14,7 @@ from bulkpix.errors import JobError
 __all__ = [
     "BATCH_KEY",
     "COORD_NAMES",
+    "CUBE_COORD_NAMES",
     "GRID_MAPPING",
     "JOB_KEY",
     "METADATA_NAMES",
@@ -44,6 +45,7 @@ METADATA_NAMES = (V3_METADATA, V2_GROUP, V2_ARRAY, V2_ATTRS, V2_CONSOLIDATED)
 # The nodes an item holds next to its band arrays: the coordinates and the CF grid mapping.
 GRID_MAPPING = "spatial_ref"
 COORD_NAMES = ("x", "y", GRID_MAPPING)
+CUBE_COORD_NAMES = ("time", "image_id")  # a time cube's coordinates, besides COORD_NAMES
 # Names no band may take: they would clash with the item's own nodes or Zarr's metadata.
 RESERVED_NAMES = frozenset({*COORD_NAMES, RECORD_DIR, *METADATA_NAMES})
 

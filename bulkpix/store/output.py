@@ -42,6 +42,7 @@ from bulkpix.store.lease import LEASE_KEY, Lease, job_token
 from bulkpix.store.location import (
     BATCH_KEY,
     COORD_NAMES,
+    CUBE_COORD_NAMES,
     JOB_KEY,
     RECORD_DIR,
     V2_ARRAY,
@@ -419,7 +420,8 @@ async def clear_output(store: Store, state: OutputState) -> None:
 
 async def _clear_item(store: Store, item: RecordedItem) -> None:
     prefix = f"{item.path}/" if item.path else ""
-    for name in (*item.bands, *COORD_NAMES):
+    cube = CUBE_COORD_NAMES if "cube" in (item.fingerprint or {}) else ()
+    for name in (*item.bands, *COORD_NAMES, *cube):
         await store.delete_dir(prefix + name)
     await TileRecord(store, item.path).clear()
     if item.path:
@@ -428,7 +430,7 @@ async def _clear_item(store: Store, item: RecordedItem) -> None:
     if isinstance(store, LocalStore):
         # Deleting objects leaves their folders: the ones bulkpix made, now empty, go too.
         base = store.root / item.path if item.path else store.root
-        for name in (*item.bands, *COORD_NAMES, RECORD_DIR):
+        for name in (*item.bands, *COORD_NAMES, *cube, RECORD_DIR):
             _prune_empty_dirs(base / name)
         if item.path:
             _prune_empty_dirs(base, recursive=False)
@@ -648,6 +650,7 @@ async def _open_items(
                 zarr_format=plan.zarr_format,
                 band_attrs=plan.band_attrs,
                 fill_values=plan.fill_values,
+                steps=_cube_steps(plan),
             )
             done: set[str] = set()
         else:
@@ -658,6 +661,7 @@ async def _open_items(
                 plan.tiles.chunk,
                 plan.grid.height,
                 plan.grid.width,
+                plan.tiles.steps,
             )
             done = await record.done_keys()
             for key in list((await record.failed()).keys()):
@@ -665,6 +669,14 @@ async def _open_items(
         wrapped.track(writer.array_paths())
         opened.append(OpenedItem(plan, writer, record, frozenset(done)))
     return opened
+
+
+def _cube_steps(plan: ItemPlan) -> list[tuple[str, str]] | None:
+    """A time cube's (time, image ids) per step; None for a 2-D output."""
+    cube = plan.mosaic
+    if cube is None or not cube.is_cube:
+        return None
+    return list(zip(cube.step_times(), cube.step_ids(), strict=True))
 
 
 async def _refuse_unowned_nodes(

@@ -138,7 +138,7 @@ def _contains(outer_key: str, inner_key: str) -> bool:
         )
     except ValueError:
         return False
-    if outer.group != inner.group:
+    if outer.group != inner.group or outer.step != inner.step:
         return False
     if outer_bands is not None and (
         inner_bands is None

@@ -48,6 +48,7 @@ from bulkpix.errors import StoreError
 from bulkpix.store.checksum import ChecksumStore
 from bulkpix.store.codecs import DEFAULT_COMPRESSION, zarr_compressors
 from bulkpix.store.location import (
+    CUBE_COORD_NAMES,
     GRID_MAPPING,
     RESERVED_NAMES,
     V2_CONSOLIDATED,
@@ -289,8 +290,10 @@ class ItemWriter:
         chunk: int,
         height: int,
         width: int,
+        steps: int = 0,
     ) -> None:
         self.store = store
+        self.steps = steps  # a time cube's steps: arrays are (time, y, x); 0: (y, x)
         self.path = path
         self.bands = tuple(bands)
         self.chunk = chunk
@@ -321,6 +324,7 @@ class ItemWriter:
         band_attrs: Mapping[str, Mapping[str, Any]] | None = None,
         fill_values: Mapping[str, float] | None = None,
         keep_existing: bool = False,
+        steps: Sequence[tuple[str, str]] | None = None,
     ) -> Self:
         """Create the item group and all its arrays (no pixel data is written).
 
@@ -334,10 +338,19 @@ class ItemWriter:
         attributes to a band's array (units, scale_factor, ...); ``fill_values`` declares a
         band's nodata: its fill value and ``_FillValue``, which xarray masks and GDAL reports
         as nodata. A band without one declares none (its v3 fill value is 0, which v3 readers
-        do not take for nodata).
+        do not take for nodata). ``steps`` makes a time cube: (time as RFC 3339, image id) of
+        each step; every band is then (time, y, x) in chunks (1, chunk, chunk), with ``time``
+        (CF seconds since the epoch, which xarray decodes to datetime64) and ``image_id``
+        coordinates.
         """
         path = path.strip("/")
         _check_band_names(bands)
+        if steps is not None:
+            if not steps:
+                raise ValueError("a time cube needs at least one step")
+            clash = [b.id for b in bands if b.id in CUBE_COORD_NAMES]
+            if clash:
+                raise StoreError(f"band id {clash[0]!r} clashes with a time cube's coordinate")
         if chunk <= 0:
             raise ValueError(f"chunk must be positive, got {chunk}")
         if zarr_format not in ZARR_FORMATS:
@@ -365,6 +378,7 @@ class ItemWriter:
             # (bulkpix.open, export, preview) take the order from here.
             "bands": [{"id": b.id, "dtype": b.dtype.str} for b in bands],
             "chunk": chunk,
+            **({"steps": len(steps)} if steps is not None else {}),
             "complete": False,  # set by mark_complete once every tile is stored
         }
         if keep_existing:
@@ -381,7 +395,7 @@ class ItemWriter:
             # itself writes it; _CRS is where GDAL's Zarr driver looks for the CRS.
             out: dict[str, Any] = {
                 "grid_mapping": GRID_MAPPING,
-                "coordinates": GRID_MAPPING,
+                "coordinates": GRID_MAPPING if steps is None else f"{GRID_MAPPING} image_id",
                 "_CRS": crs_attr,
             }
             out.update(band_attrs.get(band.id, {}))
@@ -402,17 +416,23 @@ class ItemWriter:
                     group,
                     keep_existing,
                     name=band.id,
-                    shape=(height, width),
+                    shape=(height, width) if steps is None else (len(steps), height, width),
                     dtype=band.dtype,
-                    chunks=(chunk, chunk),
+                    chunks=(chunk, chunk) if steps is None else (1, chunk, chunk),
                     compressors=compressors,
                     fill_value=fill_value(band),
-                    **_dimensions(zarr_format, ("y", "x"), array_attrs(band)),
+                    **_dimensions(
+                        zarr_format,
+                        ("y", "x") if steps is None else ("time", "y", "x"),
+                        array_attrs(band),
+                    ),
                 )
                 for band in bands
             )
         )
         await _write_georeferencing(group, grid, chunk, zarr_format, keep_existing=keep_existing)
+        if steps is not None:
+            await _write_time_coordinates(group, steps, zarr_format, keep_existing=keep_existing)
         await consolidate(store, path, zarr_format)
         if path:
             await _drop_root_consolidation(store)
@@ -424,6 +444,7 @@ class ItemWriter:
             chunk,
             height,
             width,
+            len(steps) if steps is not None else 0,
         )
 
     @classmethod
@@ -435,6 +456,7 @@ class ItemWriter:
         chunk: int,
         height: int,
         width: int,
+        steps: int = 0,
     ) -> Self:
         """Reopen an item from what its record says (the record owns the item's layout;
         the group's ``bulkpix`` attribute is only a copy for other readers)."""
@@ -449,7 +471,8 @@ class ItemWriter:
                 raise StoreError(
                     f"band array {band.id!r} at {path or '(root)'!r} is missing: {exc}"
                 ) from None
-            if not isinstance(array, AsyncArray) or array.shape != (height, width):
+            shape = (height, width) if not steps else (steps, height, width)
+            if not isinstance(array, AsyncArray) or array.shape != shape:
                 raise StoreError(
                     f"band array {band.id!r} at {path or '(root)'!r} does not match its record"
                 )
@@ -464,14 +487,16 @@ class ItemWriter:
             chunk,
             height,
             width,
+            steps,
         )
 
     # ---------------------------------------------------------------- writing
 
     async def write_tile(
-        self, window: WindowLike, arrays: Mapping[str, np.ndarray]
+        self, window: WindowLike, arrays: Mapping[str, np.ndarray], *, step: int | None = None
     ) -> dict[str, int]:
-        """Write one decoded tile: every band's (height, width) array at the window's offset.
+        """Write one decoded tile: every band's (height, width) array at the window's offset
+        (in a time cube, at time index ``step``, which a cube needs and a 2-D output refuses).
 
         The window must be chunk-aligned (its edges on multiples of ``chunk`` or on the
         array's edge) so that every chunk is written whole: no read-modify-write, and tiles
@@ -480,6 +505,9 @@ class ItemWriter:
         when the store is a ``ChecksumStore`` (else an empty dict).
         """
         self._check_tile(window, arrays)
+        if (step is None) != (self.steps == 0) or (step is not None and not 0 <= step < self.steps):
+            raise ValueError(f"step {step} does not fit an output of {self.steps} steps")
+        at: tuple[int, ...] = () if step is None else (step,)
         # One setitem per chunk: given exactly one whole chunk, zarr encodes the value as it
         # is; given several, it first fills a new chunk with the fill value and copies the
         # value in (twice the memory traffic: ~40% of the write's CPU for 2048-px tiles in
@@ -488,7 +516,7 @@ class ItemWriter:
         await asyncio.gather(
             *(
                 self._arrays[band].setitem(
-                    (slice(row, row + height), slice(col, col + width)),
+                    (*at, slice(row, row + height), slice(col, col + width)),
                     array[row - window.row_off : row - window.row_off + height,
                           col - window.col_off : col - window.col_off + width],
                 )
@@ -499,13 +527,17 @@ class ItemWriter:
         )
         if not isinstance(self.store, ChecksumStore):
             return {}
-        keys = self.chunk_keys(window, arrays)
+        keys = self.chunk_keys(window, arrays, step)
         prefix = _prefix(self.path)
         crcs = self.store.take(prefix + key for key in keys)
         return {key[len(prefix) :]: crc for key, crc in crcs.items()}
 
-    def chunk_keys(self, window: WindowLike, bands: Iterable[str]) -> list[str]:
-        """The store keys (relative to the item) of the chunks a window covers, per band."""
+    def chunk_keys(
+        self, window: WindowLike, bands: Iterable[str], step: int | None = None
+    ) -> list[str]:
+        """The store keys (relative to the item) of the chunks a window covers, per band (at
+        time index ``step`` in a cube)."""
+        at: tuple[int, ...] = () if step is None else (step,)
         rows = range(
             window.row_off // self.chunk, -(-(window.row_off + window.height) // self.chunk)
         )
@@ -517,7 +549,7 @@ class ItemWriter:
             metadata = self._arrays[band].metadata
             for i in rows:
                 for j in cols:
-                    keys.append(f"{band}/{metadata.encode_chunk_key((i, j))}")
+                    keys.append(f"{band}/{metadata.encode_chunk_key((*at, i, j))}")
         return keys
 
     def array_paths(self) -> list[str]:
@@ -729,6 +761,58 @@ async def _write_georeferencing(
         write_coordinate("x", x_centres, x_attrs),
         write_coordinate("y", y_centres, y_attrs),
         spatial_ref.setitem((), 0),
+    )
+
+
+async def _write_time_coordinates(
+    group: AsyncGroup,
+    steps: Sequence[tuple[str, str]],
+    zarr_format: ZarrFormat,
+    *,
+    keep_existing: bool = False,
+) -> None:
+    """A time cube's ``time`` (CF: int64 seconds since the epoch, proleptic Gregorian, which
+    xarray decodes to datetime64) and ``image_id`` (variable-length strings) coordinates."""
+    import datetime
+
+    # RFC 3339 times; one without a zone is UTC.
+    moments = [datetime.datetime.fromisoformat(time) for time, _ in steps]
+    epoch = [
+        int((m if m.tzinfo else m.replace(tzinfo=datetime.UTC)).timestamp()) for m in moments
+    ]
+    time_attrs = {
+        "standard_name": "time",
+        "long_name": "start time of the step's first image",
+        "units": "seconds since 1970-01-01T00:00:00Z",
+        "calendar": "proleptic_gregorian",
+        "axis": "T",
+    }
+    time = await _make_array(
+        group,
+        keep_existing,
+        name="time",
+        shape=(len(steps),),
+        dtype=np.int64,
+        chunks=(len(steps),),
+        compressors=None,
+        fill_value=None if zarr_format == 2 else 0,
+        **_dimensions(zarr_format, ("time",), time_attrs),
+    )
+    ids = await _make_array(
+        group,
+        keep_existing,
+        name="image_id",
+        shape=(len(steps),),
+        dtype=str,
+        chunks=(len(steps),),
+        fill_value="",
+        **_dimensions(
+            zarr_format, ("time",), {"long_name": "the step's image ids, joined by +"}
+        ),
+    )
+    await asyncio.gather(
+        time.setitem(slice(None), np.array(epoch, dtype=np.int64)),
+        ids.setitem(slice(None), np.array([image for _, image in steps], dtype=object)),
     )
 
 
