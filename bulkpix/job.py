@@ -387,9 +387,9 @@ class _ItemFields(_Strict):
     """With layout cube: day merges the images of one UTC day into one step (with the mosaic
     rule), as the granules of one Sentinel-2 pass need; default: a step per image."""
     mosaic: MosaicRule | None = None
-<<<<<<< HEAD
-    """With layout mosaic: how overlapping images combine per pixel: last (default: later
-    start times on top), first, min or max; the band's nodata (default 0) is no value."""
+    """With layout mosaic (or cube with group_by): how overlapping images combine per pixel:
+    last (default: later start times on top), first, min or max; the band's nodata (default
+    0) is no value."""
     reduce: Reduction | None = None
     """With collection: one composite the service computes (image:computePixels) from the
     images in dates and region: median, mean, min, max or mosaic (the last image on top).
@@ -399,11 +399,6 @@ class _ItemFields(_Strict):
     surface reflectance), computed by the service."""
     offset: Annotated[float, Field(allow_inf_nan=False)] | None = None
     """With reduce: added to the composite's bands after scale_factor."""
-=======
-    """With layout mosaic (or cube with group_by): how overlapping images combine per pixel:
-    last (default: later start times on top), first, min or max; the band's nodata (default
-    0) is no value."""
->>>>>>> main
     bands: list[str] | None = Field(default=None, min_length=1)
     """Band ids, in output order (default: all of the asset's bands)."""
     region: Region | None = None
