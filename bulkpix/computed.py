@@ -40,7 +40,7 @@ __all__ = [
 
 # A graph of thousands of nodes is a few hundred KB; past this it is not a graph.
 EXPRESSION_FILE_MAX_BYTES = 16 * 2**20
-_COLLECTION_KEYS = ("dates", "filter", "layout", "mosaic")
+_COLLECTION_KEYS = ("dates", "filter", "layout", "mosaic", "group_by")
 
 
 def check_expression(value: Any) -> str | dict[str, Any] | None:
@@ -122,7 +122,7 @@ def check_reduced_item(where: str, fields: Mapping[str, Any]) -> None:
         raise ValueError(f"{where}: reduce goes with collection")
     if fields.get("asset") is not None:
         raise ValueError(f"{where}: give asset or collection, not both")
-    given = [k for k in ("filter", "layout", "mosaic") if fields.get(k) is not None]
+    given = [k for k in ("filter", "layout", "mosaic", "group_by") if fields.get(k) is not None]
     if given:
         raise ValueError(f"{where}: {', '.join(given)} does not go with reduce (the composite "
                          "is computed by the service from the images in dates and region)")

@@ -21,7 +21,6 @@ from bulkpix.ee.auth import NoAuth, StaticToken
 from bulkpix.ee.client import EEClient, RequestTimeouts, is_loopback_host, parse_retry_after
 from bulkpix.errors import (
     BadPayload,
-    ComputationLimited,
     JobError,
     NotFound,
     PermissionDenied,
@@ -169,10 +168,7 @@ TOO_LARGE = "Total request size (56623104 bytes) must be less than or equal to 5
         (400, "INVALID_ARGUMENT", TOO_LARGE, RequestTooLarge),
         (403, "PERMISSION_DENIED", "Caller does not have permission.", PermissionDenied),
         (404, "NOT_FOUND", "Asset not found.", NotFound),
-        (429, "RESOURCE_EXHAUSTED", "Too many requests.", QuotaExceeded),
-        # A computation's limit, not the request rate: split, never retried unchanged.
-        (429, "RESOURCE_EXHAUSTED", "Too many concurrent aggregations.", ComputationLimited),
-        (400, "INVALID_ARGUMENT", "User memory limit exceeded.", ComputationLimited),
+        (429, "RESOURCE_EXHAUSTED", "Too many concurrent aggregations.", QuotaExceeded),
         (500, "INTERNAL", "An internal error has occurred.", ServerError),
         (502, "", "Bad gateway", ServerError),
         (503, "UNAVAILABLE", "The service is currently unavailable.", ServerError),

@@ -473,3 +473,17 @@ def test_the_composite_benchmark_reports_splits_and_no_retries() -> None:
     assert figures["splits"] == figures["refused_too_costly"] == figures["tiles"] > 0
     assert figures["requests"] == 5 * figures["tiles"]
     assert figures["wall_s"] > 0 and figures["ideal_s"] >= 0
+
+
+def test_plan_and_a_batch_mixing_an_asset_and_an_expression(emu: Any, data: dict[str, Any],  # noqa: F811
+                                                           tmp_path: Path) -> None:
+    (plan,) = bulkpix.plan(job(tmp_path / "o.zarr", emu.url, NDVI))
+    assert (plan.grid.width, plan.grid.height) == (WIDTH, HEIGHT)
+    assert [b.id for b in plan.bands] == ["nd"] and plan.tiles.n_tiles == 4
+    assert [r["op"] for r in emu.log] == ["compute_value"]  # no pixels for a plan
+    spec = job(tmp_path / "batch.zarr", emu.url, NDVI)
+    spec["items"] = [{"name": "ndvi"}, {"name": "raw", "asset": S2, "bands": ["B8"]}]
+    assert bulkpix.run(spec, progress=False).complete
+    group = zarr.open_group(str(tmp_path / "batch.zarr"), mode="r")
+    np.testing.assert_array_equal(group["ndvi/nd"][:], ndvi_reference(data["s2"]))
+    np.testing.assert_array_equal(group["raw/B8"][:], data["s2"][1])

@@ -77,6 +77,7 @@ _BAND_LIMIT_HINTS = ("number of bands",)
 # tile is split instead (EE_API.md, "Computed images").
 _COMPUTATION_LIMIT_HINTS = ("user memory limit exceeded", "computation timed out",
                             "too many concurrent aggregations")
+_COMPUTATIONS = ("computePixels", "value:compute")
 QUOTA_STATUS_HEADER = "x-earth-engine-quota-status"
 # The most any getPixels answer can be: the service's request-size limit (which counts more
 # bytes per pixel than the payload holds) plus room for a GeoTIFF's tags. Callers that know
@@ -421,7 +422,8 @@ class EEClient:
                     if response.status == 401 and may_refresh and self.auth.has_credentials:
                         raise _TokenRejected
                     raise _status_error(
-                        response.status, payload, response.headers, where, secrets, self.max_wait_s
+                        response.status, payload, response.headers, where, secrets,
+                        self.max_wait_s, computing=operation in _COMPUTATIONS,
                     )
                 yield stream
             finally:
@@ -595,7 +597,11 @@ def _status_error(
     where: str,
     secrets: list[str],
     max_wait_s: float = DEFAULT_MAX_WAIT_S,
+    *,
+    computing: bool = False,
 ) -> RemoteError:
+    """The error for a status. ``computing``: the call computes (computePixels,
+    value:compute), so the service's computation limits are ``ComputationLimited``."""
     rpc_status, server_message = _parse_rpc_status(payload)
     label = f"HTTP {status} {rpc_status}" if rpc_status else f"HTTP {status}"
     message = _scrub(
@@ -605,7 +611,9 @@ def _status_error(
     retry_after = asked if asked is None else min(asked, max_wait_s)
     asked_wait = asked if asked is not None and asked > max_wait_s else None
     cls: type[RemoteError]
-    if status == 400:
+    if status == 400 and computing and _is_computation_limit(server_message):
+        cls = ComputationLimited
+    elif status == 400:
         cls = _classify_400(server_message)
     elif status == 401:
         cls = Unauthenticated
@@ -613,7 +621,7 @@ def _status_error(
         cls = PermissionDenied
     elif status == 404:
         cls = NotFound
-    elif status == 429 and _is_computation_limit(server_message):
+    elif status == 429 and computing and _is_computation_limit(server_message):
         cls = ComputationLimited
     elif status == 429:
         cls = QuotaExceeded
@@ -631,8 +639,6 @@ def _is_computation_limit(server_message: str) -> bool:
 
 def _classify_400(server_message: str) -> type[RequestInvalid]:
     lowered = server_message.lower()
-    if _is_computation_limit(server_message):
-        return ComputationLimited
     if any(hint in lowered for hint in _BAND_LIMIT_HINTS):
         return TooManyBands
     if any(hint in lowered for hint in _SIZE_LIMIT_HINTS):
