@@ -925,6 +925,15 @@ def _check_source(where: str, fields: dict[str, Any]) -> None:
         raise ValueError(f"{where}: mosaic goes with layout mosaic, not items")
     if fields.get("visualization") is not None:
         raise ValueError(f"{where}: visualization is not supported with a collection yet")
+    nodata = fields.get("nodata")
+    values = nodata.values() if isinstance(nodata, dict) else [nodata]
+    if fields.get("layout") != "items" and any(v is not None and v != 0 for v in values):
+        # getPixels sends an image's masked pixels (the corners of its footprint's box) as 0:
+        # only 0 can tell them from data when images are combined.
+        raise ValueError(
+            f"{where}: a mosaic or cube combines images by their 0s (getPixels sends masked "
+            "pixels as 0), so its nodata must be 0"
+        )
 
 
 _HINTS = {

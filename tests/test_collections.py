@@ -180,6 +180,9 @@ def _job_file(tmp_path: Path, **keys: Any) -> Path:
         ({"asset": "projects/p/assets/a"}, "give asset or collection, not both"),
         ({"crs": None, "scale": None}, "the images do not share one grid"),
         ({"crs": None}, "a mosaic needs both crs and scale"),
+        # Masked pixels arrive as 0: another nodata would let them overwrite real data.
+        ({"nodata": 7}, "its nodata must be 0"),
+        ({"nodata": {"u16": 0, "f32": -1}}, "its nodata must be 0"),
     ],
 )
 def test_bad_collection_input_is_one_line_exit_2_and_writes_nothing(
