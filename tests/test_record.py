@@ -163,3 +163,12 @@ async def test_two_processes_marking_concurrently_both_land(tmp_path):
         assert worker.exitcode == 0
     done = await TileRecord(await LocalStore.open(root), "item").done_keys()
     assert done == {f"{p}{i}" for p in ("a", "b") for i in range(150)}
+
+
+def test_a_fingerprint_change_is_quoted_short() -> None:
+    from bulkpix.store.record import fingerprint_diff
+
+    steps = [{"time": f"2024-05-{d:02d}", "images": [f"img{d}"]} for d in range(1, 31)]
+    [change] = fingerprint_diff({"cube": {"steps": steps}}, {"cube": {"steps": steps[:-1]}})
+    assert change.startswith("cube.steps: [{") and len(change) < 300
+    assert "(30 entries)" in change and "(29 entries)" in change

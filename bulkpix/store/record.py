@@ -218,8 +218,17 @@ def fingerprint_diff(old: dict[str, Any], new: dict[str, Any], _where: str = "")
         if isinstance(before, dict) and isinstance(after, dict):
             changes.extend(fingerprint_diff(before, after, where))
         elif before != after:
-            changes.append(f"{where}: {before!r} -> {after!r}")
+            changes.append(f"{where}: {_short(before)} -> {_short(after)}")
     return changes
+
+
+def _short(value: Any, limit: int = 120) -> str:
+    """A value as a message quotes it: a list of cube steps or images can run to kilobytes."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    count = f" ({len(value)} entries)" if isinstance(value, list | dict) else ""
+    return text[: limit - 3] + "..." + count
 
 
 class _Missing:
