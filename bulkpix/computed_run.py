@@ -10,6 +10,7 @@ type of its payload, not the band's range.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import functools
 import re
@@ -51,22 +52,32 @@ async def describe_computed(
     client: EEClient,
     retry: Callable[[Callable[[], Awaitable[T]]], Awaitable[T]],
 ) -> dict[int, Described]:
-    """One ``value:compute`` per computed item (by position), through the run's retries."""
-    described: dict[int, Described] = {}
-    for index, spec in enumerate(items):
-        if not spec.is_computed:
-            continue
+    """One ``value:compute`` per computed item (by position), through the run's retries;
+    the calls run at once, at most ``job.concurrency`` (the governor paces them)."""
+    slots = asyncio.Semaphore(job.concurrency)
+
+    async def describe(spec: ResolvedItem) -> Described:
         graph = item_graph(spec, job.base_dir)
         grid = computed_grid(spec, job.base_dir)
         try:
-            result = await retry(functools.partial(client.compute_value, graph))
+            async with slots:
+                result = await retry(functools.partial(client.compute_value, graph))
         except (RequestInvalid, NotFound) as exc:
             # The service's own words, without the call and status the line already implies.
             message = printable(re.sub(r"^.*?: HTTP \d+ [A-Z_]*: ", "", exc.message), limit=300)
             where = f"item {spec.name}: " if spec.name else ""
             raise JobError(f"{where}the service refused the expression: {message}") from None
-        described[index] = Described(graph, computed_asset(result, grid))
-    return described
+        return Described(graph, computed_asset(result, grid))
+
+    computed = [(index, spec) for index, spec in enumerate(items) if spec.is_computed]
+    tasks = [asyncio.ensure_future(describe(spec)) for _, spec in computed]
+    try:
+        results = await asyncio.gather(*tasks)
+    finally:  # one refusal ends the others, never left running
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    return {index: result for (index, _), result in zip(computed, results, strict=True)}
 
 
 def plan_computed(
