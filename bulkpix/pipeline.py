@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
-import math
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -33,6 +31,7 @@ from bulkpix.errors import (
     printable,
 )
 from bulkpix.job import Job
+from bulkpix.mosaic_run import assemble_tile, assembly_slots
 from bulkpix.sources import plan_items, resolve_sources
 from bulkpix.store.location import check_output_location
 from bulkpix.store.write_loop import WriteLoop
@@ -48,7 +47,6 @@ if TYPE_CHECKING:
     import numpy as np
     from zarr.abc.store import Store
 
-    from bulkpix.geometry.grid import Window
     from bulkpix.geometry.tiling import Tile
     from bulkpix.planning import ItemPlan
     from bulkpix.store.output import OpenedItem
@@ -364,7 +362,7 @@ async def _run_tiles(
             stats=stats,
             stop=stop,
             items=opened,
-            assembling=_assembly_slots(job, opened),
+            assembling=assembly_slots(job, opened),
         )
 
         async def handle(item: _Work) -> list[_Work] | None:
@@ -379,19 +377,6 @@ async def _run_tiles(
             stats.ended = time.monotonic()
             stats.interrupted = stop.is_set() and stats.aborted is None
     return stats
-
-
-def _assembly_slots(job: Job, opened: list[OpenedItem]) -> asyncio.Semaphore | None:
-    """How many mosaic tiles may be assembled at once: the concurrency over the calls an
-    output tile takes on average (at least two, so one tile's slow call never idles the run)."""
-    per_tile = [
-        item.plan.mosaic.n_calls / max(1, len(item.plan.mosaic.buckets))
-        for item in opened
-        if item.plan.mosaic is not None
-    ]
-    if not per_tile:
-        return None
-    return asyncio.Semaphore(max(2, math.ceil(job.concurrency / max(1.0, min(per_tile)))))
 
 
 async def _mark_complete_items(
@@ -495,81 +480,11 @@ async def _process_tile(run: _Run, work: _Work) -> list[_Work] | None:
 
 
 async def _process_mosaic_tile(run: _Run, work: _Work) -> None:
-    """One output tile of a mosaic: a getPixels call on each image whose footprint meets it,
-    for only the part it covers, combined per pixel by the rule as the answers come in; the
-    tile is written once, when every call is in, and only then recorded as done.
-
-    The rules are independent of arrival order: ``last`` and ``first`` keep, per pixel, the
-    value of the highest / lowest image in mosaic order that has one, ``min`` / ``max`` the
-    extreme value. A band's nodata (default 0) is no value; a pixel nothing covers is nodata.
-    """
-    import numpy as np
-
-    from bulkpix.ee.decode import decode_pixels, max_payload_bytes
-    from bulkpix.planning import request_body
-
+    """One output tile of a mosaic (``mosaic_run.assemble_tile``): written once, when every
+    call is in, and only then recorded as done."""
     item = run.items[work.item]
-    plan, mosaic = item.plan, item.plan.mosaic
-    assert mosaic is not None
     tile = work.tile
-    group = plan.tiles.band_groups[tile.group]
-    band_ids = [plan.bands[i].id for i in group]
-    dtypes = [plan.bands[i].dtype for i in group]
-    nodata = [plan.fill_values.get(band, 0) for band in band_ids]
-    shape = (tile.window.height, tile.window.width)
-    out = {
-        band: np.full(shape, fill, dtype)
-        for band, fill, dtype in zip(band_ids, nodata, dtypes, strict=True)
-    }
-    # Per band and pixel: the mosaic position of the image its value came from (-1: none).
-    source = {band: np.full(shape, -1, np.int32) for band in band_ids}
-
-    def combine(position: int, part: Window, arrays: dict[str, np.ndarray]) -> None:
-        rows = slice(part.row_off - tile.window.row_off, part.row_end - tile.window.row_off)
-        cols = slice(part.col_off - tile.window.col_off, part.col_end - tile.window.col_off)
-        for band, fill in zip(band_ids, nodata, strict=True):
-            values, current, came = arrays[band], out[band][rows, cols], source[band][rows, cols]
-            valid = ~np.isnan(values) if fill != fill else values != fill
-            if values.dtype.kind == "f" and fill == fill:
-                valid &= ~np.isnan(values)
-            empty = came < 0
-            if mosaic.rule == "last":
-                take = valid & (came < position)
-            elif mosaic.rule == "first":
-                take = valid & (empty | (came > position))
-            elif mosaic.rule == "min":
-                take = valid & (empty | (values < current))
-            else:
-                take = valid & (empty | (values > current))
-            current[take] = values[take]
-            came[take] = position
-
-    async def fetch(position: int, part: Window) -> int:
-        image = mosaic.images[position]
-        body = request_body(plan, plan.grid.window_grid(part), band_ids)
-        most = max_payload_bytes(plan.file_format, band_ids, dtypes, part.height, part.width)
-
-        async def fetch_and_combine() -> int:
-            async with (
-                run.client.stream_pixels(image.name, body, max_bytes=most) as response,
-                run.budget.hold(most),
-            ):
-                payload = await response.read()
-                decode = functools.partial(
-                    decode_pixels, payload, plan.file_format, band_ids, dtypes,
-                    part.height, part.width,
-                )
-                # NPY decodes to views (cheap); GeoTIFF off the loop.
-                arrays = decode() if plan.file_format == "NPY" else await asyncio.to_thread(decode)
-                combine(position, part, arrays)  # no await inside: all of it or none
-            return len(payload)
-
-        return await run.retry(fetch_and_combine)
-
-    outcomes = await asyncio.gather(
-        *(fetch(position, part) for position, part in mosaic.meeting(tile.window, tile.step)),
-        return_exceptions=True,
-    )
+    out, outcomes = await assemble_tile(item.plan, tile, run.client, run.budget, run.retry)
     for outcome in outcomes:
         if isinstance(outcome, _Stopped):
             await _settle(run, work, finished=False)  # left for the next run

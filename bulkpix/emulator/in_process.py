@@ -13,8 +13,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from bulkpix.assets import asset_name
-from bulkpix.emulator import EmulatorConfig, SyntheticAsset, emulator_in_thread
-from bulkpix.emulator.config import FileCollection, FileImageSpec, SyntheticCollection
 from bulkpix.errors import JobError
 from bulkpix.job import EmulatorSection, Job
 
@@ -24,6 +22,9 @@ __all__ = ["emulator_url"]
 @contextlib.asynccontextmanager
 async def emulator_url(job: Job) -> AsyncIterator[str]:
     """Start the stand-in server in this process for the job's ``emulator:`` section; its URL."""
+    # Looked up at call time, so a test may stand in for `emulator_in_thread`.
+    from bulkpix.emulator import EmulatorConfig, SyntheticAsset, emulator_in_thread
+    from bulkpix.emulator.config import FileCollection, FileImageSpec, SyntheticCollection
 
     section = job.emulator or EmulatorSection()
     synthetic = {}
