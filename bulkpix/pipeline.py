@@ -10,35 +10,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
-import math
 import random
-import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
-from bulkpix.assets import asset_name
 from bulkpix.ee.auth import load_credentials
 from bulkpix.ee.client import EEClient, RequestTimeouts
 from bulkpix.errors import (
     ComputationLimited,
-    JobError,
     JobTooLarge,
-    NotFound,
     PermanentError,
     PermissionDenied,
     RemoteError,
-    RequestInvalid,
     RequestTooLarge,
     RetryableError,
     TooManyBands,
     Unauthenticated,
     printable,
 )
-from bulkpix.job import EmulatorSection, Job, ResolvedItem
+from bulkpix.job import Job
+from bulkpix.mosaic_run import assemble_tile, assembly_slots
+from bulkpix.sources import plan_items, resolve_sources
 from bulkpix.store.location import check_output_location
 from bulkpix.store.write_loop import WriteLoop
 from bulkpix.transfer.budget import ByteBudget
@@ -48,15 +42,14 @@ from bulkpix.transfer.retry import RetryBudget, RetryPolicy, retrying
 
 # Planning and the store (numpy, zarr, rasterio: about half a second of imports on a slow
 # machine) are imported where they are used, after the first request is on its way:
-# `_import_store_side` loads them on a thread while the asset metadata call is in flight.
+# `bulkpix.sources` loads them on a thread while the first metadata call is in flight.
 if TYPE_CHECKING:
     import numpy as np
     from zarr.abc.store import Store
 
-    from bulkpix.geometry.grid import Window
     from bulkpix.geometry.tiling import Tile
-    from bulkpix.planning import AssetInfo, ItemPlan
-    from bulkpix.store.output import OpenedItem, OutputState
+    from bulkpix.planning import ItemPlan
+    from bulkpix.store.output import OpenedItem
     from bulkpix.store.record import TileRecord
 
 __all__ = ["ItemStats", "RunStats", "plan_job", "run_job"]
@@ -131,7 +124,14 @@ class RunStats:
         )
 
 
-# --------------------------------------------------------------------------- endpoint
+
+async def plan_job(job: Job) -> list[ItemPlan]:
+    """Every item's grid and tiles; listings and one metadata GET per asset, no pixels."""
+    async with _session(job) as (client, retry, _stats):
+        return plan_items(await resolve_sources(job, client, retry))
+
+
+# --------------------------------------------------------------------------- the run
 
 
 @contextlib.asynccontextmanager
@@ -141,313 +141,10 @@ async def _endpoint_url(job: Job) -> AsyncIterator[str]:
         yield job.endpoint
         return
     # Imported only here: the download path never loads the emulator otherwise.
-    from bulkpix.emulator import EmulatorConfig, SyntheticAsset, emulator_in_thread
-    from bulkpix.emulator.config import FileCollection, FileImageSpec, SyntheticCollection
+    from bulkpix.emulator.in_process import emulator_url
 
-    section = job.emulator or EmulatorSection()
-    synthetic = {}
-    for name, size in section.synthetic.items():
-        width, height = (int(v) for v in size.split("x"))
-        synthetic[asset_name(name)] = SyntheticAsset(width=width, height=height)
-    assets = {
-        asset_name(name): [str(_job_path(job, p)) for p in paths]
-        for name, paths in section.assets.items()
-    }
-    # An asset the section does not mention is served as a synthetic one, so a job that
-    # only says `endpoint: emulator` runs as is.
-    for item in job.resolved_items():
-        if item.is_collection or item.is_computed:
-            continue
-        if item.asset not in assets and item.asset not in synthetic:
-            synthetic[item.asset] = SyntheticAsset(width=20000, height=20000)
-    collections: dict[str, SyntheticCollection | FileCollection] = {}
-    for name, spec in section.collections.items():
-        if spec.files is not None:
-            collections[asset_name(name)] = FileCollection(tuple(
-                FileImageSpec(str(_job_path(job, f.file)), f.start, f.end, dict(f.image_properties))
-                for f in spec.files
-            ))
-        else:
-            collections[asset_name(name)] = SyntheticCollection(
-                tiles=spec.tiles, tile_size=spec.tile_size, overlap=spec.overlap,
-                scale=spec.scale, dates=spec.dates, start=spec.start, crs=tuple(spec.crs),
-                origin=spec.origin,
-            )
-    config = EmulatorConfig(
-        assets=assets,
-        synthetic=synthetic,
-        collections=collections,
-        max_concurrent=section.max_concurrent,
-        max_qps=section.max_qps,
-        qps_window=section.qps_window,
-        service_base_s=section.service_base_s,
-        service_per_mb_s=section.service_per_mb_s,
-        seed=section.seed,
-    )
-    # On its own thread and event loop, so serving does not queue behind the download's work.
-    with contextlib.ExitStack() as stack:
-        try:
-            emu = await asyncio.to_thread(stack.enter_context, emulator_in_thread(config))
-        except ValueError as exc:  # an asset file it cannot read, and the like
-            raise JobError(f"emulator: {exc}") from None
-        try:
-            yield emu.url
-        finally:
-            await asyncio.to_thread(stack.close)
-
-
-def _job_path(job: Job, path: str) -> Path:
-    p = Path(path).expanduser()
-    return p if p.is_absolute() else job.base_dir / p
-
-
-# --------------------------------------------------------------------------- planning
-
-
-def _import_store_side() -> None:
-    """Import what planning, decoding and writing need (run on a thread)."""
-    import bulkpix.ee.decode
-    import bulkpix.planning
-    import bulkpix.store.record
-    import bulkpix.store.zarr_store  # noqa: F401
-
-
-async def _fetch_assets(
-    job: Job, client: EEClient, retry: _Retry, names: list[str] | None = None
-) -> dict[str, AssetInfo]:
-    """One GET per distinct asset, for band types and the native grid.
-
-    The calls run concurrently, at most ``concurrency`` at once, each through the run's
-    retry loop and governor (a batch of a thousand scenes must not wait a round trip each).
-    """
-    if names is None:
-        names = [item.asset for item in job.resolved_items() if item.asset]
-    # The first calls go out first; the store side's imports overlap their round trips.
-    importing = asyncio.ensure_future(asyncio.to_thread(_import_store_side))
-    slots = asyncio.Semaphore(job.concurrency)
-
-    async def fetch(name: str) -> dict[str, Any]:
-        async with slots:
-            return await retry(functools.partial(client.get_asset, name))
-
-    try:
-        distinct = list(dict.fromkeys(names))
-        answers = await _gather_all([fetch(name) for name in distinct])
-        await importing
-        from bulkpix.planning import parse_asset
-
-        return {
-            name: parse_asset(metadata, name)
-            for name, metadata in zip(distinct, answers, strict=True)
-        }
-    finally:
-        await asyncio.gather(importing, return_exceptions=True)  # never left running
-
-
-async def _gather_all(calls: list[Awaitable[T]]) -> list[T]:
-    """Every call's result, in order; on the first error the others are cancelled (and
-    awaited) and that error is raised as itself, not in a group."""
-    tasks = [asyncio.ensure_future(call) for call in calls]
-    try:
-        return list(await asyncio.gather(*tasks))
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-
-
-@dataclass
-class _Sources:
-    """What the items read, once collections are listed: the items to plan (a collection
-    with layout items becomes one asset item per image), the listed images of each mosaic
-    item (by position), and the assets' metadata."""
-
-    job: Job
-    items: list[ResolvedItem]
-    listings: dict[int, list[dict[str, Any]]]
-    infos: dict[str, AssetInfo]
-    # Computed items (by position): their graph and described bands on their grid.
-    computed: dict[int, Any] = field(default_factory=dict)
-
-
-def _listing_region(spec: ResolvedItem, base_dir: Path) -> dict[str, Any] | None:
-    """The item's region as a lon/lat polygon (its bounding box), for the listing."""
-    if spec.region is None:
-        return None
-    from bulkpix.geometry.grid import region_bounds
-
-    geometry = spec.region.load_geometry(base_dir)
-    try:
-        xmin, ymin, xmax, ymax = region_bounds(geometry, spec.region.region_crs, "EPSG:4326")
-    except (ValueError, TypeError, KeyError, IndexError) as exc:
-        raise JobError(f"cannot read the region: {exc}") from None
-    ring = [[xmin, ymin], [xmax, ymin], [xmax, ymax], [xmin, ymax], [xmin, ymin]]
-    return {"type": "Polygon", "coordinates": [ring]}
-
-
-async def _list_collection(
-    spec: ResolvedItem, job: Job, client: EEClient, retry: _Retry
-) -> list[dict[str, Any]]:
-    """Every image of the item's collection in its region, dates and filter."""
-    assert spec.collection is not None
-    name = spec.collection
-    times = spec.time_range()
-    try:
-        images = [
-            image
-            async for image in client.list_images(
-                name,
-                start=times[0] if times else None,
-                end=times[1] if times else None,
-                region=_listing_region(spec, job.base_dir),
-                filter=spec.filter,
-                call=retry,
-            )
-        ]
-    except NotFound:
-        raise JobError(f"collection {name} not found") from None
-    except RequestInvalid as exc:
-        # The service's own words, without the call and status the line already implies.
-        message = printable(re.sub(r"^.*?: HTTP \d+ [A-Z_]*: ", "", exc.message), limit=300)
-        raise JobError(f"collection {name}: the service refused the listing: {message}") from None
-    if not images:
-        chosen = [
-            "the region" if spec.region is not None else None,
-            f"dates [{spec.dates[0]}, {spec.dates[1]})" if spec.dates else None,
-            "the filter" if spec.filter else None,
-        ]
-        what = " and ".join(c for c in chosen if c) or "the listing"
-        raise JobError(f"collection {name}: no image falls in {what}")
-    return images
-
-
-def _image_item_name(spec: ResolvedItem, image_name: str, batch: bool) -> str:
-    """A group name for one image of a layout: items collection, from its id."""
-    stem = re.sub(r"[^A-Za-z0-9_.\-]", "_", image_name.rsplit("/", 1)[-1]).lstrip("._-")
-    stem = stem[:200] or "image"
-    return f"{spec.name}.{stem}" if batch and spec.name else stem
-
-
-async def _resolve_sources(job: Job, client: EEClient, retry: _Retry) -> _Sources:
-    """List every collection item's images (concurrently), then fetch the assets' metadata."""
-    specs = job.resolved_items()
-    collections = [spec for spec in specs if spec.is_collection]
-    listed = await _gather_all([_list_collection(s, job, client, retry) for s in collections])
-    by_collection = dict(zip((id(s) for s in collections), listed, strict=True))
-    items: list[ResolvedItem] = []
-    listings: dict[int, list[dict[str, Any]]] = {}
-    expanded = False
-    for spec in specs:
-        if not spec.is_collection:
-            items.append(spec)
-        elif spec.layout_name == "items":
-            expanded = True
-            from bulkpix.planning import mosaic_images
-
-            base = spec.model_dump(
-                exclude={"collection", "dates", "filter", "layout", "mosaic", "group_by"}
-            )
-            ordered = mosaic_images(by_collection[id(spec)], spec.source)
-            for image in ordered:
-                name = _image_item_name(spec, image.name, job.is_batch)
-                items.append(ResolvedItem(**{**base, "asset": image.name, "name": name}))
-        else:
-            listings[len(items)] = by_collection[id(spec)]
-            items.append(spec)
-    if expanded:
-        names = [item.name for item in items]
-        repeated = sorted({n for n in names if names.count(n) > 1 and n is not None})
-        if repeated:
-            raise JobError(f"item names repeat once collections are expanded: {repeated[0]}")
-        job = _as_batch(job, items)
-    infos = await _fetch_assets(job, client, retry, [item.asset for item in items if item.asset])
-    from bulkpix.computed_run import describe_computed
-
-    computed = await describe_computed(job, items, client, retry)
-    return _Sources(job, items, listings, infos, computed)
-
-
-def _as_batch(job: Job, items: list[ResolvedItem]) -> Job:
-    """The job with ``items`` as its resolved items, a batch (one group per item)."""
-    from bulkpix.job import ItemSpec
-
-    batch = job.model_copy(update={"items": [ItemSpec(name=item.name) for item in items]})
-    batch._resolved = tuple(items)
-    return batch
-
-
-def _plan_items(
-    sources: _Sources,
-    output: OutputState | None = None,
-    notices: list[str] | None = None,
-    *,
-    keep_images: bool = True,
-) -> list[ItemPlan]:
-    """Every item's plan. A mosaic an earlier run started keeps the images its record holds
-    (``keep_images``), even when the collection lists others now, and ``notices`` say so."""
-    from bulkpix.planning import mosaic_images, parse_asset, plan_item, plan_mosaic
-
-    job = sources.job
-    plans = []
-    for index, spec in enumerate(sources.items):
-        # An item resumed keeps the tile shape its record says it was started with.
-        recorded_tile = output.recorded_tile(spec.name or "") if output is not None else None
-        try:
-            if spec.is_collection:
-                listed = sources.listings[index]
-                images = mosaic_images(listed, spec.source)
-                recorded = _recorded_images(output, spec.name or "") if keep_images else None
-                if recorded is not None and recorded != images:
-                    now, before = {i.name for i in images}, {i.name for i in recorded}
-                    (notices if notices is not None else []).append(
-                        f"{spec.name or spec.source}: resuming with the {len(recorded)} images "
-                        f"its record holds; the collection now lists {len(images)} "
-                        f"({len(now - before)} new, {len(before - now)} gone or changed)"
-                    )
-                    images = recorded
-                chosen = {image.name for image in images}
-                infos = [
-                    parse_asset(entry, str(entry.get("name")))
-                    for entry in listed
-                    if entry.get("name") in chosen
-                ]
-                plans.append(plan_mosaic(spec, infos, images, job, recorded_tile))
-            elif spec.is_computed:
-                from bulkpix.computed_run import plan_computed
-
-                plans.append(plan_computed(spec, sources.computed[index], job, recorded_tile))
-            else:
-                plans.append(plan_item(spec, sources.infos[spec.asset], job, recorded_tile))
-        except JobError as exc:
-            if job.is_batch:
-                raise JobError(f"item {spec.name or index}: {exc}") from None
-            raise
-    return plans
-
-
-def _recorded_images(output: OutputState | None, path: str) -> list[Any] | None:
-    """The images an earlier run of this mosaic used (its record), or None."""
-    if output is None:
-        return None
-    recorded = output.items.get(path)
-    entries = (recorded.fingerprint or {}).get("images") if recorded is not None else None
-    if not isinstance(entries, list):
-        return None
-    from bulkpix.planning import MosaicImage
-
-    try:
-        return [MosaicImage.from_record(entry) for entry in entries]
-    except (TypeError, ValueError):
-        return None
-
-
-async def plan_job(job: Job) -> list[ItemPlan]:
-    """Every item's grid and tiles; listings and one metadata GET per asset, no pixels."""
-    async with _session(job) as (client, retry, _stats):
-        return _plan_items(await _resolve_sources(job, client, retry))
-
-
-# --------------------------------------------------------------------------- the run
+    async with emulator_url(job) as url:
+        yield url
 
 
 class _Stopped(Exception):
@@ -604,7 +301,7 @@ async def run_job(
     stop = stop or asyncio.Event()
     async with _session(job, stop) as (client, retry, stats):
         try:
-            sources = await _resolve_sources(job, client, retry)
+            sources = await resolve_sources(job, client, retry)
         except _Stopped:  # Ctrl-C while the metadata call waited to be retried
             stats.ended = time.monotonic()
             stats.interrupted = True
@@ -613,7 +310,7 @@ async def run_job(
 
         job = sources.job  # a collection with layout items makes it a batch
         state = await inspect_output(job.output, [s.name or "" for s in sources.items])
-        plans = _plan_items(sources, state, stats.notices, keep_images=not restart)
+        plans = plan_items(sources, state, stats.notices, keep_images=not restart)
         if not yes:
             started = {path for path, item in state.items.items() if item.done and not restart}
             from bulkpix.planning import size_warning
@@ -665,7 +362,7 @@ async def _run_tiles(
             stats=stats,
             stop=stop,
             items=opened,
-            assembling=_assembly_slots(job, opened),
+            assembling=assembly_slots(job, opened),
         )
 
         async def handle(item: _Work) -> list[_Work] | None:
@@ -680,19 +377,6 @@ async def _run_tiles(
             stats.ended = time.monotonic()
             stats.interrupted = stop.is_set() and stats.aborted is None
     return stats
-
-
-def _assembly_slots(job: Job, opened: list[OpenedItem]) -> asyncio.Semaphore | None:
-    """How many mosaic tiles may be assembled at once: the concurrency over the calls an
-    output tile takes on average (at least two, so one tile's slow call never idles the run)."""
-    per_tile = [
-        item.plan.mosaic.n_calls / max(1, len(item.plan.mosaic.buckets))
-        for item in opened
-        if item.plan.mosaic is not None
-    ]
-    if not per_tile:
-        return None
-    return asyncio.Semaphore(max(2, math.ceil(job.concurrency / max(1.0, min(per_tile)))))
 
 
 async def _mark_complete_items(
@@ -796,81 +480,11 @@ async def _process_tile(run: _Run, work: _Work) -> list[_Work] | None:
 
 
 async def _process_mosaic_tile(run: _Run, work: _Work) -> None:
-    """One output tile of a mosaic: a getPixels call on each image whose footprint meets it,
-    for only the part it covers, combined per pixel by the rule as the answers come in; the
-    tile is written once, when every call is in, and only then recorded as done.
-
-    The rules are independent of arrival order: ``last`` and ``first`` keep, per pixel, the
-    value of the highest / lowest image in mosaic order that has one, ``min`` / ``max`` the
-    extreme value. A band's nodata (default 0) is no value; a pixel nothing covers is nodata.
-    """
-    import numpy as np
-
-    from bulkpix.ee.decode import decode_pixels, max_payload_bytes
-    from bulkpix.planning import request_body
-
+    """One output tile of a mosaic (``mosaic_run.assemble_tile``): written once, when every
+    call is in, and only then recorded as done."""
     item = run.items[work.item]
-    plan, mosaic = item.plan, item.plan.mosaic
-    assert mosaic is not None
     tile = work.tile
-    group = plan.tiles.band_groups[tile.group]
-    band_ids = [plan.bands[i].id for i in group]
-    dtypes = [plan.bands[i].dtype for i in group]
-    nodata = [plan.fill_values.get(band, 0) for band in band_ids]
-    shape = (tile.window.height, tile.window.width)
-    out = {
-        band: np.full(shape, fill, dtype)
-        for band, fill, dtype in zip(band_ids, nodata, dtypes, strict=True)
-    }
-    # Per band and pixel: the mosaic position of the image its value came from (-1: none).
-    source = {band: np.full(shape, -1, np.int32) for band in band_ids}
-
-    def combine(position: int, part: Window, arrays: dict[str, np.ndarray]) -> None:
-        rows = slice(part.row_off - tile.window.row_off, part.row_end - tile.window.row_off)
-        cols = slice(part.col_off - tile.window.col_off, part.col_end - tile.window.col_off)
-        for band, fill in zip(band_ids, nodata, strict=True):
-            values, current, came = arrays[band], out[band][rows, cols], source[band][rows, cols]
-            valid = ~np.isnan(values) if fill != fill else values != fill
-            if values.dtype.kind == "f" and fill == fill:
-                valid &= ~np.isnan(values)
-            empty = came < 0
-            if mosaic.rule == "last":
-                take = valid & (came < position)
-            elif mosaic.rule == "first":
-                take = valid & (empty | (came > position))
-            elif mosaic.rule == "min":
-                take = valid & (empty | (values < current))
-            else:
-                take = valid & (empty | (values > current))
-            current[take] = values[take]
-            came[take] = position
-
-    async def fetch(position: int, part: Window) -> int:
-        image = mosaic.images[position]
-        body = request_body(plan, plan.grid.window_grid(part), band_ids)
-        most = max_payload_bytes(plan.file_format, band_ids, dtypes, part.height, part.width)
-
-        async def fetch_and_combine() -> int:
-            async with (
-                run.client.stream_pixels(image.name, body, max_bytes=most) as response,
-                run.budget.hold(most),
-            ):
-                payload = await response.read()
-                decode = functools.partial(
-                    decode_pixels, payload, plan.file_format, band_ids, dtypes,
-                    part.height, part.width,
-                )
-                # NPY decodes to views (cheap); GeoTIFF off the loop.
-                arrays = decode() if plan.file_format == "NPY" else await asyncio.to_thread(decode)
-                combine(position, part, arrays)  # no await inside: all of it or none
-            return len(payload)
-
-        return await run.retry(fetch_and_combine)
-
-    outcomes = await asyncio.gather(
-        *(fetch(position, part) for position, part in mosaic.meeting(tile.window, tile.step)),
-        return_exceptions=True,
-    )
+    out, outcomes = await assemble_tile(item.plan, tile, run.client, run.budget, run.retry)
     for outcome in outcomes:
         if isinstance(outcome, _Stopped):
             await _settle(run, work, finished=False)  # left for the next run

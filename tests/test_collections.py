@@ -304,7 +304,7 @@ def test_layout_items_writes_one_group_per_image_named_from_its_id(tmp_path: Pat
 
 
 def test_metadata_calls_run_concurrently_up_to_the_jobs_concurrency() -> None:
-    from bulkpix.pipeline import _fetch_assets
+    from bulkpix.sources import fetch_assets
 
     names = [f"projects/p/assets/a{i}" for i in range(12)]
     job = parse_job({**BASE, "concurrency": 5, "items": [{"asset": n} for n in names]})
@@ -330,7 +330,7 @@ def test_metadata_calls_run_concurrently_up_to_the_jobs_concurrency() -> None:
         retried.append("call")
         return await call()
 
-    infos = asyncio.run(_fetch_assets(job, Client(), retry))  # type: ignore[arg-type]
+    infos = asyncio.run(fetch_assets(job, Client(), retry))  # type: ignore[arg-type]
     assert list(infos) == names and peak == 5 and len(retried) == 12
 
 
