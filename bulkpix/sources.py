@@ -50,17 +50,25 @@ async def fetch_assets(
     """
     if names is None:
         names = [item.asset for item in job.resolved_items() if item.asset]
-    # The first calls go out first; the store side's imports overlap their round trips.
-    importing = asyncio.ensure_future(asyncio.to_thread(_import_store_side))
     slots = asyncio.Semaphore(job.concurrency)
+    started = asyncio.Event()
 
     async def fetch(name: str) -> dict[str, Any]:
+        started.set()
         async with slots:
             return await retry(functools.partial(client.get_asset, name))
 
+    distinct = list(dict.fromkeys(names))
+    calls = asyncio.ensure_future(gather_all([fetch(name) for name in distinct]))
+    if distinct:
+        # The first calls go out first (by construction, not by timing); the store side's
+        # imports then overlap their round trips on a thread.
+        waiting = asyncio.ensure_future(started.wait())
+        await asyncio.wait([calls, waiting], return_when=asyncio.FIRST_COMPLETED)
+        waiting.cancel()
+    importing = asyncio.ensure_future(asyncio.to_thread(_import_store_side))
     try:
-        distinct = list(dict.fromkeys(names))
-        answers = await gather_all([fetch(name) for name in distinct])
+        answers = await calls
         await importing
         from bulkpix.planning import parse_asset
 
@@ -69,7 +77,8 @@ async def fetch_assets(
             for name, metadata in zip(distinct, answers, strict=True)
         }
     finally:
-        await asyncio.gather(importing, return_exceptions=True)  # never left running
+        calls.cancel()
+        await asyncio.gather(calls, importing, return_exceptions=True)  # never left running
 
 
 async def gather_all(calls: list[Awaitable[T]]) -> list[T]:
