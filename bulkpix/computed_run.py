@@ -44,6 +44,8 @@ class Described:
 
     graph: dict[str, Any]
     info: AssetInfo
+    # A reduce composite: the images the collection listed when it was described.
+    images: tuple[str, ...] = ()
 
 
 async def describe_computed(
@@ -51,12 +53,15 @@ async def describe_computed(
     items: list[ResolvedItem],
     client: EEClient,
     retry: Callable[[Callable[[], Awaitable[T]]], Awaitable[T]],
+    listings: dict[int, list[dict[str, Any]]] | None = None,
 ) -> dict[int, Described]:
     """One ``value:compute`` per computed item (by position), through the run's retries;
     the calls run at once, at most ``job.concurrency`` (the governor paces them)."""
     slots = asyncio.Semaphore(job.concurrency)
 
-    async def describe(spec: ResolvedItem) -> Described:
+    listings = listings or {}
+
+    async def describe(index: int, spec: ResolvedItem) -> Described:
         graph = item_graph(spec, job.base_dir)
         grid = computed_grid(spec, job.base_dir)
         try:
@@ -67,10 +72,12 @@ async def describe_computed(
             message = printable(re.sub(r"^.*?: HTTP \d+ [A-Z_]*: ", "", exc.message), limit=300)
             where = f"item {spec.name}: " if spec.name else ""
             raise JobError(f"{where}the service refused the expression: {message}") from None
-        return Described(graph, computed_asset(result, grid))
+        listed = listings.get(index, [])
+        images = tuple(sorted(str(image.get("name")) for image in listed))
+        return Described(graph, computed_asset(result, grid), images)
 
     computed = [(index, spec) for index, spec in enumerate(items) if spec.is_computed]
-    tasks = [asyncio.ensure_future(describe(spec)) for _, spec in computed]
+    tasks = [asyncio.ensure_future(describe(index, spec)) for index, spec in computed]
     try:
         results = await asyncio.gather(*tasks)
     finally:  # one refusal ends the others, never left running
@@ -88,7 +95,7 @@ def plan_computed(
 
     grid = next(iter(described.info.grids.values()))
     plan = plan_item(spec, described.info, job, recorded_tile, grid=grid)
-    return dataclasses.replace(plan, expression=described.graph)
+    return dataclasses.replace(plan, expression=described.graph, composite_of=described.images)
 
 
 class QuotaStatusNotice:

@@ -472,6 +472,9 @@ class ItemPlan:
     mosaic: MosaicPlan | None = None
     # A computed image: its serialized graph (the pixels come from image:computePixels).
     expression: Mapping[str, Any] | None = None
+    # A reduce composite: the images its collection listed when the output was started (the
+    # graph names the collection, not them: a grown collection must not mix two composites).
+    composite_of: tuple[str, ...] = ()
 
     @property
     def path(self) -> str:
@@ -519,7 +522,8 @@ class ItemPlan:
             "n_tiles": self.tiles.n_tiles,
             "bulkpix": __version__.split(".")[0],
         } | self._output_options() | (self.mosaic.fingerprint() if self.mosaic else {}) | (
-            {"expression": dict(self.expression)} if self.expression is not None else {})
+            {"expression": dict(self.expression)} if self.expression is not None else {}) | (
+            {"composite_of": list(self.composite_of)} if self.composite_of else {})
 
     def _output_options(self) -> dict[str, Any]:
         # Only when set, so outputs written before these options existed still match.

@@ -168,7 +168,9 @@ def _image_item_name(spec: ResolvedItem, image_name: str, batch: bool) -> str:
 async def resolve_sources(job: Job, client: EEClient, retry: Retry) -> Sources:
     """List every collection item's images (concurrently), then fetch the assets' metadata."""
     specs = job.resolved_items()
-    collections = [spec for spec in specs if spec.is_collection]
+    # A `reduce:` composite is listed too: so that a selection without images is refused in
+    # one line, and so that its record names the images it was computed from.
+    collections = [spec for spec in specs if spec.collection is not None]
     listed = await gather_all([_list_collection(s, job, client, retry) for s in collections])
     by_collection = dict(zip((id(s) for s in collections), listed, strict=True))
     items: list[ResolvedItem] = []
@@ -176,6 +178,8 @@ async def resolve_sources(job: Job, client: EEClient, retry: Retry) -> Sources:
     expanded = False
     for spec in specs:
         if not spec.is_collection:
+            if spec.collection is not None:  # a reduce composite
+                listings[len(items)] = by_collection[id(spec)]
             items.append(spec)
         elif spec.layout_name == "items":
             expanded = True
@@ -200,7 +204,7 @@ async def resolve_sources(job: Job, client: EEClient, retry: Retry) -> Sources:
     infos = await fetch_assets(job, client, retry, [item.asset for item in items if item.asset])
     from bulkpix.computed_run import describe_computed
 
-    computed = await describe_computed(job, items, client, retry)
+    computed = await describe_computed(job, items, client, retry, listings)
     return Sources(job, items, listings, infos, computed)
 
 

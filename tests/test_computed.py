@@ -268,18 +268,22 @@ def test_an_expression_the_service_refuses_is_one_line(emu: Any, tmp_path: Path)
 
 @pytest.fixture
 def served(emu: Any, data: dict[str, Any]) -> Any:  # noqa: F811
-    """The emulator with the collection listed (as test_emulator_compute serves it)."""
+    """The emulator with the collection served as its listing serves one (footprints,
+    times), the images those of test_emulator_compute."""
     import datetime as dt
-    from types import SimpleNamespace
 
     from bulkpix.emulator.assets import FileAsset
+    from bulkpix.emulator.collections import Collection, CollectionImage, footprint_of
     from tests.test_emulator_compute import COLLECTION, collection_source
 
     assets = {name: FileAsset(name, paths) for name, paths in data["assets"].items()}
-    images = [SimpleNamespace(asset=member.asset, footprint=None, end=None,
-                              start=dt.datetime.fromtimestamp(member.start_ms / 1000, dt.UTC))
-              for member in collection_source(assets)(COLLECTION) or []]
-    emu.collections = {COLLECTION: SimpleNamespace(images=images)}
+    images = []
+    for member in collection_source(assets)(COLLECTION) or []:
+        start = dt.datetime.fromtimestamp(member.start_ms / 1000, dt.UTC)
+        footprint, bbox = footprint_of(member.asset)
+        images.append(CollectionImage(member.asset, start, start + dt.timedelta(days=1),
+                                      footprint, bbox, {}))
+    emu.collections = {COLLECTION: Collection(COLLECTION, images)}
     return emu
 
 
@@ -487,3 +491,38 @@ def test_plan_and_a_batch_mixing_an_asset_and_an_expression(emu: Any, data: dict
     group = zarr.open_group(str(tmp_path / "batch.zarr"), mode="r")
     np.testing.assert_array_equal(group["ndvi/nd"][:], ndvi_reference(data["s2"]))
     np.testing.assert_array_equal(group["raw/B8"][:], data["s2"][1])
+
+
+def test_a_reduce_over_no_image_is_one_line(served: Any, tmp_path: Path) -> None:
+    from tests.test_emulator_compute import COLLECTION
+
+    spec = job(tmp_path / "o.zarr", served.url, None, collection=COLLECTION,
+               dates=["2020-01-01", "2020-02-01"], reduce="median", bands=["B8"])
+    del spec["expression"]
+    with pytest.raises(JobError, match="no image falls in") as info:
+        bulkpix.run(spec, progress=False)
+    assert "\n" not in str(info.value)
+    assert not (tmp_path / "o.zarr").exists()
+
+
+def test_a_reduce_resumed_on_a_changed_collection_is_refused(
+    served: Any, tmp_path: Path
+) -> None:
+    # The graph names the collection, not its images: a composite resumed after the
+    # collection changed would mix two composites, tile by tile.
+    from tests.test_emulator_compute import COLLECTION
+
+    spec = job(tmp_path / "o.zarr", served.url, None, collection=COLLECTION,
+               dates=["2024-01-01", "2024-12-31"], reduce="median", bands=["B8"])
+    del spec["expression"]
+    assert bulkpix.run(spec, progress=False).complete
+    before = read(tmp_path / "o.zarr")
+    images = served.collections[COLLECTION].images
+    gone = images.pop()  # the collection changed since
+    try:
+        with pytest.raises(StoreMismatch, match="composite_of"):
+            bulkpix.run(spec, progress=False)
+    finally:
+        images.append(gone)
+    np.testing.assert_array_equal(read(tmp_path / "o.zarr")["B8"], before["B8"])
+    assert bulkpix.run(spec, restart=True, progress=False).complete
