@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bulkpix.errors import BadMetadata, JobError, printable
-from bulkpix.files import FileRefused, read_bounded
+from bulkpix.files import read_job_named_file
 
 if TYPE_CHECKING:
     from bulkpix.geometry.grid import PixelGrid
@@ -83,14 +83,7 @@ def load_expression(expression: str | Mapping[str, Any], base_dir: Path) -> dict
     if not path.is_absolute():
         path = base_dir / path
     where = f"expression file {path}"
-    try:
-        raw = read_bounded(path, EXPRESSION_FILE_MAX_BYTES)
-    except IsADirectoryError:
-        raise JobError(f"{where}: is a directory") from None
-    except FileRefused as exc:
-        raise JobError(f"{where}: {exc.reason}") from None
-    except OSError as exc:
-        raise JobError(f"{where}: cannot read it ({exc.strerror})") from None
+    raw = read_job_named_file(path, EXPRESSION_FILE_MAX_BYTES, "expression file")
     try:
         graph = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError):

@@ -17,6 +17,7 @@ __all__ = [
     "REGION_FILE_MAX_BYTES",
     "FileRefused",
     "read_bounded",
+    "read_job_named_file",
 ]
 
 JOB_FILE_MAX_BYTES = 1 * 2**20  # 1 MiB: a job with thousands of batch items fits
@@ -62,3 +63,19 @@ def read_bounded(path: Path, limit: int, *, regular_only: bool = True) -> bytes:
     if len(data) > limit:
         raise FileRefused(f"larger than {_size_text(limit)}")
     return data
+
+
+def read_job_named_file(path: Path, limit: int, what: str) -> bytes:
+    """``read_bounded`` for a file a job names (a region, an expression): every refusal is
+    one ``JobError`` line starting with ``what`` and the path."""
+    from bulkpix.errors import JobError
+
+    where = f"{what} {path}"
+    try:
+        return read_bounded(path, limit)
+    except IsADirectoryError:
+        raise JobError(f"{where}: is a directory") from None
+    except FileRefused as exc:
+        raise JobError(f"{where}: {exc.reason}") from None
+    except OSError as exc:
+        raise JobError(f"{where}: cannot read it ({exc.strerror})") from None

@@ -44,6 +44,7 @@ from bulkpix.files import (
     REGION_FILE_MAX_BYTES,
     FileRefused,
     read_bounded,
+    read_job_named_file,
 )
 from bulkpix.store.codecs import DEFAULT_COMPRESSION, CompressionName, codec_for
 
@@ -235,14 +236,7 @@ class Region(_Strict):
         path = Path(self.file).expanduser()
         if not path.is_absolute():
             path = base_dir / path
-        try:
-            raw = read_bounded(path, REGION_FILE_MAX_BYTES)
-        except IsADirectoryError:
-            raise JobError(f"region file {path}: is a directory") from None
-        except FileRefused as exc:
-            raise JobError(f"region file {path}: {exc.reason}") from None
-        except OSError as exc:
-            raise JobError(f"region file {path}: cannot read it ({exc.strerror})") from None
+        raw = read_job_named_file(path, REGION_FILE_MAX_BYTES, "region file")
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError:
