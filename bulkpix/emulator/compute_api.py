@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import json
 import re
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
@@ -36,7 +35,7 @@ from bulkpix.emulator.encode import check_format, encode
 from bulkpix.emulator.faults import draw_fault, fault_error, request_rng, send_payload
 from bulkpix.emulator.limits import check_request_limits, service_seconds
 from bulkpix.emulator.resample import OutputGrid, _parse_affine, _parse_crs, _parse_dimensions
-from bulkpix.emulator.status import ApiError
+from bulkpix.emulator.status import ApiError, json_body
 
 if TYPE_CHECKING:
     from bulkpix.emulator.server import Emulator, _Call
@@ -140,7 +139,7 @@ class ComputeService:
     # -- value:compute -------------------------------------------------------------------
 
     async def _compute_value(self, request: web.Request, call: _Call) -> web.Response:
-        body = await _json_body(request, _VALUE_FIELDS)
+        body = await json_body(request, _VALUE_FIELDS)
         call.record["workload_tag"] = body.get("workloadTag")
         expression = _expression(body)
         with self._computation():
@@ -152,7 +151,7 @@ class ComputeService:
     async def _compute_pixels(self, request: web.Request, call: _Call) -> web.StreamResponse:
         emulator, record = self._emulator, call.record
         config = emulator.config
-        body = await _json_body(request, _PIXELS_FIELDS)
+        body = await json_body(request, _PIXELS_FIELDS)
         record["workload_tag"] = body.get("workloadTag")
         expression = _expression(body)
         grid = _output_grid(body.get("grid"))
@@ -218,22 +217,6 @@ class ComputeService:
 
 def _milliseconds(moment: dt.datetime | None) -> int | None:
     return None if moment is None else round(moment.timestamp() * 1000)
-
-
-async def _json_body(request: web.Request, fields: set[str]) -> dict[str, Any]:
-    raw = await request.read()
-    try:
-        body = json.loads(raw) if raw.strip() else {}
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ApiError(400, f"Invalid JSON payload received. {exc}.") from None
-    if not isinstance(body, dict):
-        raise ApiError(400, "Invalid JSON payload received. Expected an object.")
-    unknown = set(body) - fields
-    if unknown:
-        names = ", ".join(f'"{n}"' for n in sorted(unknown))
-        raise ApiError(400, f"Invalid JSON payload received. Unknown name {names}: "
-                            "Cannot find field.")
-    return body
 
 
 def _expression(body: dict[str, Any]) -> Any:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import re
 import threading
@@ -25,7 +24,7 @@ from bulkpix.emulator.faults import draw_fault, fault_error, request_rng, send_p
 from bulkpix.emulator.limits import Quota, check_request_limits, service_seconds
 from bulkpix.emulator.log import RequestLog
 from bulkpix.emulator.resample import OutputGrid, read_grid, resolve_grid
-from bulkpix.emulator.status import ApiError, status_response
+from bulkpix.emulator.status import ApiError, json_body, status_response
 
 __all__ = ["Emulator", "emulator_in_thread", "run_emulator"]
 
@@ -215,7 +214,7 @@ class Emulator:
                           call: _Call) -> web.StreamResponse:
         record = call.record
         asset = self._asset(name)
-        body = await _json_body(request)
+        body = await json_body(request, _BODY_FIELDS)
         record["workload_tag"] = body.get("workloadTag")
         band_ids = _band_ids(body.get("bandIds"), asset)
         # _band_ids has refused ids the asset lacks: every index is found.
@@ -260,24 +259,6 @@ def _render(asset: Asset, band_indexes: list[int], band_ids: list[str], grid: Ou
     arrays, fully_inside = read_grid(asset, band_indexes, grid)
     return encode(file_format, band_ids, arrays, grid.crs, grid.transform, visualization,
                   fully_inside)
-
-
-async def _json_body(request: web.Request) -> dict[str, Any]:
-    raw = await request.read()
-    if not raw.strip():
-        return {}
-    try:
-        body = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ApiError(400, f"Invalid JSON payload received. {exc}.") from None
-    if not isinstance(body, dict):
-        raise ApiError(400, "Invalid JSON payload received. Expected an object.")
-    unknown = set(body) - _BODY_FIELDS
-    if unknown:
-        names = ", ".join(f'"{n}"' for n in sorted(unknown))
-        raise ApiError(400, f"Invalid JSON payload received. Unknown name {names}: "
-                            "Cannot find field.")
-    return body
 
 
 def _band_ids(requested: Any, asset: Asset) -> list[str]:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
+from typing import Any
 
 from aiohttp import web
 
-__all__ = ["ApiError", "status_response"]
+__all__ = ["ApiError", "json_body", "status_response"]
 
 _STATUS_NAMES: dict[int, str] = {
     400: "INVALID_ARGUMENT",
@@ -44,3 +46,23 @@ def status_response(error: ApiError) -> web.Response:
         content_type="application/json",
         headers=error.headers,
     )
+
+
+async def json_body(request: web.Request, fields: Collection[str]) -> dict[str, Any]:
+    """A request's JSON object, refused as the service refuses it: not JSON, not an object,
+    or a field the method does not know."""
+    raw = await request.read()
+    if not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ApiError(400, f"Invalid JSON payload received. {exc}.") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "Invalid JSON payload received. Expected an object.")
+    unknown = set(body) - set(fields)
+    if unknown:
+        names = ", ".join(f'"{n}"' for n in sorted(unknown))
+        raise ApiError(400, f"Invalid JSON payload received. Unknown name {names}: "
+                            "Cannot find field.")
+    return body
