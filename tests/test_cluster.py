@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
+import socket
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +20,7 @@ from bulkpix.emulator import EmulatorConfig, SyntheticAsset, run_emulator
 from bulkpix.emulator.synthetic import SYNTHETIC_BANDS, synthetic_pixels
 from bulkpix.job import parse_job
 from bulkpix.pipeline import run_job
+from tests.conftest import write_job
 
 distributed = pytest.importorskip("distributed")
 
@@ -33,7 +37,7 @@ async def cluster() -> AsyncIterator[Any]:
         processes=True,
         host="127.0.0.1",
         scheduler_port=0,
-        dashboard_address=None,
+        dashboard_address=":0",
         asynchronous=True,
         silence_logs=40,
     ) as local, distributed.Client(local, asynchronous=True) as client:
@@ -140,3 +144,61 @@ async def test_a_killed_worker_loses_nothing(cluster: Any, tmp_path: Path) -> No
     assert statuses <= {200, 499, None}, sorted(map(str, statuses))
     # Its batch ran again elsewhere: the new worker process joined or the other took it.
     assert victim not in (await cluster.run(os.getpid)).values()
+
+
+def _cli_job(tmp_path: Path, **keys: Any) -> Path:
+    job = {
+        "asset": ASSET,
+        "output": str(tmp_path / "out.zarr"),
+        "endpoint": "emulator",
+        "emulator": {
+            "synthetic": {ASSET: f"{SIDE}x{SIDE}"},
+            "max_concurrent": 4,
+            "max_qps": 50,
+            "service_base_s": 0.05,
+        },
+        "concurrency": 4,
+        "qps": 50,
+        "chunk": 64,
+        "tile": [64, 64],
+        **keys,
+    }
+    return write_job(tmp_path / "job.yaml", **job)
+
+
+async def _bulkpix(*args: str) -> tuple[int, str, str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bulkpix", *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await process.communicate()
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+async def test_the_command_line_runs_on_the_cluster(cluster: Any, tmp_path: Path) -> None:
+    """`bulkpix run JOB --dask ADDRESS`: the stand-in starts in the submitting process and
+    the workers reach it; the summary shows each worker's share."""
+    job = _cli_job(tmp_path)
+    code, _, err = await _bulkpix("run", str(job), "--dask", cluster.scheduler.address)
+    assert code == 0, err
+    _assert_synthetic(tmp_path / "out.zarr")
+    assert "workers" in err  # the summary (on stderr, beside the progress bar)
+    addresses = list((await cluster.scheduler.identity())["workers"])
+    assert sum(address in err for address in addresses) >= 1
+    # A rerun finds everything done and fetches nothing (from the cluster or off it).
+    code, _, err = await _bulkpix("run", str(job))
+    assert code == 0, err
+    assert re.search(r"src\s*│\s*64/64\s*│\s*0\s*│", err), err  # 64 of 64, fetched now 0
+
+
+async def test_an_unreachable_scheduler_is_one_line_and_writes_nothing(tmp_path: Path) -> None:
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    job = _cli_job(tmp_path, executor={"dask": f"tcp://127.0.0.1:{port}"})
+    code, _, err = await _bulkpix("run", str(job))
+    assert code == 2
+    assert f"cannot reach the Dask scheduler at tcp://127.0.0.1:{port}" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out.zarr").exists()
