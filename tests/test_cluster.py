@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import distributed
 import numpy as np
 import pytest
 import zarr
@@ -22,7 +23,6 @@ from bulkpix.job import parse_job
 from bulkpix.pipeline import run_job
 from tests.conftest import write_job
 
-distributed = pytest.importorskip("distributed")
 
 ASSET = "projects/demo/assets/src"
 SIDE = 512
