@@ -23,7 +23,6 @@ from bulkpix.job import parse_job
 from bulkpix.pipeline import run_job
 from tests.conftest import write_job
 
-
 ASSET = "projects/demo/assets/src"
 SIDE = 512
 
