@@ -201,3 +201,78 @@ async def test_an_unreachable_scheduler_is_one_line_and_writes_nothing(tmp_path:
     assert f"cannot reach the Dask scheduler at tcp://127.0.0.1:{port}" in err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "out.zarr").exists()
+
+
+async def _wait_for_file_markers(done: Path, at_least: int, process: Any) -> None:
+    while not (done.is_dir() and len(list(done.iterdir())) >= at_least):
+        assert process.returncode is None, "the run ended before it could be killed"
+        await asyncio.sleep(0.02)
+
+
+async def test_a_killed_submitting_client_leaves_a_resumable_output(
+    cluster: Any, tmp_path: Path
+) -> None:
+    """The client dies mid-run: its batches stop on the workers (the scheduler closes its
+    quota), and a new client resumes on the cluster, bit-exact, without the finished tiles."""
+    job = _cli_job(tmp_path)
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bulkpix", "run", str(job), "--dask", cluster.scheduler.address,
+        "--quiet", stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )
+    done = tmp_path / "out.zarr" / ".bulkpix" / "done"
+    await _wait_for_file_markers(done, 8, process)
+    process.kill()
+    await process.wait()
+    code, _, err = await _bulkpix("run", str(job), "--dask", cluster.scheduler.address)
+    assert code == 0, err
+    _assert_synthetic(tmp_path / "out.zarr")
+    row = re.search(r"src\s*│\s*64/64\s*│\s*(\d+)\s*│", err)
+    assert row is not None, err
+    assert int(row.group(1)) < 64  # the first run's tiles were not fetched again
+
+
+async def test_a_stop_ends_the_cluster_run_and_a_rerun_off_the_cluster_finishes(
+    cluster: Any, tmp_path: Path
+) -> None:
+    cap, qps = 3, 20.0
+    config = EmulatorConfig(
+        synthetic={ASSET: SyntheticAsset(width=SIDE, height=SIDE)},
+        max_concurrent=cap,
+        max_qps=qps,
+        service_base_s=0.1,
+    )
+    output = tmp_path / "out.zarr"
+    async with run_emulator(config) as emu:
+        job = _job(emu.url, output, concurrency=cap, qps=qps)
+        stop = asyncio.Event()
+        run = asyncio.create_task(run_job(job, dask_client=cluster, stop=stop))
+        await _wait_for_markers(output, 8, run)
+        stop.set()  # Ctrl-C on the submitting client
+        first = await run
+        first_calls = len(_pixel_calls(emu.log))
+        second = await run_job(job)  # off the cluster
+        second_calls = len(_pixel_calls(emu.log)) - first_calls
+    assert first.interrupted and not first.ok
+    assert 8 <= first.finished < first.total
+    assert second.ok and second.finished == second.total
+    # The rerun fetched exactly the tiles the stopped run had not recorded.
+    assert second_calls == second.total - first.finished
+    _assert_synthetic(output)
+
+
+async def test_the_api_takes_a_scheduler_address_and_reports_each_worker(
+    cluster: Any, tmp_path: Path
+) -> None:
+    import bulkpix
+
+    config = EmulatorConfig(synthetic={ASSET: SyntheticAsset(width=SIDE, height=SIDE)})
+    async with run_emulator(config) as emu:
+        job = _job(emu.url, tmp_path / "out.zarr", concurrency=8)
+        summary = await bulkpix.arun(job, dask=cluster.scheduler.address, progress=False)
+    assert summary.complete and summary.finished == 64
+    assert {w.address for w in summary.workers} <= set(
+        (await cluster.scheduler.identity())["workers"]
+    )
+    assert sum(w.tiles for w in summary.workers) == 64
+    assert sum(w.bytes for w in summary.workers) == summary.bytes > 0
+    _assert_synthetic(tmp_path / "out.zarr")
