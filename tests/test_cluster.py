@@ -22,6 +22,7 @@ from bulkpix.emulator.synthetic import SYNTHETIC_BANDS, synthetic_pixels
 from bulkpix.job import parse_job
 from bulkpix.pipeline import run_job
 from tests.conftest import write_job
+from tests.test_emulator_compute import data  # noqa: F401  (the computed test's fixture)
 
 ASSET = "projects/demo/assets/src"
 SIDE = 512
@@ -276,3 +277,45 @@ async def test_the_api_takes_a_scheduler_address_and_reports_each_worker(
     assert sum(w.tiles for w in summary.workers) == 64
     assert sum(w.bytes for w in summary.workers) == summary.bytes > 0
     _assert_synthetic(tmp_path / "out.zarr")
+
+
+async def test_a_mosaic_and_a_time_cube_run_on_the_cluster_bit_exact(
+    cluster: Any, tmp_path: Path
+) -> None:
+    """Collections run distributed too: a mosaic across two UTM zones, and a 5-date cube,
+    each equal to its whole-grid reference."""
+    from tests import test_collections, test_cube
+
+    mosaic_job = test_collections._mosaic_job(tmp_path, "mosaic.zarr", mosaic="last")
+    stats = await run_job(mosaic_job, dask_client=cluster)
+    assert stats.ok and len(stats.workers) >= 1
+    got = test_collections._read(tmp_path / "mosaic.zarr")
+    for band, want in test_collections._reference(mosaic_job, "last").items():
+        np.testing.assert_array_equal(got[band], want)
+
+    cube_dir = tmp_path / "cube"
+    cube_dir.mkdir()
+    stats = await run_job(test_cube._job(cube_dir, test_cube.FIVE_DAYS), dask_client=cluster)
+    assert stats.ok and stats.finished == stats.total
+    test_cube._check_against_references(cube_dir / "out.zarr", test_cube.FIVE_DAYS, by_day=False)
+
+
+async def test_a_batch_with_a_computed_image_runs_on_the_cluster(
+    cluster: Any, data: dict[str, Any], tmp_path: Path  # noqa: F811
+) -> None:
+    """A batch of two items, one of them computed (an NDVI expression), in one cluster run."""
+    from tests.test_computed import job as computed_job
+    from tests.test_computed import read
+    from tests.test_emulator_compute import NDVI, S2, ndvi_reference
+
+    async with run_emulator(EmulatorConfig(assets=data["assets"])) as emu:
+        keys = computed_job(tmp_path / "batch.zarr", emu.url, NDVI)
+        keys.pop("expression")
+        keys["items"] = [{"name": "ndvi", "expression": NDVI}, {"name": "raw", "asset": S2}]
+        stats = await run_job(parse_job(keys), dask_client=cluster)
+    assert stats.ok and stats.finished == stats.total == 8
+    np.testing.assert_array_equal(read(tmp_path / "batch.zarr" / "ndvi")["nd"],
+                                  ndvi_reference(data["s2"]))
+    raw = read(tmp_path / "batch.zarr" / "raw")
+    np.testing.assert_array_equal(raw["B4"], data["s2"][0])
+    np.testing.assert_array_equal(raw["B8"], data["s2"][1])
