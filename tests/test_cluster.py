@@ -44,6 +44,19 @@ async def cluster() -> AsyncIterator[Any]:
         yield client
 
 
+CAP, QPS = 3, 20.0  # the job's quota, and the stand-in's: 64 tiles take about 3 s at it
+
+
+def _quota_emulator() -> EmulatorConfig:
+    """The stand-in with the job's quota, 0.1 s a call: a 429 would show any overbooking."""
+    return EmulatorConfig(
+        synthetic={ASSET: SyntheticAsset(width=SIDE, height=SIDE)},
+        max_concurrent=CAP,
+        max_qps=QPS,
+        service_base_s=0.1,
+    )
+
+
 def _job(url: str, output: Path, **keys: Any) -> Any:
     return parse_job(
         {
@@ -80,13 +93,8 @@ def _most_in_any_window(times: list[float], window: float) -> int:
 
 
 async def test_two_workers_share_one_quota_bit_exact(cluster: Any, tmp_path: Path) -> None:
-    cap, qps = 3, 20.0
-    config = EmulatorConfig(
-        synthetic={ASSET: SyntheticAsset(width=SIDE, height=SIDE)},
-        max_concurrent=cap,
-        max_qps=qps,
-        service_base_s=0.1,
-    )
+    cap, qps = CAP, QPS
+    config = _quota_emulator()
     async with run_emulator(config) as emu:
         job = _job(emu.url, tmp_path / "out.zarr", concurrency=cap, qps=qps)
         stats = await run_job(job, dask_client=cluster)
@@ -117,13 +125,8 @@ async def _wait_for_markers(output: Path, at_least: int, run: asyncio.Task[Any])
 
 
 async def test_a_killed_worker_loses_nothing(cluster: Any, tmp_path: Path) -> None:
-    cap, qps = 3, 20.0
-    config = EmulatorConfig(
-        synthetic={ASSET: SyntheticAsset(width=SIDE, height=SIDE)},
-        max_concurrent=cap,
-        max_qps=qps,
-        service_base_s=0.1,
-    )
+    cap, qps = CAP, QPS
+    config = _quota_emulator()
     output = tmp_path / "out.zarr"
     async with run_emulator(config) as emu:
         job = _job(emu.url, output, concurrency=cap, qps=qps)
@@ -247,13 +250,8 @@ async def test_a_killed_submitting_client_leaves_a_resumable_output(
 async def test_a_stop_ends_the_cluster_run_and_a_rerun_off_the_cluster_finishes(
     cluster: Any, tmp_path: Path
 ) -> None:
-    cap, qps = 3, 20.0
-    config = EmulatorConfig(
-        synthetic={ASSET: SyntheticAsset(width=SIDE, height=SIDE)},
-        max_concurrent=cap,
-        max_qps=qps,
-        service_base_s=0.1,
-    )
+    cap, qps = CAP, QPS
+    config = _quota_emulator()
     output = tmp_path / "out.zarr"
     async with run_emulator(config) as emu:
         job = _job(emu.url, output, concurrency=cap, qps=qps)
