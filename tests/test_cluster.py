@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import re
 import signal
@@ -16,6 +17,7 @@ import distributed
 import numpy as np
 import pytest
 import zarr
+from rich.console import Console
 
 from bulkpix.emulator import EmulatorConfig, SyntheticAsset, run_emulator
 from bulkpix.emulator.synthetic import SYNTHETIC_BANDS, synthetic_pixels
@@ -279,7 +281,11 @@ async def test_the_api_takes_a_scheduler_address_and_reports_each_worker(
     config = EmulatorConfig(synthetic={ASSET: SyntheticAsset(width=SIDE, height=SIDE)})
     async with run_emulator(config) as emu:
         job = _job(emu.url, tmp_path / "out.zarr", concurrency=8)
-        summary = await bulkpix.arun(job, dask=cluster.scheduler.address, progress=False)
+        drawn = io.StringIO()
+        console = Console(file=drawn, force_terminal=True, width=160)
+        summary = await bulkpix.arun(
+            job, dask=cluster.scheduler.address, progress=True, console=console
+        )
         again = await bulkpix.arun(job, dask=cluster, progress=False)  # nothing left to do
         calls = _pixel_calls(emu.log)
     assert again.complete and again.finished == 64 and again.items[0].fetched == 0
@@ -290,6 +296,10 @@ async def test_the_api_takes_a_scheduler_address_and_reports_each_worker(
     )
     assert sum(w.tiles for w in summary.workers) == 64
     assert sum(w.bytes for w in summary.workers) == summary.bytes > 0
+    # The live bars on the submitting client: the total, and each worker as it reports.
+    text = drawn.getvalue()
+    assert "total" in text and "64/64" in text
+    assert any(w.address in text for w in summary.workers), text[-2000:]
     _assert_synthetic(tmp_path / "out.zarr")
 
 
