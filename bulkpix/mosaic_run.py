@@ -102,7 +102,7 @@ async def assemble_tile(
                 client.stream_pixels(image.name, body, max_bytes=most) as response,
                 budget.hold(most),
             ):
-                payload = await response.read()
+                payload = await response.read_pixels()
                 decode = functools.partial(
                     decode_pixels, payload, plan.file_format, band_ids, dtypes,
                     part.height, part.width,

@@ -513,7 +513,7 @@ async def _process_tile(run: _Run, work: TileWork) -> list[TileWork] | None:
             ) as response:
                 # Headers are in: wait for room before reading (the body waits in the socket).
                 await attempt.enter_async_context(run.budget.hold(most))
-                payload = await response.read()
+                payload = await response.read_pixels()
             if plan.file_format == "NPY":  # views into the payload, no copy: cheap
                 arrays = decode_pixels(payload, "NPY", band_ids, dtypes, height, width)
             else:

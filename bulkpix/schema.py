@@ -12,6 +12,9 @@ An editor with a YAML language server checks and completes a job file that start
 from __future__ import annotations
 
 import argparse
+import ast
+import inspect
+import itertools
 import json
 import sys
 from collections.abc import Sequence
@@ -35,10 +38,60 @@ def _tidy(node: Any) -> Any:
     return node
 
 
+def _attribute_docstrings(source: str) -> dict[str, dict[str, str]]:
+    """Each class's ``{field: docstring}``: the string right after an annotated attribute,
+    as pydantic's ``use_attribute_docstrings`` reads it."""
+    docs: dict[str, dict[str, str]] = {}
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, ast.ClassDef):
+            continue
+        fields = docs.setdefault(node.name, {})
+        for before, after in itertools.pairwise(node.body):
+            if (
+                isinstance(before, ast.AnnAssign)
+                and isinstance(before.target, ast.Name)
+                and isinstance(after, ast.Expr)
+                and isinstance(after.value, ast.Constant)
+                and isinstance(after.value.value, str)
+            ):
+                fields[before.target.id] = inspect.cleandoc(after.value.value)
+    return docs
+
+
+def _describe_fields() -> None:
+    """Give the job models' fields their docstrings as descriptions, then rebuild the
+    models so the schema carries them. Done here, when a schema is asked for, rather than
+    by pydantic on every import of ``bulkpix.job``: that parses each class's source."""
+    from pydantic import BaseModel
+
+    from bulkpix import job as job_module
+
+    docs = _attribute_docstrings(inspect.getsource(job_module))
+    models = [
+        model for model in vars(job_module).values()
+        if isinstance(model, type) and issubclass(model, BaseModel)
+        and model.__module__ == job_module.__name__
+    ]
+    changed = False
+    for model in models:
+        for name, info in model.model_fields.items():
+            # The docstring in the class that declares the field, as pydantic reads it.
+            owner = next((c for c in model.__mro__ if name in inspect.get_annotations(c)), model)
+            doc = docs.get(owner.__name__, {}).get(name)
+            if info.description is None and doc is not None:
+                info.description = doc
+                changed = True
+    if changed:
+        # Parts before the models that hold them: each rebuild takes its parts' schemas.
+        for model in sorted(models, key=lambda m: inspect.getsourcelines(m)[1]):
+            model.model_rebuild(force=True)
+
+
 def job_schema() -> dict[str, Any]:
     """The JSON Schema of a job file (what ``bulkpix schema`` prints)."""
     from bulkpix.job import Job
 
+    _describe_fields()
     schema = _tidy(Job.model_json_schema(mode="validation"))
     schema.pop("title", None)
     schema.pop("description", None)

@@ -130,6 +130,35 @@ async def test_get_pixels_posts_json_and_returns_the_raw_bytes(service: FakeServ
     assert seen.headers["Content-Type"].startswith("application/json")
 
 
+async def test_read_pixels_fills_an_unzeroed_buffer_exactly(service: FakeService) -> None:
+    payload = bytes(range(251)) * 40_000  # ~10 MB, many socket reads, no zero bytes at the end
+
+    chunked_answers: list[bool] = [False, True]
+
+    async def pieces(request: web.Request) -> web.StreamResponse:
+        chunked = chunked_answers.pop(0)
+        headers = {} if chunked else {"Content-Length": str(len(payload))}
+        response = web.StreamResponse(headers=headers)
+        if chunked:
+            response.enable_chunked_encoding()
+        await response.prepare(request)
+        for start in range(0, len(payload), 1 << 20):
+            await response.write(payload[start : start + (1 << 20)])
+        await response.write_eof()
+        return response
+
+    service.handler = pieces
+    async with make_client(service.url) as client:
+        async with client.stream_pixels(ASSET, {}) as response:
+            body = await response.read_pixels()
+        assert isinstance(body, memoryview) and not body.readonly
+        assert body.nbytes == len(payload) and body.tobytes() == payload
+        # No declared length: the pieces are gathered as read() gathers them.
+        async with client.stream_pixels(ASSET, {}) as response:
+            gathered = await response.read_pixels()
+        assert isinstance(gathered, bytearray) and gathered == payload
+
+
 async def test_no_project_and_no_auth_send_no_such_headers(service: FakeService) -> None:
     async def ok(request: web.Request) -> web.Response:
         return web.json_response({})

@@ -430,6 +430,14 @@ class EEClient:
                 stream.close()
 
 
+def _uninitialised(size: int) -> memoryview:
+    # numpy leaves a fresh buffer as the allocator hands it over: bytearray(n) zero-fills
+    # all n bytes just before the body overwrites them (about 0.7 ms of CPU for 9 MB).
+    import numpy as np
+
+    return np.empty(size, dtype=np.uint8).data
+
+
 class ResponseBody:
     """A successful response whose body is read on demand, at most ``max_bytes`` of it."""
 
@@ -459,6 +467,15 @@ class ResponseBody:
     async def read(self) -> bytearray:
         """The whole body; ``BadPayload`` as soon as it is known to exceed ``max_bytes``
         (from Content-Length, before anything is read, or while reading)."""
+        return await self._read(bytearray)
+
+    async def read_pixels(self) -> bytearray | memoryview:
+        """``read()`` for a pixel body, into a buffer that is not zero-filled first (numpy's
+        allocator: no memset, huge pages): a writable byte view, or a bytearray when the
+        length is not declared or the body arrives compressed."""
+        return await self._read(_uninitialised)
+
+    async def _read(self, allocate: Callable[[int], bytearray | memoryview]) -> Any:
         headers = self._response.headers
         coding = headers.get("Content-Encoding", "identity").strip().lower() or "identity"
         declared = _declared_length(headers)
@@ -469,7 +486,7 @@ class ResponseBody:
                 status=self.status,
             )
         if coding == "identity":
-            body = await self._read_identity(declared)
+            body = await self._read_identity(declared, allocate)
         elif coding in _DECOMPRESSORS:
             body = await self._read_decompressed(coding)
         else:
@@ -521,10 +538,12 @@ class ResponseBody:
                 raise problem
             yield piece
 
-    async def _read_identity(self, declared: int | None) -> bytearray:
+    async def _read_identity(
+        self, declared: int | None, allocate: Callable[[int], bytearray | memoryview]
+    ) -> bytearray | memoryview:
         # One buffer of the declared length (already bounded): response.read() would gather
         # pieces and join them, briefly taking twice the body's size.
-        buffer = bytearray(declared or 0)
+        buffer = allocate(declared) if declared is not None else bytearray()
         # Pieces are copied in through a memoryview: assigning bytes to a bytearray slice
         # first copies them into a temporary bytearray (a second copy of every body).
         view = memoryview(buffer) if declared is not None else None
@@ -539,6 +558,7 @@ class ResponseBody:
                         status=self.status,
                     )
                 if view is None:
+                    assert isinstance(buffer, bytearray)
                     buffer += piece
                 else:
                     view[filled:end] = piece

@@ -1,0 +1,131 @@
+"""write_chunk stores exactly the bytes zarr's setitem stores, or leaves the write to it."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import zarr
+from zarr.storage import LocalStore
+
+from bulkpix.store import chunk_write
+from bulkpix.store.chunk_write import write_chunk
+from bulkpix.store.codecs import CODECS, zarr_compressors
+
+DTYPES = ("uint8", "int16", "uint16", "float32")
+
+
+def _records(height: int, width: int) -> np.ndarray:
+    """An NPY-like record array: its fields are strided views, as decoded tiles are."""
+    rng = np.random.default_rng(7)
+    records = np.zeros((height, width), dtype=[(d, d) for d in DTYPES])
+    for name in DTYPES:
+        records[name] = rng.integers(0, 200, (height, width)).astype(name)
+    return records
+
+
+async def _array(root: Path, name: str, dtype: str, shape: tuple[int, ...],
+                 chunks: tuple[int, ...], compression: str, zarr_format: int = 3) -> Any:
+    store = await LocalStore.open(str(root))
+    group = await zarr.api.asynchronous.open_group(store=store, mode="a",
+                                                    zarr_format=zarr_format)  # type: ignore[arg-type]
+    return await group.create_array(
+        name, shape=shape, chunks=chunks, dtype=dtype, fill_value=7,
+        compressors=zarr_compressors(compression, None, zarr_format))
+
+
+def _chunk_files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): _without_gzip_time(p.read_bytes())
+            for p in sorted(root.rglob("*"))
+            if p.is_file() and not p.name.startswith((".", "zarr.json"))}
+
+
+def _without_gzip_time(data: bytes) -> bytes:
+    # A gzip member's header carries the second it was written (bytes 4-7).
+    return data[:4] + bytes(4) + data[8:] if data[:2] == b"\x1f\x8b" else data
+
+
+@pytest.mark.parametrize("compression", list(CODECS))
+def test_same_bytes_as_setitem_whole_and_edge_chunks(tmp_path: Path, compression: str) -> None:
+    records = _records(40, 56)  # 16-px chunks: full chunks and edge chunks on both axes
+
+    async def write(root: Path, fast: bool) -> None:
+        for dtype in DTYPES:
+            array = await _array(root, dtype, dtype, (40, 56), (16, 16), compression)
+            for row in range(0, 40, 16):
+                for col in range(0, 56, 16):
+                    sel = (slice(row, min(row + 16, 40)), slice(col, min(col + 16, 56)))
+                    value = records[dtype][sel]
+                    if fast:
+                        await write_chunk(array, sel, value)
+                    else:
+                        await array.setitem(sel, value)
+
+    asyncio.run(write(tmp_path / "fast", True))
+    asyncio.run(write(tmp_path / "zarr", False))
+    fast, slow = _chunk_files(tmp_path / "fast"), _chunk_files(tmp_path / "zarr")
+    assert len(fast) == 4 * 3 * 4
+    assert fast == slow
+    read = zarr.open_group(str(tmp_path / "fast"), mode="r")
+    for dtype in DTYPES:
+        np.testing.assert_array_equal(read[dtype][:], records[dtype])
+
+
+def test_time_cube_step_same_bytes(tmp_path: Path) -> None:
+    records = _records(16, 32)
+
+    async def write(root: Path, fast: bool) -> None:
+        array = await _array(root, "b", "int16", (3, 16, 32), (1, 16, 16), "lz4")
+        for step in (0, 2):
+            for col in (0, 16):
+                sel = (step, slice(0, 16), slice(col, col + 16))
+                value = records["int16"][:, col : col + 16] + step
+                await (write_chunk(array, sel, value) if fast else array.setitem(sel, value))
+
+    asyncio.run(write(tmp_path / "fast", True))
+    asyncio.run(write(tmp_path / "zarr", False))
+    assert _chunk_files(tmp_path / "fast") == _chunk_files(tmp_path / "zarr")
+    assert len(_chunk_files(tmp_path / "fast")) == 4
+
+
+@pytest.mark.parametrize(
+    ("sel", "why"),
+    [
+        ((slice(0, 8), slice(0, 16)), "half a chunk"),
+        ((slice(8, 24), slice(0, 16)), "off the chunk grid"),
+        ((slice(0, 16, 2), slice(0, 16)), "a step"),
+    ],
+)
+def test_partial_selections_go_through_setitem(tmp_path: Path, sel: tuple[slice, ...],
+                                               why: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    async def main() -> None:
+        array = await _array(tmp_path, "b", "uint16", (32, 32), (16, 16), "zstd")
+        value = np.ones(array.shape, dtype="uint16")[sel]
+        monkeypatch.setattr(chunk_write, "_encode", _refuse)
+        await write_chunk(array, sel, value)  # through setitem: _encode not called
+        np.testing.assert_array_equal(await array.getitem(sel), value)
+
+    asyncio.run(main())
+
+
+def test_v2_array_and_other_dtype_go_through_setitem(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    async def main() -> None:
+        monkeypatch.setattr(chunk_write, "_encode", _refuse)
+        v2 = await _array(tmp_path / "v2", "b", "uint16", (16, 16), (16, 16), "zstd",
+                          zarr_format=2)
+        value = np.arange(256, dtype="uint16").reshape(16, 16)
+        await write_chunk(v2, (slice(0, 16), slice(0, 16)), value)
+        np.testing.assert_array_equal(await v2.getitem(slice(None)), value)
+        v3 = await _array(tmp_path / "v3", "b", "uint16", (16, 16), (16, 16), "zstd")
+        await write_chunk(v3, (slice(0, 16), slice(0, 16)), value.astype("int32"))
+        np.testing.assert_array_equal(await v3.getitem(slice(None)), value)
+
+    asyncio.run(main())
+
+
+def _refuse(*args: object) -> None:
+    raise AssertionError("this write should have gone through setitem")
