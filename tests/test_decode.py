@@ -82,6 +82,29 @@ def test_npy_many_bands_header_over_numpy_default_limit():
     np.testing.assert_array_equal(bands["band_0599"], record["band_0599"])
 
 
+def test_npy_version_2_header_is_read() -> None:
+    # numpy writes format 2.0 (a 4-byte header length) for headers past 65,535 bytes.
+    ids = [f"band_with_a_long_name_{i:05d}" for i in range(3000)]
+    dtypes = [np.dtype("uint8")] * len(ids)
+    record = record_array(ids, dtypes, shape=(1, 2))
+    payload = npy_bytes(record)
+    assert payload[6] == 2
+    bands = decode_pixels(payload, "npy", ids, dtypes, 1, 2)
+    np.testing.assert_array_equal(bands[ids[-1]], record[ids[-1]])
+
+
+def test_npy_tiles_of_one_shape_share_one_header_parse() -> None:
+    from bulkpix.ee import decode
+
+    first, second = record_array(), record_array()
+    second[IDS[0]] += 1
+    before = decode._parse_npy_header_cached.cache_info().hits
+    decode_npy(npy_bytes(first))
+    bands = decode_npy(npy_bytes(second))
+    assert decode._parse_npy_header_cached.cache_info().hits >= before + 1
+    np.testing.assert_array_equal(bands[IDS[0]], second[IDS[0]])
+
+
 @pytest.mark.parametrize(
     ("payload_of", "match"),
     [
@@ -91,8 +114,12 @@ def test_npy_many_bands_header_over_numpy_default_limit():
         (lambda p: b"garbage" * 20, "NPY"),
         (lambda p: b"", "NPY"),
         (lambda p: b"\x93NUMPY\x09\x00" + p[8:], "version"),
+        # The header's stated length: past the end, or cutting the header short.
+        (lambda p: p[:8] + (60_000).to_bytes(2, "little") + p[10:], "NPY"),
+        (lambda p: p[:8] + (20).to_bytes(2, "little") + p[10:], "NPY"),
     ],
-    ids=["truncated", "truncated-header", "extra-bytes", "garbage", "empty", "bad-version"],
+    ids=["truncated", "truncated-header", "extra-bytes", "garbage", "empty", "bad-version",
+         "header-length-too-long", "header-length-too-short"],
 )
 def test_npy_damaged_payloads_are_bad(payload_of, match):
     with pytest.raises(BadPayload, match=match):

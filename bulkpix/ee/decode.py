@@ -11,7 +11,9 @@ CPU-light for NPY and GDAL work for GeoTIFF; run it off the event loop (``asynci
 
 from __future__ import annotations
 
+import functools
 import io
+import tokenize
 from collections.abc import Sequence
 
 import numpy as np
@@ -26,6 +28,8 @@ __all__ = ["decode_pixels", "max_payload_bytes"]
 _NPY_HEADER_READ_LIMIT = 1 << 20
 # numpy refuses headers over 10,000 characters by default; 1,024 bands need more.
 _NPY_MAX_HEADER_SIZE = 1 << 20
+# Headers up to this long (about 1,500 bands) are parsed once per process.
+_NPY_HEADER_CACHED = 64 << 10
 _NPY_HEADER_READERS = {
     (1, 0): npy_format.read_array_header_1_0,
     (2, 0): npy_format.read_array_header_2_0,
@@ -126,8 +130,24 @@ def _decode_npy(
 
 def _read_npy_header(payload: memoryview) -> tuple[np.dtype, tuple[int, ...], int]:
     """(dtype, shape, header length) of an NPY payload; BadPayload if it is not one."""
-    # Copy only the header's bytes, never the pixel data.
-    head = io.BytesIO(payload[:_NPY_HEADER_READ_LIMIT].tobytes())
+    # Copy only the header's bytes, never the pixel data: the length the preamble states
+    # (magic, version, then a 2-byte length in 1.0 or 4-byte in 2.0), at most the limit.
+    preamble = payload[:12].tobytes()
+    length = _NPY_HEADER_READ_LIMIT
+    if preamble[6:7] == b"\x01" and len(preamble) >= 10:
+        length = 10 + int.from_bytes(preamble[8:10], "little")
+    elif preamble[6:7] == b"\x02" and len(preamble) >= 12:
+        length = 12 + int.from_bytes(preamble[8:12], "little")
+    header = payload[: min(length, _NPY_HEADER_READ_LIMIT)].tobytes()
+    # Every tile of a run with the same size and bands has the same header: numpy parses
+    # it (a Python literal) once, not once a tile. Only headers of ordinary size are kept.
+    if len(header) <= _NPY_HEADER_CACHED:
+        return _parse_npy_header_cached(header)
+    return _parse_npy_header(header)
+
+
+def _parse_npy_header(header: bytes) -> tuple[np.dtype, tuple[int, ...], int]:
+    head = io.BytesIO(header)
     try:
         version = npy_format.read_magic(head)
         reader = _NPY_HEADER_READERS.get(version)
@@ -136,11 +156,15 @@ def _read_npy_header(payload: memoryview) -> tuple[np.dtype, tuple[int, ...], in
         shape, fortran_order, dtype = reader(head, max_header_size=_NPY_MAX_HEADER_SIZE)
     except BadPayload:
         raise
-    except (ValueError, TypeError, SyntaxError, EOFError) as exc:  # numpy's parse errors
+    # numpy's parse errors; a header cut inside its literal is a TokenError
+    except (ValueError, TypeError, SyntaxError, EOFError, tokenize.TokenError) as exc:
         raise BadPayload(f"not an NPY payload: {exc}") from None
     if fortran_order:
         raise BadPayload("NPY payload is in Fortran order, expected C order")
     return dtype, tuple(shape), head.tell()
+
+
+_parse_npy_header_cached = functools.lru_cache(maxsize=16)(_parse_npy_header)
 
 
 def _same_type(got: np.dtype, want: np.dtype) -> bool:
