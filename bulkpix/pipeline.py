@@ -351,7 +351,7 @@ async def _run_tiles(
                 if tile.key not in item.done:
                     yield _Work(index, tile)
 
-    async with WriteLoop() as write_loop:
+    async with WriteLoop(opened[0].writer.store if opened else None) as write_loop:
         run = _Run(
             client=client,
             retry=retry,

@@ -14,8 +14,9 @@ renewed it last: run id, host, pid, since, and an expiry in wall-clock seconds.
   another job cannot take the output while one of the cooperating runs still writes. A run
   of a different job, or any exclusive run, is refused with ``OutputInUse`` while the lease
   is live.
-- A lease is stale once every holder expired or, being on this host, has no process any
-  more; a stale lease is taken over.
+- A lease is stale once every holder expired or, for an output on this machine (a local
+  path, memory), being on this host, has no process any more; a stale lease is taken over.
+  On an object store holders may run on any machine: only their expiry counts.
 - The holder renews every ``ttl / 4``. When a renewal finds the lease held by another job,
   or no renewal succeeded for a whole ``ttl``, ``check()`` raises ``LeaseLost``; the tile
   record calls it before writing every marker, so a run that lost its lease stops before
@@ -25,7 +26,7 @@ The holder list is read-modify-written: two holders renewing at the same instant
 one's newest entry (its previous one stays until it expires, and it writes itself back at its
 next renewal); a run that joins reads its entry back, and writes it again, before it starts.
 
-Where the store's create-if-absent is check-then-put (fsspec object stores), a new lease is
+Where the store's create-if-absent is check-then-put (fsspec's s3fs, gcsfs ...), a new lease is
 read back only after ``settle_s`` (1 s), so that of two runs creating it at the same moment
 both read the same winner. Limit: taking over a STALE lease is delete-then-create; two runs
 doing so at the same instant can still both read themselves back; the loser finds out at its
@@ -49,7 +50,7 @@ from typing import Any
 
 from zarr.abc.store import Store
 from zarr.core.buffer import default_buffer_prototype
-from zarr.storage import LocalStore, MemoryStore
+from zarr.storage import LocalStore, MemoryStore, ObjectStore
 
 from bulkpix.errors import LeaseLost, OutputInUse
 from bulkpix.store.location import RECORD_DIR
@@ -71,9 +72,13 @@ class Holder:
     since: str
     expires: float
 
-    def live(self, now: float) -> bool:
+    def live(self, now: float, check_pid: bool = True) -> bool:
+        """Unexpired, and (``check_pid``: for an output on this machine's disk or memory) its
+        process still there when it ran on this host."""
         if self.expires <= now:
             return False
+        if not check_pid:
+            return True
         # A run on this host whose process is gone holds nothing, whatever its expiry says.
         return not (self.host == socket.gethostname() and not _pid_alive(self.pid))
 
@@ -97,8 +102,8 @@ class LeaseInfo:
             return self.holders
         return (Holder(self.run_id, self.host, self.pid, self.since, self.expires),)
 
-    def live(self, now: float) -> bool:
-        return any(holder.live(now) for holder in self.all_holders())
+    def live(self, now: float, check_pid: bool = True) -> bool:
+        return any(holder.live(now, check_pid) for holder in self.all_holders())
 
     def describe(self) -> str:
         what = "an exclusive run (--restart or verify)" if self.exclusive else "a run"
@@ -170,10 +175,16 @@ class Lease:
         self.monotonic = monotonic or _boot_clock
         self.run_id = uuid.uuid4().hex
         self.since = datetime.now(UTC).isoformat(timespec="seconds")
-        # Local and in-memory stores create atomically (os.link, setdefault), and an fsspec
-        # memory filesystem lives in this process alone: nothing to wait for.
-        atomic = isinstance(store, LocalStore | MemoryStore) or _in_process(store)
+        # Local and in-memory stores create atomically (os.link, setdefault), an fsspec
+        # memory filesystem lives in this process alone, and obstore's create is one
+        # conditional PUT (If-None-Match): nothing to wait for.
+        machine_local = isinstance(store, LocalStore | MemoryStore) or _in_process(store)
+        atomic = machine_local or isinstance(store, ObjectStore)
         self.settle_s = settle_s if settle_s is not None else (0.0 if atomic else 1.0)
+        # A pid says whether a holder lives only where the output is this machine's: an
+        # object store's holders run anywhere (same-named containers, other pid namespaces),
+        # and there a holder lives exactly as long as its expiry.
+        self.check_pid = machine_local
         self.joined = False  # True: another run of this job held it when this one started
         self._lost: str | None = None
         self._valid_until = 0.0  # monotonic(): no renewal for a whole ttl means lost
@@ -189,7 +200,9 @@ class Lease:
         others: tuple[Holder, ...] = ()
         if current is not None and self._shares_with(current) and not self.exclusive:
             others = tuple(
-                h for h in current.all_holders() if h.run_id != self.run_id and h.live(now)
+                h
+                for h in current.all_holders()
+                if h.run_id != self.run_id and h.live(now, self.check_pid)
             )
         return LeaseInfo(
             run_id=me.run_id,
@@ -232,7 +245,7 @@ class Lease:
                 if await self._create():
                     return
                 continue
-            if current is not None and current.live(self.clock()):
+            if current is not None and current.live(self.clock(), self.check_pid):
                 if not self._shares_with(current):
                     raise OutputInUse(
                         f"output {self.output} is in use by {current.describe()}; wait for "
@@ -291,7 +304,11 @@ class Lease:
             if current is None or not any(h.run_id == self.run_id for h in current.all_holders()):
                 return  # not this run's lease any more: left alone
             now = self.clock()
-            others = [h for h in current.all_holders() if h.run_id != self.run_id and h.live(now)]
+            others = [
+                h
+                for h in current.all_holders()
+                if h.run_id != self.run_id and h.live(now, self.check_pid)
+            ]
             if not others:
                 await self.store.delete(LEASE_KEY)
                 return
