@@ -30,15 +30,29 @@ from typing import Any
 
 from zarr.abc.store import ByteRequest
 from zarr.core.buffer import Buffer, BufferPrototype
-from zarr.storage import ObjectStore
+from zarr.abc.store import Store
+from zarr.storage import ObjectStore, WrapperStore
 
 from bulkpix.errors import StoreError
 
-__all__ = ["OBJECT_STORE_SCHEMES", "CloudStore", "is_object_store_url", "open_object_store"]
+__all__ = [
+    "OBJECT_STORE_SCHEMES",
+    "CloudStore",
+    "inner_store",
+    "is_object_store_url",
+    "open_object_store",
+]
 
 # The URL schemes obstore's from_url takes for the three clouds (object_store's own list).
 OBJECT_STORE_SCHEMES = frozenset({"s3", "s3a", "gs", "az", "azure", "abfs", "abfss", "adl"})
 INSTALL_HINT = "pip install 'bulkpix[cloud]'"
+
+def inner_store(store: Store) -> Store:
+    """The store under any wrappers (``ChecksumStore`` ...): what decides how it behaves."""
+    while isinstance(store, WrapperStore):
+        store = store._store
+    return store
+
 
 def is_object_store_url(url: str) -> bool:
     scheme, sep, _ = url.partition("://")

@@ -53,6 +53,7 @@ from zarr.core.buffer import default_buffer_prototype
 from zarr.storage import LocalStore, MemoryStore, ObjectStore
 
 from bulkpix.errors import LeaseLost, OutputInUse
+from bulkpix.store.cloud import inner_store
 from bulkpix.store.location import RECORD_DIR
 
 __all__ = ["DEFAULT_TTL_S", "LEASE_KEY", "Holder", "Lease", "LeaseInfo", "read_lease"]
@@ -178,8 +179,9 @@ class Lease:
         # Local and in-memory stores create atomically (os.link, setdefault), an fsspec
         # memory filesystem lives in this process alone, and obstore's create is one
         # conditional PUT (If-None-Match): nothing to wait for.
-        machine_local = isinstance(store, LocalStore | MemoryStore) or _in_process(store)
-        atomic = machine_local or isinstance(store, ObjectStore)
+        inner = inner_store(store)
+        machine_local = isinstance(inner, LocalStore | MemoryStore) or _in_process(inner)
+        atomic = machine_local or isinstance(inner, ObjectStore)
         self.settle_s = settle_s if settle_s is not None else (0.0 if atomic else 1.0)
         # A pid says whether a holder lives only where the output is this machine's: an
         # object store's holders run anywhere (same-named containers, other pid namespaces),

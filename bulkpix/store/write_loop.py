@@ -34,10 +34,11 @@ def second_loop_safe(store: Store) -> bool:
     loop other than the one that made it. Unknown stores: no (the caller's loop is always
     safe, a second one only faster)."""
     # zarr loads on a thread while the run starts (the pipeline imports this module early).
-    from zarr.storage import LocalStore, MemoryStore, ObjectStore, WrapperStore
+    from zarr.storage import LocalStore, MemoryStore, ObjectStore
 
-    while isinstance(store, WrapperStore):
-        store = store._store
+    from bulkpix.store.cloud import inner_store
+
+    store = inner_store(store)
     if isinstance(store, LocalStore | MemoryStore | ObjectStore):
         return True
     try:

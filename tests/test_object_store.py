@@ -1,0 +1,422 @@
+"""Outputs on S3 (obstore through zarr's ObjectStore), against a moto server on 127.0.0.1.
+
+The server is configured the way a user points bulkpix at MinIO: environment variables only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+pytest.importorskip("obstore")
+pytest.importorskip("moto.server")
+pytest.importorskip("s3fs")
+
+from bulkpix.cli import main  # noqa: E402
+from bulkpix.emulator import SyntheticAsset  # noqa: E402
+from bulkpix.geometry.tiling import parse_tile_key  # noqa: E402
+from tests.conftest import emulator_thread, write_job  # noqa: E402
+from tests.s3_server import S3Server  # noqa: E402
+
+ASSET = "projects/demo/assets/synth"
+SYNTH = SyntheticAsset(width=4000, height=4000)
+CONCURRENCY = 4
+TILES = 48
+# The region's origin in the asset's pixels (602000 E, 5187680 N): emulator log windows.
+ORIGIN = (int((5200000 - 5187680) / 10), int((602000 - 600000) / 10))
+RESUME_TAG = "resume"
+
+
+def _job_keys(url: str, output: str, **more: Any) -> dict[str, Any]:
+    return {
+        "asset": ASSET,
+        "output": output,
+        "endpoint": url,
+        "credentials": "none",
+        # 1024 x 768 px of the asset, in 48 tiles of 128 x 128, one chunk each: few objects
+        # (moto serves from this process, under its GIL).
+        "region": {"bbox": [602000, 5180000, 612240, 5187680], "region_crs": "EPSG:32633"},
+        "bands": ["u8", "f32"],
+        "chunk": 128,
+        "tile": [128, 128],
+        "concurrency": CONCURRENCY,
+        **more,
+    }
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[S3Server]:
+    s3 = S3Server().start()
+    try:
+        yield s3
+    finally:
+        s3.stop()
+
+
+@pytest.fixture
+def s3(server: S3Server, monkeypatch: pytest.MonkeyPatch) -> S3Server:
+    """The server, with this process's (and its children's) environment pointing at it."""
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in server.env().items():
+        monkeypatch.setenv(name, value)
+    return server
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    """Every stored object of a local output but the record, by key."""
+    return {
+        p.relative_to(root).as_posix(): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and ".bulkpix" not in p.relative_to(root).parts
+    }
+
+
+def _objects(s3: S3Server, bucket: str, prefix: str) -> dict[str, bytes]:
+    return {
+        key: data
+        for key, data in s3.objects(bucket, prefix).items()
+        if not key.startswith(".bulkpix/")
+    }
+
+
+def _done_markers(s3: S3Server, bucket: str, prefix: str) -> list[str]:
+    return [key for key in s3.keys(bucket, f"{prefix}.bulkpix/done/")]
+
+
+def _windows(markers: list[str]) -> set[tuple[int, int, int, int]]:
+    windows = set()
+    for marker in markers:
+        w = parse_tile_key(marker).window
+        windows.add((ORIGIN[0] + w.row_off, ORIGIN[1] + w.col_off, w.height, w.width))
+    return windows
+
+
+def _pixel_windows(records: list[dict[str, Any]]) -> list[tuple[int, int, int, int]]:
+    return [
+        (r["row_off"], r["col_off"], r["height"], r["width"])
+        for r in records
+        if r["op"] == "get_pixels"
+    ]
+
+
+def _spawn(*args: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "bulkpix", "run", "--quiet", *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+
+
+def _reference(tmp_path: Path, url: str) -> dict[str, bytes]:
+    reference = tmp_path / "reference.zarr"
+    job = write_job(tmp_path / "ref.yaml", **_job_keys(url, str(reference)))
+    assert main(["run", "--quiet", str(job)]) == 0
+    return _files(reference)
+
+
+# --------------------------------------------------------------------------- resume
+
+
+@pytest.mark.parametrize("how", ["sigint", "sigkill"])
+def test_interrupted_s3_job_resumes_bit_exact_from_a_fresh_process(
+    tmp_path: Path, s3: S3Server, how: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bucket = s3.new_bucket()
+    url = f"s3://{bucket}/out.zarr"
+    # Slow enough answers that the run is still going when the markers are seen.
+    with emulator_thread(synthetic={ASSET: SYNTH}, service_base_s=0.05) as emu:
+        expected = _reference(tmp_path, emu.url)
+        job = write_job(tmp_path / "s3.yaml", **_job_keys(emu.url, url))
+        start = len(emu.log)
+        proc = _spawn(str(job))
+        deadline = time.monotonic() + 60
+        # Interrupt once some tiles are recorded in the store (the markers, not a sleep).
+        while len(_done_markers(s3, bucket, "out.zarr/")) < 8:
+            assert proc.poll() is None, proc.communicate()[1].decode()
+            assert time.monotonic() < deadline, "the run recorded no tiles"
+        proc.send_signal(signal.SIGINT if how == "sigint" else signal.SIGKILL)
+        _, err = proc.communicate(timeout=60)
+        if how == "sigint":
+            assert proc.returncode == 130, err.decode()
+        done_before = _done_markers(s3, bucket, "out.zarr/")
+        assert 8 <= len(done_before) < TILES
+
+        capsys.readouterr()
+        assert main(["status", url]) == 1  # incomplete
+        assert "out.zarr" in capsys.readouterr().out
+
+        resume_start = len(emu.log)
+        resumed = _spawn("--workload-tag", RESUME_TAG, str(job))
+        _, err = resumed.communicate(timeout=90)
+        assert resumed.returncode == 0, err.decode()
+        later = emu.log[resume_start:]
+        first = _pixel_windows(emu.log[start:resume_start])
+        first += _pixel_windows([r for r in later if r.get("workload_tag") != RESUME_TAG])
+        second = _pixel_windows([r for r in later if r.get("workload_tag") == RESUME_TAG])
+
+    assert _objects(s3, bucket, "out.zarr/") == expected
+    # No finished tile is fetched again; only the tiles in flight at the kill are.
+    assert not set(second) & _windows(done_before)
+    assert len(second) == len(set(second)) == TILES - len(done_before)
+    assert len(set(first) & set(second)) <= (0 if how == "sigint" else CONCURRENCY)
+    assert main(["status", url]) == 0
+
+
+# --------------------------------------------------------------------------- reading back
+
+
+def test_s3_output_opens_in_xarray_and_passes_status_and_verify(
+    tmp_path: Path, s3: S3Server, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import xarray as xr
+
+    import bulkpix
+
+    bucket = s3.new_bucket()
+    url = f"s3://{bucket}/out.zarr"
+    with emulator_thread(synthetic={ASSET: SYNTH}) as emu:
+        expected = _reference(tmp_path, emu.url)
+        job = write_job(tmp_path / "s3.yaml", **_job_keys(emu.url, url))
+        assert main(["run", "--quiet", str(job)]) == 0
+    assert _objects(s3, bucket, "out.zarr/") == expected
+
+    reference = bulkpix.open(tmp_path / "reference.zarr")
+    # xarray through s3fs, as a user without bulkpix would read it ...
+    ds = xr.open_zarr(url, storage_options=s3.storage_options(), decode_coords="all")
+    # ... and bulkpix.open with the same options.
+    opened = bulkpix.open(url, storage_options=s3.storage_options())
+    assert opened.rio.crs == reference.rio.crs and opened.rio.crs.to_epsg() == 32633
+    assert opened.rio.transform() == reference.rio.transform()
+    assert list(opened.data_vars) == list(reference.data_vars)
+    for band in reference.data_vars:
+        np.testing.assert_array_equal(ds[band].values, reference[band].values)
+        np.testing.assert_array_equal(opened[band].values, reference[band].values)
+
+    capsys.readouterr()
+    assert main(["status", url]) == 0
+    assert main(["verify", url]) == 0
+    out = capsys.readouterr().out
+    assert "48" in out
+
+    # A chunk changed behind bulkpix's back: verify finds it.
+    chunk = next(k for k in s3.keys(bucket, "out.zarr/") if "/c/" in k)
+    s3.client().put_object(Bucket=bucket, Key=f"out.zarr/{chunk}", Body=b"not a chunk")
+    assert main(["verify", url]) == 1
+
+
+def test_bad_s3_output_is_one_line(
+    tmp_path: Path, s3: S3Server, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with emulator_thread(synthetic={ASSET: SYNTH}) as emu:
+        job = write_job(
+            tmp_path / "s3.yaml", **_job_keys(emu.url, "s3://no-such-bucket-here/out.zarr")
+        )
+        capsys.readouterr()
+        assert main(["run", "--quiet", str(job)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("bulkpix: error:"), err
+    assert "Traceback" not in err and s3.env()["AWS_SECRET_ACCESS_KEY"] not in err
+
+
+def test_missing_obstore_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    from bulkpix.errors import StoreError
+    from bulkpix.store.zarr_store import open_store
+
+    monkeypatch.setitem(sys.modules, "obstore.store", None)
+    with pytest.raises(StoreError, match=r"pip install 'bulkpix\[cloud\]'"):
+        asyncio.run(open_store("s3://bucket/out.zarr"))
+
+
+# --------------------------------------------------------------------------- the loop rule
+
+
+def _s3fs_store(s3: S3Server, url: str) -> Any:
+    from zarr.storage import FsspecStore
+
+    # A new filesystem: fsspec's cached one may hold a session on an earlier test's loop.
+    options = {**s3.storage_options(), "skip_instance_cache": True}
+    return FsspecStore.from_url(url, storage_options=options)
+
+
+def test_loop_bound_s3fs_store_writes_from_the_pipeline(
+    tmp_path: Path, s3: S3Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """s3fs's store holds an aiohttp session on the loop that made it: its chunk writes run
+    on the run's own loop (WriteLoop(store)), and the output is bit-exact."""
+    from bulkpix.store import output, write_loop
+
+    bucket = s3.new_bucket()
+    url = f"s3://{bucket}/out.zarr"
+
+    real_open_store = output.open_store
+
+    async def s3fs_store(url: str, *, read_only: bool = False) -> Any:
+        if url.startswith("s3://"):
+            return _s3fs_store(s3, url)
+        return await real_open_store(url, read_only=read_only)
+
+    monkeypatch.setattr(output, "open_store", s3fs_store)
+    assert not write_loop.second_loop_safe(_s3fs_store(s3, url))
+    with emulator_thread(synthetic={ASSET: SYNTH}) as emu:
+        expected = _reference(tmp_path, emu.url)
+        job = write_job(tmp_path / "s3.yaml", **_job_keys(emu.url, url))
+        assert main(["run", "--quiet", str(job)]) == 0
+    assert _objects(s3, bucket, "out.zarr/") == expected
+
+
+async def test_s3fs_store_breaks_on_a_second_loop_and_obstore_does_not(s3: S3Server) -> None:
+    """Why the loop rule exists: the same writes, from the write loop's thread."""
+    from zarr.core.buffer import default_buffer_prototype
+
+    from bulkpix.store.checksum import ChecksumStore
+    from bulkpix.store.write_loop import WriteLoop, second_loop_safe
+    from bulkpix.store.zarr_store import open_store
+
+    bucket = s3.new_bucket()
+    data = default_buffer_prototype().buffer.from_bytes(b"chunk")
+    obstore_store = await open_store(f"s3://{bucket}/a.zarr")
+    s3fs_store = _s3fs_store(s3, f"s3://{bucket}/b.zarr")
+    assert second_loop_safe(ChecksumStore(obstore_store))
+    assert not second_loop_safe(ChecksumStore(s3fs_store))
+    for store in (obstore_store, s3fs_store):
+        await store.set("marker", data)  # on this loop first, as the record does
+
+    async with WriteLoop() as forced:  # a second loop whatever the store
+        await forced.run(obstore_store.set("chunk", data))
+        with pytest.raises(Exception):  # noqa: B017  (aiohttp's, via botocore: any will do)
+            await asyncio.wait_for(forced.run(s3fs_store.set("chunk", data)), 30)
+    async with WriteLoop(ChecksumStore(s3fs_store)) as chosen:
+        assert not chosen.second_loop
+        await chosen.run(s3fs_store.set("chunk", data))
+    assert sorted(s3.keys(bucket)) == ["a.zarr/chunk", "a.zarr/marker", "b.zarr/chunk",
+                                       "b.zarr/marker"]
+
+
+# --------------------------------------------------------------------------- the lease
+
+
+async def test_racing_runs_create_the_s3_lease_once(s3: S3Server) -> None:
+    """Several runs of different jobs find no lease and create it at the same instant: the
+    conditional PUT lets exactly one win; the others are told who holds it."""
+    from zarr.storage import WrapperStore
+
+    from bulkpix.errors import OutputInUse
+    from bulkpix.store.lease import Lease, read_lease
+    from bulkpix.store.zarr_store import open_store
+
+    bucket = s3.new_bucket()
+    url = f"s3://{bucket}/out.zarr"
+    runs = 6
+    arrived = 0
+    all_there = asyncio.Event()
+
+    class Together(WrapperStore[Any]):
+        """Holds each run's create until every run has found no lease and got there."""
+
+        async def set_if_not_exists(self, key: str, value: Any) -> None:
+            nonlocal arrived
+            arrived += 1
+            if arrived == runs:
+                all_there.set()
+            await all_there.wait()
+            await self._store.set_if_not_exists(key, value)
+
+    leases = [
+        Lease(Together(await open_store(url)), f"job{i}", output=url) for i in range(runs)
+    ]
+    assert all(lease.settle_s == 0 for lease in leases)  # atomic: no settling wait
+    outcomes = await asyncio.gather(*(lease.acquire() for lease in leases), return_exceptions=True)
+    assert arrived == runs
+    winners = [lease for lease, outcome in zip(leases, outcomes, strict=True) if outcome is None]
+    assert len(winners) == 1, outcomes
+    assert all(isinstance(o, OutputInUse) for o in outcomes if o is not None), outcomes
+    _, held = await read_lease(await open_store(url))
+    assert held is not None and held.run_id == winners[0].run_id
+    await winners[0].release()
+    assert (await read_lease(await open_store(url)))[0] is False
+
+
+async def test_a_late_create_does_not_replace_a_won_lease(s3: S3Server) -> None:
+    """The race a read-back cannot settle: run B found no lease, but its create reaches the
+    store only after run A created it and read itself back. A plain PUT would replace A's
+    lease and both would write; the conditional PUT fails and B is refused."""
+    from zarr.storage import WrapperStore
+
+    from bulkpix.errors import OutputInUse
+    from bulkpix.store.lease import Lease, read_lease
+    from bulkpix.store.zarr_store import open_store
+
+    bucket = s3.new_bucket()
+    url = f"s3://{bucket}/out.zarr"
+    a_holds = asyncio.Event()
+    b_creating = asyncio.Event()
+
+    class Late(WrapperStore[Any]):
+        async def set_if_not_exists(self, key: str, value: Any) -> None:
+            b_creating.set()
+            await a_holds.wait()
+            await self._store.set_if_not_exists(key, value)
+
+    a = Lease(await open_store(url), "job a", output=url)
+    b = Lease(Late(await open_store(url)), "job b", output=url)
+
+    async def run_a() -> None:
+        await a.acquire()
+        a_holds.set()
+
+    b_run = asyncio.ensure_future(b.acquire())
+    await b_creating.wait()  # b found no lease and waits in its create ...
+    await run_a()  # ... while a creates it and reads itself back
+    with pytest.raises(OutputInUse):
+        await b_run
+    _, held = await read_lease(await open_store(url))
+    assert held is not None and held.run_id == a.run_id
+
+
+async def test_holders_on_object_stores_live_by_their_expiry(s3: S3Server) -> None:
+    """A holder that names this host and a pid that is gone may be a run on another machine
+    of the same name: on an object store only its expiry counts. On a local disk, the dead
+    pid frees the lease at once (unchanged)."""
+    import socket
+
+    from zarr.core.buffer import default_buffer_prototype
+    from zarr.storage import MemoryStore
+
+    from bulkpix.errors import OutputInUse
+    from bulkpix.store.lease import LEASE_KEY, LeaseInfo, Lease
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    other = LeaseInfo(
+        run_id="other",
+        job="another job",
+        exclusive=False,
+        host=socket.gethostname(),
+        pid=gone.pid,
+        since="2026-01-01T00:00:00+00:00",
+        expires=time.time() + 300,
+    )
+    from bulkpix.store.zarr_store import open_store
+
+    bucket = s3.new_bucket()
+    cloud = await open_store(f"s3://{bucket}/out.zarr")
+    local = MemoryStore()
+    for store in (cloud, local):
+        await store.set(LEASE_KEY, default_buffer_prototype().buffer.from_bytes(other.to_json()))
+    with pytest.raises(OutputInUse, match="expires 60 s after its last renewal"):
+        await Lease(cloud, "this job").acquire()
+    mine = Lease(local, "this job")
+    await mine.acquire()
+    await mine.release()
