@@ -26,11 +26,10 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncGenerator, Iterable, Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
-from zarr.abc.store import ByteRequest
+from zarr.abc.store import ByteRequest, Store
 from zarr.core.buffer import Buffer, BufferPrototype
-from zarr.abc.store import Store
 from zarr.storage import ObjectStore, WrapperStore
 
 from bulkpix.errors import StoreError
@@ -38,6 +37,7 @@ from bulkpix.errors import StoreError
 __all__ = [
     "OBJECT_STORE_SCHEMES",
     "CloudStore",
+    "Version",
     "inner_store",
     "is_object_store_url",
     "open_object_store",
@@ -83,12 +83,21 @@ def _first_line(exc: BaseException) -> str:
 
 @contextlib.contextmanager
 def _translated() -> Iterator[None]:
-    from obstore.exceptions import BaseError
-
+    try:
+        from obstore.exceptions import BaseError
+    except ImportError:  # a CloudStore exists only where obstore does
+        raise StoreError(f"object-store outputs need obstore ({INSTALL_HINT})") from None
     try:
         yield
     except BaseError as exc:
         raise StoreError(f"object store: {_first_line(exc)}") from exc
+
+
+class Version(NamedTuple):
+    """What identifies one version of an object (either may be missing)."""
+
+    e_tag: str | None
+    version: str | None
 
 
 class CloudStore(ObjectStore[Any]):
@@ -133,6 +142,42 @@ class CloudStore(ObjectStore[Any]):
     async def getsize_prefix(self, prefix: str) -> int:
         with _translated():
             return await super().getsize_prefix(prefix)
+
+    # Conditional updates, which zarr's Store API lacks: the lease replaces a document only
+    # if it is still the one it read (S3 If-Match, GCS generation, Azure ETag).
+
+    async def get_versioned(self, key: str) -> tuple[bytes, Version] | None:
+        """The object's bytes and version; None when there is none."""
+        import obstore as obs
+
+        with _translated():
+            try:
+                result = await obs.get_async(self.store, key)
+            except FileNotFoundError:
+                return None
+            data = bytes(await result.bytes_async())
+            return data, Version(result.meta.get("e_tag"), result.meta.get("version"))
+
+    async def set_if_version(self, key: str, value: bytes, version: Version) -> bool:
+        """Replace the object only if it is still at ``version``: False when it changed or
+        went. ``NotImplementedError`` when the store cannot put conditionally."""
+        import obstore as obs
+        from obstore.exceptions import NotSupportedError, PreconditionError
+
+        self._check_writable()
+        mode = {
+            name: value
+            for name, value in (("e_tag", version.e_tag), ("version", version.version))
+            if value is not None
+        }
+        with _translated():
+            try:
+                await obs.put_async(self.store, key, value, mode=mode)  # type: ignore[arg-type]
+            except (PreconditionError, FileNotFoundError):
+                return False
+            except NotSupportedError as exc:
+                raise NotImplementedError(_first_line(exc)) from None
+        return True
 
     async def list(self) -> AsyncGenerator[str, None]:
         with _translated():

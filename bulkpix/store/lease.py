@@ -53,7 +53,7 @@ from zarr.core.buffer import default_buffer_prototype
 from zarr.storage import LocalStore, MemoryStore, ObjectStore
 
 from bulkpix.errors import LeaseLost, OutputInUse
-from bulkpix.store.cloud import inner_store
+from bulkpix.store.cloud import CloudStore, Version, inner_store
 from bulkpix.store.location import RECORD_DIR
 
 __all__ = ["DEFAULT_TTL_S", "LEASE_KEY", "Holder", "Lease", "LeaseInfo", "read_lease"]
@@ -187,6 +187,8 @@ class Lease:
         # object store's holders run anywhere (same-named containers, other pid namespaces),
         # and there a holder lives exactly as long as its expiry.
         self.check_pid = machine_local
+        # Renewals, joins and take-overs replace the document only if unchanged since read.
+        self._versioned = inner if isinstance(inner, CloudStore) else None
         self.joined = False  # True: another run of this job held it when this one started
         self._lost: str | None = None
         self._valid_until = 0.0  # monotonic(): no renewal for a whole ttl means lost
@@ -222,10 +224,33 @@ class Lease:
             not self.exclusive and not other.exclusive and other.job == self.job
         )
 
-    async def _write(self, current: LeaseInfo | None) -> None:
-        data = default_buffer_prototype().buffer.from_bytes(self._mine(current).to_json())
-        await self.store.set(LEASE_KEY, data)
+    async def _read(self) -> tuple[bool, LeaseInfo | None, Version | None]:
+        """``read_lease``, and the document's version where the store can replace it
+        conditionally."""
+        if self._versioned is None:
+            return (*await read_lease(self.store), None)
+        found = await self._versioned.get_versioned(LEASE_KEY)
+        if found is None:
+            return False, None, None
+        return True, LeaseInfo.from_json(found[0]), found[1]
+
+    async def _replace(self, document: LeaseInfo, version: Version | None) -> bool:
+        """Write ``document``; where the store can, only over the version read (False: it
+        changed since, nothing written)."""
+        data = document.to_json()
+        if self._versioned is not None and version is not None:
+            try:
+                return await self._versioned.set_if_version(LEASE_KEY, data, version)
+            except NotImplementedError:  # an S3-compatible without If-Match: plain puts
+                self._versioned = None
+        await self.store.set(LEASE_KEY, default_buffer_prototype().buffer.from_bytes(data))
+        return True
+
+    async def _write(self, current: LeaseInfo | None, version: Version | None = None) -> bool:
+        if not await self._replace(self._mine(current), version):
+            return False
         self._valid_until = self.monotonic() + self.ttl_s
+        return True
 
     async def _create(self) -> bool:
         """Create the lease if none exists; True if this run's is the one read back."""
@@ -242,7 +267,7 @@ class Lease:
     async def acquire(self) -> None:
         """Hold (or join) the lease; ``OutputInUse`` naming the holder when it is live."""
         for _ in range(_ACQUIRE_ATTEMPTS):
-            exists, current = await read_lease(self.store)
+            exists, current, version = await self._read()
             if not exists:
                 if await self._create():
                     return
@@ -255,31 +280,41 @@ class Lease:
                         f"{self.ttl_s:.0f} s after its last renewal)"
                     )
                 self.joined = current.run_id != self.run_id
-                await self._write(current)
-                if await self._listed():
+                if await self._write(current, version) and await self._listed():
                     return
                 continue  # a holder renewing at the same instant wrote over this run's entry
-            # Stale (expired, its process gone) or unreadable: take it over.
+            # Stale (expired, its process gone) or unreadable: take it over. Where the store
+            # replaces conditionally, in one step that only one of several runs can make.
+            if version is not None and self._versioned is not None:
+                if await self._write(None, version):
+                    return
+                continue
             with contextlib.suppress(FileNotFoundError):
                 await self.store.delete(LEASE_KEY)
         raise OutputInUse(f"output {self.output}: could not take its lease (others kept taking it)")
 
     async def renew(self) -> None:
         """Extend the lease, or note that it was lost (``check`` then raises)."""
+        for _ in range(_ACQUIRE_ATTEMPTS):
+            if await self._renew_once():
+                return
+
+    async def _renew_once(self) -> bool:
+        """One renewal; False when another holder changed the lease in between (retry)."""
         if self._lost is not None:
-            return
-        exists, current = await read_lease(self.store)
+            return True
+        exists, current, version = await self._read()
         if not exists:
             # A run sharing it released it on exit: carry it on, unless another took it.
             if not await self._create():
                 _, current = await read_lease(self.store)
                 if current is None or not self._shares_with(current):
                     self._lost = current.describe() if current else "an unreadable lease"
-            return
+            return True
         if current is None or not self._shares_with(current):
             self._lost = current.describe() if current else "an unreadable lease"
-            return
-        await self._write(current)
+            return True
+        return await self._write(current, version)
 
     async def _listed(self) -> bool:
         _, current = await read_lease(self.store)
@@ -302,30 +337,35 @@ class Lease:
         """Take this run off the lease; delete it when no other holder is live (one that
         may still be writing keeps it, renewing it as its own)."""
         with contextlib.suppress(OSError):
-            _, current = await read_lease(self.store)
-            if current is None or not any(h.run_id == self.run_id for h in current.all_holders()):
-                return  # not this run's lease any more: left alone
-            now = self.clock()
-            others = [
-                h
-                for h in current.all_holders()
-                if h.run_id != self.run_id and h.live(now, self.check_pid)
-            ]
-            if not others:
-                await self.store.delete(LEASE_KEY)
-                return
-            latest = max(others, key=lambda h: h.expires)
-            left = replace(
-                current,
-                run_id=latest.run_id,
-                host=latest.host,
-                pid=latest.pid,
-                since=latest.since,
-                expires=latest.expires,
-                holders=tuple(others),
-            )
-            data = default_buffer_prototype().buffer.from_bytes(left.to_json())
-            await self.store.set(LEASE_KEY, data)
+            for _ in range(_ACQUIRE_ATTEMPTS):
+                if await self._release_once():
+                    return
+
+    async def _release_once(self) -> bool:
+        """False when another holder changed the lease in between (retry)."""
+        _, current, version = await self._read()
+        if current is None or not any(h.run_id == self.run_id for h in current.all_holders()):
+            return True  # not this run's lease any more: left alone
+        now = self.clock()
+        others = [
+            h
+            for h in current.all_holders()
+            if h.run_id != self.run_id and h.live(now, self.check_pid)
+        ]
+        if not others:
+            await self.store.delete(LEASE_KEY)
+            return True
+        latest = max(others, key=lambda h: h.expires)
+        left = replace(
+            current,
+            run_id=latest.run_id,
+            host=latest.host,
+            pid=latest.pid,
+            since=latest.since,
+            expires=latest.expires,
+            holders=tuple(others),
+        )
+        return await self._replace(left, version)
 
     # ---------------------------------------------------------------- context manager
 
