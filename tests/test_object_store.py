@@ -420,3 +420,77 @@ async def test_holders_on_object_stores_live_by_their_expiry(s3: S3Server) -> No
     mine = Lease(local, "this job")
     await mine.acquire()
     await mine.release()
+
+
+def _delayed_until(store: Any, event: asyncio.Event, reached: asyncio.Event) -> None:
+    """This store's conditional replaces wait for ``event`` (after setting ``reached``)."""
+    replace = store.set_if_version
+
+    async def later(key: str, value: bytes, version: Any) -> bool:
+        reached.set()
+        await event.wait()
+        return bool(await replace(key, value, version))
+
+    store.set_if_version = later
+
+
+async def test_two_runs_taking_over_a_stale_s3_lease_cannot_both_hold_it(s3: S3Server) -> None:
+    """Both read the same stale lease; A replaces it first; B's replace, made over the
+    version it read, fails, and B then finds A's live lease."""
+    from zarr.core.buffer import default_buffer_prototype
+
+    from bulkpix.errors import OutputInUse
+    from bulkpix.store.lease import LEASE_KEY, Lease, LeaseInfo, read_lease
+    from bulkpix.store.zarr_store import open_store
+
+    bucket = s3.new_bucket()
+    url = f"s3://{bucket}/out.zarr"
+    stale = LeaseInfo("dead", "old job", False, "elsewhere", 1, "2026-01-01", time.time() - 1)
+    first = await open_store(url)
+    await first.set(LEASE_KEY, default_buffer_prototype().buffer.from_bytes(stale.to_json()))
+
+    a_holds, b_replacing = asyncio.Event(), asyncio.Event()
+    b_store = await open_store(url)
+    _delayed_until(b_store, a_holds, b_replacing)
+    a = Lease(await open_store(url), "job a", output=url)
+    b = Lease(b_store, "job b", output=url)
+    b_run = asyncio.ensure_future(b.acquire())
+    await b_replacing.wait()  # B read the stale lease and is replacing it ...
+    await a.acquire()  # ... when A replaces it first
+    a_holds.set()
+    with pytest.raises(OutputInUse):
+        await b_run
+    _, held = await read_lease(first)
+    assert held is not None and held.run_id == a.run_id
+
+
+async def test_holders_renewing_at_the_same_instant_both_stay_listed(s3: S3Server) -> None:
+    """Two runs of one job share the lease and renew from the same read: the second replace
+    fails, re-reads and writes both (a plain read-modify-write would drop the first)."""
+    from bulkpix.store.lease import Lease, read_lease
+    from bulkpix.store.zarr_store import open_store
+
+    bucket = s3.new_bucket()
+    url = f"s3://{bucket}/out.zarr"
+    a = Lease(await open_store(url), "job", output=url)
+    b_store = await open_store(url)
+    b = Lease(b_store, "job", output=url)
+    await a.acquire()
+    await b.acquire()
+    assert b.joined
+    a_renewed, b_renewing = asyncio.Event(), asyncio.Event()
+    _delayed_until(b_store, a_renewed, b_renewing)
+    b_renewal = asyncio.ensure_future(b.renew())
+    await b_renewing.wait()  # B read the lease and is writing it back ...
+    await a.renew()  # ... when A renews
+    _, renewed = await read_lease(await open_store(url))
+    assert renewed is not None
+    a_newest = next(h for h in renewed.all_holders() if h.run_id == a.run_id)
+    a_renewed.set()
+    await b_renewal
+    _, held = await read_lease(await open_store(url))
+    assert held is not None
+    assert {h.run_id for h in held.all_holders()} == {a.run_id, b.run_id}
+    assert a_newest in held.all_holders()  # A's renewal kept, not its previous entry
+    a.check()
+    b.check()

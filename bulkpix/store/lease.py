@@ -4,8 +4,9 @@
 fingerprints), whether the holder is exclusive (a ``--restart``, ``verify``), and the run that
 renewed it last: run id, host, pid, since, and an expiry in wall-clock seconds.
 
-- No file locks: only the zarr Store API (get, set, set_if_not_exists, delete), so the same
-  code works on a local disk and on object stores. A new lease is created with
+- No file locks: the zarr Store API (get, set, set_if_not_exists, delete), so the same code
+  works on a local disk and on object stores (and conditional replaces where obstore offers
+  them, below). A new lease is created with
   ``set_if_not_exists`` and read back; whoever's run id is read back holds it.
 - Runs of the SAME job (not exclusive) share the lease: each renews it with its own details,
   so cooperating workers (several processes, Dask) can write one output together. The
@@ -22,15 +23,22 @@ renewed it last: run id, host, pid, since, and an expiry in wall-clock seconds.
   record calls it before writing every marker, so a run that lost its lease stops before
   recording anything more.
 
-The holder list is read-modify-written: two holders renewing at the same instant can drop
-one's newest entry (its previous one stays until it expires, and it writes itself back at its
-next renewal); a run that joins reads its entry back, and writes it again, before it starts.
+On an object store opened through obstore (``bulkpix.store.cloud.CloudStore``) every change is
+conditional: the lease is created with one conditional PUT (``If-None-Match: *``), and
+renewals, joins, releases and take-overs of a stale lease replace it only if it is still the
+version read (``If-Match``; a GCS generation), re-reading on a conflict. Two runs cannot both
+create it or both take it over, and holders renewing at the same instant both stay listed.
+An S3-compatible server without conditional updates gets plain puts (below).
 
-Where the store's create-if-absent is check-then-put (fsspec's s3fs, gcsfs ...), a new lease is
-read back only after ``settle_s`` (1 s), so that of two runs creating it at the same moment
-both read the same winner. Limit: taking over a STALE lease is delete-then-create; two runs
-doing so at the same instant can still both read themselves back; the loser finds out at its
-first renewal (at most ``ttl / 4``) and stops before writing another chunk or marker.
+Elsewhere the holder list is read-modify-written: two holders renewing at the same instant
+can drop one's newest entry (its previous one stays until it expires, and it writes itself
+back at its next renewal); a run that joins reads its entry back, and writes it again, before
+it starts. Where the store's create-if-absent is check-then-put (fsspec's s3fs, gcsfs ...), a
+new lease is read back only after ``settle_s`` (1 s), so that of two runs creating it at the
+same moment both read the same winner. Limit: there, taking over a STALE lease is
+delete-then-create; two runs doing so at the same instant can still both read themselves
+back; the loser finds out at its first renewal (at most ``ttl / 4``) and stops before writing
+another chunk or marker.
 """
 
 from __future__ import annotations
