@@ -31,6 +31,7 @@ __all__ = [
     "RequestInvalid",
     "RequestTooLarge",
     "RetryableError",
+    "RunStopped",
     "ServerError",
     "StoreDamaged",
     "StoreError",
@@ -44,6 +45,11 @@ __all__ = [
 
 class BulkpixError(Exception):
     """Base of every error bulkpix raises on purpose."""
+
+
+class RunStopped(Exception):
+    """The run was asked to stop (Ctrl-C, or the cluster's submitting client) while a tile
+    waited for a slot or a retry: the tile is left for the next run, not failed."""
 
 
 class JobError(BulkpixError, ValueError):

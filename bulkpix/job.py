@@ -51,6 +51,7 @@ from bulkpix.store.codecs import DEFAULT_COMPRESSION, CompressionName, codec_for
 __all__ = [
     "DEFAULT_ENDPOINT",
     "EmulatorSection",
+    "Executor",
     "ItemSpec",
     "Job",
     "Region",
@@ -605,6 +606,23 @@ class ServiceModelSpec(_Strict):
     """Seconds one request takes per MB it asks for."""
 
 
+class Executor(_Strict):
+    dask: str = Field(min_length=1, max_length=1000)
+    """The Dask scheduler's address (tcp://host:8786, or what Client() accepts): the tiles run
+    on its workers, under the job's one quota."""
+    batch_tiles: PositiveInt | None = None
+    """Tiles per Dask task; default: enough tasks for about four per worker thread, at
+    most 256 tiles each."""
+
+    @field_validator("dask")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        value = value.strip()
+        if any(ord(c) < 32 for c in value) or " " in value:
+            raise ValueError("must be a scheduler address such as tcp://10.0.0.5:8786")
+        return value
+
+
 class EmulatorImageFile(_Strict):
     """One image of a collection served from a raster file."""
 
@@ -757,6 +775,9 @@ class Job(_ItemFields):
     the plan's time estimate assume."""
     emulator: EmulatorSection | None = None
     """With endpoint: emulator, what the stand-in serves and how."""
+    executor: Executor | None = None
+    """Where the tiles run: absent, in this process; dask: a Dask cluster (see the README's
+    "Past one machine")."""
 
     # The directory relative paths in the job are taken from (set by load_job).
     base_dir: SkipJsonSchema[Path] = Field(default=Path("."), exclude=True)

@@ -12,20 +12,30 @@ import asyncio
 import contextlib
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from bulkpix.ee.auth import load_credentials
 from bulkpix.ee.client import EEClient, RequestTimeouts
 from bulkpix.errors import (
     ComputationLimited,
+    JobError,
     JobTooLarge,
     PermanentError,
     PermissionDenied,
     RemoteError,
     RequestTooLarge,
     RetryableError,
+    RunStopped,
     TooManyBands,
     Unauthenticated,
     printable,
@@ -36,7 +46,7 @@ from bulkpix.sources import plan_items, resolve_sources
 from bulkpix.store.location import check_output_location
 from bulkpix.store.write_loop import WriteLoop
 from bulkpix.transfer.budget import ByteBudget
-from bulkpix.transfer.limits import Governor
+from bulkpix.transfer.limits import Governor, GovernorLike, GovernorView
 from bulkpix.transfer.pool import run_workers
 from bulkpix.transfer.retry import RetryBudget, RetryPolicy, retrying
 
@@ -52,7 +62,17 @@ if TYPE_CHECKING:
     from bulkpix.store.output import OpenedItem
     from bulkpix.store.record import TileRecord
 
-__all__ = ["ItemStats", "RunStats", "plan_job", "run_job"]
+__all__ = [
+    "ItemStats",
+    "RunStats",
+    "TileWork",
+    "WorkerStats",
+    "item_stats",
+    "open_session",
+    "plan_job",
+    "run_job",
+    "run_work",
+]
 
 T = TypeVar("T")
 
@@ -76,6 +96,14 @@ class ItemStats:
 
 
 @dataclass
+class WorkerStats:
+    """What one worker of a cluster run has finished (the cluster's progress and summary)."""
+
+    tiles: int = 0
+    bytes: int = 0
+
+
+@dataclass
 class RunStats:
     """Live counters of a whole run."""
 
@@ -85,13 +113,15 @@ class RunStats:
     ended: float | None = None
     interrupted: bool = False
     aborted: str | None = None  # why the run stopped by itself, if it did
-    governor: Governor | None = None
+    governor: GovernorView | None = None
     # Things the user should hear about once (the progress display prints each once).
     notices: list[str] = field(default_factory=list)
     notices_shown: int = 0  # how many of them the live display has printed
     # Tiles of computed images the service found too costly ("User memory limit exceeded."
     # and the like): split, or failed at the floor.
     computation_limits: int = 0
+    # A cluster run's workers, by address; empty for a run on this machine.
+    workers: dict[str, WorkerStats] = field(default_factory=dict)
 
     @property
     def total(self) -> int:
@@ -127,7 +157,7 @@ class RunStats:
 
 async def plan_job(job: Job) -> list[ItemPlan]:
     """Every item's grid and tiles; listings and one metadata GET per asset, no pixels."""
-    async with _session(job) as (client, retry, _stats):
+    async with open_session(job) as (client, retry, _stats):
         return plan_items(await resolve_sources(job, client, retry))
 
 
@@ -145,10 +175,6 @@ async def _endpoint_url(job: Job) -> AsyncIterator[str]:
 
     async with emulator_url(job) as url:
         yield url
-
-
-class _Stopped(Exception):
-    """The run was asked to stop while a tile waited to be retried: abandon the tile."""
 
 
 class _Retry:
@@ -172,7 +198,7 @@ class _Retry:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.stop.wait(), delay)
         if self.stop.is_set():
-            raise _Stopped
+            raise RunStopped
 
     def _on_retry(self, exc: BaseException, attempt: int, delay: float) -> None:
         self.stats.retries += 1
@@ -197,16 +223,25 @@ class _Retry:
 
 
 @contextlib.asynccontextmanager
-async def _session(
-    job: Job, stop: asyncio.Event | None = None
+async def open_session(
+    job: Job,
+    stop: asyncio.Event | None = None,
+    *,
+    governor: GovernorLike | None = None,
+    url: str | None = None,
 ) -> AsyncIterator[tuple[EEClient, _Retry, RunStats]]:
+    """The run's client, retry loop and counters. A cluster worker passes the cluster's
+    ``governor`` and the ``url`` its submitting client resolved (an emulator started there)."""
     stats = RunStats()
     retry = _Retry(job, stats, stop or asyncio.Event())
     longest_wait = retry.policy.longest_wait  # what a server's Retry-After may impose
     auth = load_credentials(job.credentials_spec)
-    governor = Governor(job.concurrency, job.qps, max_pause_s=longest_wait)
+    if governor is None:
+        governor = Governor(job.concurrency, job.qps, max_pause_s=longest_wait)
     stats.governor = governor
-    async with _endpoint_url(job) as url:
+    async with contextlib.AsyncExitStack() as stack:
+        if url is None:
+            url = await stack.enter_async_context(_endpoint_url(job))
         client = EEClient(
             url,
             auth=auth,
@@ -236,7 +271,7 @@ class _Run:
     write_slots: asyncio.Semaphore
     stats: RunStats
     stop: asyncio.Event
-    items: list[OpenedItem]
+    items: Mapping[int, OpenedItem]
     # Mosaic tiles being assembled at once: enough to keep the quota's calls in flight, no
     # more, as each holds its output buffers until its last call is in.
     assembling: asyncio.Semaphore | None = None
@@ -256,7 +291,7 @@ class _Split:
     the tile for the next run, which skips the parts already finished.
     """
 
-    work: _Work
+    work: TileWork
     remaining: int
     parts: int
     failures: list[RemoteError] = field(default_factory=list)
@@ -264,7 +299,7 @@ class _Split:
 
 
 @dataclass(frozen=True)
-class _Work:
+class TileWork:
     """One request of the run: a tile of an item, or a part of a split one.
 
     ``bands`` narrows the tile's band group to positions ``[lo, hi)`` when the service
@@ -290,19 +325,33 @@ async def run_job(
     stop: asyncio.Event | None = None,
     stats_ready: asyncio.Future[RunStats] | None = None,
     yes: bool = False,
+    dask_client: Any = None,
 ) -> RunStats:
     """Run (or resume) a job; returns its counters. ``stop`` asks for a graceful halt.
+
+    With a ``dask_client`` (a ``distributed.Client``, asynchronous) or the job's
+    ``executor.dask`` address, the tiles run on that Dask cluster (``bulkpix.cluster``):
+    everything up to the output's claim still happens here, once.
 
     A job far larger than its assets' native pixels (``planning.size_warning``) raises
     ``JobTooLarge`` before the output is touched, unless ``yes``; items an earlier run has
     started are not asked about again.
     """
     check_output_location(job.output)
+    on_cluster = dask_client is not None or job.executor is not None
+    if on_cluster:
+        try:
+            from bulkpix.cluster.submit import connect, run_on_cluster
+        except ImportError as exc:
+            raise JobError(str(exc)) from None
     stop = stop or asyncio.Event()
-    async with _session(job, stop) as (client, retry, stats):
+    async with contextlib.AsyncExitStack() as stack:
+        # The cluster first: an unreachable scheduler is refused before the output is made.
+        dask = await stack.enter_async_context(connect(job, dask_client)) if on_cluster else None
+        client, retry, stats = await stack.enter_async_context(open_session(job, stop))
         try:
             sources = await resolve_sources(job, client, retry)
-        except _Stopped:  # Ctrl-C while the metadata call waited to be retried
+        except RunStopped:  # Ctrl-C while the metadata call waited to be retried
             stats.ended = time.monotonic()
             stats.interrupted = True
             return stats
@@ -319,9 +368,25 @@ async def run_job(
             if warning is not None:
                 raise JobTooLarge(warning)
         async with claim_output(job, plans, state, restart=restart) as output:
-            await _run_tiles(job, client, retry, stats, output.items, stop, stats_ready)
+            if on_cluster:
+                await run_on_cluster(job, client, stats, output.items, stop, stats_ready, dask)
+            else:
+                await _run_tiles(job, client, retry, stats, output.items, stop, stats_ready)
             await _mark_complete_items(output.store, output.items, stats)
             return stats
+
+
+def item_stats(opened: Sequence[OpenedItem]) -> list[ItemStats]:
+    """Each item's counters at the start of a run: its tiles, and those finished before."""
+    # Parts of split tiles have markers of their own: count the plan's tiles only.
+    return [
+        ItemStats(
+            label=item.plan.label,
+            total=item.plan.tiles.n_tiles,
+            done_before=sum(1 for key in item.done if item.plan.tiles.has_tile_key(key)),
+        )
+        for item in opened
+    ]
 
 
 async def _run_tiles(
@@ -333,25 +398,42 @@ async def _run_tiles(
     stop: asyncio.Event,
     stats_ready: asyncio.Future[RunStats] | None,
 ) -> RunStats:
-    for item in opened:
-        # Parts of split tiles have markers of their own: count the plan's tiles only.
-        finished = sum(1 for key in item.done if item.plan.tiles.has_tile_key(key))
-        stats.items.append(
-            ItemStats(label=item.plan.label, total=item.plan.tiles.n_tiles, done_before=finished)
-        )
+    stats.items.extend(item_stats(opened))
     if stats_ready is not None and not stats_ready.done():
         stats_ready.set_result(stats)
     stats.started = time.monotonic()
 
-    def work() -> Iterator[_Work]:
+    def work() -> Iterator[TileWork]:
         for index, item in enumerate(opened):
             for tile in item.plan.tiles.tiles():
                 if stats.items[index].abandoned:
                     break
                 if tile.key not in item.done:
-                    yield _Work(index, tile)
+                    yield TileWork(index, tile)
 
-    async with WriteLoop(opened[0].writer.store if opened else None) as write_loop:
+    try:
+        await run_work(job, client, retry, stats, dict(enumerate(opened)), work(), stop)
+    finally:
+        stats.ended = time.monotonic()
+        stats.interrupted = stop.is_set() and stats.aborted is None
+    return stats
+
+
+async def run_work(
+    job: Job,
+    client: EEClient,
+    retry: _Retry,
+    stats: RunStats,
+    opened: Mapping[int, OpenedItem],
+    work: Iterable[TileWork],
+    stop: asyncio.Event,
+) -> None:
+    """Fetch, decode, write and record each piece of ``work`` with the job's worker pool.
+
+    ``opened`` and ``stats.items`` are indexed by item number (``TileWork.item``); a cluster
+    worker opens only the items its batch touches.
+    """
+    async with WriteLoop(next((i.writer.store for i in opened.values()), None)) as write_loop:
         run = _Run(
             client=client,
             retry=retry,
@@ -362,21 +444,16 @@ async def _run_tiles(
             stats=stats,
             stop=stop,
             items=opened,
-            assembling=assembly_slots(job, opened),
+            assembling=assembly_slots(job, list(opened.values())),
         )
 
-        async def handle(item: _Work) -> list[_Work] | None:
+        async def handle(item: TileWork) -> list[TileWork] | None:
             if stop.is_set() or stats.items[item.item].abandoned:
                 await _settle(run, item, finished=False)
                 return None
             return await _process_tile(run, item)
 
-        try:
-            await run_workers(work(), handle, workers=job.concurrency, stop=stop)
-        finally:
-            stats.ended = time.monotonic()
-            stats.interrupted = stop.is_set() and stats.aborted is None
-    return stats
+        await run_workers(work, handle, workers=job.concurrency, stop=stop)
 
 
 async def _mark_complete_items(
@@ -400,7 +477,7 @@ async def _mark_complete_items(
         await consolidate(store)
 
 
-async def _process_tile(run: _Run, work: _Work) -> list[_Work] | None:
+async def _process_tile(run: _Run, work: TileWork) -> list[TileWork] | None:
     """Fetch, decode, write and record one tile (or part); returns the parts to fetch
     instead when the service finds it too large.
 
@@ -448,7 +525,7 @@ async def _process_tile(run: _Run, work: _Work) -> list[_Work] | None:
 
     try:
         held, nbytes, arrays = await run.retry(fetch_and_decode)
-    except _Stopped:
+    except RunStopped:
         await _settle(run, work, finished=False)  # left for the next run, not a failure
         return None
     except RequestTooLarge as exc:
@@ -459,7 +536,7 @@ async def _process_tile(run: _Run, work: _Work) -> list[_Work] | None:
             await _settle(run, work, finished=False, failure=exc)
             return None
         split = _Split(work, remaining=len(parts), parts=len(parts))
-        todo = [_Work(work.item, p.tile, p.bands, split) for p in parts if p.key not in done]
+        todo = [TileWork(work.item, p.tile, p.bands, split) for p in parts if p.key not in done]
         split.remaining = len(todo)
         if not todo:  # every part finished in an earlier run
             await _finish_split(run, split)
@@ -479,14 +556,14 @@ async def _process_tile(run: _Run, work: _Work) -> list[_Work] | None:
     return None
 
 
-async def _process_mosaic_tile(run: _Run, work: _Work) -> None:
+async def _process_mosaic_tile(run: _Run, work: TileWork) -> None:
     """One output tile of a mosaic (``mosaic_run.assemble_tile``): written once, when every
     call is in, and only then recorded as done."""
     item = run.items[work.item]
     tile = work.tile
     out, outcomes = await assemble_tile(item.plan, tile, run.client, run.budget, run.retry)
     for outcome in outcomes:
-        if isinstance(outcome, _Stopped):
+        if isinstance(outcome, RunStopped):
             await _settle(run, work, finished=False)  # left for the next run
             return
     for outcome in outcomes:
@@ -505,7 +582,7 @@ async def _process_mosaic_tile(run: _Run, work: _Work) -> None:
     await _settle(run, work, finished=True)
 
 
-def _split(work: _Work, exc: RequestTooLarge, chunk: int, n_bands: int) -> list[_Work]:
+def _split(work: TileWork, exc: RequestTooLarge, chunk: int, n_bands: int) -> list[TileWork]:
     """The parts that help with this refusal; none when nothing can be cut.
 
     Too many bands: the bands in two halves, the window as it is. Too large (size or
@@ -513,12 +590,12 @@ def _split(work: _Work, exc: RequestTooLarge, chunk: int, n_bands: int) -> list[
     with several bands is cut by bands, as that is what is left to make it smaller.
     """
     lo, hi = work.bands if work.bands is not None else (0, n_bands)
-    by_bands: list[_Work] = []
+    by_bands: list[TileWork] = []
     if hi - lo > 1:
         middle = lo + (hi - lo) // 2
         by_bands = [
-            _Work(work.item, work.tile, (lo, middle)),
-            _Work(work.item, work.tile, (middle, hi)),
+            TileWork(work.item, work.tile, (lo, middle)),
+            TileWork(work.item, work.tile, (middle, hi)),
         ]
     if isinstance(exc, TooManyBands):
         return by_bands
@@ -526,13 +603,13 @@ def _split(work: _Work, exc: RequestTooLarge, chunk: int, n_bands: int) -> list[
 
     windows = split_tile(work.tile, chunk)
     if len(windows) > 1:
-        return [_Work(work.item, part, work.bands) for part in windows]
+        return [TileWork(work.item, part, work.bands) for part in windows]
     # A computation too costly at one chunk fails there (with the service's message).
     return [] if isinstance(exc, ComputationLimited) else by_bands
 
 
 async def _settle(
-    run: _Run, work: _Work, *, finished: bool, failure: RemoteError | None = None
+    run: _Run, work: TileWork, *, finished: bool, failure: RemoteError | None = None
 ) -> None:
     """Account for a tile or part that has ended: finished, failed, or left for later."""
     split = work.parent

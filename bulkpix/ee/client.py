@@ -53,7 +53,7 @@ from bulkpix.errors import (
     printable,
 )
 from bulkpix.limits import MAX_REQUEST_BYTES
-from bulkpix.transfer.limits import Governor
+from bulkpix.transfer.limits import GovernorLike
 
 __all__ = [
     "MAX_ERROR_BYTES",
@@ -151,7 +151,7 @@ class EEClient:
         base_url: str,
         *,
         auth: TokenProvider,
-        governor: Governor,
+        governor: GovernorLike,
         project: str | None = None,
         api_version: str = "v1",
         timeouts: RequestTimeouts = RequestTimeouts(),

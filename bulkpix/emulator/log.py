@@ -12,7 +12,7 @@ __all__ = ["LOG_FIELDS", "RequestLog"]
 LOG_FIELDS = (
     "time", "method", "path", "op", "asset", "crs", "affine", "width", "height", "col_off",
     "row_off", "bands", "format", "status", "response_bytes", "request_size", "service_s",
-    "fault", "workload_tag",
+    "fault", "workload_tag", "in_flight",
 )
 
 

@@ -185,6 +185,8 @@ class Emulator:
             self._authorize(request)
             response: web.StreamResponse
             with self.quota.slot():
+                # Calls being served, this one included: a log shows the peak a client reached.
+                call.record["in_flight"] = self.quota.in_flight
                 if route is not None:
                     response = await self.compute.handle(request, op, call)
                 elif op == "get_asset":

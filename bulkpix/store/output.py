@@ -73,6 +73,7 @@ __all__ = [
     "OutputKind",
     "OutputState",
     "RecordedItem",
+    "attach_items",
     "check_output",
     "check_output_location",
     "claim_output",
@@ -668,6 +669,35 @@ async def _open_items(
                 await record.clear_failed(key)
         wrapped.track(writer.array_paths())
         opened.append(OpenedItem(plan, writer, record, frozenset(done)))
+    return opened
+
+
+async def attach_items(
+    job: Job, plans: Mapping[int, ItemPlan], keys: Mapping[int, Iterable[str]]
+) -> dict[int, OpenedItem]:
+    """Open items of an output that another process has claimed: a cluster worker's side.
+
+    The submitting client inspected, checked and claimed the output, made every item and
+    holds the lease; a worker only opens the items its batch touches (by item number), and
+    learns which of its tiles (``keys``) an earlier attempt of the batch already finished.
+    """
+    store = await open_store(job.output)
+    wrapped = ChecksumStore(store, durable=job.durable)
+    opened: dict[int, OpenedItem] = {}
+    for index, plan in plans.items():
+        writer = await ItemWriter.open_recorded(
+            wrapped,
+            plan.path,
+            plan.bands,
+            plan.tiles.chunk,
+            plan.grid.height,
+            plan.grid.width,
+            plan.tiles.steps,
+        )
+        wrapped.track(writer.array_paths())
+        record = TileRecord(store, plan.path)
+        done = await record.done_among(keys.get(index, ()))
+        opened[index] = OpenedItem(plan, writer, record, frozenset(done))
     return opened
 
 

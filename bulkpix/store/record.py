@@ -30,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -100,6 +100,19 @@ class TileRecord:
         markers = await self._read_many(self._done_prefix, names)
         return {
             name: marker
+            for name, marker in zip(names, markers, strict=True)
+            if isinstance(marker, dict) and marker.get("key") == name
+        }
+
+    async def done_among(self, keys: Iterable[str]) -> set[str]:
+        """Which of ``keys`` have a valid done-marker: one GET each, no listing (a cluster
+        batch asks about its own tiles, not the item's thousands)."""
+        names = list(keys)
+        for name in names:
+            _check_key(name)
+        markers = await self._read_many(self._done_prefix, names)
+        return {
+            name
             for name, marker in zip(names, markers, strict=True)
             if isinstance(marker, dict) and marker.get("key") == name
         }

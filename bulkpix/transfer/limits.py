@@ -25,13 +25,14 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
+from typing import Protocol
 
 from bulkpix.errors import QuotaExceeded, RetryableError
 from bulkpix.transfer.rate import limiter_for_quota
 
-__all__ = ["Governor", "GovernorStats"]
+__all__ = ["Governor", "GovernorLike", "GovernorStats", "GovernorView", "Ticket"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +45,31 @@ class GovernorStats:
     throttles: int  # 429s seen
     cuts: int  # times the limit was cut
     paused_s: float  # seconds left of a Retry-After pause (0 when not paused)
+
+
+@dataclass(frozen=True, slots=True)
+class Ticket:
+    """A granted slot: the generation it was granted in, and how many were in flight then."""
+
+    generation: int
+    in_flight_at_grant: int
+
+
+class GovernorView(Protocol):
+    """What the progress display and the summary read of a governor."""
+
+    @property
+    def limit(self) -> int: ...
+
+    @property
+    def throttles(self) -> int: ...
+
+
+class GovernorLike(GovernorView, Protocol):
+    """What the client needs of a governor: this module's, or a cluster's
+    (``bulkpix.cluster.quota.ClusterGovernor``, the same limits held on the scheduler)."""
+
+    def slot(self) -> AbstractAsyncContextManager[None]: ...
 
 
 class Governor:
@@ -108,7 +134,7 @@ class Governor:
             paused_s=max(0.0, self._paused_until - self._now()),
         )
 
-    # -- the one public operation --------------------------------------------------------
+    # -- the public operations ---------------------------------------------------------
     @asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
         """Wait for a free slot and the rate limiter, then run the body as one request.
@@ -117,18 +143,34 @@ class Governor:
         throttle; any other exception is neutral. A ``retry_after`` on a retryable error
         pauses new grants.
         """
-        generation, in_flight_at_grant = await self._acquire()
+        ticket = await self.acquire()
         try:
             yield
-        except QuotaExceeded as exc:
-            self._on_throttle(exc, generation, in_flight_at_grant)
+        except BaseException as exc:
+            self.release(ticket, exc)
             raise
-        except RetryableError as exc:
-            # e.g. 503 with Retry-After: honour the server's word, without cutting the limit.
-            self._pause_for(exc.retry_after)
-            raise
-        else:
-            self._on_success(generation)
+        self.release(ticket)
+
+    async def acquire(self) -> Ticket:
+        """Take a slot (``slot()`` is the usual way); give it back with ``release``.
+
+        The split form serves a cluster: the scheduler holds the run's one Governor, and a
+        worker's request takes and gives back its slot in two messages."""
+        generation, in_flight_at_grant = await self._acquire()
+        return Ticket(generation, in_flight_at_grant)
+
+    def release(self, ticket: Ticket, error: BaseException | None = None) -> None:
+        """Give a slot back. ``error`` is how the request ended: None a success,
+        ``QuotaExceeded`` a throttle, another ``RetryableError`` pauses for its
+        ``retry_after``, anything else is neutral."""
+        try:
+            if error is None:
+                self._on_success(ticket.generation)
+            elif isinstance(error, QuotaExceeded):
+                self._on_throttle(error, ticket.generation, ticket.in_flight_at_grant)
+            elif isinstance(error, RetryableError):
+                # e.g. 503 with Retry-After: honour the server's word, without cutting the limit.
+                self._pause_for(error.retry_after)
         finally:
             self._in_flight -= 1
             self._notify()

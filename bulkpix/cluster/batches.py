@@ -1,0 +1,40 @@
+"""Cutting a run's pending tiles into Dask tasks: pure arithmetic, no Dask."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import TypeVar
+
+__all__ = ["BATCHES_PER_SLOT", "MAX_BATCH_TILES", "batch_size", "cut_batches"]
+
+T = TypeVar("T")
+
+# Several tasks per worker thread: a worker that finishes early takes another, and a worker
+# lost mid-task costs one small batch, not a quarter of the job.
+BATCHES_PER_SLOT = 4
+MAX_BATCH_TILES = 256
+
+
+def batch_size(n_tiles: int, slots: int, concurrency: int) -> int:
+    """Tiles per task: about ``BATCHES_PER_SLOT`` tasks per worker thread, at most
+    ``MAX_BATCH_TILES``, but never fewer than the slots' share of the quota, so the tasks
+    running at once can fill it."""
+    if n_tiles < 1:
+        return 1
+    slots = max(1, slots)
+    fill = math.ceil(concurrency / slots)
+    size = math.ceil(n_tiles / (BATCHES_PER_SLOT * slots))
+    return max(1, min(max(size, fill), max(MAX_BATCH_TILES, fill), n_tiles))
+
+
+def cut_batches(
+    pending: Sequence[T], slots: int, concurrency: int, size: int | None = None
+) -> list[list[T]]:
+    """``pending`` in order, in batches of ``size`` (default ``batch_size``); the last may be
+    shorter."""
+    if size is None:
+        size = batch_size(len(pending), slots, concurrency)
+    if size < 1:
+        raise ValueError(f"size must be >= 1, got {size}")
+    return [list(pending[i : i + size]) for i in range(0, len(pending), size)]

@@ -1,0 +1,203 @@
+"""A job on a local Dask cluster (worker processes) under one shared quota."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import socket
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import distributed
+import numpy as np
+import pytest
+import zarr
+
+from bulkpix.emulator import EmulatorConfig, SyntheticAsset, run_emulator
+from bulkpix.emulator.synthetic import SYNTHETIC_BANDS, synthetic_pixels
+from bulkpix.job import parse_job
+from bulkpix.pipeline import run_job
+from tests.conftest import write_job
+
+ASSET = "projects/demo/assets/src"
+SIDE = 512
+
+
+@pytest.fixture
+async def cluster() -> AsyncIterator[Any]:
+    """Two worker processes (one thread each) and a client, on 127.0.0.1."""
+    async with distributed.LocalCluster(
+        n_workers=2,
+        threads_per_worker=1,
+        processes=True,
+        host="127.0.0.1",
+        scheduler_port=0,
+        dashboard_address=":0",
+        asynchronous=True,
+        silence_logs=40,
+    ) as local, distributed.Client(local, asynchronous=True) as client:
+        yield client
+
+
+def _job(url: str, output: Path, **keys: Any) -> Any:
+    return parse_job(
+        {
+            "asset": ASSET,
+            "output": str(output),
+            "endpoint": url,
+            "credentials": "none",
+            "chunk": 64,
+            "tile": [64, 64],
+            **keys,
+        }
+    )
+
+
+def _assert_synthetic(output: Path) -> None:
+    group = zarr.open_group(output, mode="r")
+    rows = cols = np.arange(SIDE)
+    for index, (band, _) in enumerate(SYNTHETIC_BANDS):
+        np.testing.assert_array_equal(group[band][:], synthetic_pixels(index, rows, cols))
+
+
+def _pixel_calls(log: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [r for r in log if r["op"] == "get_pixels"]
+
+
+def _most_in_any_window(times: list[float], window: float) -> int:
+    times = sorted(times)
+    most, start = 0, 0
+    for end, t in enumerate(times):
+        while times[start] <= t - window:
+            start += 1
+        most = max(most, end - start + 1)
+    return most
+
+
+async def test_two_workers_share_one_quota_bit_exact(cluster: Any, tmp_path: Path) -> None:
+    cap, qps = 3, 20.0
+    config = EmulatorConfig(
+        synthetic={ASSET: SyntheticAsset(width=SIDE, height=SIDE)},
+        max_concurrent=cap,
+        max_qps=qps,
+        service_base_s=0.1,
+    )
+    async with run_emulator(config) as emu:
+        job = _job(emu.url, tmp_path / "out.zarr", concurrency=cap, qps=qps)
+        stats = await run_job(job, dask_client=cluster)
+        calls = _pixel_calls(emu.log)
+    assert stats.ok, [i.failed for i in stats.items]
+    assert stats.finished == stats.total == (SIDE // 64) ** 2
+    _assert_synthetic(tmp_path / "out.zarr")
+    # Both worker processes fetched tiles, and the summary names each.
+    assert len(stats.workers) == 2 and all(w.tiles > 0 for w in stats.workers.values())
+    assert sum(w.tiles for w in stats.workers.values()) == stats.total
+    # The server never saw more than the cap in flight, nor a 429, nor a rate above qps
+    # beyond the first wave (aiolimiter's burst is the concurrency cap).
+    assert len(calls) == stats.total
+    assert all(r["status"] == 200 for r in calls)
+    assert max(r["in_flight"] for r in calls) <= cap
+    times = [r["time"] for r in calls]
+    for window in (1.0, 2.0):
+        assert _most_in_any_window(times, window) <= cap + qps * window
+    # ...and the cluster did use the quota it was given (two requests at once, or more).
+    assert max(r["in_flight"] for r in calls) >= 2
+
+
+async def _wait_for_markers(output: Path, at_least: int, run: asyncio.Task[Any]) -> None:
+    done = output / ".bulkpix" / "done"
+    while not (done.is_dir() and len(list(done.iterdir())) >= at_least):
+        assert not run.done(), "the run ended before the worker could be killed"
+        await asyncio.sleep(0.02)
+
+
+async def test_a_killed_worker_loses_nothing(cluster: Any, tmp_path: Path) -> None:
+    cap, qps = 3, 20.0
+    config = EmulatorConfig(
+        synthetic={ASSET: SyntheticAsset(width=SIDE, height=SIDE)},
+        max_concurrent=cap,
+        max_qps=qps,
+        service_base_s=0.1,
+    )
+    output = tmp_path / "out.zarr"
+    async with run_emulator(config) as emu:
+        job = _job(emu.url, output, concurrency=cap, qps=qps)
+        run = asyncio.create_task(run_job(job, dask_client=cluster))
+        await _wait_for_markers(output, 8, run)
+        pids = await cluster.run(os.getpid)
+        victim = sorted(pids.values())[0]
+        os.kill(victim, signal.SIGKILL)
+        stats = await run
+        calls = _pixel_calls(emu.log)
+    assert stats.ok, [i.failed for i in stats.items]
+    assert stats.finished == stats.total == (SIDE // 64) ** 2
+    _assert_synthetic(output)
+    # The killed worker's slots came back: the server never saw more than the cap.
+    assert max(r["in_flight"] for r in calls) <= cap
+    # No 429: only answers, and the killed worker's calls the server saw the client leave.
+    statuses = {r["status"] for r in calls}
+    assert statuses <= {200, 499, None}, sorted(map(str, statuses))
+    # Its batch ran again elsewhere: the new worker process joined or the other took it.
+    assert victim not in (await cluster.run(os.getpid)).values()
+
+
+def _cli_job(tmp_path: Path, **keys: Any) -> Path:
+    job = {
+        "asset": ASSET,
+        "output": str(tmp_path / "out.zarr"),
+        "endpoint": "emulator",
+        "emulator": {
+            "synthetic": {ASSET: f"{SIDE}x{SIDE}"},
+            "max_concurrent": 4,
+            "max_qps": 50,
+            "service_base_s": 0.05,
+        },
+        "concurrency": 4,
+        "qps": 50,
+        "chunk": 64,
+        "tile": [64, 64],
+        **keys,
+    }
+    return write_job(tmp_path / "job.yaml", **job)
+
+
+async def _bulkpix(*args: str) -> tuple[int, str, str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bulkpix", *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await process.communicate()
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+async def test_the_command_line_runs_on_the_cluster(cluster: Any, tmp_path: Path) -> None:
+    """`bulkpix run JOB --dask ADDRESS`: the stand-in starts in the submitting process and
+    the workers reach it; the summary shows each worker's share."""
+    job = _cli_job(tmp_path)
+    code, _, err = await _bulkpix("run", str(job), "--dask", cluster.scheduler.address)
+    assert code == 0, err
+    _assert_synthetic(tmp_path / "out.zarr")
+    assert "workers" in err  # the summary (on stderr, beside the progress bar)
+    addresses = list((await cluster.scheduler.identity())["workers"])
+    assert sum(address in err for address in addresses) >= 1
+    # A rerun finds everything done and fetches nothing (from the cluster or off it).
+    code, _, err = await _bulkpix("run", str(job))
+    assert code == 0, err
+    assert re.search(r"src\s*│\s*64/64\s*│\s*0\s*│", err), err  # 64 of 64, fetched now 0
+
+
+async def test_an_unreachable_scheduler_is_one_line_and_writes_nothing(tmp_path: Path) -> None:
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    job = _cli_job(tmp_path, executor={"dask": f"tcp://127.0.0.1:{port}"})
+    code, _, err = await _bulkpix("run", str(job))
+    assert code == 2
+    assert f"cannot reach the Dask scheduler at tcp://127.0.0.1:{port}" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out.zarr").exists()
