@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncGenerator, Iterable, Iterator
+from types import ModuleType
 from typing import Any, NamedTuple
 
 from zarr.abc.store import ByteRequest, Store
@@ -81,15 +82,20 @@ def _first_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
+def _obstore() -> ModuleType:
+    try:
+        import obstore
+        import obstore.exceptions
+    except ImportError:  # a CloudStore exists only where obstore does
+        raise StoreError(f"object-store outputs need obstore ({INSTALL_HINT})") from None
+    return obstore
+
+
 @contextlib.contextmanager
 def _translated() -> Iterator[None]:
     try:
-        from obstore.exceptions import BaseError
-    except ImportError:  # a CloudStore exists only where obstore does
-        raise StoreError(f"object-store outputs need obstore ({INSTALL_HINT})") from None
-    try:
         yield
-    except BaseError as exc:
+    except _obstore().exceptions.BaseError as exc:
         raise StoreError(f"object store: {_first_line(exc)}") from exc
 
 
@@ -148,8 +154,7 @@ class CloudStore(ObjectStore[Any]):
 
     async def get_versioned(self, key: str) -> tuple[bytes, Version] | None:
         """The object's bytes and version; None when there is none."""
-        import obstore as obs
-
+        obs = _obstore()
         with _translated():
             try:
                 result = await obs.get_async(self.store, key)
@@ -161,9 +166,7 @@ class CloudStore(ObjectStore[Any]):
     async def set_if_version(self, key: str, value: bytes, version: Version) -> bool:
         """Replace the object only if it is still at ``version``: False when it changed or
         went. ``NotImplementedError`` when the store cannot put conditionally."""
-        import obstore as obs
-        from obstore.exceptions import NotSupportedError, PreconditionError
-
+        obs = _obstore()
         self._check_writable()
         mode = {
             name: value
@@ -172,10 +175,10 @@ class CloudStore(ObjectStore[Any]):
         }
         with _translated():
             try:
-                await obs.put_async(self.store, key, value, mode=mode)  # type: ignore[arg-type]
-            except (PreconditionError, FileNotFoundError):
+                await obs.put_async(self.store, key, value, mode=mode)
+            except (obs.exceptions.PreconditionError, FileNotFoundError):
                 return False
-            except NotSupportedError as exc:
+            except obs.exceptions.NotSupportedError as exc:
                 raise NotImplementedError(_first_line(exc)) from None
         return True
 
