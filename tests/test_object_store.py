@@ -494,3 +494,40 @@ async def test_holders_renewing_at_the_same_instant_both_stay_listed(s3: S3Serve
     assert a_newest in held.all_holders()  # A's renewal kept, not its previous entry
     a.check()
     b.check()
+
+
+# --------------------------------------------------------------------------- on a cluster
+
+
+@pytest.mark.slow  # ~16 s here: two worker processes start
+async def test_a_dask_cluster_writes_the_s3_output_bit_exact(
+    tmp_path: Path, s3: S3Server
+) -> None:
+    """Worker processes (each writing from its own loop) share the S3 output; their
+    credentials come from the environment they inherit, as on any cluster."""
+    distributed = pytest.importorskip("distributed")
+
+    from bulkpix.emulator import EmulatorConfig, run_emulator
+    from bulkpix.job import parse_job
+    from bulkpix.pipeline import run_job
+
+    bucket = s3.new_bucket()
+    url = f"s3://{bucket}/out.zarr"
+    config = EmulatorConfig(synthetic={ASSET: SYNTH})
+    async with run_emulator(config) as emu:
+        reference = tmp_path / "reference.zarr"
+        assert (await run_job(parse_job(_job_keys(emu.url, str(reference))))).ok
+        async with distributed.LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            scheduler_port=0,
+            dashboard_address=":0",
+            asynchronous=True,
+            silence_logs=40,
+        ) as local, distributed.Client(local, asynchronous=True) as client:
+            stats = await run_job(parse_job(_job_keys(emu.url, url)), dask_client=client)
+    assert stats.ok and stats.finished == stats.total == TILES
+    assert len(stats.workers) == 2
+    assert _objects(s3, bucket, "out.zarr/") == _files(reference)
