@@ -22,11 +22,11 @@ pytest.importorskip("obstore")
 pytest.importorskip("moto.server")
 pytest.importorskip("s3fs")
 
-from bulkpix.cli import main  # noqa: E402
-from bulkpix.emulator import SyntheticAsset  # noqa: E402
-from bulkpix.geometry.tiling import parse_tile_key  # noqa: E402
-from tests.conftest import emulator_thread, write_job  # noqa: E402
-from tests.s3_server import S3Server  # noqa: E402
+from bulkpix.cli import main
+from bulkpix.emulator import SyntheticAsset
+from bulkpix.geometry.tiling import parse_tile_key
+from tests.conftest import emulator_thread, write_job
+from tests.s3_server import S3Server
 
 ASSET = "projects/demo/assets/synth"
 SYNTH = SyntheticAsset(width=4000, height=4000)
@@ -91,7 +91,7 @@ def _objects(s3: S3Server, bucket: str, prefix: str) -> dict[str, bytes]:
 
 
 def _done_markers(s3: S3Server, bucket: str, prefix: str) -> list[str]:
-    return [key for key in s3.keys(bucket, f"{prefix}.bulkpix/done/")]
+    return s3.keys(bucket, f"{prefix}.bulkpix/done/")
 
 
 def _windows(markers: list[str]) -> set[tuple[int, int, int, int]]:
@@ -387,15 +387,16 @@ async def test_a_late_create_does_not_replace_a_won_lease(s3: S3Server) -> None:
 
 async def test_holders_on_object_stores_live_by_their_expiry(s3: S3Server) -> None:
     """A holder that names this host and a pid that is gone may be a run on another machine
-    of the same name: on an object store only its expiry counts. On a local disk, the dead
-    pid frees the lease at once (unchanged)."""
+    of the same name: on an object store only its expiry counts. On this machine's own store
+    (memory here, a local disk alike), the dead pid frees the lease at once (unchanged)."""
     import socket
 
     from zarr.core.buffer import default_buffer_prototype
     from zarr.storage import MemoryStore
 
     from bulkpix.errors import OutputInUse
-    from bulkpix.store.lease import LEASE_KEY, LeaseInfo, Lease
+    from bulkpix.store.lease import LEASE_KEY, Lease, LeaseInfo
+    from bulkpix.store.zarr_store import open_store
 
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
@@ -408,8 +409,6 @@ async def test_holders_on_object_stores_live_by_their_expiry(s3: S3Server) -> No
         since="2026-01-01T00:00:00+00:00",
         expires=time.time() + 300,
     )
-    from bulkpix.store.zarr_store import open_store
-
     bucket = s3.new_bucket()
     cloud = await open_store(f"s3://{bucket}/out.zarr")
     local = MemoryStore()
