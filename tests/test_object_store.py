@@ -204,6 +204,16 @@ def test_s3_output_opens_in_xarray_and_passes_status_and_verify(
         np.testing.assert_array_equal(ds[band].values, reference[band].values)
         np.testing.assert_array_equal(opened[band].values, reference[band].values)
 
+    # export reads the S3 output through obstore, as the run wrote it.
+    import rasterio
+
+    assert main(["export", "--bands", "f32", url, str(tmp_path / "s3.tif")]) == 0
+    reference_path = str(tmp_path / "reference.zarr")
+    assert main(["export", "--bands", "f32", reference_path, str(tmp_path / "ref.tif")]) == 0
+    with rasterio.open(tmp_path / "s3.tif") as got, rasterio.open(tmp_path / "ref.tif") as want:
+        assert got.crs == want.crs and got.transform == want.transform
+        np.testing.assert_array_equal(got.read(), want.read())
+
     capsys.readouterr()
     assert main(["status", url]) == 0
     assert main(["verify", url]) == 0
