@@ -56,21 +56,47 @@ def _job_keys(url: str, output: str, **more: Any) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[S3Server]:
-    s3 = S3Server().start()
-    try:
-        yield s3
-    finally:
-        s3.stop()
+    """The server, with this process's (and its children's) environment pointing at it, as
+    a user points bulkpix at MinIO."""
+    with pytest.MonkeyPatch.context() as env:
+        for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"):
+            env.delenv(name, raising=False)
+        s3 = S3Server().start()
+        for name, value in s3.env().items():
+            env.setenv(name, value)
+        try:
+            yield s3
+        finally:
+            s3.stop()
 
 
 @pytest.fixture
-def s3(server: S3Server, monkeypatch: pytest.MonkeyPatch) -> S3Server:
-    """The server, with this process's (and its children's) environment pointing at it."""
-    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"):
-        monkeypatch.delenv(name, raising=False)
-    for name, value in server.env().items():
-        monkeypatch.setenv(name, value)
+def s3(server: S3Server) -> S3Server:
     return server
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The job's output written to a local path: what every S3 output must equal."""
+    tmp = tmp_path_factory.mktemp("reference")
+    with emulator_thread(synthetic={ASSET: SYNTH}) as emu:
+        job = write_job(tmp / "ref.yaml", **_job_keys(emu.url, str(tmp / "reference.zarr")))
+        assert main(["run", "--quiet", str(job)]) == 0
+    return tmp / "reference.zarr"
+
+
+@pytest.fixture(scope="module")
+def finished(
+    server: S3Server, reference: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[str, str]:
+    """(bucket, URL) of the job's output written to S3 in one uninterrupted run."""
+    tmp = tmp_path_factory.mktemp("finished")
+    bucket = server.new_bucket()
+    url = f"s3://{bucket}/out.zarr"
+    with emulator_thread(synthetic={ASSET: SYNTH}) as emu:
+        job = write_job(tmp / "s3.yaml", **_job_keys(emu.url, url))
+        assert main(["run", "--quiet", str(job)]) == 0
+    return bucket, url
 
 
 def _files(root: Path) -> dict[str, bytes]:
@@ -119,25 +145,21 @@ def _spawn(*args: str) -> subprocess.Popen[bytes]:
     )
 
 
-def _reference(tmp_path: Path, url: str) -> dict[str, bytes]:
-    reference = tmp_path / "reference.zarr"
-    job = write_job(tmp_path / "ref.yaml", **_job_keys(url, str(reference)))
-    assert main(["run", "--quiet", str(job)]) == 0
-    return _files(reference)
-
-
 # --------------------------------------------------------------------------- resume
 
 
 @pytest.mark.parametrize("how", ["sigint", "sigkill"])
 def test_interrupted_s3_job_resumes_bit_exact_from_a_fresh_process(
-    tmp_path: Path, s3: S3Server, how: str, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path,
+    s3: S3Server,
+    reference: Path,
+    how: str,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     bucket = s3.new_bucket()
     url = f"s3://{bucket}/out.zarr"
     # Slow enough answers that the run is still going when the markers are seen.
     with emulator_thread(synthetic={ASSET: SYNTH}, service_base_s=0.05) as emu:
-        expected = _reference(tmp_path, emu.url)
         job = write_job(tmp_path / "s3.yaml", **_job_keys(emu.url, url))
         start = len(emu.log)
         proc = _spawn(str(job))
@@ -166,7 +188,7 @@ def test_interrupted_s3_job_resumes_bit_exact_from_a_fresh_process(
         first += _pixel_windows([r for r in later if r.get("workload_tag") != RESUME_TAG])
         second = _pixel_windows([r for r in later if r.get("workload_tag") == RESUME_TAG])
 
-    assert _objects(s3, bucket, "out.zarr/") == expected
+    assert _objects(s3, bucket, "out.zarr/") == _files(reference)
     # No finished tile is fetched again; only the tiles in flight at the kill are.
     assert not set(second) & _windows(done_before)
     assert len(second) == len(set(second)) == TILES - len(done_before)
@@ -177,53 +199,55 @@ def test_interrupted_s3_job_resumes_bit_exact_from_a_fresh_process(
 # --------------------------------------------------------------------------- reading back
 
 
-def test_s3_output_opens_in_xarray_and_passes_status_and_verify(
-    tmp_path: Path, s3: S3Server, capsys: pytest.CaptureFixture[str]
+def test_s3_output_is_bit_exact_and_opens_in_xarray_with_its_crs(
+    tmp_path: Path, s3: S3Server, reference: Path, finished: tuple[str, str]
 ) -> None:
+    import rasterio
     import xarray as xr
 
     import bulkpix
 
-    bucket = s3.new_bucket()
-    url = f"s3://{bucket}/out.zarr"
-    with emulator_thread(synthetic={ASSET: SYNTH}) as emu:
-        expected = _reference(tmp_path, emu.url)
-        job = write_job(tmp_path / "s3.yaml", **_job_keys(emu.url, url))
-        assert main(["run", "--quiet", str(job)]) == 0
-    assert _objects(s3, bucket, "out.zarr/") == expected
-
-    reference = bulkpix.open(tmp_path / "reference.zarr")
+    bucket, url = finished
+    assert _objects(s3, bucket, "out.zarr/") == _files(reference)
+    local = bulkpix.open(reference)
     # xarray through s3fs, as a user without bulkpix would read it ...
     ds = xr.open_zarr(url, storage_options=s3.storage_options(), decode_coords="all")
     # ... and bulkpix.open with the same options.
     opened = bulkpix.open(url, storage_options=s3.storage_options())
-    assert opened.rio.crs == reference.rio.crs and opened.rio.crs.to_epsg() == 32633
-    assert opened.rio.transform() == reference.rio.transform()
-    assert list(opened.data_vars) == list(reference.data_vars)
-    for band in reference.data_vars:
-        np.testing.assert_array_equal(ds[band].values, reference[band].values)
-        np.testing.assert_array_equal(opened[band].values, reference[band].values)
+    assert opened.rio.crs == local.rio.crs and opened.rio.crs.to_epsg() == 32633
+    assert opened.rio.transform() == local.rio.transform()
+    assert list(opened.data_vars) == list(local.data_vars)
+    for band in local.data_vars:
+        np.testing.assert_array_equal(ds[band].values, local[band].values)
+        np.testing.assert_array_equal(opened[band].values, local[band].values)
 
     # export reads the S3 output through obstore, as the run wrote it.
-    import rasterio
-
     assert main(["export", "--bands", "f32", url, str(tmp_path / "s3.tif")]) == 0
-    reference_path = str(tmp_path / "reference.zarr")
-    assert main(["export", "--bands", "f32", reference_path, str(tmp_path / "ref.tif")]) == 0
+    assert main(["export", "--bands", "f32", str(reference), str(tmp_path / "ref.tif")]) == 0
     with rasterio.open(tmp_path / "s3.tif") as got, rasterio.open(tmp_path / "ref.tif") as want:
         assert got.crs == want.crs and got.transform == want.transform
         np.testing.assert_array_equal(got.read(), want.read())
 
+
+def test_status_and_verify_on_an_s3_output(
+    s3: S3Server, finished: tuple[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    bucket, url = finished
     capsys.readouterr()
     assert main(["status", url]) == 0
     assert main(["verify", url]) == 0
-    out = capsys.readouterr().out
-    assert "48" in out
-
+    assert "48" in capsys.readouterr().out
     # A chunk changed behind bulkpix's back: verify finds it.
     chunk = next(k for k in s3.keys(bucket, "out.zarr/") if "/c/" in k)
-    s3.client().put_object(Bucket=bucket, Key=f"out.zarr/{chunk}", Body=b"not a chunk")
-    assert main(["verify", url]) == 1
+    key = f"out.zarr/{chunk}"
+    original = s3.client().get_object(Bucket=bucket, Key=key)["Body"].read()
+    s3.client().put_object(Bucket=bucket, Key=key, Body=b"not a chunk")
+    try:
+        assert main(["verify", url]) == 1
+        assert chunk.split("/")[0] in capsys.readouterr().out
+    finally:
+        s3.client().put_object(Bucket=bucket, Key=key, Body=original)
+    assert main(["verify", url]) == 0
 
 
 def test_bad_s3_output_is_one_line(
@@ -252,16 +276,16 @@ def test_missing_obstore_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> Non
 # --------------------------------------------------------------------------- the loop rule
 
 
-def _s3fs_store(s3: S3Server, url: str) -> Any:
+def _s3fs_store(s3: S3Server, url: str, **more: Any) -> Any:
     from zarr.storage import FsspecStore
 
     # A new filesystem: fsspec's cached one may hold a session on an earlier test's loop.
-    options = {**s3.storage_options(), "skip_instance_cache": True}
+    options = {**s3.storage_options(), "skip_instance_cache": True, **more}
     return FsspecStore.from_url(url, storage_options=options)
 
 
 def test_loop_bound_s3fs_store_writes_from_the_pipeline(
-    tmp_path: Path, s3: S3Server, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, s3: S3Server, reference: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """s3fs's store holds an aiohttp session on the loop that made it: its chunk writes run
     on the run's own loop (WriteLoop(store)), and the output is bit-exact."""
@@ -280,10 +304,9 @@ def test_loop_bound_s3fs_store_writes_from_the_pipeline(
     monkeypatch.setattr(output, "open_store", s3fs_store)
     assert not write_loop.second_loop_safe(_s3fs_store(s3, url))
     with emulator_thread(synthetic={ASSET: SYNTH}) as emu:
-        expected = _reference(tmp_path, emu.url)
         job = write_job(tmp_path / "s3.yaml", **_job_keys(emu.url, url))
         assert main(["run", "--quiet", str(job)]) == 0
-    assert _objects(s3, bucket, "out.zarr/") == expected
+    assert _objects(s3, bucket, "out.zarr/") == _files(reference)
 
 
 async def test_s3fs_store_breaks_on_a_second_loop_and_obstore_does_not(s3: S3Server) -> None:
@@ -297,7 +320,10 @@ async def test_s3fs_store_breaks_on_a_second_loop_and_obstore_does_not(s3: S3Ser
     bucket = s3.new_bucket()
     data = default_buffer_prototype().buffer.from_bytes(b"chunk")
     obstore_store = await open_store(f"s3://{bucket}/a.zarr")
-    s3fs_store = _s3fs_store(s3, f"s3://{bucket}/b.zarr")
+    # One attempt: botocore would retry the failing call with back-off first.
+    s3fs_store = _s3fs_store(
+        s3, f"s3://{bucket}/b.zarr", config_kwargs={"retries": {"max_attempts": 1}}
+    )
     assert second_loop_safe(ChecksumStore(obstore_store))
     assert not second_loop_safe(ChecksumStore(s3fs_store))
     for store in (obstore_store, s3fs_store):
@@ -510,7 +536,7 @@ async def test_holders_renewing_at_the_same_instant_both_stay_listed(s3: S3Serve
 
 @pytest.mark.slow  # ~16 s here: two worker processes start
 async def test_a_dask_cluster_writes_the_s3_output_bit_exact(
-    tmp_path: Path, s3: S3Server
+    s3: S3Server, reference: Path
 ) -> None:
     """Worker processes (each writing from its own loop) share the S3 output; their
     credentials come from the environment they inherit, as on any cluster."""
@@ -523,20 +549,17 @@ async def test_a_dask_cluster_writes_the_s3_output_bit_exact(
     bucket = s3.new_bucket()
     url = f"s3://{bucket}/out.zarr"
     config = EmulatorConfig(synthetic={ASSET: SYNTH})
-    async with run_emulator(config) as emu:
-        reference = tmp_path / "reference.zarr"
-        assert (await run_job(parse_job(_job_keys(emu.url, str(reference))))).ok
-        async with distributed.LocalCluster(
-            n_workers=2,
-            threads_per_worker=1,
-            processes=True,
-            host="127.0.0.1",
-            scheduler_port=0,
-            dashboard_address=":0",
-            asynchronous=True,
-            silence_logs=40,
-        ) as local, distributed.Client(local, asynchronous=True) as client:
-            stats = await run_job(parse_job(_job_keys(emu.url, url)), dask_client=client)
+    async with run_emulator(config) as emu, distributed.LocalCluster(
+        n_workers=2,
+        threads_per_worker=1,
+        processes=True,
+        host="127.0.0.1",
+        scheduler_port=0,
+        dashboard_address=":0",
+        asynchronous=True,
+        silence_logs=40,
+    ) as local, distributed.Client(local, asynchronous=True) as client:
+        stats = await run_job(parse_job(_job_keys(emu.url, url)), dask_client=client)
     assert stats.ok and stats.finished == stats.total == TILES
     assert len(stats.workers) == 2
     assert _objects(s3, bucket, "out.zarr/") == _files(reference)
