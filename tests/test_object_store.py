@@ -563,3 +563,28 @@ async def test_a_dask_cluster_writes_the_s3_output_bit_exact(
     assert stats.ok and stats.finished == stats.total == TILES
     assert len(stats.workers) == 2
     assert _objects(s3, bucket, "out.zarr/") == _files(reference)
+
+
+async def test_an_aws_profile_gives_the_credentials(
+    tmp_path: Path, s3: S3Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """object_store reads no AWS profiles; with AWS_PROFILE (and no keys) set, boto3's
+    credentials and region for that profile are used."""
+    pytest.importorskip("boto3")
+    from bulkpix.store.zarr_store import open_store
+
+    (tmp_path / "credentials").write_text(
+        "[bulkpix-test]\naws_access_key_id = profile-key\naws_secret_access_key = profile-secret\n"
+    )
+    (tmp_path / "config").write_text("[profile bulkpix-test]\nregion = eu-west-3\n")
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION", "AWS_DEFAULT_REGION"):
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "credentials"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "config"))
+    monkeypatch.setenv("AWS_PROFILE", "bulkpix-test")
+    store = await open_store(f"s3://{s3.new_bucket()}/out.zarr")
+    provider = store.store.credential_provider
+    assert provider is not None
+    credentials = provider()
+    assert credentials["access_key_id"] == "profile-key"
+    assert provider.config["region"] == "eu-west-3"

@@ -12,7 +12,8 @@ zarr's ``ObjectStore`` adapter over obstore (Rust's ``object_store``), rather th
 - Credentials come from the environment as ``object_store`` reads it: every ``AWS_*``
   variable (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``,
   ``AWS_REGION``/``AWS_DEFAULT_REGION``, ``AWS_ENDPOINT_URL`` for MinIO and the like,
-  ``AWS_ALLOW_HTTP=true`` for a plain-http endpoint), web identity and instance metadata;
+  ``AWS_ALLOW_HTTP=true`` for a plain-http endpoint), web identity and instance metadata,
+  and ``AWS_PROFILE`` through boto3 when it is installed (object_store reads no profiles);
   ``GOOGLE_APPLICATION_CREDENTIALS`` / ``GOOGLE_SERVICE_ACCOUNT``; ``AZURE_*``
   (``AZURE_STORAGE_ACCOUNT_NAME``, ``AZURE_STORAGE_ACCOUNT_KEY``, ``AZURE_STORAGE_SAS_TOKEN``
   ...).
@@ -25,6 +26,7 @@ reports them as it reports a full disk and the lease's renewal retries them.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import AsyncGenerator, Iterable, Iterator
 from types import ModuleType
 from typing import Any, NamedTuple
@@ -71,9 +73,29 @@ def open_object_store(url: str, *, read_only: bool = False) -> CloudStore:
         ) from None
     try:
         # No client config: every setting comes from the environment, as for the AWS CLI.
+        provider = _aws_profile_credentials(url)
+        if provider is not None:
+            return CloudStore(from_url(url, credential_provider=provider), read_only=read_only)
         return CloudStore(from_url(url), read_only=read_only)
     except Exception as exc:  # obstore's configuration errors have no common base
         raise StoreError(f"cannot open {url}: {_first_line(exc)}") from None
+
+
+def _aws_profile_credentials(url: str) -> Any:
+    """boto3's credentials (and region) for ``AWS_PROFILE``, which object_store does not
+    read (it reads the AWS_* keys, web identity and instance metadata); None when keys are
+    in the environment, no profile is named, or boto3 is not installed."""
+    scheme = url.partition("://")[0].lower()
+    if scheme not in ("s3", "s3a") or "AWS_ACCESS_KEY_ID" in os.environ:
+        return None
+    if not os.environ.get("AWS_PROFILE"):
+        return None
+    try:
+        import boto3
+        from obstore.auth.boto3 import Boto3CredentialProvider
+    except ImportError:
+        return None
+    return Boto3CredentialProvider(boto3.Session())
 
 
 def _first_line(exc: BaseException) -> str:
