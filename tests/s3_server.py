@@ -61,7 +61,8 @@ class S3Server:
     def client(self) -> Any:
         import boto3
 
-        return boto3.client(
+        # Its own session: boto3's default one keeps the profile it was first made with.
+        return boto3.session.Session().client(
             "s3",
             endpoint_url=self.endpoint,
             aws_access_key_id=ACCESS_KEY,

@@ -573,6 +573,7 @@ async def test_an_aws_profile_gives_the_credentials(
     pytest.importorskip("boto3")
     from bulkpix.store.zarr_store import open_store
 
+    url = f"s3://{s3.new_bucket()}/out.zarr"
     (tmp_path / "credentials").write_text(
         "[bulkpix-test]\naws_access_key_id = profile-key\naws_secret_access_key = profile-secret\n"
     )
@@ -582,7 +583,7 @@ async def test_an_aws_profile_gives_the_credentials(
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "credentials"))
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "config"))
     monkeypatch.setenv("AWS_PROFILE", "bulkpix-test")
-    store = await open_store(f"s3://{s3.new_bucket()}/out.zarr")
+    store = await open_store(url)
     provider = store.store.credential_provider
     assert provider is not None
     credentials = provider()
