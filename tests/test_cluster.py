@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import re
 import signal
@@ -16,6 +17,7 @@ import distributed
 import numpy as np
 import pytest
 import zarr
+from rich.console import Console
 
 from bulkpix.emulator import EmulatorConfig, SyntheticAsset, run_emulator
 from bulkpix.emulator.synthetic import SYNTHETIC_BANDS, synthetic_pixels
@@ -42,6 +44,19 @@ async def cluster() -> AsyncIterator[Any]:
         silence_logs=40,
     ) as local, distributed.Client(local, asynchronous=True) as client:
         yield client
+
+
+CAP, QPS = 3, 20.0  # the job's quota, and the stand-in's: 64 tiles take about 3 s at it
+
+
+def _quota_emulator() -> EmulatorConfig:
+    """The stand-in with the job's quota, 0.1 s a call: a 429 would show any overbooking."""
+    return EmulatorConfig(
+        synthetic={ASSET: SyntheticAsset(width=SIDE, height=SIDE)},
+        max_concurrent=CAP,
+        max_qps=QPS,
+        service_base_s=0.1,
+    )
 
 
 def _job(url: str, output: Path, **keys: Any) -> Any:
@@ -80,13 +95,8 @@ def _most_in_any_window(times: list[float], window: float) -> int:
 
 
 async def test_two_workers_share_one_quota_bit_exact(cluster: Any, tmp_path: Path) -> None:
-    cap, qps = 3, 20.0
-    config = EmulatorConfig(
-        synthetic={ASSET: SyntheticAsset(width=SIDE, height=SIDE)},
-        max_concurrent=cap,
-        max_qps=qps,
-        service_base_s=0.1,
-    )
+    cap, qps = CAP, QPS
+    config = _quota_emulator()
     async with run_emulator(config) as emu:
         job = _job(emu.url, tmp_path / "out.zarr", concurrency=cap, qps=qps)
         stats = await run_job(job, dask_client=cluster)
@@ -117,13 +127,8 @@ async def _wait_for_markers(output: Path, at_least: int, run: asyncio.Task[Any])
 
 
 async def test_a_killed_worker_loses_nothing(cluster: Any, tmp_path: Path) -> None:
-    cap, qps = 3, 20.0
-    config = EmulatorConfig(
-        synthetic={ASSET: SyntheticAsset(width=SIDE, height=SIDE)},
-        max_concurrent=cap,
-        max_qps=qps,
-        service_base_s=0.1,
-    )
+    cap, qps = CAP, QPS
+    config = _quota_emulator()
     output = tmp_path / "out.zarr"
     async with run_emulator(config) as emu:
         job = _job(emu.url, output, concurrency=cap, qps=qps)
@@ -192,15 +197,27 @@ async def test_the_command_line_runs_on_the_cluster(cluster: Any, tmp_path: Path
     assert re.search(r"src\s*│\s*64/64\s*│\s*0\s*│", err), err  # 64 of 64, fetched now 0
 
 
-async def test_an_unreachable_scheduler_is_one_line_and_writes_nothing(tmp_path: Path) -> None:
+async def test_an_unreachable_scheduler_is_one_line_and_writes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bulkpix.cluster import submit
+    from bulkpix.errors import JobError
+
+    monkeypatch.setattr(submit, "CONNECT_TIMEOUT_S", 1.0)
     with socket.socket() as probe:  # a port nobody listens on
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    job = _cli_job(tmp_path, executor={"dask": f"tcp://127.0.0.1:{port}"})
-    code, _, err = await _bulkpix("run", str(job))
-    assert code == 2
-    assert f"cannot reach the Dask scheduler at tcp://127.0.0.1:{port}" in err
-    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    job = parse_job(
+        {"asset": ASSET, "output": str(tmp_path / "out.zarr"), "endpoint": "emulator",
+         "emulator": {"synthetic": {ASSET: "64x64"}},
+         "executor": {"dask": f"tcp://127.0.0.1:{port}"}},
+        base_dir=tmp_path,
+    )
+    with pytest.raises(JobError) as caught:
+        await run_job(job)
+    message = str(caught.value)
+    assert message.startswith(f"cannot reach the Dask scheduler at tcp://127.0.0.1:{port}")
+    assert "\n" not in message
     assert not (tmp_path / "out.zarr").exists()
 
 
@@ -235,13 +252,8 @@ async def test_a_killed_submitting_client_leaves_a_resumable_output(
 async def test_a_stop_ends_the_cluster_run_and_a_rerun_off_the_cluster_finishes(
     cluster: Any, tmp_path: Path
 ) -> None:
-    cap, qps = 3, 20.0
-    config = EmulatorConfig(
-        synthetic={ASSET: SyntheticAsset(width=SIDE, height=SIDE)},
-        max_concurrent=cap,
-        max_qps=qps,
-        service_base_s=0.1,
-    )
+    cap, qps = CAP, QPS
+    config = _quota_emulator()
     output = tmp_path / "out.zarr"
     async with run_emulator(config) as emu:
         job = _job(emu.url, output, concurrency=cap, qps=qps)
@@ -269,13 +281,25 @@ async def test_the_api_takes_a_scheduler_address_and_reports_each_worker(
     config = EmulatorConfig(synthetic={ASSET: SyntheticAsset(width=SIDE, height=SIDE)})
     async with run_emulator(config) as emu:
         job = _job(emu.url, tmp_path / "out.zarr", concurrency=8)
-        summary = await bulkpix.arun(job, dask=cluster.scheduler.address, progress=False)
+        drawn = io.StringIO()
+        console = Console(file=drawn, force_terminal=True, width=160)
+        summary = await bulkpix.arun(
+            job, dask=cluster.scheduler.address, progress=True, console=console
+        )
+        again = await bulkpix.arun(job, dask=cluster, progress=False)  # nothing left to do
+        calls = _pixel_calls(emu.log)
+    assert again.complete and again.finished == 64 and again.items[0].fetched == 0
+    assert len(calls) == 64
     assert summary.complete and summary.finished == 64
     assert {w.address for w in summary.workers} <= set(
         (await cluster.scheduler.identity())["workers"]
     )
     assert sum(w.tiles for w in summary.workers) == 64
     assert sum(w.bytes for w in summary.workers) == summary.bytes > 0
+    # The live bars on the submitting client: the total, and each worker as it reports.
+    text = drawn.getvalue()
+    assert "total" in text and "64/64" in text
+    assert any(w.address in text for w in summary.workers), text[-2000:]
     _assert_synthetic(tmp_path / "out.zarr")
 
 
