@@ -309,6 +309,18 @@ def test_loop_bound_s3fs_store_writes_from_the_pipeline(
     assert _objects(s3, bucket, "out.zarr/") == _files(reference)
 
 
+async def test_which_stores_may_be_written_from_a_second_loop(tmp_path: Path) -> None:
+    from zarr.storage import FsspecStore, LocalStore, MemoryStore
+
+    from bulkpix.store.checksum import ChecksumStore
+    from bulkpix.store.write_loop import second_loop_safe
+
+    local = await LocalStore.open(str(tmp_path / "out.zarr"))
+    in_memory = FsspecStore.from_url("memory://bulkpix-loop-test/out.zarr")  # sync fs: threads
+    for store in (local, MemoryStore(), in_memory):
+        assert second_loop_safe(store) and second_loop_safe(ChecksumStore(store))
+
+
 async def test_s3fs_store_breaks_on_a_second_loop_and_obstore_does_not(s3: S3Server) -> None:
     """Why the loop rule exists: the same writes, from the write loop's thread."""
     from zarr.core.buffer import default_buffer_prototype

@@ -5,9 +5,9 @@ fingerprints), whether the holder is exclusive (a ``--restart``, ``verify``), an
 renewed it last: run id, host, pid, since, and an expiry in wall-clock seconds.
 
 - No file locks: the zarr Store API (get, set, set_if_not_exists, delete), so the same code
-  works on a local disk and on object stores (and conditional replaces where obstore offers
-  them, below). A new lease is created with
-  ``set_if_not_exists`` and read back; whoever's run id is read back holds it.
+  works on a local disk and on object stores (with conditional replaces where obstore offers
+  them, below). A new lease is created with ``set_if_not_exists`` and read back; whoever's
+  run id is read back holds it.
 - Runs of the SAME job (not exclusive) share the lease: each renews it with its own details,
   so cooperating workers (several processes, Dask) can write one output together. The
   document lists every such run as a holder, each with its own expiry; a run that ends takes

@@ -46,6 +46,7 @@ from zarr.storage import LocalStore, StorePath
 from bulkpix.dtypes import BandSpec
 from bulkpix.errors import StoreError
 from bulkpix.store.checksum import ChecksumStore
+from bulkpix.store.cloud import is_object_store_url, open_object_store
 from bulkpix.store.codecs import DEFAULT_COMPRESSION, zarr_compressors
 from bulkpix.store.location import (
     CUBE_COORD_NAMES,
@@ -125,8 +126,6 @@ async def open_store(url_or_path: str, *, read_only: bool = False) -> Store:
     """
     if "://" not in url_or_path:
         return await LocalStore.open(url_or_path, read_only=read_only)
-    from bulkpix.store.cloud import is_object_store_url, open_object_store
-
     if is_object_store_url(url_or_path):
         return open_object_store(url_or_path, read_only=read_only)
     try:
