@@ -601,3 +601,25 @@ async def test_an_aws_profile_gives_the_credentials(
     credentials = provider()
     assert credentials["access_key_id"] == "profile-key"
     assert provider.config["region"] == "eu-west-3"
+
+
+@pytest.mark.parametrize(
+    ("url", "kind"),
+    [
+        ("gs://bucket/out.zarr", "GCSStore"),
+        ("az://container/out.zarr", "AzureStore"),
+        ("abfs://container@account.dfs.core.windows.net/out.zarr", "AzureStore"),
+        ("s3a://bucket/out.zarr", "S3Store"),
+    ],
+)
+async def test_other_clouds_open_through_obstore(
+    url: str, kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing is sent when a store is opened: the URL and the environment configure it."""
+    from bulkpix.store.cloud import CloudStore
+    from bulkpix.store.zarr_store import open_store
+
+    monkeypatch.setenv("AZURE_STORAGE_ACCOUNT_NAME", "account")
+    store = await open_store(url)
+    assert isinstance(store, CloudStore) and type(store.store).__name__ == kind
+    assert store.store.prefix == "out.zarr"
