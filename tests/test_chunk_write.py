@@ -32,9 +32,10 @@ async def _array(root: Path, name: str, dtype: str, shape: tuple[int, ...],
     store = await LocalStore.open(str(root))
     group = await zarr.api.asynchronous.open_group(store=store, mode="a",
                                                     zarr_format=zarr_format)  # type: ignore[arg-type]
-    return await group.create_array(
+    array = await group.create_array(
         name, shape=shape, chunks=chunks, dtype=dtype, fill_value=7,
         compressors=zarr_compressors(compression, None, zarr_format))
+    return array.with_config({"write_empty_chunks": True})  # as ItemWriter's arrays
 
 
 def _chunk_files(root: Path) -> dict[str, bytes]:
@@ -124,8 +125,18 @@ def test_v2_array_and_other_dtype_go_through_setitem(tmp_path: Path,
         v3 = await _array(tmp_path / "v3", "b", "uint16", (16, 16), (16, 16), "zstd")
         await write_chunk(v3, (slice(0, 16), slice(0, 16)), value.astype("int32"))
         np.testing.assert_array_equal(await v3.getitem(slice(None)), value)
+        # An array that leaves out chunks of only the fill value: zarr decides.
+        sparse = v3.with_config({"write_empty_chunks": False})
+        await write_chunk(sparse, (slice(0, 16), slice(0, 16)), np.full((16, 16), 7, "uint16"))
+        assert await sparse.store_path.store.get("b/c/0/0", prototype=_prototype()) is None
 
     asyncio.run(main())
+
+
+def _prototype() -> Any:
+    from zarr.core.buffer import default_buffer_prototype
+
+    return default_buffer_prototype()
 
 
 def _refuse(*args: object) -> None:

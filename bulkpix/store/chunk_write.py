@@ -8,8 +8,9 @@ methods zarr's pipeline runs) encode the chunk in one worker thread, and the byt
 array's store path under the array's own chunk key. The stored chunk is byte for byte what
 ``setitem`` stores (``tests/test_chunk_write.py``).
 
-Anything this does not cover (a Zarr v2 array, sharding, Fortran order, a chunk only part of
-whose cells the selection covers, a value of another dtype) goes through ``setitem``.
+Anything this does not cover (a Zarr v2 array, sharding, Fortran order, an array that leaves
+out empty chunks, a chunk only part of whose cells the selection covers, a value of another
+dtype) goes through ``setitem``.
 """
 
 from __future__ import annotations
@@ -55,6 +56,8 @@ def _whole_chunk(
     metadata = array.metadata
     if metadata.zarr_format != 3 or array.config.order != "C":
         return None
+    if not array.config.write_empty_chunks:
+        return None  # zarr would leave out a chunk of only the fill value: let it decide
     pipeline = array.codec_pipeline
     if not isinstance(pipeline, BatchedCodecPipeline) or not all(
         hasattr(codec, "_encode_sync") for codec in pipeline
