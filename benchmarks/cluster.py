@@ -1,0 +1,467 @@
+"""A job on a local Dask cluster: throughput against the number of workers, and what the
+shared quota costs per request.
+
+    python -m benchmarks.cluster [--size default|small] [--json PATH] [--workdir DIR]
+
+1. Throughput: one synthetic asset served by the emulator in its own process (the
+   ``bulkpix emulator`` CLI) with a service-time model, fetched by the same job without Dask
+   (plain ``run_job``, the baseline row) and on a ``distributed.LocalCluster`` of 1, 2 and 4
+   worker processes of one thread each:
+
+   a) ``unbound``: the emulator's quota far above the job's, the job's concurrency high and its
+      qps far above what the service time allows: the workers' CPU (and the emulator's, on the
+      same cores) is what can limit it;
+   b) ``quota_bound``: the job's qps low and the emulator's quota equal to the job's: the run
+      should take requests / qps whatever the number of workers.
+
+   Each row: wall time of ``run_job`` (metadata, planning, submission included), MB/s of pixel
+   bytes delivered (1 MB = 1e6 bytes), tiles/s, getPixels requests/s, the quota's ideal, the
+   peak ``in_flight`` the emulator logged and its 429s, and the CPU seconds of the worker
+   processes (psutil on the pids ``client.run(os.getpid)`` names), of this process (the
+   scheduler and the submitting client live here) and of the emulator.
+
+   Where the emulator runs: its own process, on the same two cores (``taskset`` could only
+   give it one of the two, halving the workers'). When this process may (root), the emulator
+   is reniced to -5 so the workers' CPU does not stretch its service times; the JSON says
+   whether it was.
+
+2. The quota's cost per request: bulkpix's broker (``bulkpix.cluster.quota``: one RPC to
+   ``bulkpix_quota_acquire``, the release sent on the worker's batched stream, no round trip)
+   against ``distributed.Semaphore(max_leases=N)`` (an acquire RPC and a release RPC),
+   ``--acquisitions`` in all from N coroutines spread over the 2 workers' event loops,
+   contending for N slots, each held for no time: mean and p99 round trip of the acquire,
+   and of acquire + release. The Semaphore counts concurrency only: no rate limit, no 429
+   feedback (and its leases lapse when a busy worker misses a refresh).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+
+from benchmarks.emulator_process import EmulatorProcess, EmulatorSettings
+from benchmarks.ideal import ideal_for_requests
+from benchmarks.machine import describe_machine
+
+__all__ = ["SIZES", "ClusterSize", "main", "quota_overhead", "throughput"]
+
+DEFAULT_JSON = Path(__file__).parent / "results" / "cluster.json"
+PIXEL_BYTES = 9  # u8 + i16 + u16 + f32: what a synthetic asset's pixel delivers
+EMULATOR_NICE = -5
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One job against one emulator: its asset, tiles, the job's and the server's quota."""
+
+    name: str
+    side: int  # the synthetic asset is side x side px
+    tile: int
+    concurrency: int
+    qps: float
+    server_concurrent: int
+    server_qps: float
+    service_base_s: float
+    service_per_mb_s: float
+
+
+@dataclass(frozen=True)
+class ClusterSize:
+    unbound: Scenario
+    quota_bound: Scenario
+    workers: tuple[int, ...]
+    slots: int  # N of the quota-cost benchmark
+    acquisitions: int
+
+
+SIZES: dict[str, ClusterSize] = {
+    "default": ClusterSize(
+        # 144 tiles of 512 x 512 (3.4 MB counted, 2.4 MB delivered; 0.27 s each): 32 in
+        # flight could deliver ~280 MB/s, more than one worker's core decodes and writes.
+        unbound=Scenario("unbound", side=6144, tile=512, concurrency=32, qps=1000.0,
+                         server_concurrent=1000, server_qps=10000.0,
+                         service_base_s=0.1, service_per_mb_s=0.05),
+        # 96 tiles of 256 x 256 at 15/s: 6.4 s whatever the workers; 8 in flight would allow
+        # ~55/s, so the rate is what binds.
+        quota_bound=Scenario("quota_bound", side=3072, tile=256, concurrency=8, qps=15.0,
+                             server_concurrent=8, server_qps=15.0,
+                             service_base_s=0.1, service_per_mb_s=0.05),
+        workers=(1, 2, 4), slots=8, acquisitions=1000,
+    ),
+    "small": ClusterSize(
+        unbound=Scenario("unbound", side=1024, tile=256, concurrency=8, qps=1000.0,
+                         server_concurrent=1000, server_qps=10000.0,
+                         service_base_s=0.02, service_per_mb_s=0.0),
+        quota_bound=Scenario("quota_bound", side=512, tile=256, concurrency=2, qps=20.0,
+                             server_concurrent=2, server_qps=20.0,
+                             service_base_s=0.02, service_per_mb_s=0.0),
+        workers=(1, 2), slots=4, acquisitions=40,
+    ),
+}
+
+
+def _asset(scenario: Scenario) -> str:
+    return f"projects/bench/assets/{scenario.name}"
+
+
+def _settings(scenario: Scenario) -> EmulatorSettings:
+    return EmulatorSettings(assets=((_asset(scenario), scenario.side, scenario.side),),
+                            max_concurrent=scenario.server_concurrent,
+                            max_qps=scenario.server_qps,
+                            service_base_s=scenario.service_base_s,
+                            service_per_mb_s=scenario.service_per_mb_s,
+                            service_jitter=0.0)
+
+
+def _job(scenario: Scenario, url: str, output: Path) -> Any:
+    from bulkpix.job import parse_job
+
+    return parse_job({
+        "asset": _asset(scenario), "output": str(output), "endpoint": url,
+        "credentials": "none", "chunk": scenario.tile, "tile": [scenario.tile, scenario.tile],
+        "concurrency": scenario.concurrency, "qps": scenario.qps,
+    })
+
+
+def _renice(pid: int) -> bool:
+    """Give the emulator priority over the clients on the shared cores, if allowed."""
+    try:
+        psutil.Process(pid).nice(EMULATOR_NICE)
+    except (psutil.AccessDenied, PermissionError):
+        return False
+    return True
+
+
+def _cpu_s(pids: Sequence[int]) -> float:
+    total = 0.0
+    for pid in pids:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            times = psutil.Process(pid).cpu_times()
+            total += times.user + times.system
+    return total
+
+
+def _sampled_exact(output: Path, side: int) -> bool:
+    """Every 61st row of every band equals the synthetic truth (a full read would cost more
+    than the run on these cores)."""
+    import zarr
+
+    from bulkpix.emulator.synthetic import SYNTHETIC_BANDS, synthetic_pixels
+
+    group = zarr.open_group(output, mode="r")
+    rows = np.arange(0, side, 61)
+    cols = np.arange(side)
+    for index, (band, _) in enumerate(SYNTHETIC_BANDS):
+        got = group[band].get_orthogonal_selection((rows, slice(None)))
+        if not np.array_equal(got, synthetic_pixels(index, rows, cols)):
+            return False
+    return True
+
+
+def _most_in_window(times: list[float], window: float) -> int:
+    times = sorted(times)
+    most, start = 0, 0
+    for end, t in enumerate(times):
+        while times[start] <= t - window:
+            start += 1
+        most = max(most, end - start + 1)
+    return most
+
+
+async def _one_run(scenario: Scenario, emu: EmulatorProcess, workdir: Path, label: str,
+                   client: Any, worker_pids: Sequence[int]) -> dict[str, Any]:
+    from bulkpix.pipeline import run_job
+
+    output = workdir / f"{scenario.name}-{label}.zarr"
+    job = _job(scenario, emu.url, output)
+    me = psutil.Process()
+    before_workers, before_me, before_emu = _cpu_s(worker_pids), me.cpu_times(), emu.cpu_s()
+    since = time.time()
+    started = time.perf_counter()
+    stats = await run_job(job, dask_client=client)
+    wall_s = time.perf_counter() - started
+    until = time.time()
+    after_me = me.cpu_times()
+    row_cpu = {
+        "workers_cpu_s": round(_cpu_s(worker_pids) - before_workers, 2) if worker_pids else None,
+        "harness_cpu_s": round(after_me.user + after_me.system
+                               - before_me.user - before_me.system, 2),
+        "emulator_cpu_s": round(emu.cpu_s() - before_emu, 2),
+    }
+    await asyncio.sleep(0.2)  # the emulator's last log lines are flushed after the answer
+    calls = [r for r in emu.records(since, until + 1.0) if r["op"] == "get_pixels"]
+    ok = [r for r in calls if r["status"] == 200]
+    nbytes = sum(item.bytes for item in stats.items)
+    ideal = ideal_for_requests([int(r["request_size"]) for r in ok],
+                               base_s=scenario.service_base_s,
+                               per_mb_s=scenario.service_per_mb_s,
+                               concurrency=scenario.concurrency, qps=scenario.qps)
+    exact = stats.ok and stats.finished == stats.total and _sampled_exact(output, scenario.side)
+    shutil.rmtree(output, ignore_errors=True)
+    return {
+        "run": label,
+        "workers": len(worker_pids) if client is not None else 0,
+        "wall_s": round(wall_s, 2),
+        "tiles": stats.finished,
+        "mb": round(nbytes / 1e6, 1),
+        "mb_per_s": round(nbytes / 1e6 / wall_s, 1),
+        "tiles_per_s": round(stats.finished / wall_s, 1),
+        "requests": len(calls),
+        "requests_per_s": round(len(calls) / wall_s, 1),
+        "ideal_s": round(ideal, 2),
+        "wall_over_ideal": round(wall_s / ideal, 2) if ideal else None,
+        "peak_in_flight": max((r["in_flight"] or 0 for r in calls), default=0),
+        "most_in_1s": _most_in_window([r["time"] for r in calls], 1.0),
+        "n_429": sum(1 for r in calls if r["status"] == 429),
+        "retries": stats.retries,
+        "per_worker_tiles": sorted((w.tiles for w in stats.workers.values()), reverse=True),
+        "exact": exact,
+        **row_cpu,
+    }
+
+
+@contextlib.asynccontextmanager
+async def _cluster(n_workers: int) -> AsyncIterator[tuple[Any, list[int]]]:
+    import distributed
+
+    async with distributed.LocalCluster(
+        n_workers=n_workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+        scheduler_port=0, dashboard_address=None, asynchronous=True, silence_logs=40,
+    ) as local, distributed.Client(local, asynchronous=True) as client:
+        await client.wait_for_workers(n_workers)
+        # The workers import bulkpix before the clock starts, as a long-lived cluster has.
+        await client.run(_warm)
+        pids = sorted((await client.run(os.getpid)).values())
+        yield client, pids
+
+
+def _warm() -> None:
+    import bulkpix.cluster.task  # noqa: F401
+    import bulkpix.pipeline  # noqa: F401
+
+
+async def throughput(size: ClusterSize, workdir: Path) -> dict[str, Any]:
+    """Both scenarios: the baseline without Dask, then 1, 2, 4 workers."""
+    scenarios = (size.unbound, size.quota_bound)
+    rows: dict[str, list[dict[str, Any]]] = {s.name: [] for s in scenarios}
+    with contextlib.ExitStack() as stack:
+        emulators = {}
+        reniced = True
+        for scenario in scenarios:
+            emu = stack.enter_context(EmulatorProcess(_settings(scenario), workdir / scenario.name))
+            assert emu._process is not None
+            reniced = _renice(emu._process.pid) and reniced
+            emulators[scenario.name] = emu
+        _warm()
+        for scenario in scenarios:
+            rows[scenario.name].append(await _one_run(
+                scenario, emulators[scenario.name], workdir, "no Dask", None, []))
+        for n in size.workers:
+            async with _cluster(n) as (client, pids):
+                for scenario in scenarios:
+                    rows[scenario.name].append(await _one_run(
+                        scenario, emulators[scenario.name], workdir, f"{n} workers", client,
+                        pids))
+    return {
+        "emulator_reniced": EMULATOR_NICE if reniced else None,
+        "scenarios": {
+            s.name: {"settings": s.__dict__ | {"tiles": (s.side // s.tile) ** 2},
+                     "rows": rows[s.name]}
+            for s in scenarios
+        },
+    }
+
+
+# -- 2. the quota's cost per request --------------------------------------------------------
+
+async def _broker_worker(job_id: str, coroutines: int, each: int) -> list[tuple[float, float]]:
+    """On a worker: ``coroutines`` loops of ``each`` slots from the broker."""
+    from distributed import get_worker
+
+    from bulkpix.cluster.quota import ClusterGovernor
+
+    governor = ClusterGovernor(get_worker(), job_id, asyncio.Event())
+
+    async def loop() -> list[tuple[float, float]]:
+        times = []
+        for _ in range(each):
+            t0 = time.perf_counter()
+            async with governor.slot():
+                t1 = time.perf_counter()
+            times.append((t1 - t0, time.perf_counter() - t0))
+        return times
+
+    results = await asyncio.gather(*(loop() for _ in range(coroutines)))
+    return [t for r in results for t in r]
+
+
+async def _semaphore_worker(semaphore: Any, coroutines: int,
+                            each: int) -> list[tuple[float, float]]:
+    """On a worker: ``coroutines`` loops of ``each`` leases of a ``distributed.Semaphore``."""
+
+    async def loop() -> list[tuple[float, float]]:
+        times = []
+        for _ in range(each):
+            t0 = time.perf_counter()
+            await semaphore.acquire()
+            t1 = time.perf_counter()
+            await semaphore.release()
+            times.append((t1 - t0, time.perf_counter() - t0))
+        return times
+
+    results = await asyncio.gather(*(loop() for _ in range(coroutines)))
+    return [t for r in results for t in r]
+
+
+def _summary(times: list[tuple[float, float]]) -> dict[str, Any]:
+    acquire = np.array([a for a, _ in times]) * 1e3
+    cycle = np.array([c for _, c in times]) * 1e3
+    return {"acquisitions": len(times),
+            "acquire_mean_ms": round(float(acquire.mean()), 3),
+            "acquire_p99_ms": round(float(np.percentile(acquire, 99)), 3),
+            "cycle_mean_ms": round(float(cycle.mean()), 3),
+            "cycle_p99_ms": round(float(np.percentile(cycle, 99)), 3)}
+
+
+async def quota_overhead(slots: int, acquisitions: int, workers: int = 2) -> dict[str, Any]:
+    """Broker against Semaphore: ``slots`` coroutines for ``slots`` slots over ``workers``."""
+    import distributed
+
+    from bulkpix.cluster.quota import open_quota
+
+    per_worker = max(1, slots // workers)
+    each = max(1, acquisitions // (per_worker * workers))
+    figures: dict[str, Any] = {"slots": slots, "workers": workers,
+                               "coroutines_per_worker": per_worker}
+    async with _cluster(workers) as (client, _):
+        addresses = sorted((await client.scheduler.identity())["workers"])
+        job_id = f"bench-{uuid.uuid4().hex[:8]}"
+        # A rate far above any reached: only the concurrency cap, as the Semaphore has.
+        async with open_quota(client, job_id, slots, 1e6, 60.0):
+            futures = [client.submit(_broker_worker, job_id, per_worker, each, workers=[a],
+                                     pure=False) for a in addresses]
+            broker = [t for r in await client.gather(futures) for t in r]
+        semaphore = await distributed.Semaphore(max_leases=slots, name=f"bench-{job_id}")
+        futures = [client.submit(_semaphore_worker, semaphore, per_worker, each, workers=[a],
+                                 pure=False) for a in addresses]
+        leases = [t for r in await client.gather(futures) for t in r]
+        await semaphore.close()
+    figures["broker"] = _summary(broker)
+    figures["semaphore"] = _summary(leases)
+    return figures
+
+
+# -- output ---------------------------------------------------------------------------------
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "yes" if value else "**no**"
+    if isinstance(value, list):
+        return "/".join(str(v) for v in value)
+    return str(value)
+
+
+def markdown(document: dict[str, Any]) -> str:
+    machine = document["meta"]["machine"]
+    where = (f"{machine['cpu_model']}, {machine['nproc']} CPUs, 1-min load "
+             f"{document['meta']['loadavg_start'][0]} at the start, "
+             f"{machine['loadavg'][0]} at the end")
+    columns = [("run", "run"), ("wall s", "wall_s"), ("MB/s", "mb_per_s"),
+               ("tiles/s", "tiles_per_s"), ("req/s", "requests_per_s"),
+               ("ideal s", "ideal_s"), ("wall / ideal", "wall_over_ideal"),
+               ("peak in flight", "peak_in_flight"), ("most in 1 s", "most_in_1s"),
+               ("429s", "n_429"), ("workers CPU s", "workers_cpu_s"),
+               ("scheduler+client CPU s", "harness_cpu_s"), ("emulator CPU s", "emulator_cpu_s"),
+               ("tiles per worker", "per_worker_tiles"), ("exact", "exact")]
+    lines = []
+    for name, scenario in document["throughput"]["scenarios"].items():
+        s = scenario["settings"]
+        lines += [
+            f"### {name}: {s['side']} x {s['side']} px, {s['tiles']} tiles of {s['tile']} px, "
+            f"job concurrency {s['concurrency']} / qps {s['qps']:g}, emulator "
+            f"{s['server_concurrent']} / {s['server_qps']:g}, service {s['service_base_s']:g} s "
+            f"+ {s['service_per_mb_s']:g} s/MB ({where})", "",
+            "| " + " | ".join(c for c, _ in columns) + " |",
+            "|" + "---|" * len(columns),
+        ]
+        lines += ["| " + " | ".join(_fmt(row[k]) for _, k in columns) + " |"
+                  for row in scenario["rows"]]
+        lines.append("")
+    q = document["quota_overhead"]
+    lines += [
+        f"### The quota's cost per request: {q['slots']} slots, {q['slots']} coroutines on "
+        f"{q['workers']} workers, {q['broker']['acquisitions']} acquisitions ({where})", "",
+        "| design | acquire mean ms | acquire p99 ms | acquire + release mean ms | "
+        "acquire + release p99 ms | rate limit | 429 feedback |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, label, extras in (("broker", "bulkpix broker (RPC + batched release)", "yes | yes"),
+                                ("semaphore", "distributed.Semaphore", "no | no")):
+        f = q[name]
+        lines.append(f"| {label} | {f['acquire_mean_ms']} | {f['acquire_p99_ms']} | "
+                     f"{f['cycle_mean_ms']} | {f['cycle_p99_ms']} | {extras} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.cluster")
+    parser.add_argument("--size", choices=sorted(SIZES), default="default")
+    parser.add_argument("--json", type=Path, default=DEFAULT_JSON,
+                        help=f"write the figures here (default {DEFAULT_JSON})")
+    parser.add_argument("--workdir", type=Path, help="outputs and emulator logs (default: temp)")
+    parser.add_argument("--acquisitions", type=int, help="quota-cost acquisitions (default "
+                        "by size)")
+    args = parser.parse_args(argv)
+    try:
+        import distributed  # noqa: F401
+    except ImportError:
+        print("benchmarks.cluster needs dask.distributed: pip install 'bulkpix[dask]'",
+              file=sys.stderr)
+        return 2
+    size = SIZES[args.size]
+    if args.acquisitions is not None:
+        if args.acquisitions < 1:
+            print("--acquisitions must be at least 1", file=sys.stderr)
+            return 2
+        size = replace(size, acquisitions=args.acquisitions)
+    loadavg_start = [round(v, 2) for v in os.getloadavg()]
+    started = time.perf_counter()
+    with contextlib.ExitStack() as stack:
+        workdir = args.workdir or Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        workdir.mkdir(parents=True, exist_ok=True)
+        figures = asyncio.run(throughput(size, workdir))
+    overhead = asyncio.run(quota_overhead(size.slots, size.acquisitions))
+    document = {
+        "meta": {"size": args.size, "loadavg_start": loadavg_start,
+                 "seconds": round(time.perf_counter() - started, 1),
+                 "machine": describe_machine()},
+        "throughput": figures,
+        "quota_overhead": overhead,
+    }
+    text = markdown(document)
+    print(text)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(document, indent=2))
+    print(f"figures written to {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
