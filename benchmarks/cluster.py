@@ -14,6 +14,10 @@ shared quota costs per request.
    b) ``quota_bound``: the job's qps low and the emulator's quota equal to the job's: the run
       should take requests / qps whatever the number of workers.
 
+   ``unbound`` runs again on clusters whose workers lack the ``MALLOC_TRIM_THRESHOLD_=65536``
+   Dask's nanny gives them by default ("trim off" rows): with it, every large buffer is a
+   fresh mmap, and a worker spends about twice the CPU of a plain process on the same tiles.
+
    Each row: wall time of ``run_job`` (metadata, planning, submission included), MB/s of pixel
    bytes delivered (1 MB = 1e6 bytes), tiles/s, getPixels requests/s, the quota's ideal, the
    peak ``in_flight`` the emulator logged and its 429s, and the CPU seconds of the worker
@@ -63,6 +67,11 @@ __all__ = ["SIZES", "ClusterSize", "main", "quota_overhead", "throughput"]
 DEFAULT_JSON = Path(__file__).parent / "results" / "cluster.json"
 PIXEL_BYTES = 9  # u8 + i16 + u16 + f32: what a synthetic asset's pixel delivers
 EMULATOR_NICE = -5
+TRIM_VARIABLE = "MALLOC_TRIM_THRESHOLD_"
+# Why the "trim off" rows: Dask's nanny starts each worker with MALLOC_TRIM_THRESHOLD_=65536
+# (distributed.nanny.pre-spawn-environ). Setting it turns off glibc's dynamic mmap threshold,
+# so every response body and chunk buffer over 128 KiB is a fresh mmap: page faults and
+# system time that a plain process does not pay.
 
 
 @dataclass(frozen=True)
@@ -96,9 +105,9 @@ SIZES: dict[str, ClusterSize] = {
         unbound=Scenario("unbound", side=6144, tile=512, concurrency=32, qps=1000.0,
                          server_concurrent=1000, server_qps=10000.0,
                          service_base_s=0.1, service_per_mb_s=0.05),
-        # 96 tiles of 256 x 256 at 15/s: 6.4 s whatever the workers; 8 in flight would allow
+        # 100 tiles of 256 x 256 at 15/s: 6.7 s whatever the workers; 8 in flight would allow
         # ~55/s, so the rate is what binds.
-        quota_bound=Scenario("quota_bound", side=3072, tile=256, concurrency=8, qps=15.0,
+        quota_bound=Scenario("quota_bound", side=2560, tile=256, concurrency=8, qps=15.0,
                              server_concurrent=8, server_qps=15.0,
                              service_base_s=0.1, service_per_mb_s=0.05),
         workers=(1, 2, 4), slots=8, acquisitions=1000,
@@ -216,6 +225,8 @@ async def _one_run(scenario: Scenario, emu: EmulatorProcess, workdir: Path, labe
     return {
         "run": label,
         "workers": len(worker_pids) if client is not None else 0,
+        "malloc_trim_threshold": (None if client is None
+                                  else (await client.run(_trim_setting)).popitem()[1]),
         "wall_s": round(wall_s, 2),
         "tiles": stats.finished,
         "mb": round(nbytes / 1e6, 1),
@@ -236,18 +247,35 @@ async def _one_run(scenario: Scenario, emu: EmulatorProcess, workdir: Path, labe
 
 
 @contextlib.asynccontextmanager
-async def _cluster(n_workers: int) -> AsyncIterator[tuple[Any, list[int]]]:
+async def _cluster(n_workers: int, *, malloc_trim: bool = True
+                   ) -> AsyncIterator[tuple[Any, list[int]]]:
+    """A LocalCluster of ``n_workers`` processes of one thread, and a client, on 127.0.0.1.
+    ``malloc_trim=False`` drops the ``MALLOC_TRIM_THRESHOLD_`` Dask's nanny sets in its
+    workers' environment by default (see the note at ``TRIM_VARIABLE``)."""
+    import dask
     import distributed
 
-    async with distributed.LocalCluster(
-        n_workers=n_workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-        scheduler_port=0, dashboard_address=None, asynchronous=True, silence_logs=40,
-    ) as local, distributed.Client(local, asynchronous=True) as client:
-        await client.wait_for_workers(n_workers)
-        # The workers import bulkpix before the clock starts, as a long-lived cluster has.
-        await client.run(_warm)
-        pids = sorted((await client.run(os.getpid)).values())
-        yield client, pids
+    environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ"))
+    if not malloc_trim:
+        environ.pop(TRIM_VARIABLE, None)
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
+        async with distributed.LocalCluster(
+            n_workers=n_workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+            scheduler_port=0, dashboard_address=None, asynchronous=True, silence_logs=40,
+        ) as local, distributed.Client(local, asynchronous=True) as client:
+            await client.wait_for_workers(n_workers)
+            # The workers import bulkpix before the clock starts, as a long-lived cluster has.
+            await client.run(_warm)
+            pids = sorted((await client.run(os.getpid)).values())
+            yield client, pids
+
+
+def _workers(n: int) -> str:
+    return f"{n} worker" + ("s" if n > 1 else "")
+
+
+def _trim_setting() -> str | None:
+    return os.environ.get(TRIM_VARIABLE)
 
 
 def _warm() -> None:
@@ -275,8 +303,14 @@ async def throughput(size: ClusterSize, workdir: Path) -> dict[str, Any]:
             async with _cluster(n) as (client, pids):
                 for scenario in scenarios:
                     rows[scenario.name].append(await _one_run(
-                        scenario, emulators[scenario.name], workdir, f"{n} workers", client,
+                        scenario, emulators[scenario.name], workdir, _workers(n), client,
                         pids))
+        # The CPU-bound scenario again, without the nanny's malloc setting.
+        for n in size.workers:
+            async with _cluster(n, malloc_trim=False) as (client, pids):
+                rows[size.unbound.name].append(await _one_run(
+                    size.unbound, emulators[size.unbound.name], workdir,
+                    f"{_workers(n)}, trim off", client, pids))
     return {
         "emulator_reniced": EMULATOR_NICE if reniced else None,
         "scenarios": {
