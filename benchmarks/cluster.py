@@ -176,7 +176,9 @@ def _sampled_exact(output: Path, side: int) -> bool:
     rows = np.arange(0, side, 61)
     cols = np.arange(side)
     for index, (band, _) in enumerate(SYNTHETIC_BANDS):
-        got = group[band].get_orthogonal_selection((rows, slice(None)))
+        array = group[band]
+        assert isinstance(array, zarr.Array)
+        got = array.get_orthogonal_selection((rows, slice(None)))
         if not np.array_equal(got, synthetic_pixels(index, rows, cols)):
             return False
     return True
@@ -256,9 +258,15 @@ async def _cluster(n_workers: int, *, malloc_trim: bool = True
     import distributed
 
     environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ"))
+    inherited = os.environ.get(TRIM_VARIABLE)
     if not malloc_trim:
         environ.pop(TRIM_VARIABLE, None)
-    with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
+        # The nanny copies its pre-spawn environment into this very process's os.environ,
+        # which the next workers inherit: an earlier cluster's setting must not leak in.
+        os.environ.pop(TRIM_VARIABLE, None)
+    with contextlib.ExitStack() as restore:
+        restore.callback(_set_environ, TRIM_VARIABLE, inherited)
+        restore.enter_context(dask.config.set({"distributed.nanny.pre-spawn-environ": environ}))
         async with distributed.LocalCluster(
             n_workers=n_workers, threads_per_worker=1, processes=True, host="127.0.0.1",
             scheduler_port=0, dashboard_address=None, asynchronous=True, silence_logs=40,
@@ -270,6 +278,13 @@ async def _cluster(n_workers: int, *, malloc_trim: bool = True
             yield client, pids
 
 
+def _set_environ(name: str, value: str | None) -> None:
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
+
+
 def _workers(n: int) -> str:
     return f"{n} worker" + ("s" if n > 1 else "")
 
@@ -279,7 +294,7 @@ def _trim_setting() -> str | None:
 
 
 def _warm() -> None:
-    import bulkpix.cluster.task  # noqa: F401
+    import bulkpix.cluster.task
     import bulkpix.pipeline  # noqa: F401
 
 
