@@ -23,7 +23,17 @@ if TYPE_CHECKING:
     from bulkpix.pipeline import RunStats
     from bulkpix.planning import JobPlan
 
-__all__ = ["ItemSummary", "RunSummary", "aplan", "arun", "load", "open", "plan", "run"]
+__all__ = [
+    "ItemSummary",
+    "RunSummary",
+    "WorkerSummary",
+    "aplan",
+    "arun",
+    "load",
+    "open",
+    "plan",
+    "run",
+]
 
 T = TypeVar("T")
 
@@ -39,6 +49,15 @@ class ItemSummary:
     failed: dict[str, str]  # tile key -> reason
     bytes: int  # pixel bytes fetched by this run
     abandoned: str | None  # why the rest of the item was left for the next run
+
+
+@dataclass(frozen=True)
+class WorkerSummary:
+    """What one worker of a cluster run finished."""
+
+    address: str
+    tiles: int
+    bytes: int
 
 
 @dataclass(frozen=True)
@@ -58,6 +77,8 @@ class RunSummary:
     # Computed tiles the service found too costly (memory, time, aggregations): split, or
     # failed at one chunk.
     computation_limits: int = 0
+    # A cluster run's workers (empty for a run on this machine).
+    workers: tuple[WorkerSummary, ...] = ()
 
     @property
     def complete(self) -> bool:
@@ -94,6 +115,10 @@ class RunSummary:
             interrupted=stats.interrupted,
             aborted=stats.aborted,
             computation_limits=stats.computation_limits,
+            workers=tuple(
+                WorkerSummary(address, worker.tiles, worker.bytes)
+                for address, worker in sorted(stats.workers.items())
+            ),
         )
 
 
@@ -116,6 +141,7 @@ async def arun(
     stop: asyncio.Event | None = None,
     yes: bool = False,
     console: Console | None = None,
+    dask: Any = None,
 ) -> RunSummary:
     """Run or resume a job to completion on the running loop; returns its summary.
 
@@ -127,13 +153,15 @@ async def arun(
     ``yes``: run a job far larger than its assets' native pixels (``bulkpix.plan(job)
     .size_warning`` says why); without it such a job raises ``bulkpix.JobTooLarge`` before
     anything is written.
+    ``dask``: a ``distributed.Client`` (or a scheduler address): run the tiles on that
+    cluster, under the job's one quota (as ``executor: {dask: ...}`` in the job does).
     """
     from bulkpix.pipeline import run_job
 
     resolved = load(job)
     show = _can_show_progress(console) if progress is None else progress
     if not show:
-        stats = await run_job(resolved, restart=restart, stop=stop, yes=yes)
+        stats = await run_job(resolved, restart=restart, stop=stop, yes=yes, dask_client=dask)
         return RunSummary.from_stats(stats, resolved.output)
 
     from rich.console import Console
@@ -143,7 +171,8 @@ async def arun(
     stats_ready: asyncio.Future[RunStats] = asyncio.get_running_loop().create_future()
     async with progress_display(console or Console(), stats_ready):
         stats = await run_job(
-            resolved, restart=restart, stop=stop, stats_ready=stats_ready, yes=yes
+            resolved, restart=restart, stop=stop, stats_ready=stats_ready, yes=yes,
+            dask_client=dask,
         )
     return RunSummary.from_stats(stats, resolved.output)
 
@@ -155,6 +184,7 @@ def run(
     progress: bool | None = None,
     yes: bool = False,
     console: Console | None = None,
+    dask: Any = None,
 ) -> RunSummary:
     """``arun`` for callers without a loop, or inside one (a notebook cell): blocks until done.
 
@@ -163,7 +193,8 @@ def run(
     """
     return _sync(
         lambda stop: arun(
-            job, restart=restart, progress=progress, stop=stop, yes=yes, console=console
+            job, restart=restart, progress=progress, stop=stop, yes=yes, console=console,
+            dask=dask,
         )
     )
 

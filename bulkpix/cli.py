@@ -65,6 +65,8 @@ def _build_parser() -> argparse.ArgumentParser:
         "--yes", action="store_true", help="do not ask before a job far past the native pixels"
     )
     run.add_argument("--debug", action="store_true", help="show tracebacks")
+    run.add_argument("--dask", dest="set_dask", metavar="SCHEDULER",
+                     help="run the tiles on this Dask cluster (tcp://host:8786): executor.dask")
     _add_job_overrides(run)
 
     plan = commands.add_parser("plan", help="show the grid and tiles; fetch no pixels")
@@ -199,6 +201,9 @@ def _job_overrides(args: argparse.Namespace) -> dict[str, Any]:
         raise JobError("--region-crs goes with --bbox")
     if bbox is not None:
         overrides["region"] = {"bbox": bbox, **({"region_crs": region_crs} if region_crs else {})}
+    dask = getattr(args, "set_dask", None)
+    if dask is not None:
+        overrides["executor"] = {"dask": dask}
     return overrides
 
 

@@ -341,11 +341,14 @@ async def run_job(
     on_cluster = dask_client is not None or job.executor is not None
     if on_cluster:
         try:
-            from bulkpix.cluster.submit import run_on_cluster
+            from bulkpix.cluster.submit import connect, run_on_cluster
         except ImportError as exc:
             raise JobError(str(exc)) from None
     stop = stop or asyncio.Event()
-    async with open_session(job, stop) as (client, retry, stats):
+    async with contextlib.AsyncExitStack() as stack:
+        # The cluster first: an unreachable scheduler is refused before the output is made.
+        dask = await stack.enter_async_context(connect(job, dask_client)) if on_cluster else None
+        client, retry, stats = await stack.enter_async_context(open_session(job, stop))
         try:
             sources = await resolve_sources(job, client, retry)
         except RunStopped:  # Ctrl-C while the metadata call waited to be retried
@@ -366,9 +369,7 @@ async def run_job(
                 raise JobTooLarge(warning)
         async with claim_output(job, plans, state, restart=restart) as output:
             if on_cluster:
-                await run_on_cluster(
-                    job, client, stats, output.items, stop, stats_ready, dask_client
-                )
+                await run_on_cluster(job, client, stats, output.items, stop, stats_ready, dask)
             else:
                 await _run_tiles(job, client, retry, stats, output.items, stop, stats_ready)
             await _mark_complete_items(output.store, output.items, stats)

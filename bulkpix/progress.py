@@ -48,6 +48,8 @@ def _fields(stats: RunStats) -> dict[str, Any]:
     elapsed = max(stats.elapsed, 1e-9)
     governor = stats.governor
     limit = f" limit {governor.limit}" if governor is not None else ""
+    if stats.workers:  # a cluster run: how many workers have finished tiles so far
+        limit += f" workers {len(stats.workers)}"
     return {
         "mb": f"{stats.bytes / _MB:,.1f} MB",
         "rate": f"{stats.bytes / _MB / elapsed:,.1f} MB/s",
@@ -230,12 +232,32 @@ def print_summary(console: Console, stats: RunStats, output: str) -> None:
         + (f", {stats.computation_limits} computations too costly (split, or failed at one "
            "chunk)" if stats.computation_limits else "")
     )
+    if stats.workers:
+        _print_workers(console, stats)
     failed = [(item.label, key, why) for item in stats.items for key, why in item.failed.items()]
     for label, key, why in failed[:10]:
         console.print(f"[red]failed[/red] {label} tile {key}: ", end="")
         console.print(printable(why), markup=False, highlight=False)
     if len(failed) > 10:
         console.print(f"... and {len(failed) - 10} more failed tiles (bulkpix status {output})")
+
+
+def _print_workers(console: Console, stats: RunStats) -> None:
+    """A cluster run's throughput per worker (over the whole run's time)."""
+    elapsed = max(stats.elapsed, 1e-9)
+    table = Table(title="workers", title_justify="left")
+    table.add_column("worker")
+    table.add_column("tiles", justify="right")
+    table.add_column("MB", justify="right")
+    table.add_column("MB/s", justify="right")
+    for address, worker in sorted(stats.workers.items()):
+        table.add_row(
+            printable(address, limit=100),
+            str(worker.tiles),
+            f"{worker.bytes / _MB:,.1f}",
+            f"{worker.bytes / _MB / elapsed:,.1f}",
+        )
+    console.print(table)
 
 
 def print_plan(console: Console, plans: JobPlan | Sequence[ItemPlan]) -> None:

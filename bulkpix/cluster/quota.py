@@ -67,7 +67,10 @@ class _Grant:
 class _JobQuota:
     """One run's governor and the slots granted from it."""
 
-    def __init__(self, concurrency: int, qps: float, max_pause_s: float) -> None:
+    def __init__(
+        self, concurrency: int, qps: float, max_pause_s: float, client: str = ""
+    ) -> None:
+        self.client = client  # the submitting client: the run ends if it goes away
         self.governor = Governor(concurrency, qps, max_pause_s=max_pause_s)
         self.grants: dict[int, _Grant] = {}
         self.ids = itertools.count(1)
@@ -144,14 +147,22 @@ class QuotaBroker(SchedulerPlugin):
         )
         scheduler.stream_handlers[_RELEASE] = self._release
 
+    def remove_client(self, scheduler: Any, client: str) -> None:
+        # The submitting client died (or left): its batches stop at their next request,
+        # freeing the workers; a rerun resumes from the store's record.
+        for job in [job for job, quota in self._jobs.items() if quota.client == client]:
+            self._close(job)
+
     def remove_worker(self, scheduler: Any, worker: str, **kwargs: Any) -> None:
         for quota in self._jobs.values():
             asyncio.get_running_loop().call_later(ORPHAN_HOLD_S, quota.release_holder, worker)
 
     # -- handlers (keyword arguments, as distributed passes them) ------------------------
-    def _open(self, job: str, concurrency: int, qps: float, max_pause_s: float) -> None:
+    def _open(
+        self, job: str, concurrency: int, qps: float, max_pause_s: float, client: str = ""
+    ) -> None:
         if job not in self._jobs:
-            self._jobs[job] = _JobQuota(concurrency, qps, max_pause_s)
+            self._jobs[job] = _JobQuota(concurrency, qps, max_pause_s, client)
 
     async def _acquire(self, job: str, holder: str) -> dict[str, Any]:
         quota = self._jobs.get(job)
@@ -200,7 +211,8 @@ async def open_quota(
     """The submitting client's side: the run's quota exists on the scheduler for the block."""
     await dask_client.register_plugin(QuotaBroker())
     await dask_client.scheduler.bulkpix_quota_open(
-        job=job_id, concurrency=concurrency, qps=qps, max_pause_s=max_pause_s
+        job=job_id, concurrency=concurrency, qps=qps, max_pause_s=max_pause_s,
+        client=dask_client.id,
     )
     try:
         yield

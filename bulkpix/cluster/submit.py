@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 
 __all__ = ["connect", "run_on_cluster"]
 
+CONNECT_TIMEOUT_S = 10.0  # for the scheduler to answer (it retries a refused connection)
 _POLL_S = 0.5  # how often the quota's counters are read for the live display
 
 
@@ -50,8 +51,8 @@ class QuotaView:
 @contextlib.asynccontextmanager
 async def connect(job: Job, dask_client: Any) -> AsyncIterator[Any]:
     """An asynchronous ``distributed.Client`` on this loop: the one given if it is such,
-    else a new one to its scheduler (a notebook's synchronous client) or to the job's
-    ``executor.dask`` address."""
+    else a new one to its scheduler (a notebook's synchronous client), to the address given,
+    or to the job's ``executor.dask`` address."""
     try:
         from distributed import Client
     except ImportError:
@@ -65,13 +66,15 @@ async def connect(job: Job, dask_client: Any) -> AsyncIterator[Any]:
     ):
         yield dask_client
         return
-    if dask_client is not None:
+    if isinstance(dask_client, str):
+        address = dask_client
+    elif dask_client is not None:
         address = dask_client.scheduler.address
     else:
         assert job.executor is not None
         address = job.executor.dask
     try:
-        client = await Client(address, asynchronous=True, timeout="20s")
+        client = await Client(address, asynchronous=True, timeout=CONNECT_TIMEOUT_S)
     except (OSError, TimeoutError, ValueError) as exc:
         raise JobError(f"cannot reach the Dask scheduler at {address}: {exc}") from None
     try:
@@ -87,9 +90,10 @@ async def run_on_cluster(
     opened: list[OpenedItem],
     stop: asyncio.Event,
     stats_ready: asyncio.Future[RunStats] | None,
-    dask_client: Any,
+    dask: Any,
 ) -> None:
-    """Run the pending tiles of ``opened`` on the cluster; ``stats`` follow it live."""
+    """Run the pending tiles of ``opened`` on the cluster (``dask``: an asynchronous
+    ``distributed.Client`` from ``connect``); ``stats`` follow it live."""
     stats.items.extend(item_stats(opened))
     pending = [
         (index, tile)
@@ -103,21 +107,20 @@ async def run_on_cluster(
     shared = ClusterRun(run_id, job, tuple(item.plan for item in opened), ee_client.base_url)
     quota = QuotaView(limit=job.concurrency)
     stats.governor = quota
-    async with connect(job, dask_client) as dask:
-        info = await dask.scheduler.identity()
-        slots = sum(w.get("nthreads", 1) for w in info.get("workers", {}).values())
-        size = job.executor.batch_tiles if job.executor is not None else None
-        batches = cut_batches(pending, slots, job.concurrency, size)
-        if stats_ready is not None and not stats_ready.done():
-            stats_ready.set_result(stats)
-        stats.started = time.monotonic()
-        longest_wait = job.retries.max_wait
-        try:
-            async with open_quota(dask, run_id, job.concurrency, job.qps, longest_wait):
-                await _follow(dask, shared, batches, stats, quota, stop)
-        finally:
-            stats.ended = time.monotonic()
-            stats.interrupted = stop.is_set() and stats.aborted is None
+    info = await dask.scheduler.identity()
+    slots = sum(w.get("nthreads", 1) for w in info.get("workers", {}).values())
+    size = job.executor.batch_tiles if job.executor is not None else None
+    batches = cut_batches(pending, slots, job.concurrency, size)
+    if stats_ready is not None and not stats_ready.done():
+        stats_ready.set_result(stats)
+    stats.started = time.monotonic()
+    longest_wait = job.retries.max_wait
+    try:
+        async with open_quota(dask, run_id, job.concurrency, job.qps, longest_wait):
+            await _follow(dask, shared, batches, stats, quota, stop)
+    finally:
+        stats.ended = time.monotonic()
+        stats.interrupted = stop.is_set() and stats.aborted is None
     # The store's record is the count of finished tiles (a batch lost with its worker and
     # run again must not count twice).
     for index, item in enumerate(opened):
