@@ -32,10 +32,15 @@ shared quota costs per request.
 2. The quota's cost per request: bulkpix's broker (``bulkpix.cluster.quota``: one RPC to
    ``bulkpix_quota_acquire``, the release sent on the worker's batched stream, no round trip)
    against ``distributed.Semaphore(max_leases=N)`` (an acquire RPC and a release RPC),
-   ``--acquisitions`` in all from N coroutines spread over the 2 workers' event loops,
-   contending for N slots, each held for no time: mean and p99 round trip of the acquire,
-   and of acquire + release. The Semaphore counts concurrency only: no rate limit, no 429
-   feedback (and its leases lapse when a busy worker misses a refresh).
+   ``--acquisitions`` in all from N coroutines spread over the 2 workers' event loops, each
+   slot held for no time: mean and p99 round trip of the acquire, and of acquire + release.
+   Twice: contending for N slots (a coroutine that gives a slot back and asks again waits
+   until its release has reached the scheduler), and for 2N (a slot is always free: the bare
+   round trip). The Semaphore counts concurrency only: no rate limit, no 429 feedback (and
+   its leases lapse when a busy worker misses a refresh).
+
+The unbound rows are the median of ``repeats`` runs (3 by default; every wall time is in the
+JSON): the machine's cores are shared with other sessions.
 """
 
 from __future__ import annotations
@@ -96,6 +101,7 @@ class ClusterSize:
     workers: tuple[int, ...]
     slots: int  # N of the quota-cost benchmark
     acquisitions: int
+    repeats: int  # runs of each unbound row (the cores are shared): the median is reported
 
 
 SIZES: dict[str, ClusterSize] = {
@@ -110,7 +116,7 @@ SIZES: dict[str, ClusterSize] = {
         quota_bound=Scenario("quota_bound", side=2560, tile=256, concurrency=8, qps=15.0,
                              server_concurrent=8, server_qps=15.0,
                              service_base_s=0.1, service_per_mb_s=0.05),
-        workers=(1, 2, 4), slots=8, acquisitions=1000,
+        workers=(1, 2, 4), slots=8, acquisitions=1000, repeats=3,
     ),
     "small": ClusterSize(
         unbound=Scenario("unbound", side=1024, tile=256, concurrency=8, qps=1000.0,
@@ -119,7 +125,7 @@ SIZES: dict[str, ClusterSize] = {
         quota_bound=Scenario("quota_bound", side=512, tile=256, concurrency=2, qps=20.0,
                              server_concurrent=2, server_qps=20.0,
                              service_base_s=0.02, service_per_mb_s=0.0),
-        workers=(1, 2), slots=4, acquisitions=40,
+        workers=(1, 2), slots=4, acquisitions=40, repeats=1,
     ),
 }
 
@@ -248,6 +254,16 @@ async def _one_run(scenario: Scenario, emu: EmulatorProcess, workdir: Path, labe
     }
 
 
+async def _median_run(scenario: Scenario, emu: EmulatorProcess, workdir: Path, label: str,
+                      client: Any, worker_pids: Sequence[int], repeats: int) -> dict[str, Any]:
+    """``repeats`` runs; the one of median wall time, with every run's wall time."""
+    runs = [await _one_run(scenario, emu, workdir, label, client, worker_pids)
+            for _ in range(repeats)]
+    runs.sort(key=lambda row: row["wall_s"])
+    return runs[len(runs) // 2] | {"wall_s_runs": [row["wall_s"] for row in runs],
+                                   "exact": all(row["exact"] for row in runs)}
+
+
 @contextlib.asynccontextmanager
 async def _cluster(n_workers: int, *, malloc_trim: bool = True
                    ) -> AsyncIterator[tuple[Any, list[int]]]:
@@ -311,21 +327,24 @@ async def throughput(size: ClusterSize, workdir: Path) -> dict[str, Any]:
             reniced = _renice(emu._process.pid) and reniced
             emulators[scenario.name] = emu
         _warm()
+        # The quota-bound runs are paced by the quota, not the cores: one run each.
+        repeats = {size.unbound.name: size.repeats, size.quota_bound.name: 1}
         for scenario in scenarios:
-            rows[scenario.name].append(await _one_run(
-                scenario, emulators[scenario.name], workdir, "no Dask", None, []))
+            rows[scenario.name].append(await _median_run(
+                scenario, emulators[scenario.name], workdir, "no Dask", None, [],
+                repeats[scenario.name]))
         for n in size.workers:
             async with _cluster(n) as (client, pids):
                 for scenario in scenarios:
-                    rows[scenario.name].append(await _one_run(
+                    rows[scenario.name].append(await _median_run(
                         scenario, emulators[scenario.name], workdir, _workers(n), client,
-                        pids))
+                        pids, repeats[scenario.name]))
         # The CPU-bound scenario again, without the nanny's malloc setting.
         for n in size.workers:
             async with _cluster(n, malloc_trim=False) as (client, pids):
-                rows[size.unbound.name].append(await _one_run(
+                rows[size.unbound.name].append(await _median_run(
                     size.unbound, emulators[size.unbound.name], workdir,
-                    f"{_workers(n)}, trim off", client, pids))
+                    f"{_workers(n)}, trim off", client, pids, size.repeats))
     return {
         "emulator_reniced": EMULATOR_NICE if reniced else None,
         "scenarios": {
@@ -387,32 +406,42 @@ def _summary(times: list[tuple[float, float]]) -> dict[str, Any]:
             "cycle_p99_ms": round(float(np.percentile(cycle, 99)), 3)}
 
 
-async def quota_overhead(slots: int, acquisitions: int, workers: int = 2) -> dict[str, Any]:
-    """Broker against Semaphore: ``slots`` coroutines for ``slots`` slots over ``workers``."""
+async def _time_designs(client: Any, slots: int, coroutines: int,
+                        acquisitions: int) -> dict[str, Any]:
+    """``coroutines`` loops (split over the workers) taking ``acquisitions`` slots in all,
+    of ``slots``: from the broker, then from a Semaphore."""
     import distributed
 
     from bulkpix.cluster.quota import open_quota
 
-    per_worker = max(1, slots // workers)
-    each = max(1, acquisitions // (per_worker * workers))
-    figures: dict[str, Any] = {"slots": slots, "workers": workers,
-                               "coroutines_per_worker": per_worker}
-    async with _cluster(workers) as (client, _):
-        addresses = sorted((await client.scheduler.identity())["workers"])
-        job_id = f"bench-{uuid.uuid4().hex[:8]}"
-        # A rate far above any reached: only the concurrency cap, as the Semaphore has.
-        async with open_quota(client, job_id, slots, 1e6, 60.0):
-            futures = [client.submit(_broker_worker, job_id, per_worker, each, workers=[a],
-                                     pure=False) for a in addresses]
-            broker = [t for r in await client.gather(futures) for t in r]
-        semaphore = await distributed.Semaphore(max_leases=slots, name=f"bench-{job_id}")
-        futures = [client.submit(_semaphore_worker, semaphore, per_worker, each, workers=[a],
+    addresses = sorted((await client.scheduler.identity())["workers"])
+    per_worker = max(1, coroutines // len(addresses))
+    each = max(1, acquisitions // (per_worker * len(addresses)))
+    job_id = f"bench-{uuid.uuid4().hex[:8]}"
+    # A rate far above any reached: only the concurrency cap, as the Semaphore has.
+    async with open_quota(client, job_id, slots, 1e6, 60.0):
+        futures = [client.submit(_broker_worker, job_id, per_worker, each, workers=[a],
                                  pure=False) for a in addresses]
-        leases = [t for r in await client.gather(futures) for t in r]
-        await semaphore.close()
-    figures["broker"] = _summary(broker)
-    figures["semaphore"] = _summary(leases)
-    return figures
+        broker = [t for r in await client.gather(futures) for t in r]
+    semaphore = await distributed.Semaphore(max_leases=slots, name=f"bench-{job_id}")
+    futures = [client.submit(_semaphore_worker, semaphore, per_worker, each, workers=[a],
+                             pure=False) for a in addresses]
+    leases = [t for r in await client.gather(futures) for t in r]
+    await semaphore.close()
+    return {"slots": slots, "coroutines": per_worker * len(addresses),
+            "broker": _summary(broker), "semaphore": _summary(leases)}
+
+
+async def quota_overhead(slots: int, acquisitions: int, workers: int = 2) -> dict[str, Any]:
+    """Broker against Semaphore on ``workers`` workers: ``slots`` coroutines contending for
+    ``slots`` slots (a slot given back must reach the scheduler before it is taken again),
+    then for twice as many (a slot is always free: the bare round trip)."""
+    async with _cluster(workers) as (client, _):
+        return {
+            "workers": workers,
+            "contended": await _time_designs(client, slots, slots, acquisitions),
+            "free": await _time_designs(client, 2 * slots, slots, acquisitions),
+        }
 
 
 # -- output ---------------------------------------------------------------------------------
@@ -455,17 +484,21 @@ def markdown(document: dict[str, Any]) -> str:
         lines.append("")
     q = document["quota_overhead"]
     lines += [
-        f"### The quota's cost per request: {q['slots']} slots, {q['slots']} coroutines on "
-        f"{q['workers']} workers, {q['broker']['acquisitions']} acquisitions ({where})", "",
-        "| design | acquire mean ms | acquire p99 ms | acquire + release mean ms | "
-        "acquire + release p99 ms | rate limit | 429 feedback |",
-        "|---|---|---|---|---|---|---|",
+        f"### The quota's cost per request: coroutines on {q['workers']} workers, "
+        f"{q['contended']['broker']['acquisitions']} acquisitions each ({where})", "",
+        "| design | slots / coroutines | acquire mean ms | acquire p99 ms | "
+        "acquire + release mean ms | acquire + release p99 ms | rate limit | 429 feedback |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for name, label, extras in (("broker", "bulkpix broker (RPC + batched release)", "yes | yes"),
-                                ("semaphore", "distributed.Semaphore", "no | no")):
-        f = q[name]
-        lines.append(f"| {label} | {f['acquire_mean_ms']} | {f['acquire_p99_ms']} | "
-                     f"{f['cycle_mean_ms']} | {f['cycle_p99_ms']} | {extras} |")
+    for setting in ("contended", "free"):
+        t = q[setting]
+        for name, label, extras in (
+                ("broker", "bulkpix broker (RPC + batched release)", "yes | yes"),
+                ("semaphore", "distributed.Semaphore", "no | no")):
+            f = t[name]
+            lines.append(f"| {label} | {t['slots']} / {t['coroutines']} | "
+                         f"{f['acquire_mean_ms']} | {f['acquire_p99_ms']} | "
+                         f"{f['cycle_mean_ms']} | {f['cycle_p99_ms']} | {extras} |")
     return "\n".join(lines) + "\n"
 
 

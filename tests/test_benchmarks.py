@@ -179,10 +179,14 @@ def test_the_cluster_benchmark_runs_small(tmp_path: Path) -> None:
         assert row["most_in_1s"] <= bound.concurrency + bound.qps, row["run"]
         assert row["ideal_s"] == pytest.approx(row["requests"] / bound.qps, abs=0.01)
     overhead = document["quota_overhead"]
-    for design in ("broker", "semaphore"):
-        figures = overhead[design]
-        assert figures["acquisitions"] == size.acquisitions, design
-        assert 0 < figures["acquire_mean_ms"] <= figures["cycle_mean_ms"], design
-        assert figures["acquire_mean_ms"] <= figures["acquire_p99_ms"], design
+    assert overhead["contended"]["slots"] == overhead["contended"]["coroutines"] == size.slots
+    assert overhead["free"]["slots"] == 2 * size.slots
+    for setting in ("contended", "free"):
+        for design in ("broker", "semaphore"):
+            figures = overhead[setting][design]
+            where = f"{setting}/{design}"
+            assert figures["acquisitions"] == size.acquisitions, where
+            assert 0 < figures["acquire_mean_ms"] <= figures["cycle_mean_ms"], where
+            assert figures["acquire_mean_ms"] <= figures["acquire_p99_ms"], where
     markdown = (tmp_path / "cluster.json").read_text()
     assert document["meta"]["machine"]["cpu_model"] in markdown
