@@ -72,6 +72,7 @@ __all__ = ["SIZES", "ClusterSize", "main", "quota_overhead", "throughput"]
 DEFAULT_JSON = Path(__file__).parent / "results" / "cluster.json"
 PIXEL_BYTES = 9  # u8 + i16 + u16 + f32: what a synthetic asset's pixel delivers
 EMULATOR_NICE = -5
+OVERHEAD_WORKERS = 2
 TRIM_VARIABLE = "MALLOC_TRIM_THRESHOLD_"
 # Why the "trim off" rows: Dask's nanny starts each worker with MALLOC_TRIM_THRESHOLD_=65536
 # (distributed.nanny.pre-spawn-environ). Setting it turns off glibc's dynamic mmap threshold,
@@ -125,7 +126,7 @@ SIZES: dict[str, ClusterSize] = {
         quota_bound=Scenario("quota_bound", side=512, tile=256, concurrency=2, qps=20.0,
                              server_concurrent=2, server_qps=20.0,
                              service_base_s=0.02, service_per_mb_s=0.0),
-        workers=(1, 2), slots=4, acquisitions=40, repeats=1,
+        workers=(2,), slots=4, acquisitions=40, repeats=1,
     ),
 }
 
@@ -314,8 +315,10 @@ def _warm() -> None:
     import bulkpix.pipeline  # noqa: F401
 
 
-async def throughput(size: ClusterSize, workdir: Path) -> dict[str, Any]:
-    """Both scenarios: the baseline without Dask, then 1, 2, 4 workers."""
+async def throughput(size: ClusterSize, workdir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Both scenarios: the baseline without Dask, then 1, 2, 4 workers; and the quota's cost
+    per request, measured on the 2-worker cluster once its runs are over."""
+    overhead: dict[str, Any] = {}
     scenarios = (size.unbound, size.quota_bound)
     rows: dict[str, list[dict[str, Any]]] = {s.name: [] for s in scenarios}
     with contextlib.ExitStack() as stack:
@@ -339,12 +342,17 @@ async def throughput(size: ClusterSize, workdir: Path) -> dict[str, Any]:
                     rows[scenario.name].append(await _median_run(
                         scenario, emulators[scenario.name], workdir, _workers(n), client,
                         pids, repeats[scenario.name]))
+                if n == OVERHEAD_WORKERS:
+                    overhead = await quota_overhead(client, size.slots, size.acquisitions)
         # The CPU-bound scenario again, without the nanny's malloc setting.
         for n in size.workers:
             async with _cluster(n, malloc_trim=False) as (client, pids):
                 rows[size.unbound.name].append(await _median_run(
                     size.unbound, emulators[size.unbound.name], workdir,
                     f"{_workers(n)}, trim off", client, pids, size.repeats))
+    if not overhead:
+        async with _cluster(OVERHEAD_WORKERS) as (client, _):
+            overhead = await quota_overhead(client, size.slots, size.acquisitions)
     return {
         "emulator_reniced": EMULATOR_NICE if reniced else None,
         "scenarios": {
@@ -352,7 +360,7 @@ async def throughput(size: ClusterSize, workdir: Path) -> dict[str, Any]:
                      "rows": rows[s.name]}
             for s in scenarios
         },
-    }
+    }, overhead
 
 
 # -- 2. the quota's cost per request --------------------------------------------------------
@@ -432,16 +440,15 @@ async def _time_designs(client: Any, slots: int, coroutines: int,
             "broker": _summary(broker), "semaphore": _summary(leases)}
 
 
-async def quota_overhead(slots: int, acquisitions: int, workers: int = 2) -> dict[str, Any]:
-    """Broker against Semaphore on ``workers`` workers: ``slots`` coroutines contending for
+async def quota_overhead(client: Any, slots: int, acquisitions: int) -> dict[str, Any]:
+    """Broker against Semaphore on the client's workers: ``slots`` coroutines contending for
     ``slots`` slots (a slot given back must reach the scheduler before it is taken again),
     then for twice as many (a slot is always free: the bare round trip)."""
-    async with _cluster(workers) as (client, _):
-        return {
-            "workers": workers,
-            "contended": await _time_designs(client, slots, slots, acquisitions),
-            "free": await _time_designs(client, 2 * slots, slots, acquisitions),
-        }
+    return {
+        "workers": len((await client.scheduler.identity())["workers"]),
+        "contended": await _time_designs(client, slots, slots, acquisitions),
+        "free": await _time_designs(client, 2 * slots, slots, acquisitions),
+    }
 
 
 # -- output ---------------------------------------------------------------------------------
@@ -528,8 +535,7 @@ def main(argv: list[str] | None = None) -> int:
     with contextlib.ExitStack() as stack:
         workdir = args.workdir or Path(stack.enter_context(tempfile.TemporaryDirectory()))
         workdir.mkdir(parents=True, exist_ok=True)
-        figures = asyncio.run(throughput(size, workdir))
-    overhead = asyncio.run(quota_overhead(size.slots, size.acquisitions))
+        figures, overhead = asyncio.run(throughput(size, workdir))
     document = {
         "meta": {"size": args.size, "loadavg_start": loadavg_start,
                  "seconds": round(time.perf_counter() - started, 1),
