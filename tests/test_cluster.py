@@ -192,15 +192,27 @@ async def test_the_command_line_runs_on_the_cluster(cluster: Any, tmp_path: Path
     assert re.search(r"src\s*│\s*64/64\s*│\s*0\s*│", err), err  # 64 of 64, fetched now 0
 
 
-async def test_an_unreachable_scheduler_is_one_line_and_writes_nothing(tmp_path: Path) -> None:
+async def test_an_unreachable_scheduler_is_one_line_and_writes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bulkpix.cluster import submit
+    from bulkpix.errors import JobError
+
+    monkeypatch.setattr(submit, "CONNECT_TIMEOUT_S", 1.0)
     with socket.socket() as probe:  # a port nobody listens on
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    job = _cli_job(tmp_path, executor={"dask": f"tcp://127.0.0.1:{port}"})
-    code, _, err = await _bulkpix("run", str(job))
-    assert code == 2
-    assert f"cannot reach the Dask scheduler at tcp://127.0.0.1:{port}" in err
-    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    job = parse_job(
+        {"asset": ASSET, "output": str(tmp_path / "out.zarr"), "endpoint": "emulator",
+         "emulator": {"synthetic": {ASSET: "64x64"}},
+         "executor": {"dask": f"tcp://127.0.0.1:{port}"}},
+        base_dir=tmp_path,
+    )
+    with pytest.raises(JobError) as caught:
+        await run_job(job)
+    message = str(caught.value)
+    assert message.startswith(f"cannot reach the Dask scheduler at tcp://127.0.0.1:{port}")
+    assert "\n" not in message
     assert not (tmp_path / "out.zarr").exists()
 
 
@@ -270,6 +282,10 @@ async def test_the_api_takes_a_scheduler_address_and_reports_each_worker(
     async with run_emulator(config) as emu:
         job = _job(emu.url, tmp_path / "out.zarr", concurrency=8)
         summary = await bulkpix.arun(job, dask=cluster.scheduler.address, progress=False)
+        again = await bulkpix.arun(job, dask=cluster, progress=False)  # nothing left to do
+        calls = _pixel_calls(emu.log)
+    assert again.complete and again.finished == 64 and again.items[0].fetched == 0
+    assert len(calls) == 64
     assert summary.complete and summary.finished == 64
     assert {w.address for w in summary.workers} <= set(
         (await cluster.scheduler.identity())["workers"]
