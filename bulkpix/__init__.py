@@ -20,6 +20,7 @@ __all__ = [
     "ItemSummary",
     "JobTooLarge",
     "RunSummary",
+    "WorkerSummary",
     "__version__",
     "aplan",
     "arun",
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
     from bulkpix.api import (
         ItemSummary,
         RunSummary,
+        WorkerSummary,
         aplan,
         arun,
         load,

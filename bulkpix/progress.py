@@ -26,7 +26,7 @@ from rich.progress import (
 from rich.table import Table
 
 from bulkpix.errors import JobTooLarge, printable
-from bulkpix.pipeline import RunStats
+from bulkpix.pipeline import RunStats, WorkerStats
 
 if TYPE_CHECKING:  # planning loads numpy and rasterio: only `bulkpix plan` needs it here
     from bulkpix.planning import Estimate, ItemPlan, JobPlan, MosaicPlan
@@ -57,6 +57,15 @@ def _fields(stats: RunStats) -> dict[str, Any]:
     }
 
 
+def _worker_fields(stats: RunStats, worker: WorkerStats) -> dict[str, Any]:
+    elapsed = max(stats.elapsed, 1e-9)
+    return {
+        "mb": f"{worker.bytes / _MB:,.1f} MB",
+        "rate": f"{worker.bytes / _MB / elapsed:,.1f} MB/s",
+        "retries": "",
+    }
+
+
 @contextlib.asynccontextmanager
 async def live_progress(
     console: Console, stats_ready: asyncio.Future[RunStats]
@@ -82,6 +91,7 @@ async def live_progress(
             for index, item in enumerate(stats.items):
                 task = progress.add_task(f"  {item.label}", total=item.total, **_fields(stats))
                 item_tasks.append((task, index))
+        worker_tasks: dict[str, TaskID] = {}
         while True:
             _show_notices(progress.console, stats)
             fields = _fields(stats)
@@ -89,6 +99,15 @@ async def live_progress(
             for task, index in item_tasks:
                 item = stats.items[index]
                 progress.update(task, total=item.total, completed=item.finished, **fields)
+            # A cluster run: each worker's share of the tiles and its own MB/s, as they report.
+            for address, worker in sorted(stats.workers.items())[:_MAX_ITEM_BARS]:
+                if address not in worker_tasks:
+                    worker_tasks[address] = progress.add_task(
+                        f"  {printable(address, limit=60)}", total=stats.total, **fields
+                    )
+                progress.update(
+                    worker_tasks[address], completed=worker.tiles, **_worker_fields(stats, worker)
+                )
             await asyncio.sleep(0.25)
 
     with progress:

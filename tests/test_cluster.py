@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import re
 import signal
@@ -16,6 +17,7 @@ import distributed
 import numpy as np
 import pytest
 import zarr
+from rich.console import Console
 
 from bulkpix.emulator import EmulatorConfig, SyntheticAsset, run_emulator
 from bulkpix.emulator.synthetic import SYNTHETIC_BANDS, synthetic_pixels
@@ -42,6 +44,19 @@ async def cluster() -> AsyncIterator[Any]:
         silence_logs=40,
     ) as local, distributed.Client(local, asynchronous=True) as client:
         yield client
+
+
+CAP, QPS = 3, 20.0  # the job's quota, and the stand-in's: 64 tiles take about 3 s at it
+
+
+def _quota_emulator() -> EmulatorConfig:
+    """The stand-in with the job's quota, 0.1 s a call: a 429 would show any overbooking."""
+    return EmulatorConfig(
+        synthetic={ASSET: SyntheticAsset(width=SIDE, height=SIDE)},
+        max_concurrent=CAP,
+        max_qps=QPS,
+        service_base_s=0.1,
+    )
 
 
 def _job(url: str, output: Path, **keys: Any) -> Any:
@@ -80,13 +95,8 @@ def _most_in_any_window(times: list[float], window: float) -> int:
 
 
 async def test_two_workers_share_one_quota_bit_exact(cluster: Any, tmp_path: Path) -> None:
-    cap, qps = 3, 20.0
-    config = EmulatorConfig(
-        synthetic={ASSET: SyntheticAsset(width=SIDE, height=SIDE)},
-        max_concurrent=cap,
-        max_qps=qps,
-        service_base_s=0.1,
-    )
+    cap, qps = CAP, QPS
+    config = _quota_emulator()
     async with run_emulator(config) as emu:
         job = _job(emu.url, tmp_path / "out.zarr", concurrency=cap, qps=qps)
         stats = await run_job(job, dask_client=cluster)
@@ -117,13 +127,8 @@ async def _wait_for_markers(output: Path, at_least: int, run: asyncio.Task[Any])
 
 
 async def test_a_killed_worker_loses_nothing(cluster: Any, tmp_path: Path) -> None:
-    cap, qps = 3, 20.0
-    config = EmulatorConfig(
-        synthetic={ASSET: SyntheticAsset(width=SIDE, height=SIDE)},
-        max_concurrent=cap,
-        max_qps=qps,
-        service_base_s=0.1,
-    )
+    cap, qps = CAP, QPS
+    config = _quota_emulator()
     output = tmp_path / "out.zarr"
     async with run_emulator(config) as emu:
         job = _job(emu.url, output, concurrency=cap, qps=qps)
@@ -247,13 +252,8 @@ async def test_a_killed_submitting_client_leaves_a_resumable_output(
 async def test_a_stop_ends_the_cluster_run_and_a_rerun_off_the_cluster_finishes(
     cluster: Any, tmp_path: Path
 ) -> None:
-    cap, qps = 3, 20.0
-    config = EmulatorConfig(
-        synthetic={ASSET: SyntheticAsset(width=SIDE, height=SIDE)},
-        max_concurrent=cap,
-        max_qps=qps,
-        service_base_s=0.1,
-    )
+    cap, qps = CAP, QPS
+    config = _quota_emulator()
     output = tmp_path / "out.zarr"
     async with run_emulator(config) as emu:
         job = _job(emu.url, output, concurrency=cap, qps=qps)
@@ -281,7 +281,11 @@ async def test_the_api_takes_a_scheduler_address_and_reports_each_worker(
     config = EmulatorConfig(synthetic={ASSET: SyntheticAsset(width=SIDE, height=SIDE)})
     async with run_emulator(config) as emu:
         job = _job(emu.url, tmp_path / "out.zarr", concurrency=8)
-        summary = await bulkpix.arun(job, dask=cluster.scheduler.address, progress=False)
+        drawn = io.StringIO()
+        console = Console(file=drawn, force_terminal=True, width=160)
+        summary = await bulkpix.arun(
+            job, dask=cluster.scheduler.address, progress=True, console=console
+        )
         again = await bulkpix.arun(job, dask=cluster, progress=False)  # nothing left to do
         calls = _pixel_calls(emu.log)
     assert again.complete and again.finished == 64 and again.items[0].fetched == 0
@@ -292,6 +296,10 @@ async def test_the_api_takes_a_scheduler_address_and_reports_each_worker(
     )
     assert sum(w.tiles for w in summary.workers) == 64
     assert sum(w.bytes for w in summary.workers) == summary.bytes > 0
+    # The live bars on the submitting client: the total, and each worker as it reports.
+    text = drawn.getvalue()
+    assert "total" in text and "64/64" in text
+    assert any(w.address in text for w in summary.workers), text[-2000:]
     _assert_synthetic(tmp_path / "out.zarr")
 
 

@@ -655,15 +655,7 @@ async def _open_items(
             )
             done: set[str] = set()
         else:
-            writer = await ItemWriter.open_recorded(
-                wrapped,
-                plan.path,
-                plan.bands,
-                plan.tiles.chunk,
-                plan.grid.height,
-                plan.grid.width,
-                plan.tiles.steps,
-            )
+            writer = await _open_writer(wrapped, plan)
             done = await record.done_keys()
             for key in list((await record.failed()).keys()):
                 await record.clear_failed(key)
@@ -685,20 +677,25 @@ async def attach_items(
     wrapped = ChecksumStore(store, durable=job.durable)
     opened: dict[int, OpenedItem] = {}
     for index, plan in plans.items():
-        writer = await ItemWriter.open_recorded(
-            wrapped,
-            plan.path,
-            plan.bands,
-            plan.tiles.chunk,
-            plan.grid.height,
-            plan.grid.width,
-            plan.tiles.steps,
-        )
+        writer = await _open_writer(wrapped, plan)
         wrapped.track(writer.array_paths())
         record = TileRecord(store, plan.path)
         done = await record.done_among(keys.get(index, ()))
         opened[index] = OpenedItem(plan, writer, record, frozenset(done))
     return opened
+
+
+async def _open_writer(store: ChecksumStore, plan: ItemPlan) -> ItemWriter:
+    """The writer of an item the output already holds, checked against its plan."""
+    return await ItemWriter.open_recorded(
+        store,
+        plan.path,
+        plan.bands,
+        plan.tiles.chunk,
+        plan.grid.height,
+        plan.grid.width,
+        plan.tiles.steps,
+    )
 
 
 def _cube_steps(plan: ItemPlan) -> list[tuple[str, str]] | None:
