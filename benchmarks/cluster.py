@@ -40,7 +40,9 @@ shared quota costs per request.
    its leases lapse when a busy worker misses a refresh).
 
 The unbound rows are the fastest of ``repeats`` runs (3 by default; every wall time is in the
-JSON, and in the table's last column): the machine's cores are shared with other sessions.
+table's last column), interleaved (no Dask, trim on, trim off, one batch, again): the machine's
+cores are shared with other sessions, and rows compared must have seen the same load. The
+"no Dask" row is the fastest of its runs across all worker counts.
 """
 
 from __future__ import annotations
@@ -260,18 +262,6 @@ async def _one_run(scenario: Scenario, emu: EmulatorProcess, workdir: Path, labe
     }
 
 
-async def _best_run(scenario: Scenario, emu: EmulatorProcess, workdir: Path, label: str,
-                    client: Any, worker_pids: Sequence[int], repeats: int,
-                    batch_tiles: int | None = None) -> dict[str, Any]:
-    """``repeats`` runs; the fastest (the one other sessions' load disturbed least), with
-    every run's wall time."""
-    runs = [await _one_run(scenario, emu, workdir, label, client, worker_pids, batch_tiles)
-            for _ in range(repeats)]
-    return min(runs, key=lambda row: row["wall_s"]) | {
-        "wall_s_runs": [row["wall_s"] for row in runs],
-                                   "exact": all(row["exact"] for row in runs)}
-
-
 @contextlib.asynccontextmanager
 async def _cluster(n_workers: int, *, malloc_trim: bool = True
                    ) -> AsyncIterator[tuple[Any, list[int]]]:
@@ -293,7 +283,8 @@ async def _cluster(n_workers: int, *, malloc_trim: bool = True
         restore.enter_context(dask.config.set({"distributed.nanny.pre-spawn-environ": environ}))
         async with distributed.LocalCluster(
             n_workers=n_workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-            scheduler_port=0, dashboard_address=None, asynchronous=True, silence_logs=40,
+            # The dashboard (and its HTTP server) on a free local port, not 8787.
+            scheduler_port=0, dashboard_address="127.0.0.1:0", asynchronous=True, silence_logs=40,
         ) as local, distributed.Client(local, asynchronous=True) as client:
             await client.wait_for_workers(n_workers)
             # The workers import bulkpix before the clock starts, as a long-lived cluster has.
@@ -322,60 +313,77 @@ def _warm() -> None:
     import bulkpix.pipeline  # noqa: F401
 
 
+def _best(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The fastest of ``runs`` (the one other sessions' load disturbed least), with every
+    run's wall time."""
+    return min(runs, key=lambda row: row["wall_s"]) | {
+        "wall_s_runs": [row["wall_s"] for row in runs],
+        "exact": all(row["exact"] for row in runs)}
+
+
 async def throughput(size: ClusterSize, workdir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """Both scenarios: the baseline without Dask, then 1, 2, 4 workers; and the quota's cost
-    per request, measured on the 2-worker cluster once its runs are over."""
+    per request, measured on the 2-worker cluster once its runs are over.
+
+    The unbound runs that are compared are interleaved (no Dask, trim on, trim off, ...), so
+    each comparison saw the same load from other sessions; the quota-bound runs are paced by
+    the quota, not the cores: one run each."""
     overhead: dict[str, Any] = {}
-    scenarios = (size.unbound, size.quota_bound)
-    rows: dict[str, list[dict[str, Any]]] = {s.name: [] for s in scenarios}
+    unbound, bound = size.unbound, size.quota_bound
+    runs: dict[str, list[dict[str, Any]]] = {}  # unbound runs by label, in order of labels
+    bound_rows: list[dict[str, Any]] = []
     with contextlib.ExitStack() as stack:
         emulators = {}
         reniced = True
-        for scenario in scenarios:
+        for scenario in (unbound, bound):
             emu = stack.enter_context(EmulatorProcess(_settings(scenario), workdir / scenario.name))
             assert emu._process is not None
             reniced = _renice(emu._process.pid) and reniced
             emulators[scenario.name] = emu
+        fast, slow = emulators[unbound.name], emulators[bound.name]
         _warm()
-        # The quota-bound runs are paced by the quota, not the cores: one run each.
-        repeats = {size.unbound.name: size.repeats, size.quota_bound.name: 1}
-        for scenario in scenarios:
-            rows[scenario.name].append(await _best_run(
-                scenario, emulators[scenario.name], workdir, "no Dask", None, [],
-                repeats[scenario.name]))
+
+        async def run(label: str, client: Any = None, pids: Sequence[int] = (),
+                      batch_tiles: int | None = None) -> None:
+            runs.setdefault(label, []).append(
+                await _one_run(unbound, fast, workdir, label, client, pids, batch_tiles))
+
+        runs["no Dask"] = []
+        bound_rows.append(await _one_run(bound, slow, workdir, "no Dask", None, []))
         for n in size.workers:
-            async with _cluster(n) as (client, pids):
-                for scenario in scenarios:
-                    rows[scenario.name].append(await _best_run(
-                        scenario, emulators[scenario.name], workdir, _workers(n), client,
-                        pids, repeats[scenario.name]))
+            label = _workers(n)
+            runs.setdefault(label, [])
+            # The same worker count without the MALLOC_TRIM_THRESHOLD_ Dask's nanny sets.
+            async with _cluster(n) as (client, pids), \
+                    _cluster(n, malloc_trim=False) as (untrimmed, untrimmed_pids):
+                for _ in range(size.repeats):
+                    await run("no Dask")
+                    await run(label, client, pids)
+                    await run(f"{label}, trim off", untrimmed, untrimmed_pids)
+                    if n == size.workers[0]:
+                        # The default cut makes a batch about one wave (the concurrency over
+                        # the worker threads), and a worker thread runs one batch at a time:
+                        # each batch drains before the next starts. One batch per worker
+                        # shows what that costs.
+                        tiles = -(-(unbound.side // unbound.tile) ** 2 // n)
+                        await run(f"{label}, trim off, one batch each", untrimmed,
+                                  untrimmed_pids, tiles)
+                bound_rows.append(await _one_run(bound, slow, workdir, label, client, pids))
                 if n == OVERHEAD_WORKERS:
                     overhead = await quota_overhead(client, size.slots, size.acquisitions)
-        # The CPU-bound scenario again, without the nanny's malloc setting.
-        for n in size.workers:
-            async with _cluster(n, malloc_trim=False) as (client, pids):
-                rows[size.unbound.name].append(await _best_run(
-                    size.unbound, emulators[size.unbound.name], workdir,
-                    f"{_workers(n)}, trim off", client, pids, size.repeats))
-                if n == size.workers[0]:
-                    # The default cut makes a batch about one wave (the concurrency over the
-                    # worker threads), and a worker thread runs one batch at a time: each
-                    # batch drains before the next starts. One batch per worker shows what
-                    # that costs.
-                    tiles = -(-(size.unbound.side // size.unbound.tile) ** 2 // n)
-                    rows[size.unbound.name].append(await _best_run(
-                        size.unbound, emulators[size.unbound.name], workdir,
-                        f"{_workers(n)}, trim off, one batch each", client, pids,
-                        size.repeats, tiles))
     if not overhead:
         async with _cluster(OVERHEAD_WORKERS) as (client, _):
             overhead = await quota_overhead(client, size.slots, size.acquisitions)
+    order = ["no Dask", *(_workers(n) for n in size.workers),
+             *(label for label in runs if "trim off" in label)]
+    rows = {unbound.name: [_best(runs[label]) for label in order],
+            bound.name: [_best([row]) for row in bound_rows]}
     return {
         "emulator_reniced": EMULATOR_NICE if reniced else None,
         "scenarios": {
             s.name: {"settings": s.__dict__ | {"tiles": (s.side // s.tile) ** 2},
                      "rows": rows[s.name]}
-            for s in scenarios
+            for s in (unbound, bound)
         },
     }, overhead
 
