@@ -728,7 +728,7 @@ class Job(_ItemFields):
     are the shared defaults."""
     output: str
     """The Zarr store: a local path (relative to the working directory, ~ expanded) or an
-    fsspec URL such as gs://bucket/out.zarr."""
+    object-store URL (s3://, gs://, az://; see the README), or another fsspec URL."""
     endpoint: str = DEFAULT_ENDPOINT
     """The service's base URL, or emulator to start the stand-in in this process."""
     api_version: Literal["v1", "v1alpha", "v1beta"] = "v1"

@@ -433,7 +433,7 @@ async def run_work(
     ``opened`` and ``stats.items`` are indexed by item number (``TileWork.item``); a cluster
     worker opens only the items its batch touches.
     """
-    async with WriteLoop() as write_loop:
+    async with WriteLoop(next((i.writer.store for i in opened.values()), None)) as write_loop:
         run = _Run(
             client=client,
             retry=retry,

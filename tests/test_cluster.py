@@ -221,6 +221,19 @@ async def test_an_unreachable_scheduler_is_one_line_and_writes_nothing(
     assert not (tmp_path / "out.zarr").exists()
 
 
+async def test_an_output_the_workers_cannot_reach_is_refused_before_anything_runs(
+    cluster: Any,
+) -> None:
+    from bulkpix.errors import JobError
+
+    job = parse_job(
+        {"asset": ASSET, "output": "memory://bulkpix-cluster/out.zarr", "endpoint": "emulator",
+         "emulator": {"synthetic": {ASSET: "64x64"}}}
+    )
+    with pytest.raises(JobError, match="workers cannot reach it"):
+        await run_job(job, dask_client=cluster)
+
+
 async def _wait_for_file_markers(done: Path, at_least: int, process: Any) -> None:
     while not (done.is_dir() and len(list(done.iterdir())) >= at_least):
         assert process.returncode is None, "the run ended before it could be killed"

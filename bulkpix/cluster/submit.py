@@ -53,6 +53,11 @@ async def connect(job: Job, dask_client: Any) -> AsyncIterator[Any]:
     """An asynchronous ``distributed.Client`` on this loop: the one given if it is such,
     else a new one to its scheduler (a notebook's synchronous client), to the address given,
     or to the job's ``executor.dask`` address."""
+    if job.output.startswith("memory://"):
+        raise JobError(
+            f"output {job.output}: an in-memory store lives in one process, and a cluster's "
+            "workers cannot reach it; write to a shared filesystem or an object store"
+        )
     try:
         from distributed import Client
     except ImportError:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from bulkpix.cluster.quota import ClusterGovernor
+from bulkpix.errors import StoreError
 from bulkpix.job import Job
 from bulkpix.pipeline import ItemStats, RunStats, TileWork, open_session, run_work
 from bulkpix.store.output import attach_items
@@ -67,7 +68,13 @@ async def run_batch(shared: ClusterRun, batch: list[tuple[int, Tile]]) -> BatchR
     keys: dict[int, list[str]] = {}
     for index, tile in batch:
         keys.setdefault(index, []).append(tile.key)
-    opened = await attach_items(job, {i: shared.plans[i] for i in keys}, keys)
+    try:
+        opened = await attach_items(job, {i: shared.plans[i] for i in keys}, keys)
+    except StoreError as exc:
+        raise StoreError(
+            f"worker {worker.address} cannot open the output {job.output}: {exc}; every worker "
+            "must reach the output (a shared filesystem, or an object store such as s3://)"
+        ) from None
     governor = ClusterGovernor(worker, shared.run_id, stop)
     async with open_session(job, stop, governor=governor, url=shared.url) as session:
         client, retry, stats = session

@@ -149,6 +149,16 @@ def _is_output(output: str) -> bool:
     return (path / V3_METADATA).is_file() or (path / V2_GROUP).is_file()
 
 
+def _store(output: str) -> Any:
+    """What zarr opens: object-store URLs through obstore, as the run wrote them; other
+    paths and URLs as zarr takes them (fsspec for URLs)."""
+    from bulkpix.store.cloud import is_object_store_url, open_object_store
+
+    if is_object_store_url(output):
+        return open_object_store(output, read_only=True)
+    return output
+
+
 def open_item(output: str, item: str | None = None) -> OutputItem:
     """Open an output (or the item ``item`` of a batch output) for reading.
 
@@ -162,7 +172,7 @@ def open_item(output: str, item: str | None = None) -> OutputItem:
         # The tile record under .bulkpix is not a Zarr node; zarr says so on every walk.
         warnings.simplefilter("ignore")
         try:
-            root = zarr.open_group(store=output, mode="r", zarr_format=None)
+            root = zarr.open_group(store=_store(output), mode="r", zarr_format=None)
         except (FileNotFoundError, ValueError, KeyError) as exc:
             raise JobError(f"cannot open {output}: {exc}") from None
         info = root.attrs.get("bulkpix")

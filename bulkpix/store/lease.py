@@ -4,9 +4,10 @@
 fingerprints), whether the holder is exclusive (a ``--restart``, ``verify``), and the run that
 renewed it last: run id, host, pid, since, and an expiry in wall-clock seconds.
 
-- No file locks: only the zarr Store API (get, set, set_if_not_exists, delete), so the same
-  code works on a local disk and on object stores. A new lease is created with
-  ``set_if_not_exists`` and read back; whoever's run id is read back holds it.
+- No file locks: the zarr Store API (get, set, set_if_not_exists, delete), so the same code
+  works on a local disk and on object stores (with conditional replaces where obstore offers
+  them, below). A new lease is created with ``set_if_not_exists`` and read back; whoever's
+  run id is read back holds it.
 - Runs of the SAME job (not exclusive) share the lease: each renews it with its own details,
   so cooperating workers (several processes, Dask) can write one output together. The
   document lists every such run as a holder, each with its own expiry; a run that ends takes
@@ -14,22 +15,30 @@ renewed it last: run id, host, pid, since, and an expiry in wall-clock seconds.
   another job cannot take the output while one of the cooperating runs still writes. A run
   of a different job, or any exclusive run, is refused with ``OutputInUse`` while the lease
   is live.
-- A lease is stale once every holder expired or, being on this host, has no process any
-  more; a stale lease is taken over.
+- A lease is stale once every holder expired or, for an output on this machine (a local
+  path, memory), being on this host, has no process any more; a stale lease is taken over.
+  On an object store holders may run on any machine: only their expiry counts.
 - The holder renews every ``ttl / 4``. When a renewal finds the lease held by another job,
   or no renewal succeeded for a whole ``ttl``, ``check()`` raises ``LeaseLost``; the tile
   record calls it before writing every marker, so a run that lost its lease stops before
   recording anything more.
 
-The holder list is read-modify-written: two holders renewing at the same instant can drop
-one's newest entry (its previous one stays until it expires, and it writes itself back at its
-next renewal); a run that joins reads its entry back, and writes it again, before it starts.
+On an object store opened through obstore (``bulkpix.store.cloud.CloudStore``) every change is
+conditional: the lease is created with one conditional PUT (``If-None-Match: *``), and
+renewals, joins, releases and take-overs of a stale lease replace it only if it is still the
+version read (``If-Match``; a GCS generation), re-reading on a conflict. Two runs cannot both
+create it or both take it over, and holders renewing at the same instant both stay listed.
+An S3-compatible server without conditional updates gets plain puts (below).
 
-Where the store's create-if-absent is check-then-put (fsspec object stores), a new lease is
-read back only after ``settle_s`` (1 s), so that of two runs creating it at the same moment
-both read the same winner. Limit: taking over a STALE lease is delete-then-create; two runs
-doing so at the same instant can still both read themselves back; the loser finds out at its
-first renewal (at most ``ttl / 4``) and stops before writing another chunk or marker.
+Elsewhere the holder list is read-modify-written: two holders renewing at the same instant
+can drop one's newest entry (its previous one stays until it expires, and it writes itself
+back at its next renewal); a run that joins reads its entry back, and writes it again, before
+it starts. Where the store's create-if-absent is check-then-put (fsspec's s3fs, gcsfs ...), a
+new lease is read back only after ``settle_s`` (1 s), so that of two runs creating it at the
+same moment both read the same winner. Limit: there, taking over a STALE lease is
+delete-then-create; two runs doing so at the same instant can still both read themselves
+back; the loser finds out at its first renewal (at most ``ttl / 4``) and stops before writing
+another chunk or marker.
 """
 
 from __future__ import annotations
@@ -49,9 +58,10 @@ from typing import Any
 
 from zarr.abc.store import Store
 from zarr.core.buffer import default_buffer_prototype
-from zarr.storage import LocalStore, MemoryStore
+from zarr.storage import LocalStore, MemoryStore, ObjectStore
 
 from bulkpix.errors import LeaseLost, OutputInUse
+from bulkpix.store.cloud import CloudStore, Version, inner_store
 from bulkpix.store.location import RECORD_DIR
 
 __all__ = ["DEFAULT_TTL_S", "LEASE_KEY", "Holder", "Lease", "LeaseInfo", "read_lease"]
@@ -71,9 +81,13 @@ class Holder:
     since: str
     expires: float
 
-    def live(self, now: float) -> bool:
+    def live(self, now: float, check_pid: bool = True) -> bool:
+        """Unexpired, and (``check_pid``: for an output on this machine's disk or memory) its
+        process still there when it ran on this host."""
         if self.expires <= now:
             return False
+        if not check_pid:
+            return True
         # A run on this host whose process is gone holds nothing, whatever its expiry says.
         return not (self.host == socket.gethostname() and not _pid_alive(self.pid))
 
@@ -97,8 +111,8 @@ class LeaseInfo:
             return self.holders
         return (Holder(self.run_id, self.host, self.pid, self.since, self.expires),)
 
-    def live(self, now: float) -> bool:
-        return any(holder.live(now) for holder in self.all_holders())
+    def live(self, now: float, check_pid: bool = True) -> bool:
+        return any(holder.live(now, check_pid) for holder in self.all_holders())
 
     def describe(self) -> str:
         what = "an exclusive run (--restart or verify)" if self.exclusive else "a run"
@@ -170,10 +184,19 @@ class Lease:
         self.monotonic = monotonic or _boot_clock
         self.run_id = uuid.uuid4().hex
         self.since = datetime.now(UTC).isoformat(timespec="seconds")
-        # Local and in-memory stores create atomically (os.link, setdefault), and an fsspec
-        # memory filesystem lives in this process alone: nothing to wait for.
-        atomic = isinstance(store, LocalStore | MemoryStore) or _in_process(store)
+        # Local and in-memory stores create atomically (os.link, setdefault), an fsspec
+        # memory filesystem lives in this process alone, and obstore's create is one
+        # conditional PUT (If-None-Match): nothing to wait for.
+        inner = inner_store(store)
+        machine_local = isinstance(inner, LocalStore | MemoryStore) or _in_process(inner)
+        atomic = machine_local or isinstance(inner, ObjectStore)
         self.settle_s = settle_s if settle_s is not None else (0.0 if atomic else 1.0)
+        # A pid says whether a holder lives only where the output is this machine's: an
+        # object store's holders run anywhere (same-named containers, other pid namespaces),
+        # and there a holder lives exactly as long as its expiry.
+        self.check_pid = machine_local
+        # Renewals, joins and take-overs replace the document only if unchanged since read.
+        self._versioned = inner if isinstance(inner, CloudStore) else None
         self.joined = False  # True: another run of this job held it when this one started
         self._lost: str | None = None
         self._valid_until = 0.0  # monotonic(): no renewal for a whole ttl means lost
@@ -189,7 +212,9 @@ class Lease:
         others: tuple[Holder, ...] = ()
         if current is not None and self._shares_with(current) and not self.exclusive:
             others = tuple(
-                h for h in current.all_holders() if h.run_id != self.run_id and h.live(now)
+                h
+                for h in current.all_holders()
+                if h.run_id != self.run_id and h.live(now, self.check_pid)
             )
         return LeaseInfo(
             run_id=me.run_id,
@@ -207,10 +232,33 @@ class Lease:
             not self.exclusive and not other.exclusive and other.job == self.job
         )
 
-    async def _write(self, current: LeaseInfo | None) -> None:
-        data = default_buffer_prototype().buffer.from_bytes(self._mine(current).to_json())
-        await self.store.set(LEASE_KEY, data)
+    async def _read(self) -> tuple[bool, LeaseInfo | None, Version | None]:
+        """``read_lease``, and the document's version where the store can replace it
+        conditionally."""
+        if self._versioned is None:
+            return (*await read_lease(self.store), None)
+        found = await self._versioned.get_versioned(LEASE_KEY)
+        if found is None:
+            return False, None, None
+        return True, LeaseInfo.from_json(found[0]), found[1]
+
+    async def _replace(self, document: LeaseInfo, version: Version | None) -> bool:
+        """Write ``document``; where the store can, only over the version read (False: it
+        changed since, nothing written)."""
+        data = document.to_json()
+        if self._versioned is not None and version is not None:
+            try:
+                return await self._versioned.set_if_version(LEASE_KEY, data, version)
+            except NotImplementedError:  # an S3-compatible without If-Match: plain puts
+                self._versioned = None
+        await self.store.set(LEASE_KEY, default_buffer_prototype().buffer.from_bytes(data))
+        return True
+
+    async def _write(self, current: LeaseInfo | None, version: Version | None = None) -> bool:
+        if not await self._replace(self._mine(current), version):
+            return False
         self._valid_until = self.monotonic() + self.ttl_s
+        return True
 
     async def _create(self) -> bool:
         """Create the lease if none exists; True if this run's is the one read back."""
@@ -227,12 +275,12 @@ class Lease:
     async def acquire(self) -> None:
         """Hold (or join) the lease; ``OutputInUse`` naming the holder when it is live."""
         for _ in range(_ACQUIRE_ATTEMPTS):
-            exists, current = await read_lease(self.store)
+            exists, current, version = await self._read()
             if not exists:
                 if await self._create():
                     return
                 continue
-            if current is not None and current.live(self.clock()):
+            if current is not None and current.live(self.clock(), self.check_pid):
                 if not self._shares_with(current):
                     raise OutputInUse(
                         f"output {self.output} is in use by {current.describe()}; wait for "
@@ -240,31 +288,41 @@ class Lease:
                         f"{self.ttl_s:.0f} s after its last renewal)"
                     )
                 self.joined = current.run_id != self.run_id
-                await self._write(current)
-                if await self._listed():
+                if await self._write(current, version) and await self._listed():
                     return
                 continue  # a holder renewing at the same instant wrote over this run's entry
-            # Stale (expired, its process gone) or unreadable: take it over.
+            # Stale (expired, its process gone) or unreadable: take it over. Where the store
+            # replaces conditionally, in one step that only one of several runs can make.
+            if version is not None and self._versioned is not None:
+                if await self._write(None, version):
+                    return
+                continue
             with contextlib.suppress(FileNotFoundError):
                 await self.store.delete(LEASE_KEY)
         raise OutputInUse(f"output {self.output}: could not take its lease (others kept taking it)")
 
     async def renew(self) -> None:
         """Extend the lease, or note that it was lost (``check`` then raises)."""
+        for _ in range(_ACQUIRE_ATTEMPTS):
+            if await self._renew_once():
+                return
+
+    async def _renew_once(self) -> bool:
+        """One renewal; False when another holder changed the lease in between (retry)."""
         if self._lost is not None:
-            return
-        exists, current = await read_lease(self.store)
+            return True
+        exists, current, version = await self._read()
         if not exists:
             # A run sharing it released it on exit: carry it on, unless another took it.
             if not await self._create():
                 _, current = await read_lease(self.store)
                 if current is None or not self._shares_with(current):
                     self._lost = current.describe() if current else "an unreadable lease"
-            return
+            return True
         if current is None or not self._shares_with(current):
             self._lost = current.describe() if current else "an unreadable lease"
-            return
-        await self._write(current)
+            return True
+        return await self._write(current, version)
 
     async def _listed(self) -> bool:
         _, current = await read_lease(self.store)
@@ -287,26 +345,35 @@ class Lease:
         """Take this run off the lease; delete it when no other holder is live (one that
         may still be writing keeps it, renewing it as its own)."""
         with contextlib.suppress(OSError):
-            _, current = await read_lease(self.store)
-            if current is None or not any(h.run_id == self.run_id for h in current.all_holders()):
-                return  # not this run's lease any more: left alone
-            now = self.clock()
-            others = [h for h in current.all_holders() if h.run_id != self.run_id and h.live(now)]
-            if not others:
-                await self.store.delete(LEASE_KEY)
-                return
-            latest = max(others, key=lambda h: h.expires)
-            left = replace(
-                current,
-                run_id=latest.run_id,
-                host=latest.host,
-                pid=latest.pid,
-                since=latest.since,
-                expires=latest.expires,
-                holders=tuple(others),
-            )
-            data = default_buffer_prototype().buffer.from_bytes(left.to_json())
-            await self.store.set(LEASE_KEY, data)
+            for _ in range(_ACQUIRE_ATTEMPTS):
+                if await self._release_once():
+                    return
+
+    async def _release_once(self) -> bool:
+        """False when another holder changed the lease in between (retry)."""
+        _, current, version = await self._read()
+        if current is None or not any(h.run_id == self.run_id for h in current.all_holders()):
+            return True  # not this run's lease any more: left alone
+        now = self.clock()
+        others = [
+            h
+            for h in current.all_holders()
+            if h.run_id != self.run_id and h.live(now, self.check_pid)
+        ]
+        if not others:
+            await self.store.delete(LEASE_KEY)
+            return True
+        latest = max(others, key=lambda h: h.expires)
+        left = replace(
+            current,
+            run_id=latest.run_id,
+            host=latest.host,
+            pid=latest.pid,
+            since=latest.since,
+            expires=latest.expires,
+            holders=tuple(others),
+        )
+        return await self._replace(left, version)
 
     # ---------------------------------------------------------------- context manager
 

@@ -46,6 +46,7 @@ from zarr.storage import LocalStore, StorePath
 from bulkpix.dtypes import BandSpec
 from bulkpix.errors import StoreError
 from bulkpix.store.checksum import ChecksumStore
+from bulkpix.store.cloud import is_object_store_url, open_object_store
 from bulkpix.store.codecs import DEFAULT_COMPRESSION, zarr_compressors
 from bulkpix.store.location import (
     CUBE_COORD_NAMES,
@@ -116,21 +117,25 @@ class WindowLike(Protocol):
 
 
 async def open_store(url_or_path: str, *, read_only: bool = False) -> Store:
-    """A zarr Store for a local path or a URL (``s3://``, ``gs://``, ``memory://`` ...).
+    """A zarr Store for a local path or a URL.
 
-    URLs go through fsspec (``FsspecStore.from_url``), which must be installed along with
-    the filesystem's package (s3fs, gcsfs ...).
+    Object-store URLs (``s3://``, ``gs://``, ``az://``, ``abfs://`` ...) go through zarr's
+    ``ObjectStore`` over obstore, configured from the environment (``bulkpix.store.cloud``).
+    Any other URL (``memory://`` ...) goes through fsspec (``FsspecStore.from_url``), which
+    must be installed along with the filesystem's package.
     """
     if "://" not in url_or_path:
         return await LocalStore.open(url_or_path, read_only=read_only)
+    if is_object_store_url(url_or_path):
+        return open_object_store(url_or_path, read_only=read_only)
     try:
         from zarr.storage import FsspecStore
 
         return FsspecStore.from_url(url_or_path, read_only=read_only)
     except ImportError as exc:
         raise StoreError(
-            f"cannot open {url_or_path!r}: object-store URLs need fsspec and the "
-            f"filesystem's package (e.g. `pip install fsspec s3fs`): {exc}"
+            f"cannot open {url_or_path!r}: this URL needs fsspec and the "
+            f"filesystem's package: {exc}"
         ) from None
     except (ValueError, TypeError) as exc:
         raise StoreError(f"cannot open {url_or_path!r}: {exc}") from None
