@@ -43,6 +43,14 @@ The unbound rows are the fastest of ``repeats`` runs (3 by default; every wall t
 table's last column), interleaved (no Dask, trim on, trim off, one batch, again): the machine's
 cores are shared with other sessions, and rows compared must have seen the same load. The
 "no Dask" row is the fastest of its runs across all worker counts.
+
+Measured on the 2-core development machine (AMD EPYC, December 2026, 1-min load 6 to 9.5
+from other sessions), at the defaults: quota-bound, 6.5 to 6.8 s for 1, 2 and 4 workers
+against the quota's 6.7 s, never more than 8 in flight, no 429; unbound, no Dask 127 MB/s,
+1/2/4 workers 57/48/71 MB/s (trim off 66/69/90; one batch per worker 112): on two cores the
+workers share the CPU with the emulator, so more workers cannot add throughput here. The
+broker's acquire + release cost 12 to 16 ms a request on that loaded machine, a Semaphore's
+14 to 25.
 """
 
 from __future__ import annotations
@@ -72,7 +80,6 @@ from benchmarks.machine import describe_machine
 __all__ = ["SIZES", "ClusterSize", "main", "quota_overhead", "throughput"]
 
 DEFAULT_JSON = Path(__file__).parent / "results" / "cluster.json"
-PIXEL_BYTES = 9  # u8 + i16 + u16 + f32: what a synthetic asset's pixel delivers
 EMULATOR_NICE = -5
 OVERHEAD_WORKERS = 2
 TRIM_VARIABLE = "MALLOC_TRIM_THRESHOLD_"
@@ -115,7 +122,8 @@ SIZES: dict[str, ClusterSize] = {
                          server_concurrent=1000, server_qps=10000.0,
                          service_base_s=0.1, service_per_mb_s=0.05),
         # 100 tiles of 256 x 256 at 15/s: 6.7 s whatever the workers; 8 in flight would allow
-        # ~55/s, so the rate is what binds.
+        # ~55/s, so the rate is what binds. The emulator counts its qps per rolling minute,
+        # as the service does.
         quota_bound=Scenario("quota_bound", side=2560, tile=256, concurrency=8, qps=15.0,
                              server_concurrent=8, server_qps=15.0,
                              service_base_s=0.1, service_per_mb_s=0.05),
