@@ -140,3 +140,55 @@ def test_result_path_defaults_into_the_ignored_results_folder() -> None:
     from benchmarks.__main__ import DEFAULT_JSON
 
     assert Path(__file__).parents[1] / "benchmarks" / "results" / "latest.json" == DEFAULT_JSON
+
+
+def test_the_cluster_benchmark_runs_small(tmp_path: Path) -> None:
+    """``python -m benchmarks.cluster --size small``: every run bit-exact (sampled), the
+    quota-bound runs inside the job's quota, and both quota designs timed."""
+    pytest.importorskip("distributed")
+    from benchmarks.cluster import SIZES
+    from benchmarks.cluster import main as cluster_main
+
+    size = SIZES["small"]
+    path = tmp_path / "cluster.json"
+    assert cluster_main(["--size", "small", "--json", str(path),
+                         "--workdir", str(tmp_path / "work")]) == 0
+    document = json.loads(path.read_text())
+    scenarios = document["throughput"]["scenarios"]
+    assert [row["run"] for row in scenarios["quota_bound"]["rows"]] == ["no Dask", "2 workers"]
+    assert [row["run"] for row in scenarios["unbound"]["rows"]] == [
+        "no Dask", "2 workers", "2 workers, trim off", "2 workers, trim off, one batch each"]
+    for name, scenario in scenarios.items():
+        tiles = scenario["settings"]["tiles"]
+        for row in scenario["rows"]:
+            where = f"{name}/{row['run']}"
+            assert row["exact"] is True and row["tiles"] == tiles, where
+            assert row["requests"] >= tiles and row["mb"] > 0, where
+            if row["workers"]:
+                # Every worker process took tiles (of batches enough to go round), and the
+                # CPU of their pids was read.
+                if "one batch" not in row["run"]:
+                    assert len(row["per_worker_tiles"]) == row["workers"], where
+                assert sum(row["per_worker_tiles"]) == tiles, where
+                assert row["workers_cpu_s"] > 0, where
+    # The trim-off rows ran on workers without the nanny's malloc setting; the others with it.
+    trims = [row["malloc_trim_threshold"] for row in scenarios["unbound"]["rows"]]
+    assert trims[0] is None and trims[1] is not None and trims[2:] == [None, None]
+    bound = size.quota_bound
+    for row in scenarios["quota_bound"]["rows"]:
+        assert row["n_429"] == 0 and row["peak_in_flight"] <= bound.concurrency, row["run"]
+        # aiolimiter's burst is the concurrency cap; past it, qps.
+        assert row["most_in_1s"] <= bound.concurrency + bound.qps, row["run"]
+        assert row["ideal_s"] == pytest.approx(row["requests"] / bound.qps, abs=0.01)
+    overhead = document["quota_overhead"]
+    assert overhead["contended"]["slots"] == overhead["contended"]["coroutines"] == size.slots
+    assert overhead["free"]["slots"] == 2 * size.slots
+    for setting in ("contended", "free"):
+        for design in ("broker", "semaphore"):
+            figures = overhead[setting][design]
+            where = f"{setting}/{design}"
+            assert figures["acquisitions"] == size.acquisitions, where
+            assert 0 < figures["acquire_mean_ms"] <= figures["cycle_mean_ms"], where
+            assert figures["acquire_mean_ms"] <= figures["acquire_p99_ms"], where
+    markdown = (tmp_path / "cluster.json").read_text()
+    assert document["meta"]["machine"]["cpu_model"] in markdown
