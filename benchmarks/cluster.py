@@ -130,10 +130,11 @@ SIZES: dict[str, ClusterSize] = {
         workers=(1, 2, 4), slots=8, acquisitions=1000, repeats=3,
     ),
     "small": ClusterSize(
-        unbound=Scenario("unbound", side=1024, tile=256, concurrency=8, qps=1000.0,
+        # 64 tiles: batches of four waves (16 tiles) go round both workers.
+        unbound=Scenario("unbound", side=2048, tile=256, concurrency=8, qps=1000.0,
                          server_concurrent=1000, server_qps=10000.0,
                          service_base_s=0.02, service_per_mb_s=0.0),
-        quota_bound=Scenario("quota_bound", side=512, tile=256, concurrency=2, qps=20.0,
+        quota_bound=Scenario("quota_bound", side=1024, tile=256, concurrency=2, qps=20.0,
                              server_concurrent=2, server_qps=20.0,
                              service_base_s=0.02, service_per_mb_s=0.0),
         workers=(2,), slots=4, acquisitions=40, repeats=1,

@@ -124,24 +124,3 @@ def test_the_command_exits_with_mains_code_and_all_it_printed(tmp_path: Path) ->
     assert missing.returncode == 2
     assert "cannot read the job file" in missing.stderr
 
-
-def test_parsing_a_crs_loads_rasterio_but_not_boto3_until_rasterio_uses_it() -> None:
-    """rasterio imports boto3 (and botocore) up front for s3:// sessions bulkpix never
-    opens: parsing a CRS leaves them out, and rasterio still gets boto3 when it asks."""
-    import importlib.util
-
-    if importlib.util.find_spec("boto3") is None:
-        import pytest
-
-        pytest.skip("boto3 is not installed: nothing to leave out")
-    report = _python(
-        "import json, sys\n"
-        "from bulkpix.geometry.crs import CRS\n"
-        "assert CRS.of('EPSG:32633').wkt and 'rasterio' in sys.modules\n"
-        "before = [m for m in ('boto3', 'botocore') if m in sys.modules]\n"
-        "import rasterio.session\n"
-        "session = rasterio.session.Session.aws_or_dummy()\n"
-        "print(json.dumps({'before': before, 'session': type(session).__name__,\n"
-        "                  'after': 'boto3' in sys.modules}))"
-    )
-    assert report == {"before": [], "session": "AWSSession", "after": True}

@@ -13,12 +13,8 @@ the first parse, not with this module.
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import os
 import re
-import sys
-import types
 from functools import cached_property, lru_cache
 from typing import TYPE_CHECKING, Any, final
 
@@ -78,11 +74,10 @@ class CRS:
     def wkt(self) -> str:
         """The CRS as WKT, what the output stores; ``ValueError`` when PROJ cannot write
         it out (``EPSG:0``)."""
-        native = self._native  # rasterio is imported here (_import_rasterio)
         from rasterio.errors import CRSError
 
         try:
-            return str(native.to_wkt())
+            return str(self._native.to_wkt())
         except CRSError as exc:
             raise ValueError(f"cannot describe CRS {self.text!r}: {exc}") from None
 
@@ -164,7 +159,6 @@ def _interned(text: str) -> CRS:
 
 
 def _parse(text: str) -> rasterio.crs.CRS:
-    _import_rasterio()
     import rasterio
     from rasterio.crs import CRS as RasterioCRS
     from rasterio.errors import CRSError
@@ -175,29 +169,3 @@ def _parse(text: str) -> rasterio.crs.CRS:
             return RasterioCRS.from_user_input(text)
         except (CRSError, ValueError, TypeError) as exc:
             raise ValueError(f"unrecognised CRS {text!r}: {exc}") from None
-
-
-class _Boto3OnFirstUse(types.ModuleType):
-    """Stands in for boto3 in ``rasterio.session``: imports it when rasterio first uses it."""
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(importlib.import_module("boto3"), name)
-
-
-def _import_rasterio() -> None:
-    """Import rasterio without the boto3 and botocore it imports up front (about 0.1 to
-    0.2 CPU-s, a third of rasterio's import) for AWS sessions on ``s3://`` datasets, which
-    bulkpix never opens with rasterio. ``rasterio.session`` gets a stand-in that imports
-    boto3 the first time it is used, so anyone else's ``s3://`` dataset still works."""
-    if "rasterio" in sys.modules or "boto3" in sys.modules:
-        return
-    if importlib.util.find_spec("boto3") is None:
-        return  # rasterio finds no boto3 either: nothing to stand in for
-    sys.modules["boto3"] = None  # type: ignore[assignment]  # import boto3 -> ImportError
-    try:
-        import rasterio.session
-    finally:
-        if sys.modules.get("boto3", 0) is None:
-            del sys.modules["boto3"]
-    if rasterio.session.boto3 is None:
-        rasterio.session.boto3 = _Boto3OnFirstUse("boto3")
