@@ -39,7 +39,7 @@ async def cluster() -> AsyncIterator[Any]:
         processes=True,
         host="127.0.0.1",
         scheduler_port=0,
-        dashboard_address=":0",
+        dashboard_address="127.0.0.1:0",
         asynchronous=True,
         silence_logs=40,
     ) as local, distributed.Client(local, asynchronous=True) as client:

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bulkpix.cluster.batches import MAX_BATCH_TILES, batch_size, cut_batches
+from bulkpix.cluster.batches import MAX_BATCH_TILES, WAVES_PER_BATCH, batch_size, cut_batches
 from bulkpix.cluster.quota import ORPHAN_HOLD_S, QuotaBroker, _JobQuota
 from tests.conftest import loop_now, run_virtual
 
@@ -132,10 +132,12 @@ def test_batches_keep_every_tile_once_in_order(n: int, slots: int, concurrency: 
     size = batch_size(n, slots, concurrency)
     assert all(1 <= len(batch) <= size for batch in batches)
     if n:
-        # Enough tiles per task for the tasks running at once to fill the quota...
-        assert size >= min(n, -(-concurrency // slots))
+        # Enough tiles per task for the tasks running at once to fill the quota for several
+        # waves of requests...
+        waves = WAVES_PER_BATCH * -(-concurrency // slots)
+        assert size >= min(n, waves)
         # ...and no larger than needed for that or for the cap on a task's size.
-        assert size <= max(MAX_BATCH_TILES, -(-concurrency // slots))
+        assert size <= max(MAX_BATCH_TILES, waves)
 
 
 def test_a_batch_size_given_is_used() -> None:

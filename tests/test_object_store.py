@@ -567,7 +567,7 @@ async def test_a_dask_cluster_writes_the_s3_output_bit_exact(
         processes=True,
         host="127.0.0.1",
         scheduler_port=0,
-        dashboard_address=":0",
+        dashboard_address="127.0.0.1:0",
         asynchronous=True,
         silence_logs=40,
     ) as local, distributed.Client(local, asynchronous=True) as client:

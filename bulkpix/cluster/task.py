@@ -11,6 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import functools
+import os
+import platform
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -63,6 +67,7 @@ async def run_batch(shared: ClusterRun, batch: list[tuple[int, Tile]]) -> BatchR
     except ImportError:  # a worker without dask cannot have started this task
         raise
     worker = get_worker()
+    _restore_mmap_threshold()
     job = shared.job
     stop = asyncio.Event()
     keys: dict[int, list[str]] = {}
@@ -97,6 +102,27 @@ async def run_batch(shared: ClusterRun, batch: list[tuple[int, Tile]]) -> BatchR
         notices=list(stats.notices),
         computation_limits=stats.computation_limits,
     )
+
+
+@functools.cache
+def _restore_mmap_threshold() -> bool:
+    """Undo, for large buffers, what Dask's nanny does to glibc's malloc; once per process.
+
+    The nanny starts workers with ``MALLOC_TRIM_THRESHOLD_=65536``, which also turns off
+    glibc's dynamic mmap threshold: every response body and chunk buffer over 128 KiB then
+    becomes a fresh mmap, zero-filled by the kernel (measured: twice the system time and five
+    times the page faults of a plain process, benchmarks/RESULTS.md). A fixed threshold of
+    32 MiB (glibc's largest) lets the heap reuse those buffers again. Returns whether it did.
+    """
+    if "MALLOC_TRIM_THRESHOLD_" not in os.environ or "MALLOC_MMAP_THRESHOLD_" in os.environ:
+        return False
+    if platform.libc_ver()[0] != "glibc":
+        return False
+    m_mmap_threshold = -3  # malloc.h
+    try:
+        return bool(ctypes.CDLL(None).mallopt(m_mmap_threshold, 32 * 2**20))
+    except (OSError, AttributeError):
+        return False
 
 
 @contextlib.asynccontextmanager
