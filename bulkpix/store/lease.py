@@ -34,8 +34,8 @@ On a local disk (zarr's ``LocalStore``) the same conditional path is used: a doc
 is the sha256 of its bytes, and each conditional replace or delete is made under an exclusive
 ``flock`` on ``.bulkpix/lease.lock`` (taken in a worker thread, held only for the compare and
 the rename, never deleted, so there is no race on the lock file itself). Reads take no lock:
-every write is a rename, so a read is never torn. Releases delete the lease conditionally too,
-so a run joining at that instant is not deleted with it. ``flock`` also covers NFS on Linux
+every write is a rename, so a read is never torn. The last holder's release deletes the lease
+conditionally too, so the entry of a run joining at that instant is not deleted with it. ``flock`` also covers NFS on Linux
 (the kernel maps it to POSIX locks); a memory store changes the lease with no await between
 its read and its write, so it needs none.
 
@@ -44,10 +44,10 @@ holders renewing at the same instant can drop one's newest entry (its previous o
 it expires, and it writes itself back at its next renewal); a run that joins reads its entry
 back, and writes it again, before it starts. Where the store's create-if-absent is
 check-then-put (fsspec's s3fs, gcsfs ...), a new lease is read back only after ``settle_s``
-(1 s), so that of two runs creating it at the same moment both read the same winner. Limit: there,
-taking over a STALE lease is delete-then-create; two runs doing so at the same instant can
-still both read themselves back; the loser finds out at its first renewal (at most ``ttl / 4``)
-and stops before writing another chunk or marker.
+(1 s), so that of two runs creating it at the same moment both read the same winner. Limit:
+there, taking over a STALE lease is delete-then-create; two runs doing so at the same instant
+can still both read themselves back; the loser finds out at its first renewal (at most
+``ttl / 4``) and stops before writing another chunk or marker.
 """
 
 from __future__ import annotations
