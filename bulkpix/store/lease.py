@@ -33,11 +33,11 @@ An S3-compatible server without conditional updates gets plain puts (below).
 On a local disk (zarr's ``LocalStore``) the same conditional path is used: a document's version
 is the sha256 of its bytes, and each conditional replace or delete is made under an exclusive
 ``flock`` on ``.bulkpix/lease.lock`` (taken in a worker thread, held only for the compare and
-the rename, never deleted, so there is no race on the lock file itself). Reads take no lock:
+the rename; the file stays, so there is no race on the lock file itself). Reads take no lock:
 every write is a rename, so a read is never torn. The last holder's release deletes the lease
-conditionally too, so the entry of a run joining at that instant is not deleted with it. ``flock`` also covers NFS on Linux
-(the kernel maps it to POSIX locks); a memory store changes the lease with no await between
-its read and its write, so it needs none.
+conditionally too, so the entry of a run joining at that instant is not deleted with it.
+``flock`` also covers NFS on Linux (the kernel maps it to POSIX locks); a memory store changes
+the lease with no await between its read and its write, so it needs none.
 
 Elsewhere (fsspec stores: today's behaviour) the holder list is read-modify-written: two
 holders renewing at the same instant can drop one's newest entry (its previous one stays until
@@ -91,7 +91,8 @@ __all__ = [
 ]
 
 LEASE_KEY = f"{RECORD_DIR}/lease.json"
-# Locked around each conditional change of the lease on a local disk; never deleted.
+# Locked around each conditional change of the lease on a local disk. It stays (only a
+# directory a refused run made, holding nothing else, is removed with it).
 LEASE_LOCK_KEY = f"{RECORD_DIR}/lease.lock"
 DEFAULT_TTL_S = 60.0
 _ACQUIRE_ATTEMPTS = 5
