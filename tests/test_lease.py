@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +19,14 @@ import numpy as np
 import pytest
 import zarr
 from zarr.core.buffer import default_buffer_prototype
-from zarr.storage import MemoryStore
+from zarr.storage import LocalStore, MemoryStore
 
 from bulkpix.cli import main
 from bulkpix.emulator import SyntheticAsset
 from bulkpix.emulator.synthetic import synthetic_pixels
 from bulkpix.errors import LeaseLost, OutputInUse
-from bulkpix.store.lease import LEASE_KEY, Lease, LeaseInfo, read_lease
+from bulkpix.store.lease import LEASE_KEY, LEASE_LOCK_KEY, Lease, LeaseInfo, read_lease
+from bulkpix.store.output import OutputKind, inspect_output
 from bulkpix.store.record import TileRecord
 from tests.conftest import emulator_thread, loop_now, run_virtual, write_job
 
@@ -358,7 +360,9 @@ def test_two_processes_of_the_same_job_share_the_output(tmp_path: Path) -> None:
     rows, cols = np.arange(1232, 1232 + 640), np.arange(200, 200 + 640)
     np.testing.assert_array_equal(root["u16"][:], synthetic_pixels(2, rows, cols))
     assert len(list((output / ".bulkpix" / "done").iterdir())) == 25
-    assert not (output / LEASE_KEY).exists()  # the last one out released it
+    lease_path = output / LEASE_KEY
+    # The last one out released it.
+    assert not lease_path.exists(), lease_path.read_text()
 
 
 def test_a_run_that_lost_its_lease_stores_no_more_chunks() -> None:
@@ -402,3 +406,136 @@ def test_two_runs_creating_the_lease_at_once_on_a_check_then_put_store() -> None
         assert info is not None and info.run_id == winner.run_id
 
     run_virtual(go)
+
+
+# ------------------------------------------------------------- races on a local disk
+
+
+def _first_read_waits(lease: Lease, until: Callable[[], Awaitable[Any]]) -> asyncio.Event:
+    """``lease``'s first read of the document returns only once ``until()`` has: its read and
+    the write it makes from it then straddle whatever ``until`` lets the other run do. The
+    event is set once that read is made."""
+    real = lease._read
+    read = asyncio.Event()
+
+    async def read_then_wait() -> Any:
+        found = await real()
+        if not read.is_set():
+            read.set()
+            await until()
+        return found
+
+    lease._read = read_then_wait  # type: ignore[method-assign]
+    return read
+
+
+def test_two_holders_releasing_at_once_on_a_local_disk_leave_no_lease(tmp_path: Path) -> None:
+    """The flaky two-process test's cause: both read the same two holders, and each wrote
+    the other back, so a lease naming a run that had ended stayed behind."""
+
+    async def go() -> None:
+        store = LocalStore(tmp_path)
+        first, second = Lease(store, "job-a"), Lease(store, "job-a")
+        await first.acquire()
+        await second.acquire()
+        both_read = asyncio.Barrier(2)
+        for lease in (first, second):
+            _first_read_waits(lease, both_read.wait)
+        await asyncio.gather(first.release(), second.release())
+        assert await read_lease(store) == (False, None)
+
+    asyncio.run(go())
+
+
+def test_two_holders_renewing_at_once_on_a_local_disk_both_stay_renewed(tmp_path: Path) -> None:
+    async def go() -> None:
+        store = LocalStore(tmp_path)
+        now = [1000.0]
+        first, second = (Lease(store, "job-a", clock=lambda: now[0], ttl_s=60) for _ in "ab")
+        await first.acquire()
+        await second.acquire()
+        now[0] = 1030.0
+        both_read = asyncio.Barrier(2)
+        for lease in (first, second):
+            _first_read_waits(lease, both_read.wait)
+        await asyncio.gather(first.renew(), second.renew())
+        _, info = await read_lease(store)
+        assert info is not None
+        # Neither renewal wrote over the other's: both hold until 1030 + 60.
+        assert {h.run_id: h.expires for h in info.holders} == {
+            first.run_id: 1090.0,
+            second.run_id: 1090.0,
+        }
+
+    asyncio.run(go())
+
+
+def test_a_stale_lease_taken_over_at_once_on_a_local_disk_goes_to_one_run(
+    tmp_path: Path,
+) -> None:
+    async def go() -> None:
+        store = LocalStore(tmp_path)
+        await _put_lease(store, expires=time.time() - 1)
+        late = Lease(store, "job-b", exclusive=True)
+        early = Lease(store, "job-c", exclusive=True)
+        taken = asyncio.Event()
+        late_read = _first_read_waits(late, taken.wait)
+        late_acquiring = asyncio.create_task(late.acquire())
+        await late_read.wait()  # the late run saw the stale lease too
+        await early.acquire()
+        taken.set()
+        with pytest.raises(OutputInUse, match="in use by an exclusive run"):
+            await late_acquiring
+        _, info = await read_lease(store)
+        assert info is not None and info.run_id == early.run_id
+
+    asyncio.run(go())
+
+
+def test_a_run_joining_as_the_last_holder_releases_on_a_local_disk_keeps_it(
+    tmp_path: Path,
+) -> None:
+    async def go() -> None:
+        store = LocalStore(tmp_path)
+        leaving, joining = Lease(store, "job-a"), Lease(store, "job-a")
+        await leaving.acquire()
+        joined = asyncio.Event()
+        _first_read_waits(leaving, joined.wait)
+        releasing = asyncio.create_task(leaving.release())
+        await joining.acquire()  # while the leaving run holds what it read: itself alone
+        joined.set()
+        await releasing
+        _, info = await read_lease(store)
+        assert info is not None and [h.run_id for h in info.holders] == [joining.run_id]
+
+    asyncio.run(go())
+
+
+def test_the_lease_lock_file_is_bulkpixs(tmp_path: Path) -> None:
+    from bulkpix.store.output import _remove_if_no_files
+
+    # What a run leaves when it was refused after taking the lease: the lock file alone, or
+    # with a bare root group.
+    lone = tmp_path / "lone.zarr"
+    (lone / LEASE_LOCK_KEY).parent.mkdir(parents=True)
+    (lone / LEASE_LOCK_KEY).touch()
+    assert asyncio.run(inspect_output(str(lone))).kind is OutputKind.EMPTY
+    zarr.open_group(lone, mode="w")
+    (lone / LEASE_LOCK_KEY).parent.mkdir()
+    (lone / LEASE_LOCK_KEY).touch()
+    assert asyncio.run(inspect_output(str(lone))).kind is OutputKind.EMPTY
+    (lone / "zarr.json").unlink()
+    _remove_if_no_files(lone)  # a directory the refused run made goes, lock file and all
+    assert not lone.exists()
+
+    output = tmp_path / "out.zarr"
+    bbox = [602000, 5185120, 604560, 5187680]  # 4 tiles
+    with emulator_thread(synthetic={ASSET: SYNTH}) as emu:
+        job = write_job(tmp_path / "a.yaml", **_race_keys(emu.url, output, bbox))
+        assert main(["run", "--quiet", str(job)]) == 0
+        assert (output / LEASE_LOCK_KEY).is_file() and not (output / LEASE_KEY).exists()
+        assert asyncio.run(inspect_output(str(output))).kind is OutputKind.SINGLE
+        assert main(["run", "--quiet", str(job)]) == 0  # resumed: nothing left to do
+        assert main(["run", "--quiet", "--restart", str(job)]) == 0
+        assert main(["verify", str(output)]) == 0
+    assert len(list((output / ".bulkpix" / "done").iterdir())) == 4

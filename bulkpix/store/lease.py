@@ -4,10 +4,10 @@
 fingerprints), whether the holder is exclusive (a ``--restart``, ``verify``), and the run that
 renewed it last: run id, host, pid, since, and an expiry in wall-clock seconds.
 
-- No file locks: the zarr Store API (get, set, set_if_not_exists, delete), so the same code
-  works on a local disk and on object stores (with conditional replaces where obstore offers
-  them, below). A new lease is created with ``set_if_not_exists`` and read back; whoever's
-  run id is read back holds it.
+- The zarr Store API (get, set, set_if_not_exists, delete), so the same code works on a
+  local disk and on object stores, with conditional replaces where the store allows them
+  (below). A new lease is created with ``set_if_not_exists`` and read back; whoever's run id
+  is read back holds it.
 - Runs of the SAME job (not exclusive) share the lease: each renews it with its own details,
   so cooperating workers (several processes, Dask) can write one output together. The
   document lists every such run as a holder, each with its own expiry; a run that ends takes
@@ -30,31 +30,43 @@ version read (``If-Match``; a GCS generation), re-reading on a conflict. Two run
 create it or both take it over, and holders renewing at the same instant both stay listed.
 An S3-compatible server without conditional updates gets plain puts (below).
 
-Elsewhere the holder list is read-modify-written: two holders renewing at the same instant
-can drop one's newest entry (its previous one stays until it expires, and it writes itself
-back at its next renewal); a run that joins reads its entry back, and writes it again, before
-it starts. Where the store's create-if-absent is check-then-put (fsspec's s3fs, gcsfs ...), a
-new lease is read back only after ``settle_s`` (1 s), so that of two runs creating it at the
-same moment both read the same winner. Limit: there, taking over a STALE lease is
-delete-then-create; two runs doing so at the same instant can still both read themselves
-back; the loser finds out at its first renewal (at most ``ttl / 4``) and stops before writing
-another chunk or marker.
+On a local disk (zarr's ``LocalStore``) the same conditional path is used: a document's version
+is the sha256 of its bytes, and each conditional replace or delete is made under an exclusive
+``flock`` on ``.bulkpix/lease.lock`` (taken in a worker thread, held only for the compare and
+the rename; the file stays, so there is no race on the lock file itself). Reads take no lock:
+every write is a rename, so a read is never torn. The last holder's release deletes the lease
+conditionally too, so the entry of a run joining at that instant is not deleted with it.
+``flock`` also covers NFS on Linux (the kernel maps it to POSIX locks); a memory store changes
+the lease with no await between its read and its write, so it needs none.
+
+Elsewhere (fsspec stores: today's behaviour) the holder list is read-modify-written: two
+holders renewing at the same instant can drop one's newest entry (its previous one stays until
+it expires, and it writes itself back at its next renewal); a run that joins reads its entry
+back, and writes it again, before it starts. Where the store's create-if-absent is
+check-then-put (fsspec's s3fs, gcsfs ...), a new lease is read back only after ``settle_s``
+(1 s), so that of two runs creating it at the same moment both read the same winner. Limit:
+there, taking over a STALE lease is delete-then-create; two runs doing so at the same instant
+can still both read themselves back; the loser finds out at its first renewal (at most
+``ttl / 4``) and stops before writing another chunk or marker.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import os
 import socket
+import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
+from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol
 
 from zarr.abc.store import Store
 from zarr.core.buffer import default_buffer_prototype
@@ -64,9 +76,24 @@ from bulkpix.errors import LeaseLost, OutputInUse
 from bulkpix.store.cloud import CloudStore, Version, inner_store
 from bulkpix.store.location import RECORD_DIR
 
-__all__ = ["DEFAULT_TTL_S", "LEASE_KEY", "Holder", "Lease", "LeaseInfo", "read_lease"]
+if sys.platform != "win32":
+    import fcntl
+
+__all__ = [
+    "DEFAULT_TTL_S",
+    "LEASE_KEY",
+    "LEASE_LOCK_KEY",
+    "Holder",
+    "Lease",
+    "LeaseInfo",
+    "LocalVersions",
+    "read_lease",
+]
 
 LEASE_KEY = f"{RECORD_DIR}/lease.json"
+# Locked around each conditional change of the lease on a local disk. It stays (only a
+# directory a refused run made, holding nothing else, is removed with it).
+LEASE_LOCK_KEY = f"{RECORD_DIR}/lease.lock"
 DEFAULT_TTL_S = 60.0
 _ACQUIRE_ATTEMPTS = 5
 
@@ -157,6 +184,72 @@ async def read_lease(store: Store) -> tuple[bool, LeaseInfo | None]:
     return True, LeaseInfo.from_json(buffer.to_bytes())
 
 
+class _Versioned(Protocol):
+    """A store that can replace an object only if it is still the version read."""
+
+    async def get_versioned(self, key: str) -> tuple[bytes, Version] | None: ...
+
+    async def set_if_version(self, key: str, value: bytes, version: Version) -> bool: ...
+
+
+class LocalVersions:
+    """``CloudStore``'s conditional replace for a directory on a local disk: the version is the
+    sha256 of the bytes, compared and replaced under an exclusive ``flock`` on
+    ``LEASE_LOCK_KEY``. Every write is a rename, so reads need no lock."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    async def get_versioned(self, key: str) -> tuple[bytes, Version] | None:
+        try:
+            data = await asyncio.to_thread((self.root / key).read_bytes)
+        except FileNotFoundError:
+            return None
+        return data, _digest(data)
+
+    async def set_if_version(self, key: str, value: bytes, version: Version) -> bool:
+        return await asyncio.to_thread(self._change_if, key, value, version)
+
+    async def delete_if_version(self, key: str, version: Version) -> bool:
+        return await asyncio.to_thread(self._change_if, key, None, version)
+
+    def _change_if(self, key: str, value: bytes | None, version: Version) -> bool:
+        """In a worker thread: the lock is held for the compare and the rename only."""
+        path = self.root / key
+        with self._locked():
+            try:
+                if _digest(path.read_bytes()) != version:
+                    return False
+            except FileNotFoundError:
+                return False
+            if value is None:
+                path.unlink()
+                return True
+            # The name zarr's LocalStore gives its temp files: one left by a crash is tidied.
+            temp = path.with_suffix(f".{uuid.uuid4().hex}.partial")
+            try:
+                temp.write_bytes(value)
+                os.replace(temp, path)
+            finally:
+                temp.unlink(missing_ok=True)
+        return True
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        lock = self.root / LEASE_LOCK_KEY
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+
+def _digest(data: bytes) -> Version:
+    return Version(hashlib.sha256(data).hexdigest(), None)
+
+
 class Lease:
     """``async with Lease(store, job, exclusive=...) as lease:`` holds the output; use
     ``lease.check`` as the tile record's guard."""
@@ -195,8 +288,14 @@ class Lease:
         # object store's holders run anywhere (same-named containers, other pid namespaces),
         # and there a holder lives exactly as long as its expiry.
         self.check_pid = machine_local
-        # Renewals, joins and take-overs replace the document only if unchanged since read.
-        self._versioned = inner if isinstance(inner, CloudStore) else None
+        # Renewals, joins, releases and take-overs replace the document only if unchanged
+        # since read: on object stores by the store's own conditional put, on a local disk
+        # under a file lock (no flock on Windows: the read-modify-write stays there).
+        self._versioned: _Versioned | None = None
+        if isinstance(inner, CloudStore):
+            self._versioned = inner
+        elif isinstance(inner, LocalStore) and sys.platform != "win32":
+            self._versioned = LocalVersions(inner.root)
         self.joined = False  # True: another run of this job held it when this one started
         self._lost: str | None = None
         self._valid_until = 0.0  # monotonic(): no renewal for a whole ttl means lost
@@ -361,6 +460,10 @@ class Lease:
             if h.run_id != self.run_id and h.live(now, self.check_pid)
         ]
         if not others:
+            if isinstance(self._versioned, LocalVersions) and version is not None:
+                # Not over a run that joined since the read (object stores have no
+                # conditional delete; there a joining run finds the lease gone and makes it again).
+                return await self._versioned.delete_if_version(LEASE_KEY, version)
             await self.store.delete(LEASE_KEY)
             return True
         latest = max(others, key=lambda h: h.expires)
@@ -427,7 +530,5 @@ def _pid_alive(pid: int) -> bool:
 
 def job_token(parts: Any) -> str:
     """A short, stable hash of a job's fingerprints: what 'the same job' means to the lease."""
-    import hashlib
-
     data = json.dumps(parts, sort_keys=True, default=str).encode()
     return hashlib.sha256(data).hexdigest()[:16]

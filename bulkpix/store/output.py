@@ -38,7 +38,7 @@ from zarr.storage import LocalStore
 from bulkpix.errors import StoreDamaged, StoreError, StoreMismatch
 from bulkpix.store import lease as lease_module
 from bulkpix.store.checksum import ChecksumStore
-from bulkpix.store.lease import LEASE_KEY, Lease, job_token
+from bulkpix.store.lease import LEASE_KEY, LEASE_LOCK_KEY, Lease, job_token
 from bulkpix.store.location import (
     BATCH_KEY,
     COORD_NAMES,
@@ -85,6 +85,8 @@ __all__ = [
 
 # zarr LocalStore's temp files, the only ones bulkpix leaves: {name}.{uuid4 hex}.partial
 _PARTIAL = re.compile(r".\.[0-9a-f]{32}\.partial\Z")
+# The lease and its lock file (left in place for good): ours, and no sign of an item.
+_LEASE_KEYS = (LEASE_KEY, LEASE_LOCK_KEY)
 # Attributes bulkpix puts on an item's group (copies of its record).
 _OUR_ATTRIBUTES = ("bulkpix", "asset")
 
@@ -257,10 +259,10 @@ async def _inspect_once(store: Store, output: str, item_paths: list[str]) -> Out
 
 async def _looks_empty(store: Store) -> bool:
     """Nothing at all, or only a bare root group (a run killed right after making it), or a
-    lease left by a run refused before it wrote anything."""
+    lease (or its lock file) left by a run refused before it wrote anything."""
     keys = []
     async for key in store.list_prefix(""):
-        if key == LEASE_KEY or _PARTIAL.search(key):
+        if key in _LEASE_KEYS or _PARTIAL.search(key):
             continue
         keys.append(key)
         if len(keys) > 1:
@@ -467,7 +469,7 @@ async def _strip_v2_group(store: Store, path: str) -> None:
     ours = {prefix + name for name in V2_GROUP_FILES}
     others = False
     async for other in store.list_prefix(prefix):
-        if other not in ours and other != LEASE_KEY and not _PARTIAL.search(other):
+        if other not in ours and other not in _LEASE_KEYS and not _PARTIAL.search(other):
             others = True
             break
     if not others:
@@ -494,7 +496,7 @@ async def _strip_group(store: Store, path: str) -> None:
     prefix = f"{path}/" if path else ""
     others = False
     async for other in store.list_prefix(prefix):
-        if other != key and other != LEASE_KEY and not _PARTIAL.search(other):
+        if other != key and other not in _LEASE_KEYS and not _PARTIAL.search(other):
             others = True
             break
     if not others:
@@ -760,8 +762,12 @@ async def _refuse_format_change_over_user_data(store: Store, job: Job, state: Ou
 
 def _remove_if_no_files(path: Path) -> None:
     """Remove an output directory this run made when it holds no file (a refused run)."""
-    if not path.is_dir() or any(p.is_file() for p in path.rglob("*")):
+    lock = path / LEASE_LOCK_KEY
+    if not path.is_dir() or any(p.is_file() and p != lock for p in path.rglob("*")):
         return
+    # No lease beside it, so no run is using the lock file: it goes with the directory.
+    with contextlib.suppress(OSError):
+        lock.unlink()
     for directory in sorted(path.rglob("*"), key=lambda p: len(p.parts), reverse=True):
         with contextlib.suppress(OSError):
             directory.rmdir()
