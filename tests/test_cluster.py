@@ -16,6 +16,7 @@ from typing import Any
 import distributed
 import numpy as np
 import pytest
+import pytest_asyncio
 import zarr
 from rich.console import Console
 
@@ -30,7 +31,11 @@ ASSET = "projects/demo/assets/src"
 SIDE = 512
 
 
-@pytest.fixture
+# One cluster for the module (starting one costs seconds): its tests share the module's loop.
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def cluster() -> AsyncIterator[Any]:
     """Two worker processes (one thread each) and a client, on 127.0.0.1."""
     async with distributed.LocalCluster(
@@ -149,6 +154,7 @@ async def test_a_killed_worker_loses_nothing(cluster: Any, tmp_path: Path) -> No
     assert statuses <= {200, 499, None}, sorted(map(str, statuses))
     # Its batch ran again elsewhere: the new worker process joined or the other took it.
     assert victim not in (await cluster.run(os.getpid)).values()
+    await cluster.wait_for_workers(2)  # the nanny's new worker, for the module's next tests
 
 
 def _cli_job(tmp_path: Path, **keys: Any) -> Path:
