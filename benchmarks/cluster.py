@@ -76,6 +76,7 @@ import psutil
 from benchmarks.emulator_process import EmulatorProcess, EmulatorSettings
 from benchmarks.ideal import ideal_for_requests
 from benchmarks.machine import describe_machine
+from benchmarks.request_stats import most_in_any_window
 
 __all__ = ["SIZES", "ClusterSize", "main", "quota_overhead", "throughput"]
 
@@ -202,16 +203,6 @@ def _sampled_exact(output: Path, side: int) -> bool:
     return True
 
 
-def _most_in_window(times: list[float], window: float) -> int:
-    times = sorted(times)
-    most, start = 0, 0
-    for end, t in enumerate(times):
-        while times[start] <= t - window:
-            start += 1
-        most = max(most, end - start + 1)
-    return most
-
-
 async def _one_run(scenario: Scenario, emu: EmulatorProcess, workdir: Path, label: str,
                    client: Any, worker_pids: Sequence[int],
                    batch_tiles: int | None = None) -> dict[str, Any]:
@@ -262,7 +253,7 @@ async def _one_run(scenario: Scenario, emu: EmulatorProcess, workdir: Path, labe
         "ideal_s": round(ideal, 2),
         "wall_over_ideal": round(wall_s / ideal, 2) if ideal else None,
         "peak_in_flight": max((r["in_flight"] or 0 for r in calls), default=0),
-        "most_in_1s": _most_in_window([r["time"] for r in calls], 1.0),
+        "most_in_1s": most_in_any_window([r["time"] for r in calls], 1.0),
         "n_429": sum(1 for r in calls if r["status"] == 429),
         "retries": stats.retries,
         "per_worker_tiles": sorted((w.tiles for w in stats.workers.values()), reverse=True),

@@ -54,3 +54,14 @@ def summarize(records: Sequence[dict[str, Any]], settle_s: float = 10.0) -> Requ
         ok_request_sizes=tuple(int(r["request_size"]) for r in calls if r["status"] == 200),
         ok_windows=tuple((r["row_off"], r["col_off"], r["height"], r["width"])
                          for r in calls if r["status"] == 200 and r["col_off"] is not None))
+
+
+def most_in_any_window(times: Sequence[float], window: float) -> int:
+    """The most of ``times`` (seconds) inside any window of ``window`` seconds."""
+    ordered = sorted(times)
+    most, start = 0, 0
+    for end, t in enumerate(ordered):
+        while ordered[start] <= t - window:
+            start += 1
+        most = max(most, end - start + 1)
+    return most

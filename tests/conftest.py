@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import selectors
 import threading
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -77,6 +77,25 @@ def emulator_thread(**config: Any) -> Iterator[EmulatorThread]:
 
     with EmulatorThread(EmulatorConfig(**config)) as emu:
         yield emu
+
+
+@contextlib.asynccontextmanager
+async def local_cluster(n_workers: int) -> AsyncIterator[Any]:
+    """A Dask LocalCluster of worker processes (one thread each) on 127.0.0.1, and an
+    asynchronous client of it."""
+    import distributed
+
+    async with distributed.LocalCluster(
+        n_workers=n_workers,
+        threads_per_worker=1,
+        processes=True,
+        host="127.0.0.1",
+        scheduler_port=0,
+        dashboard_address="127.0.0.1:0",
+        asynchronous=True,
+        silence_logs=40,
+    ) as cluster, distributed.Client(cluster, asynchronous=True) as client:
+        yield client
 
 
 def write_tif(

@@ -13,18 +13,18 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import distributed
 import numpy as np
 import pytest
 import pytest_asyncio
 import zarr
 from rich.console import Console
 
+from benchmarks.request_stats import most_in_any_window
 from bulkpix.emulator import EmulatorConfig, SyntheticAsset, run_emulator
 from bulkpix.emulator.synthetic import SYNTHETIC_BANDS, synthetic_pixels
 from bulkpix.job import parse_job
 from bulkpix.pipeline import run_job
-from tests.conftest import write_job
+from tests.conftest import local_cluster, write_job
 from tests.test_emulator_compute import data  # noqa: F401  (the computed test's fixture)
 
 ASSET = "projects/demo/assets/src"
@@ -38,16 +38,7 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def cluster() -> AsyncIterator[Any]:
     """Two worker processes (one thread each) and a client, on 127.0.0.1."""
-    async with distributed.LocalCluster(
-        n_workers=2,
-        threads_per_worker=1,
-        processes=True,
-        host="127.0.0.1",
-        scheduler_port=0,
-        dashboard_address="127.0.0.1:0",
-        asynchronous=True,
-        silence_logs=40,
-    ) as local, distributed.Client(local, asynchronous=True) as client:
+    async with local_cluster(2) as client:
         yield client
 
 
@@ -89,16 +80,6 @@ def _pixel_calls(log: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [r for r in log if r["op"] == "get_pixels"]
 
 
-def _most_in_any_window(times: list[float], window: float) -> int:
-    times = sorted(times)
-    most, start = 0, 0
-    for end, t in enumerate(times):
-        while times[start] <= t - window:
-            start += 1
-        most = max(most, end - start + 1)
-    return most
-
-
 async def test_two_workers_share_one_quota_bit_exact(cluster: Any, tmp_path: Path) -> None:
     cap, qps = CAP, QPS
     config = _quota_emulator()
@@ -119,7 +100,7 @@ async def test_two_workers_share_one_quota_bit_exact(cluster: Any, tmp_path: Pat
     assert max(r["in_flight"] for r in calls) <= cap
     times = [r["time"] for r in calls]
     for window in (1.0, 2.0):
-        assert _most_in_any_window(times, window) <= cap + qps * window
+        assert most_in_any_window(times, window) <= cap + qps * window
     # ...and the cluster did use the quota it was given (two requests at once, or more).
     assert max(r["in_flight"] for r in calls) >= 2
 

@@ -25,7 +25,7 @@ pytest.importorskip("s3fs")
 from bulkpix.cli import main
 from bulkpix.emulator import SyntheticAsset
 from bulkpix.geometry.tiling import parse_tile_key
-from tests.conftest import emulator_thread, write_job
+from tests.conftest import emulator_thread, local_cluster, write_job
 from tests.s3_server import S3Server
 
 ASSET = "projects/demo/assets/synth"
@@ -552,8 +552,6 @@ async def test_a_dask_cluster_writes_the_s3_output_bit_exact(
 ) -> None:
     """Worker processes (each writing from its own loop) share the S3 output; their
     credentials come from the environment they inherit, as on any cluster."""
-    distributed = pytest.importorskip("distributed")
-
     from bulkpix.emulator import EmulatorConfig, run_emulator
     from bulkpix.job import parse_job
     from bulkpix.pipeline import run_job
@@ -561,16 +559,7 @@ async def test_a_dask_cluster_writes_the_s3_output_bit_exact(
     bucket = s3.new_bucket()
     url = f"s3://{bucket}/out.zarr"
     config = EmulatorConfig(synthetic={ASSET: SYNTH})
-    async with run_emulator(config) as emu, distributed.LocalCluster(
-        n_workers=2,
-        threads_per_worker=1,
-        processes=True,
-        host="127.0.0.1",
-        scheduler_port=0,
-        dashboard_address="127.0.0.1:0",
-        asynchronous=True,
-        silence_logs=40,
-    ) as local, distributed.Client(local, asynchronous=True) as client:
+    async with run_emulator(config) as emu, local_cluster(2) as client:
         stats = await run_job(parse_job(_job_keys(emu.url, url)), dask_client=client)
     assert stats.ok and stats.finished == stats.total == TILES
     assert len(stats.workers) == 2
