@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bulkpix.cluster.batches import MAX_BATCH_TILES, WAVES_PER_BATCH, batch_size, cut_batches
+from bulkpix.cluster.batches import (
+    MAX_BATCH_TILES,
+    WAVES_PER_BATCH,
+    batch_size,
+    cut_batches,
+    iter_batches,
+)
 from bulkpix.cluster.quota import ORPHAN_HOLD_S, QuotaBroker, _JobQuota
 from tests.conftest import loop_now, run_virtual
 
@@ -144,3 +151,17 @@ def test_a_batch_size_given_is_used() -> None:
     assert [len(b) for b in cut_batches(list(range(10)), 2, 40, 4)] == [4, 4, 2]
     with pytest.raises(ValueError):
         cut_batches([1], 1, 1, 0)
+
+
+def test_batches_are_taken_from_the_plan_only_as_they_are_submitted() -> None:
+    taken: list[int] = []
+
+    def tiles() -> Iterator[int]:
+        for tile in range(100):
+            taken.append(tile)
+            yield tile
+
+    batches = iter_batches(tiles(), 8)
+    assert next(batches) == list(range(8)) and len(taken) == 8
+    assert next(batches) == list(range(8, 16)) and len(taken) == 16
+    assert sum(len(batch) for batch in batches) == 84 and len(taken) == 100

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import TypeVar
 
 __all__ = [
@@ -12,6 +13,7 @@ __all__ = [
     "WAVES_PER_BATCH",
     "batch_size",
     "cut_batches",
+    "iter_batches",
 ]
 
 T = TypeVar("T")
@@ -45,6 +47,13 @@ def cut_batches(
     shorter."""
     if size is None:
         size = batch_size(len(pending), slots, concurrency)
+    return list(iter_batches(pending, size))
+
+
+def iter_batches(pending: Iterable[T], size: int) -> Iterator[list[T]]:
+    """``pending`` in order, ``size`` at a time, taken from the iterable only as asked for."""
     if size < 1:
         raise ValueError(f"size must be >= 1, got {size}")
-    return [list(pending[i : i + size]) for i in range(0, len(pending), size)]
+    iterator = iter(pending)
+    while batch := list(itertools.islice(iterator, size)):
+        yield batch

@@ -15,14 +15,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bulkpix.cluster.batches import cut_batches
+from bulkpix.cluster.batches import batch_size, iter_batches
 from bulkpix.cluster.quota import open_quota
 from bulkpix.cluster.task import BatchResult, ClusterRun, run_batch
 from bulkpix.errors import JobError
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
 __all__ = ["connect", "run_on_cluster"]
 
 CONNECT_TIMEOUT_S = 10.0  # for the scheduler to answer (it retries a refused connection)
+_TASKS_AHEAD_PER_SLOT = 2  # tasks submitted ahead, per worker thread
 _POLL_S = 0.5  # how often the quota's counters are read for the live display
 
 
@@ -100,12 +102,13 @@ async def run_on_cluster(
     """Run the pending tiles of ``opened`` on the cluster (``dask``: an asynchronous
     ``distributed.Client`` from ``connect``); ``stats`` follow it live."""
     stats.items.extend(item_stats(opened))
-    pending = [
+    # Tiles are taken from the plans lazily, a batch at a time, as tasks are submitted.
+    pending = (
         (index, tile)
         for index, item in enumerate(opened)
         for tile in item.plan.tiles.tiles()
         if tile.key not in item.done
-    ]
+    )
     if "://" not in job.output:  # the workers' working directory may not be ours
         job = job.model_copy(update={"output": str(Path(job.output).expanduser().resolve())})
     run_id = f"bulkpix-{uuid.uuid4().hex[:16]}"
@@ -115,14 +118,16 @@ async def run_on_cluster(
     info = await dask.scheduler.identity()
     slots = sum(w.get("nthreads", 1) for w in info.get("workers", {}).values())
     size = job.executor.batch_tiles if job.executor is not None else None
-    batches = cut_batches(pending, slots, job.concurrency, size)
+    if size is None:
+        size = batch_size(stats.total - stats.finished, slots, job.concurrency)
+    batches = iter_batches(pending, size)
     if stats_ready is not None and not stats_ready.done():
         stats_ready.set_result(stats)
     stats.started = time.monotonic()
     longest_wait = job.retries.max_wait
     try:
         async with open_quota(dask, run_id, job.concurrency, job.qps, longest_wait):
-            await _follow(dask, shared, batches, stats, quota, stop)
+            await _follow(dask, shared, batches, slots, stats, quota, stop)
     finally:
         stats.ended = time.monotonic()
         stats.interrupted = stop.is_set() and stats.aborted is None
@@ -137,7 +142,8 @@ async def run_on_cluster(
 async def _follow(
     dask: Any,
     shared: ClusterRun,
-    batches: list[list[Any]],
+    batches: Iterator[list[Any]],
+    slots: int,
     stats: RunStats,
     quota: QuotaView,
     stop: asyncio.Event,
@@ -173,28 +179,43 @@ async def _follow(
 
     dask.subscribe_topic(run_id, on_event)
     [shared_future] = await dask.scatter([shared], broadcast=True, hash=False)
-    futures = [
-        dask.submit(run_batch, shared_future, batch, key=f"{run_id}-{n}", pure=False)
-        for n, batch in enumerate(batches)
-    ]
+    numbers = itertools.count()
+    outstanding: set[Any] = set()
+    completed = as_completed()
+
+    def submit_next() -> None:
+        """One more batch to the scheduler, unless the run is stopping or all are out."""
+        batch = None if stop.is_set() else next(batches, None)
+        if batch is not None:
+            key = f"{run_id}-{next(numbers)}"
+            future = dask.submit(run_batch, shared_future, batch, key=key, pure=False)
+            outstanding.add(future)
+            completed.add(future)
+
+    # A bounded number of tasks ahead of the workers, as the local pool keeps a bounded queue:
+    # enough to keep every worker thread busy (and a joining worker can steal from them).
+    for _ in range(_TASKS_AHEAD_PER_SLOT * max(1, slots)):
+        submit_next()
     helpers = [asyncio.create_task(poll_quota()), asyncio.create_task(stop_quota_on_stop())]
     results: list[BatchResult] = []
     try:
-        async for future in as_completed(futures):
+        async for future in completed:
+            outstanding.discard(future)
             result: BatchResult = await future
             results.append(result)
             if result.aborted and stats.aborted is None:
                 stats.aborted = result.aborted
                 stop.set()
+            submit_next()
     finally:
         for helper in helpers:
             helper.cancel()
         await asyncio.gather(*helpers, return_exceptions=True)
-        if any(not f.done() for f in futures):
+        if any(not f.done() for f in outstanding):
             stop.set()
             with contextlib.suppress(Exception):
                 await dask.scheduler.bulkpix_quota_stop(job=run_id)
-            await dask.cancel(futures)
+            await dask.cancel(list(outstanding))
         dask.unsubscribe_topic(run_id)
     _summarise(stats, results)
 
