@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import math
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -22,19 +23,18 @@ if TYPE_CHECKING:
     from bulkpix.job import Job
     from bulkpix.planning import ItemPlan
     from bulkpix.sources import Retry
-    from bulkpix.store.output import OpenedItem
     from bulkpix.transfer.budget import ByteBudget
 
 __all__ = ["assemble_tile", "assembly_slots"]
 
 
-def assembly_slots(job: Job, opened: list[OpenedItem]) -> asyncio.Semaphore | None:
+def assembly_slots(job: Job, plans: Iterable[ItemPlan]) -> asyncio.Semaphore | None:
     """How many mosaic tiles may be assembled at once: the concurrency over the calls an
     output tile takes on average (at least two, so one tile's slow call never idles the run)."""
     per_tile = [
-        item.plan.mosaic.n_calls / max(1, len(item.plan.mosaic.buckets))
-        for item in opened
-        if item.plan.mosaic is not None
+        plan.mosaic.n_calls / max(1, len(plan.mosaic.buckets))
+        for plan in plans
+        if plan.mosaic is not None
     ]
     if not per_tile:
         return None

@@ -16,10 +16,10 @@ from collections.abc import (
     AsyncIterator,
     Awaitable,
     Callable,
+    Collection,
     Iterable,
     Iterator,
     Mapping,
-    Sequence,
 )
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -42,8 +42,9 @@ from bulkpix.errors import (
 )
 from bulkpix.job import Job
 from bulkpix.mosaic_run import assemble_tile, assembly_slots
-from bulkpix.sources import plan_items, resolve_sources
+from bulkpix.sources import gather_all, import_store_side, plan_items, resolve_sources
 from bulkpix.store.location import check_output_location
+from bulkpix.store.state import absent_output
 from bulkpix.store.write_loop import WriteLoop
 from bulkpix.transfer.budget import ByteBudget
 from bulkpix.transfer.limits import Governor, GovernorLike, GovernorView
@@ -59,11 +60,13 @@ if TYPE_CHECKING:
 
     from bulkpix.geometry.tiling import Tile
     from bulkpix.planning import ItemPlan
-    from bulkpix.store.output import OpenedItem
+    from bulkpix.store.output import ClaimedOutput, OpenedItem
     from bulkpix.store.record import TileRecord
+    from bulkpix.store.state import OutputState
 
 __all__ = [
     "ItemStats",
+    "RunItems",
     "RunStats",
     "TileWork",
     "WorkerStats",
@@ -259,6 +262,41 @@ async def open_session(
             yield client, retry, stats
 
 
+class RunItems:
+    """The run's items by number: each plan at once, each opened item (writer, record, the
+    tiles finished before) once the output is claimed. Tiles of a new output are requested
+    while it is made; writing and recording a tile wait for it."""
+
+    def __init__(self, plans: Mapping[int, ItemPlan], store: Store | None = None) -> None:
+        self.plans = plans
+        self.store = store  # where tiles are written: None for a new local output
+        self._opened: Mapping[int, OpenedItem] = {}
+        self._ready = asyncio.Event()
+
+    @classmethod
+    def opened_now(cls, opened: Mapping[int, OpenedItem]) -> RunItems:
+        """Items of an output already claimed."""
+        items = cls(
+            {i: item.plan for i, item in opened.items()},
+            next((item.writer.store for item in opened.values()), None),
+        )
+        items.open(opened)
+        return items
+
+    def open(self, opened: Mapping[int, OpenedItem]) -> None:
+        self._opened = opened
+        self._ready.set()
+
+    async def opened(self, index: int) -> OpenedItem:
+        await self._ready.wait()
+        return self._opened[index]
+
+    def finished_before(self, index: int) -> frozenset[str]:
+        """The keys an earlier run finished: none for an item not opened yet (a new output)."""
+        item = self._opened.get(index)
+        return item.done if item is not None else frozenset()
+
+
 @dataclass
 class _Run:
     """What every tile of a run shares. ``stop`` is the run's: Ctrl-C, or the run deciding
@@ -271,7 +309,7 @@ class _Run:
     write_slots: asyncio.Semaphore
     stats: RunStats
     stop: asyncio.Event
-    items: Mapping[int, OpenedItem]
+    items: RunItems
     # Mosaic tiles being assembled at once: enough to keep the quota's calls in flight, no
     # more, as each holds its output buffers until its last call is in.
     assembling: asyncio.Semaphore | None = None
@@ -355,10 +393,12 @@ async def run_job(
             stats.ended = time.monotonic()
             stats.interrupted = True
             return stats
-        from bulkpix.store.output import claim_output, inspect_output
-
         job = sources.job  # a collection with layout items makes it a batch
-        state = await inspect_output(job.output, [s.name or "" for s in sources.items])
+        state = absent_output(job.output)
+        if state is None:
+            from bulkpix.store.output import inspect_output
+
+            state = await inspect_output(job.output, [s.name or "" for s in sources.items])
         plans = plan_items(sources, state, stats.notices, keep_images=not restart)
         if not yes:
             started = {path for path, item in state.items.items() if item.done and not restart}
@@ -367,25 +407,72 @@ async def run_job(
             warning = size_warning([p for p in plans if p.path not in started])
             if warning is not None:
                 raise JobTooLarge(warning)
-        async with claim_output(job, plans, state, restart=restart) as output:
+        if state.absent and not on_cluster:
+            output = await _fetch_while_claiming(
+                job, plans, state, client, retry, stats, stop, stats_ready, stack
+            )
+        else:
+            from bulkpix.store.output import claim_output
+
+            output = await stack.enter_async_context(
+                claim_output(job, plans, state, restart=restart)
+            )
             if on_cluster:
                 await run_on_cluster(job, client, stats, output.items, stop, stats_ready, dask)
             else:
-                await _run_tiles(job, client, retry, stats, output.items, stop, stats_ready)
-            await _mark_complete_items(output.store, output.items, stats)
-            return stats
+                opened = dict(enumerate(output.items))
+                await _run_tiles(
+                    job, client, retry, stats, RunItems.opened_now(opened), stop, stats_ready
+                )
+        await _mark_complete_items(output.store, output.items, stats)
+        return stats
 
 
-def item_stats(opened: Sequence[OpenedItem]) -> list[ItemStats]:
-    """Each item's counters at the start of a run: its tiles, and those finished before."""
+async def _fetch_while_claiming(
+    job: Job,
+    plans: list[ItemPlan],
+    state: OutputState,
+    client: EEClient,
+    retry: _Retry,
+    stats: RunStats,
+    stop: asyncio.Event,
+    stats_ready: asyncio.Future[RunStats] | None,
+    stack: contextlib.AsyncExitStack,
+) -> ClaimedOutput:
+    """A new local output: its first tiles are requested while it is made (the store's
+    imports and the claim take a few hundred milliseconds on a slow machine, the first
+    wave of requests longer). Nothing is written before the claim; if it fails, the
+    requests are cancelled and its error raised."""
+    # A new local output is a LocalStore: writing on a second loop is safe (WriteLoop).
+    items = RunItems(dict(enumerate(plans)))
+
+    claimed: list[ClaimedOutput] = []
+
+    async def claim() -> None:
+        await asyncio.to_thread(import_store_side)
+        from bulkpix.store.output import claim_output
+
+        claimed.append(await stack.enter_async_context(claim_output(job, plans, state)))
+        items.open(dict(enumerate(claimed[0].items)))
+
+    async def fetch() -> None:
+        await _run_tiles(job, client, retry, stats, items, stop, stats_ready)
+
+    await gather_all([claim(), fetch()])
+    return claimed[0]
+
+
+def item_stats(items: Iterable[tuple[ItemPlan, Collection[str]]]) -> list[ItemStats]:
+    """Each item's counters at the start of a run, from its plan and the keys finished
+    before: its tiles, and those finished before."""
     # Parts of split tiles have markers of their own: count the plan's tiles only.
     return [
         ItemStats(
-            label=item.plan.label,
-            total=item.plan.tiles.n_tiles,
-            done_before=sum(1 for key in item.done if item.plan.tiles.has_tile_key(key)),
+            label=plan.label,
+            total=plan.tiles.n_tiles,
+            done_before=sum(1 for key in done if plan.tiles.has_tile_key(key)),
         )
-        for item in opened
+        for plan, done in items
     ]
 
 
@@ -394,25 +481,30 @@ async def _run_tiles(
     client: EEClient,
     retry: _Retry,
     stats: RunStats,
-    opened: list[OpenedItem],
+    items: RunItems,
     stop: asyncio.Event,
     stats_ready: asyncio.Future[RunStats] | None,
 ) -> RunStats:
-    stats.items.extend(item_stats(opened))
+    """Every tile of ``items`` not finished before (a new output's items, not yet opened,
+    have none)."""
+    stats.items.extend(
+        item_stats((plan, items.finished_before(i)) for i, plan in items.plans.items())
+    )
     if stats_ready is not None and not stats_ready.done():
         stats_ready.set_result(stats)
     stats.started = time.monotonic()
 
     def work() -> Iterator[TileWork]:
-        for index, item in enumerate(opened):
-            for tile in item.plan.tiles.tiles():
+        for index, plan in items.plans.items():
+            finished = items.finished_before(index)
+            for tile in plan.tiles.tiles():
                 if stats.items[index].abandoned:
                     break
-                if tile.key not in item.done:
+                if tile.key not in finished:
                     yield TileWork(index, tile)
 
     try:
-        await run_work(job, client, retry, stats, dict(enumerate(opened)), work(), stop)
+        await run_work(job, client, retry, stats, items, work(), stop)
     finally:
         stats.ended = time.monotonic()
         stats.interrupted = stop.is_set() and stats.aborted is None
@@ -424,16 +516,16 @@ async def run_work(
     client: EEClient,
     retry: _Retry,
     stats: RunStats,
-    opened: Mapping[int, OpenedItem],
+    items: RunItems,
     work: Iterable[TileWork],
     stop: asyncio.Event,
 ) -> None:
     """Fetch, decode, write and record each piece of ``work`` with the job's worker pool.
 
-    ``opened`` and ``stats.items`` are indexed by item number (``TileWork.item``); a cluster
+    ``items`` and ``stats.items`` are indexed by item number (``TileWork.item``); a cluster
     worker opens only the items its batch touches.
     """
-    async with WriteLoop(next((i.writer.store for i in opened.values()), None)) as write_loop:
+    async with WriteLoop(items.store) as write_loop:
         run = _Run(
             client=client,
             retry=retry,
@@ -443,8 +535,8 @@ async def run_work(
             write_slots=asyncio.Semaphore(2),
             stats=stats,
             stop=stop,
-            items=opened,
-            assembling=assembly_slots(job, list(opened.values())),
+            items=items,
+            assembling=assembly_slots(job, items.plans.values()),
         )
 
         async def handle(item: TileWork) -> list[TileWork] | None:
@@ -487,13 +579,12 @@ async def _process_tile(run: _Run, work: TileWork) -> list[TileWork] | None:
     from bulkpix.ee.decode import decode_pixels, max_payload_bytes
     from bulkpix.planning import request_body
 
-    item = run.items[work.item]
-    if item.plan.mosaic is not None:
+    plan = run.items.plans[work.item]
+    if plan.mosaic is not None:
         assert run.assembling is not None
         async with run.assembling:
             await _process_mosaic_tile(run, work)
         return None
-    plan, writer, record, done = item.plan, item.writer, item.record, item.done
     tile = work.tile
     group = plan.tiles.band_groups[tile.group]
     if work.bands is not None:
@@ -536,6 +627,7 @@ async def _process_tile(run: _Run, work: TileWork) -> list[TileWork] | None:
             await _settle(run, work, finished=False, failure=exc)
             return None
         split = _Split(work, remaining=len(parts), parts=len(parts))
+        done = (await run.items.opened(work.item)).done
         todo = [TileWork(work.item, p.tile, p.bands, split) for p in parts if p.key not in done]
         split.remaining = len(todo)
         if not todo:  # every part finished in an earlier run
@@ -545,11 +637,12 @@ async def _process_tile(run: _Run, work: TileWork) -> list[TileWork] | None:
         await _settle(run, work, finished=False, failure=exc)
         return None
     async with held:
+        item = await run.items.opened(work.item)  # a new output: made while this was fetched
         async with run.write_slots:
-            checksums = await run.write_loop.run(writer.write_tile(tile.window, arrays))
+            checksums = await run.write_loop.run(item.writer.write_tile(tile.window, arrays))
         del arrays
     # Only now, with every chunk of the tile stored, does the tile count as finished.
-    await record.mark_done(work.key, checksums)
+    await item.record.mark_done(work.key, checksums)
     run.stats.items[work.item].bytes += nbytes
     run.stats.items[work.item].refusals = 0
     await _settle(run, work, finished=True)
@@ -559,9 +652,9 @@ async def _process_tile(run: _Run, work: TileWork) -> list[TileWork] | None:
 async def _process_mosaic_tile(run: _Run, work: TileWork) -> None:
     """One output tile of a mosaic (``mosaic_run.assemble_tile``): written once, when every
     call is in, and only then recorded as done."""
-    item = run.items[work.item]
     tile = work.tile
-    out, outcomes = await assemble_tile(item.plan, tile, run.client, run.budget, run.retry)
+    plan = run.items.plans[work.item]
+    out, outcomes = await assemble_tile(plan, tile, run.client, run.budget, run.retry)
     for outcome in outcomes:
         if isinstance(outcome, RunStopped):
             await _settle(run, work, finished=False)  # left for the next run
@@ -572,6 +665,7 @@ async def _process_mosaic_tile(run: _Run, work: TileWork) -> None:
             return
         if isinstance(outcome, BaseException):
             raise outcome
+    item = await run.items.opened(work.item)
     async with run.write_slots:
         checksums = await run.write_loop.run(
             item.writer.write_tile(tile.window, out, step=tile.step)
@@ -617,7 +711,7 @@ async def _settle(
         if finished:
             run.stats.items[work.item].done += 1
         elif failure is not None:
-            record = run.items[work.item].record
+            record = (await run.items.opened(work.item)).record
             await _record_failure(run, record, run.stats.items[work.item], work.key, failure)
         return
     if failure is not None:
@@ -640,7 +734,7 @@ async def _finish_split(run: _Run, split: _Split) -> None:
     elif split.incomplete:
         await _settle(run, split.work, finished=False)
     else:
-        await run.items[split.work.item].record.mark_done(split.work.key)
+        await (await run.items.opened(split.work.item)).record.mark_done(split.work.key)
         await _settle(run, split.work, finished=True)
 
 

@@ -2,8 +2,10 @@
 calls that describe them, concurrently under the quota; and their plans.
 
 Planning and the store (numpy, zarr, rasterio: about half a second of imports on a slow
-machine) are imported where they are used, after the first request is on its way:
-``_import_store_side`` loads them on a thread while the first metadata call is in flight.
+machine) are imported where they are used, after the first request is on its way: planning
+and decoding (numpy) load on a thread while the first metadata call is in flight, and the
+store's libraries (zarr) on a thread while a new output's first tiles are requested
+(``import_store_side``).
 """
 
 from __future__ import annotations
@@ -22,9 +24,17 @@ from bulkpix.job import Job, ResolvedItem
 if TYPE_CHECKING:
     from bulkpix.ee.client import EEClient
     from bulkpix.planning import AssetInfo, ItemPlan
-    from bulkpix.store.output import OutputState
+    from bulkpix.store.state import OutputState
 
-__all__ = ["Retry", "Sources", "fetch_assets", "gather_all", "plan_items", "resolve_sources"]
+__all__ = [
+    "Retry",
+    "Sources",
+    "fetch_assets",
+    "gather_all",
+    "import_store_side",
+    "plan_items",
+    "resolve_sources",
+]
 
 T = TypeVar("T")
 
@@ -32,10 +42,16 @@ T = TypeVar("T")
 Retry: TypeAlias = Callable[[Callable[[], Awaitable[Any]]], Awaitable[Any]]
 
 
-def _import_store_side() -> None:
-    """Import what planning, decoding and writing need (run on a thread)."""
+def _import_planning_side() -> None:
+    """Import what planning and decoding need (run on a thread)."""
     import bulkpix.ee.decode
-    import bulkpix.planning
+    import bulkpix.planning  # noqa: F401
+
+
+def import_store_side() -> None:
+    """Import what inspecting, claiming and writing the output need (run on a thread: an
+    import on the event loop would hold up the requests in flight)."""
+    import bulkpix.store.output
     import bulkpix.store.record
     import bulkpix.store.zarr_store  # noqa: F401
 
@@ -66,7 +82,7 @@ async def fetch_assets(
         waiting = asyncio.ensure_future(started.wait())
         await asyncio.wait([calls, waiting], return_when=asyncio.FIRST_COMPLETED)
         waiting.cancel()
-    importing = asyncio.ensure_future(asyncio.to_thread(_import_store_side))
+    importing = asyncio.ensure_future(asyncio.to_thread(_import_planning_side))
     try:
         answers = await calls
         await importing

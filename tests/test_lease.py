@@ -264,7 +264,10 @@ def test_a_restart_of_another_job_is_refused_while_a_run_writes(
         )
         try:
             deadline = time.monotonic() + 60
-            while not any(r["op"] == "get_pixels" for r in emu.log):
+            # A new output's first tiles are requested while it is made: A holds the output
+            # once its lease is written, and is writing once a tile is done.
+            done = output / ".bulkpix" / "done"
+            while not ((output / LEASE_KEY).exists() and done.is_dir() and any(done.iterdir())):
                 assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
                 assert time.monotonic() < deadline
                 time.sleep(0.01)  # waiting for A to be writing: the moment the race needs

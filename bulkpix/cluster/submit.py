@@ -101,7 +101,7 @@ async def run_on_cluster(
 ) -> None:
     """Run the pending tiles of ``opened`` on the cluster (``dask``: an asynchronous
     ``distributed.Client`` from ``connect``); ``stats`` follow it live."""
-    stats.items.extend(item_stats(opened))
+    stats.items.extend(item_stats((item.plan, item.done) for item in opened))
     # Tiles are taken from the plans lazily, a batch at a time, as tasks are submitted.
     pending = (
         (index, tile)

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from bulkpix.cluster.quota import ClusterGovernor
 from bulkpix.errors import StoreError
 from bulkpix.job import Job
-from bulkpix.pipeline import ItemStats, RunStats, TileWork, open_session, run_work
+from bulkpix.pipeline import ItemStats, RunItems, RunStats, TileWork, open_session, run_work
 from bulkpix.store.output import attach_items
 
 if TYPE_CHECKING:
@@ -86,7 +86,7 @@ async def run_batch(shared: ClusterRun, batch: list[tuple[int, Tile]]) -> BatchR
         stats.items = [ItemStats(label=plan.label, total=0) for plan in shared.plans]
         work = [TileWork(i, tile) for i, tile in batch if tile.key not in opened[i].done]
         async with _reporting(worker, shared.run_id, stats):
-            await run_work(job, client, retry, stats, opened, work, stop)
+            await run_work(job, client, retry, stats, RunItems.opened_now(opened), work, stop)
     return BatchResult(
         worker=worker.address,
         done={
