@@ -75,6 +75,10 @@ def test_the_job_and_the_plan_share_one_parsed_crs() -> None:
     job = parse_job({"asset": "a/b", "output": "o.zarr", "crs": text, "scale": 10})
     [item] = job.resolved_items()
     assert item.crs == text
-    assert "_parsed" in vars(CRS.of(text))  # validation parsed it; planning reuses it
+    # Validation answered from PROJ's database (no parse: test_startup checks rasterio is not
+    # loaded) on the one interned object planning reuses; its parse, when needed, happens once.
+    assert "_catalogued" in vars(CRS.of(text))
+    parsed = CRS.of(text).to_rasterio()
+    assert CRS.of(text).to_rasterio() is parsed
     with pytest.raises(Exception, match="unknown CRS"):
         parse_job({"asset": "a/b", "output": "o.zarr", "crs": "EPSG:0", "scale": 10})
