@@ -94,14 +94,14 @@ def test_the_job_and_the_plan_share_one_parsed_crs() -> None:
 LISTED = [
     "EPSG:4326", "EPSG:4269", "EPSG:32633", "EPSG:3857", "EPSG:27700", "EPSG:2154",
     "EPSG:4258", "EPSG:6933", "EPSG:4979", "ESRI:54009", "ESRI:102003", "epsg:4326",
-    " EPSG:4326 ",
+    " EPSG:4326 ", "ePsG:3857", "IGNF:LAMB93", "OGC:CRS84",
 ]
 # Codes it leaves to rasterio: none such, not a CRS (an ellipsoid, a unit), deprecated,
 # geocentric, compound, an authority in the wrong case, odd spellings.
 UNSETTLED = [
     "EPSG:999999", "EPSG:0", "EPSG:1", "EPSG:7030", "EPSG:9001", "EPSG:3785", "EPSG:4978",
     "EPSG:5498", "esri:54009", "EPSG:04326", "EPSG:+4326", "EPSG: 4326", "EPSG:-1",
-    "SR-ORG:6974", UTM_PROJ,
+    "IGNF:Lamb93", "SR-ORG:6974", UTM_PROJ,
 ]
 
 
@@ -157,6 +157,10 @@ def test_without_a_proj_database_rasterio_decides(
         assert crs_module._proj_db() is None
         assert crs_module._catalogued_geographic("EPSG:4326") is None
         assert _bulkpix_says("EPSG:32633") == _rasterio_says("EPSG:32633")  # parsed instead
+        (tmp_path / "proj.db").write_text("not a database")
+        crs_module._proj_catalogue.cache_clear()
+        assert crs_module._catalogued_geographic("EPSG:4326") is None
+        (tmp_path / "proj.db").unlink()
         monkeypatch.delenv("PROJ_DATA")
         monkeypatch.delenv("PROJ_LIB", raising=False)
         db = crs_module._proj_db()  # the one in rasterio's wheel

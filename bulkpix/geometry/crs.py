@@ -19,6 +19,7 @@ import importlib.util
 import os
 import re
 import sqlite3
+import threading
 from collections.abc import Sequence
 from functools import cached_property, lru_cache
 from pathlib import Path
@@ -235,13 +236,17 @@ def _proj_db() -> Path | None:
     return db if db.is_file() else None
 
 
+# One connection per process (SQLite's rule: a forked child must not use its parent's), used
+# by one thread at a time.
+_CATALOGUE_LOCK = threading.Lock()
+
+
 @lru_cache(maxsize=1)
-def _proj_catalogue() -> sqlite3.Connection | None:
+def _proj_catalogue(pid: int) -> sqlite3.Connection | None:
     db = _proj_db()
     if db is None:
         return None
     try:
-        # Read-only and shared by whatever thread asks: nothing here ever writes.
         return sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True, check_same_thread=False)
     except sqlite3.Error:
         return None
@@ -256,16 +261,17 @@ def _catalogued_geographic(text: str) -> bool | None:
     if match is None:
         return None
     auth = "EPSG" if match["epsg"] else match["auth"]
-    catalogue = _proj_catalogue()
-    if catalogue is None:
-        return None
-    try:
-        rows = catalogue.execute(
-            "SELECT type, deprecated FROM crs_view WHERE auth_name = ? AND code = ?",
-            (auth, match["code"]),
-        ).fetchall()
-    except sqlite3.Error:
-        return None
+    with _CATALOGUE_LOCK:
+        catalogue = _proj_catalogue(os.getpid())
+        if catalogue is None:
+            return None
+        try:
+            rows = catalogue.execute(
+                "SELECT type, deprecated FROM crs_view WHERE auth_name = ? AND code = ?",
+                (auth, match["code"]),
+            ).fetchall()
+        except sqlite3.Error:  # not the database PROJ would read: let rasterio decide
+            return None
     if len(rows) != 1:
         return None
     kind, deprecated = rows[0]
