@@ -188,3 +188,15 @@ print(json.dumps({"code": code, "at_first_request": at_first_request[0]}))
     rows, cols = np.arange(row, row + grid["height"]), np.arange(col, col + grid["width"])
     assert grid["height"] > 50 and grid["width"] > 50
     np.testing.assert_array_equal(group["u8"][:], synthetic_pixels(0, rows, cols))
+
+
+def test_the_crs_module_alone_loads_no_numpy_and_the_package_names_still_resolve() -> None:
+    report = _python(
+        "import json, sys, bulkpix.geometry.crs; "
+        "early = [m for m in ('numpy', 'rasterio', 'affine') if m in sys.modules]; "
+        "import bulkpix.geometry as g; "
+        "missing = [n for n in g.__all__ if getattr(g, n) is not getattr("
+        "sys.modules['bulkpix.geometry.' + g._HOMES[n]], n)]; "
+        "print(json.dumps({'early': early, 'missing': missing, 'n': len(g.__all__)}))"
+    )
+    assert report == {"early": [], "missing": [], "n": 18}
