@@ -137,10 +137,11 @@ class _Strict(BaseModel):
 def _check_crs(value: str | None) -> str | None:
     if value is None:
         return None
-    from bulkpix.geometry.crs import CRS  # rasterio loads only for a job that names a CRS
+    # An authority code is looked up in PROJ's database; rasterio loads only for anything else.
+    from bulkpix.geometry.crs import CRS
 
     try:
-        CRS.of(value).to_rasterio()  # parsed here once; planning reuses the same CRS
+        CRS.of(value).check()  # the answer is kept: planning reuses the same CRS
     except ValueError:
         raise ValueError(f"unknown CRS {short(value)}") from None
     return value
@@ -182,7 +183,7 @@ class Region(_Strict):
                 raise ValueError(
                     "bbox must be [xmin, ymin, xmax, ymax] with xmin < xmax, ymin < ymax"
                 )
-            from bulkpix.geometry.grid import is_lonlat_crs, lonlat_problem
+            from bulkpix.geometry.crs import is_lonlat_crs, lonlat_problem
 
             if is_lonlat_crs(self.region_crs):
                 problem = lonlat_problem(self.bbox)

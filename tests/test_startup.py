@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from bulkpix.emulator import SyntheticAsset
 from tests.conftest import emulator_thread, write_job
 
@@ -124,3 +126,77 @@ def test_the_command_exits_with_mains_code_and_all_it_printed(tmp_path: Path) ->
     assert missing.returncode == 2
     assert "cannot read the job file" in missing.stderr
 
+
+
+# Jobs that name a CRS: the check of each code is a lookup in PROJ's database, so neither
+# rasterio nor numpy loads before the asset metadata call (planning loads them after it).
+CRS_JOBS = {
+    "region_crs": {
+        "region": {"bbox": [600500, 5198500, 602500, 5199500], "region_crs": "EPSG:32633"},
+    },
+    "crs and scale": {"crs": "EPSG:32633", "scale": 10, "region": [16.32, 46.93, 16.34, 46.94]},
+}
+
+
+@pytest.mark.parametrize("keys", CRS_JOBS.values(), ids=list(CRS_JOBS))
+def test_a_job_naming_a_crs_loads_no_rasterio_before_the_first_request(
+    tmp_path: Path, keys: dict
+) -> None:
+    code = """
+import json, sys
+from bulkpix.ee import client
+
+at_first_request = []
+original = client.EEClient.get_asset
+
+async def get_asset(self, name):
+    at_first_request.append([m for m in ("rasterio", "numpy") if m in sys.modules])
+    return await original(self, name)
+
+client.EEClient.get_asset = get_asset
+from bulkpix.cli import main
+
+code = main(["run", "--quiet", sys.argv[1]])
+print(json.dumps({"code": code, "at_first_request": at_first_request[0]}))
+"""
+    output = tmp_path / "out.zarr"
+    with emulator_thread(synthetic={ASSET: SyntheticAsset(width=300, height=200)}) as emu:
+        job = write_job(
+            tmp_path / "job.yaml", asset=ASSET, bands=["u8"], output=str(output),
+            endpoint=emu.url, credentials="none", chunk=128, **keys,
+        )
+        result = subprocess.run(
+            [sys.executable, "-c", code, str(job)],
+            capture_output=True, text=True, cwd=ROOT, timeout=120,
+        )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report == {"code": 0, "at_first_request": []}
+    # The output holds the asset's own pixels where its grid says it lies (the native
+    # 10 m grid in EPSG:32633 at 600000, 5200000).
+    import numpy as np
+    import zarr
+
+    from bulkpix.emulator.synthetic import synthetic_pixels
+
+    group = zarr.open_group(output, mode="r")
+    grid = dict(group.attrs)["bulkpix"]["grid"]
+    assert grid["crs"] == "EPSG:32633"
+    a, _, c, _, e, f = grid["transform"]
+    assert (a, e) == (10, -10)
+    row, col = round((5200000 - f) / 10), round((c - 600000) / 10)
+    rows, cols = np.arange(row, row + grid["height"]), np.arange(col, col + grid["width"])
+    assert grid["height"] > 50 and grid["width"] > 50
+    np.testing.assert_array_equal(group["u8"][:], synthetic_pixels(0, rows, cols))
+
+
+def test_the_crs_module_alone_loads_no_numpy_and_the_package_names_still_resolve() -> None:
+    report = _python(
+        "import json, sys, bulkpix.geometry.crs; "
+        "early = [m for m in ('numpy', 'rasterio', 'affine') if m in sys.modules]; "
+        "import bulkpix.geometry as g; "
+        "missing = [n for n in g.__all__ if getattr(g, n) is not getattr("
+        "sys.modules['bulkpix.geometry.' + g._HOMES[n]], n)]; "
+        "print(json.dumps({'early': early, 'missing': missing, 'n': len(g.__all__)}))"
+    )
+    assert report == {"early": [], "missing": [], "n": 18}

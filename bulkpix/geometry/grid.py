@@ -19,7 +19,8 @@ from typing import Any, TypeAlias
 import numpy as np
 from affine import Affine
 
-from bulkpix.geometry.crs import CRS, CRSLike
+# is_lonlat_crs and lonlat_problem live with CRS (no numpy: the job checks use them).
+from bulkpix.geometry.crs import CRS, CRSLike, is_lonlat_crs, lonlat_problem
 
 __all__ = [
     "CRS",
@@ -132,29 +133,6 @@ def same_crs(a: CRSLike, b: CRSLike) -> bool:
         return True
     crs_a.to_rasterio(), crs_b.to_rasterio()  # raise for a text that names no CRS
     return crs_a == crs_b
-
-
-def is_lonlat_crs(crs: CRSLike) -> bool:
-    """Whether ``crs`` counts in degrees of longitude and latitude (EPSG:4326 and kin)."""
-    try:
-        return CRS.of(crs).is_geographic
-    except ValueError:
-        return False
-
-
-def lonlat_problem(bounds: Sequence[float], crs: CRSLike = "EPSG:4326") -> str | None:
-    """Why ``bounds`` cannot be longitudes and latitudes, or None when they can be.
-
-    Longitudes up to +-360 pass (a region may cross the antimeridian as 170..190); a
-    latitude past +-90 never does. Metres given without ``region_crs`` are the usual cause.
-    """
-    xmin, ymin, xmax, ymax = (float(v) for v in bounds)
-    if xmin >= -360 and xmax <= 360 and ymin >= -90 and ymax <= 90:
-        return None
-    return (
-        f"outside the longitude/latitude range of {crs} ([-180, 180] x [-90, 90]); "
-        "did you mean region_crs? (e.g. region_crs: EPSG:32633 for UTM metres)"
-    )
 
 
 def describe_bounds(bounds: Sequence[float]) -> str:
