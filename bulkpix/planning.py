@@ -633,7 +633,7 @@ def _parse_grid(raw: Any) -> tuple[str, PixelGrid | None]:
     if not isinstance(crs, str) or not crs.strip():
         return "the grid names no CRS", None
     try:
-        _ = CRS.of(crs).wkt  # what the output will store: it must be there
+        CRS.of(crs).check_describable()  # the output stores its WKT: it must be there
     except ValueError:
         return f"CRS {_quote(crs)} is not one bulkpix can describe", None
     affine = raw.get("affineTransform")

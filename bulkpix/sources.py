@@ -51,6 +51,8 @@ def _import_planning_side() -> None:
 def import_store_side() -> None:
     """Import what inspecting, claiming and writing the output need (run on a thread: an
     import on the event loop would hold up the requests in flight)."""
+    import rasterio.crs  # noqa: F401  (the output stores its CRS as WKT: geometry.crs)
+
     import bulkpix.store.output
     import bulkpix.store.record
     import bulkpix.store.zarr_store  # noqa: F401

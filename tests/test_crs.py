@@ -144,6 +144,27 @@ def test_any_epsg_code_gets_rasterios_answer(code: int) -> None:
     catalogued = crs_module._catalogued_geographic(text)
     if catalogued is not None:
         assert _rasterio_says(text) == (True, catalogued)
+        _assert_describable_without_a_parse(text)
+
+
+def _assert_describable_without_a_parse(text: str) -> None:
+    """A code the database settles passes ``check_describable`` with no parse, and rasterio
+    can indeed write it as WKT (what the output stores)."""
+    crs = CRS(text)
+    crs.check_describable()
+    assert "_parsed" not in vars(crs)
+    assert crs.wkt.startswith(("GEOGCS[", "PROJCS[", "GEOGCRS[", "PROJCRS[", "BOUNDCRS["))
+
+
+@pytest.mark.parametrize("text", LISTED)
+def test_a_listed_code_is_describable_without_a_parse(text: str) -> None:
+    _assert_describable_without_a_parse(text)
+
+
+@pytest.mark.parametrize("text", ["EPSG:0", "SR-ORG:6974"])
+def test_a_code_nothing_can_describe_is_refused_by_check_describable(text: str) -> None:
+    with pytest.raises(ValueError):
+        CRS(text).check_describable()
 
 
 def test_without_a_readable_proj_database_the_lookup_abstains(

@@ -154,10 +154,21 @@ async def get_asset(self, name):
     return await original(self, name)
 
 client.EEClient.get_asset = get_asset
+import bulkpix.pipeline
+
+at_plan = []
+original_plan = bulkpix.pipeline.plan_items
+
+def plan_items(*args, **kwargs):
+    plans = original_plan(*args, **kwargs)
+    at_plan.append([m for m in ("rasterio", "zarr") if m in sys.modules])
+    return plans
+
+bulkpix.pipeline.plan_items = plan_items
 from bulkpix.cli import main
 
 code = main(["run", "--quiet", sys.argv[1]])
-print(json.dumps({"code": code, "at_first_request": at_first_request[0]}))
+print(json.dumps({"code": code, "at_first_request": at_first_request[0], "at_plan": at_plan[0]}))
 """
     output = tmp_path / "out.zarr"
     with emulator_thread(synthetic={ASSET: SyntheticAsset(width=300, height=200)}) as emu:
@@ -171,7 +182,12 @@ print(json.dumps({"code": code, "at_first_request": at_first_request[0]}))
         )
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout.strip().splitlines()[-1])
-    assert report == {"code": 0, "at_first_request": []}
+    assert report["code"] == 0 and report["at_first_request"] == []
+    # A new output's tiles are planned, and requested, before zarr loads (it loads while
+    # they are in flight); with region and asset in one CRS, before rasterio too.
+    assert "zarr" not in report["at_plan"]
+    if "region_crs" in keys.get("region", {}):
+        assert report["at_plan"] == []
     # The output holds the asset's own pixels where its grid says it lies (the native
     # 10 m grid in EPSG:32633 at 600000, 5200000).
     import numpy as np

@@ -112,6 +112,13 @@ class CRS:
         if self._catalogued is None:
             self.to_rasterio()
 
+    def check_describable(self) -> None:
+        """``ValueError`` when the output could not store this CRS as WKT (``EPSG:0``). A
+        geographic or projected code PROJ's database lists always can be (tests/test_crs.py
+        checks a sample with rasterio), so only other texts are parsed now."""
+        if self._catalogued is None:
+            _ = self.wkt
+
     @property
     def is_geographic(self) -> bool:
         catalogued = self._catalogued
