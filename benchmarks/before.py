@@ -123,14 +123,14 @@ def ref_worktree(repo: Path, commit: str) -> Iterator[Checkout]:
         yield Checkout("ref", path, commit)
     finally:
         try:
-            if path.exists():
-                _git(repo, "worktree", "remove", "--force", str(path))
+            _git(repo, "worktree", "remove", "--force", str(path))
         except BeforeError:
-            pass  # removed below; prune then forgets it
+            # The add died half-way, or the folder is gone: delete it, then let git forget
+            # worktrees whose folders are missing (ours among them).
+            shutil.rmtree(path, ignore_errors=True)
+            subprocess.run(["git", "-C", str(repo), "worktree", "prune"], capture_output=True,
+                           check=False)
         shutil.rmtree(parent, ignore_errors=True)
-        # Forget the worktree if its removal failed (or the add died half-way).
-        subprocess.run(["git", "-C", str(repo), "worktree", "prune"], capture_output=True,
-                       check=False)
 
 
 def imported_bulkpix(checkout: Checkout) -> Path:
@@ -139,20 +139,28 @@ def imported_bulkpix(checkout: Checkout) -> Path:
     done = subprocess.run([sys.executable, "-c", code], cwd=checkout.root, capture_output=True,
                           text=True, check=False,
                           env=dict(os.environ, PYTHONPATH=str(checkout.root)))
+    if done.returncode != 0 or not done.stdout.strip():
+        raise BeforeError(f"the {checkout.side} checkout's bulkpix cannot be found: "
+                          f"{done.stderr.strip()[-500:]}")
     return Path(done.stdout.strip()).resolve()
 
 
 def stored_codec(output: Path) -> str:
     """The compression bulkpix chose, from a band's Zarr metadata (e.g. ``zstd 1``)."""
     meta = json.loads((output / next(iter(BAND_DTYPES)) / "zarr.json").read_text())
-    parts = []
-    for codec in meta.get("codecs", []):
-        name, config = codec.get("name"), codec.get("configuration") or {}
-        if name in ("bytes", "transpose", "crc32c"):
-            continue
-        details = [str(config[key]) for key in ("cname", "clevel", "level") if key in config]
-        parts.append(" ".join([str(name), *details]))
-    return " + ".join(parts) or "none"
+
+    def describe(codecs: list[dict[str, Any]]) -> list[str]:
+        parts = []
+        for codec in codecs:
+            name, config = codec.get("name"), codec.get("configuration") or {}
+            if name == "sharding_indexed":  # the compression is inside the shard
+                parts += describe(config.get("codecs", []))
+            elif name not in ("bytes", "transpose", "crc32c"):
+                details = [str(config[k]) for k in ("cname", "clevel", "level") if k in config]
+                parts.append(" ".join([str(name), *details]))
+        return parts
+
+    return " + ".join(describe(meta.get("codecs", []))) or "none"
 
 
 def exact_cover(windows: Sequence[tuple[int, int, int, int]], window: Window) -> bool:

@@ -269,6 +269,28 @@ def test_before_names_a_bad_ref_in_one_line(tmp_path: Path,
     assert json.loads(path.read_text())["error"].startswith("--ref")
 
 
+def test_before_removes_its_worktree_when_interrupted(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C (or SIGTERM, turned into the same) once the worktree exists: it is removed."""
+    import benchmarks.before
+
+    repo = Path(__file__).resolve().parents[1]
+    _head_or_skip(repo)
+    roots: list[Path] = []
+
+    def interrupted(root: Path) -> list[str]:
+        assert (root / "bulkpix" / "__init__.py").is_file()  # the ref's checkout exists
+        roots.append(root)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(benchmarks.before, "compile_sources", interrupted)
+    path = tmp_path / "before.json"
+    assert before_main(["--ref", "HEAD", "--json", str(path)]) == 130
+    assert len(roots) == 1 and not roots[0].exists() and not roots[0].parent.exists()
+    assert str(roots[0]) not in _git(repo, "worktree", "list", "--porcelain")
+    assert json.loads(path.read_text())["error"] == "interrupted"
+
+
 def test_before_alternates_the_order_and_checks_the_tiles() -> None:
     orders = [order for _, order in schedule(4, 1)]
     assert [n for n, _ in schedule(4, 1)] == [-1, 0, 1, 2, 3]
