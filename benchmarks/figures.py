@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +43,8 @@ class ClientFigures:
     peak_rss_mb: float
     verified: bool
     emulator_cpu_s: float = 0.0  # the server's CPU seconds while this client ran
+    user_s: float = 0.0  # cpu_s split: user and kernel time of the client process
+    sys_s: float = 0.0
     status_counts: dict[str, int] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -88,13 +90,15 @@ def _figures(name: str, run: ChildRun, stats: RequestStats, expected_pixels: int
         retries=stats.retries, share_429=stats.share_429,
         share_429_after_10s=stats.share_429_after_settle, cpu_s=run.cpu_s,
         cpu_s_per_gb=run.cpu_s / (pixel_bytes / 1e9) if pixel_bytes else 0.0,
+        user_s=run.user_s, sys_s=run.sys_s,
         peak_rss_mb=run.peak_rss_mb, verified=bool(result.get("verified", False)),
         status_counts=stats.status_counts, extra=extra)
 
 
 def measure_client(name: str, argv: Sequence[str], emulator: EmulatorProcess, workdir: Path, *,
                    expected_pixels: int, timeout_s: float, result_path: Path | None = None,
-                   verify: Any = None) -> tuple[ClientFigures, RequestStats]:
+                   verify: Any = None, env: Mapping[str, str] | None = None,
+                   cwd: Path | None = None) -> tuple[ClientFigures, RequestStats]:
     """Run one client against ``emulator``; ``verify()`` (if given) returns the delivery
     figures for clients that do not report their own (bulkpix: the store is checked after)."""
     time.sleep(max(0.0, emulator.last_client_end + _QUIET_GAP_S - time.time()))
@@ -102,7 +106,8 @@ def measure_client(name: str, argv: Sequence[str], emulator: EmulatorProcess, wo
         result_path.unlink(missing_ok=True)
     emulator_cpu_before = emulator.cpu_s()
     try:
-        run = run_child(name, argv, workdir, timeout_s=timeout_s, result_path=result_path)
+        run = run_child(name, argv, workdir, timeout_s=timeout_s, result_path=result_path,
+                        env=env, cwd=cwd)
     finally:
         emulator.last_client_end = time.time()
     emulator_cpu_s = emulator.cpu_s() - emulator_cpu_before

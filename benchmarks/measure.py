@@ -50,7 +50,7 @@ def _tail(path: Path, chars: int = 2000) -> str:
 
 
 def run_child(name: str, argv: Sequence[str], workdir: Path, *, timeout_s: float,
-              env: Mapping[str, str] | None = None,
+              env: Mapping[str, str] | None = None, cwd: Path | None = None,
               result_path: Path | None = None) -> ChildRun:
     """Run ``argv`` to completion; raise ChildFailed (with its stderr) if it fails."""
     workdir.mkdir(parents=True, exist_ok=True)
@@ -59,12 +59,17 @@ def run_child(name: str, argv: Sequence[str], workdir: Path, *, timeout_s: float
     with stdout_path.open("wb") as out, stderr_path.open("wb") as err:
         started = time.time()
         t0 = time.perf_counter()
-        process = subprocess.Popen(list(argv), stdout=out, stderr=err, env=child_env)
+        process = subprocess.Popen(list(argv), stdout=out, stderr=err, env=child_env, cwd=cwd)
         # A watchdog, because wait4 itself has no timeout.
         timer = threading.Timer(timeout_s, process.kill)
         timer.start()
         try:
             _, status, usage = os.wait4(process.pid, 0)
+        except BaseException:
+            # Interrupted (Ctrl-C, SIGTERM): leave no client running behind the harness.
+            process.kill()
+            process.wait()
+            raise
         finally:
             timer.cancel()
         wall_s = time.perf_counter() - t0

@@ -8,13 +8,20 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from benchmarks.__main__ import main
+from benchmarks.before import exact_cover, schedule
+from benchmarks.before import main as before_main
 from benchmarks.ideal import ideal_for_requests, ideal_makespan
-from benchmarks.region import REQUEST_BYTES_PER_PX
+from benchmarks.region import REQUEST_BYTES_PER_PX, Window
+from benchmarks.sizes import SIZES
 
 CLIENT_FIELDS = {"wall_s", "busy_s", "startup_s", "pixels", "expected_pixels", "pixel_bytes",
                  "mb_per_s", "mb_per_s_busy", "requests", "retries", "share_429",
@@ -192,3 +199,107 @@ def test_the_cluster_benchmark_runs_small(tmp_path: Path) -> None:
             assert figures["acquire_mean_ms"] <= figures["acquire_p99_ms"], where
     markdown = (tmp_path / "cluster.json").read_text()
     assert document["meta"]["machine"]["cpu_model"] in markdown
+
+
+def _git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
+def _head_or_skip(repo: Path) -> str:
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    try:
+        return _git(repo, "rev-parse", "HEAD")
+    except subprocess.CalledProcessError:
+        pytest.skip("not a git checkout")
+
+
+def test_before_runs_a_commit_against_this_checkout(tmp_path: Path) -> None:
+    """``python -m benchmarks.before --ref HEAD --pairs 1 --size tiny``: both sides ran with
+    every tile and a verified store, the ratio is reported, and the temporary worktree (made
+    outside the repository) is gone afterwards."""
+    repo = Path(__file__).resolve().parents[1]
+    head = _head_or_skip(repo)
+    path = tmp_path / "before.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.before", "--ref", "HEAD", "--pairs", "1",
+         "--size", "tiny", "--warmup", "0", "--json", str(path),
+         "--workdir", str(tmp_path / "work")],
+        cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(repo)), capture_output=True,
+        text=True, timeout=110, check=False)
+    assert done.returncode == 0, done.stderr
+    document = json.loads(path.read_text())
+    summary = document["summary"]
+    size = SIZES["tiny"]
+    tiles = size.throughput_window.pixels // (size.throughput_tile[0] * size.throughput_tile[1])
+    medians = {}
+    for side in ("ref", "now"):
+        figures = summary["sides"][side]
+        assert figures["commit"] == head, side
+        runs = [r for r in document["runs"] if r["side"] == side]
+        assert len(runs) == figures["runs"] == 1, side
+        for run in runs:
+            assert run["ok"] and run["verified"] and run["covered"], side
+            assert run["tiles"] == tiles and run["cpu_s"] > 0, side
+            assert run["cpu_s"] == pytest.approx(run["user_s"] + run["sys_s"]), side
+        medians[side] = figures["median_cpu_s_per_gb"]
+        gb = size.throughput_window.pixel_bytes / 1e9
+        assert medians[side] == pytest.approx(runs[0]["cpu_s"] / gb), side
+    # Each side ran its own checkout's bulkpix: the ref from the temporary worktree.
+    ref_root = Path(document["checkouts"]["ref"]["root"])
+    assert Path(document["checkouts"]["now"]["root"]) == repo
+    assert not ref_root.is_relative_to(repo) and not ref_root.exists()
+    assert str(ref_root) not in _git(repo, "worktree", "list", "--porcelain")
+    assert summary["pairs"] == 1
+    assert summary["ratio_now_over_ref"] == pytest.approx(medians["now"] / medians["ref"])
+    assert summary["load1_min"] <= summary["load1_max"]
+    assert "now/ref" in done.stdout
+    assert document["meta"]["machine"]["cpu_model"] in done.stdout
+
+
+def test_before_names_a_bad_ref_in_one_line(tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    _head_or_skip(Path(__file__).resolve().parents[1])
+    path = tmp_path / "before.json"
+    assert before_main(["--ref", "no-such-ref-anywhere", "--json", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: --ref 'no-such-ref-anywhere' is not a commit")
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert json.loads(path.read_text())["error"].startswith("--ref")
+
+
+def test_before_removes_its_worktree_when_interrupted(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C (or SIGTERM, turned into the same) once the worktree exists: it is removed."""
+    import benchmarks.before
+
+    repo = Path(__file__).resolve().parents[1]
+    _head_or_skip(repo)
+    roots: list[Path] = []
+
+    def interrupted(root: Path) -> list[str]:
+        assert (root / "bulkpix" / "__init__.py").is_file()  # the ref's checkout exists
+        roots.append(root)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(benchmarks.before, "compile_sources", interrupted)
+    path = tmp_path / "before.json"
+    assert before_main(["--ref", "HEAD", "--json", str(path)]) == 130
+    assert len(roots) == 1 and not roots[0].exists() and not roots[0].parent.exists()
+    assert str(roots[0]) not in _git(repo, "worktree", "list", "--porcelain")
+    assert json.loads(path.read_text())["error"] == "interrupted"
+
+
+def test_before_alternates_the_order_and_checks_the_tiles() -> None:
+    orders = [order for _, order in schedule(4, 1)]
+    assert [n for n, _ in schedule(4, 1)] == [-1, 0, 1, 2, 3]
+    assert orders[1:] == [("ref", "now"), ("now", "ref")] * 2
+    window = Window(0, 0, 4, 4)
+    quarters = [(0, 0, 2, 2), (0, 2, 2, 2), (2, 0, 2, 2), (2, 2, 2, 2)]
+    assert exact_cover(quarters, window)
+    assert exact_cover([*quarters, (0, 0, 2, 2)], window)  # a retried tile counts once
+    assert not exact_cover(quarters[:3], window)
+    # As many pixels, but one tile twice over another's place.
+    assert not exact_cover([(0, 0, 2, 2), (0, 1, 2, 2), (2, 0, 2, 2), (2, 2, 2, 2)], window)
+    assert not exact_cover([(0, 0, 2, 2), (0, 2, 2, 2), (2, 0, 2, 2), (2, 3, 2, 2)], window)

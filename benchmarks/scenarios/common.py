@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -56,18 +57,22 @@ def run_bulkpix(ctx: Context, emulator: EmulatorProcess, label: str, window: Win
                 settings: EmulatorSettings | None = None,
                 tile: tuple[int, int] | None = None,
                 compression: tuple[str, int | None] | None = None,
+                checkout: Path | None = None,
                 ) -> tuple[ClientFigures, RequestStats]:
     """``bulkpix run`` on ``window``; ``settings`` given means: tell bulkpix's tiler the
-    emulator's service model (otherwise the job keeps bulkpix's default model)."""
+    emulator's service model (otherwise the job keeps bulkpix's default model).
+    ``checkout`` given: that source tree's bulkpix runs (its folder as the working directory
+    and the only PYTHONPATH entry), e.g. an older commit's worktree."""
     work = ctx.workdir / label
     output = work / "out.zarr"
     model = ((settings.service_base_s, settings.service_per_mb_s) if settings is not None
              else None)
     job = write_job(work / "job.yaml", url=emulator.url, window=window, output=output,
                     tile=tile, service_model=model, compression=compression)
+    env = None if checkout is None else dict(os.environ, PYTHONPATH=str(checkout))
     return measure_client(label, bulkpix_argv(job), emulator, work,
                           expected_pixels=window.pixels, timeout_s=ctx.size.child_timeout_s,
-                          verify=lambda: verify_store(output, window))
+                          verify=lambda: verify_store(output, window), env=env, cwd=checkout)
 
 
 def run_peer(ctx: Context, emulator: EmulatorProcess, label: str, module: str,
