@@ -292,7 +292,8 @@ class RunItems:
         return self._opened[index]
 
     def finished_before(self, index: int) -> frozenset[str]:
-        """The keys an earlier run finished: none for an item not opened yet (a new output)."""
+        """The keys an earlier run finished, as far as known: none for an item not opened
+        yet (a new output before its claim)."""
         item = self._opened.get(index)
         return item.done if item is not None else frozenset()
 
@@ -409,7 +410,7 @@ async def run_job(
                 raise JobTooLarge(warning)
         if state.absent and not on_cluster:
             output = await _fetch_while_claiming(
-                job, plans, state, client, retry, stats, stop, stats_ready, stack
+                job, plans, state, restart, client, retry, stats, stop, stats_ready, stack
             )
         else:
             from bulkpix.store.output import claim_output
@@ -421,6 +422,7 @@ async def run_job(
                 await run_on_cluster(job, client, stats, output.items, stop, stats_ready, dask)
             else:
                 opened = dict(enumerate(output.items))
+                stats.items.extend(item_stats((item.plan, item.done) for item in output.items))
                 await _run_tiles(
                     job, client, retry, stats, RunItems.opened_now(opened), stop, stats_ready
                 )
@@ -432,6 +434,7 @@ async def _fetch_while_claiming(
     job: Job,
     plans: list[ItemPlan],
     state: OutputState,
+    restart: bool,
     client: EEClient,
     retry: _Retry,
     stats: RunStats,
@@ -442,18 +445,30 @@ async def _fetch_while_claiming(
     """A new local output: its first tiles are requested while it is made (the store's
     imports and the claim take a few hundred milliseconds on a slow machine, the first
     wave of requests longer). Nothing is written before the claim; if it fails, the
-    requests are cancelled and its error raised."""
+    requests are cancelled and its error raised, and a failure fetching cancels the claim.
+
+    Another run of the same job may make the output first and join its lease: the claim
+    then finds tiles finished, which the counters take in and no tile writes again (at
+    most the requests already in flight were spent on them).
+    """
     # A new local output is a LocalStore: writing on a second loop is safe (WriteLoop).
     items = RunItems(dict(enumerate(plans)))
-
+    stats.items.extend(item_stats((plan, ()) for plan in plans))
     claimed: list[ClaimedOutput] = []
 
     async def claim() -> None:
         await asyncio.to_thread(import_store_side)
         from bulkpix.store.output import claim_output
+        from bulkpix.store.write_loop import second_loop_safe
 
-        claimed.append(await stack.enter_async_context(claim_output(job, plans, state)))
-        items.open(dict(enumerate(claimed[0].items)))
+        output = await stack.enter_async_context(
+            claim_output(job, plans, state, restart=restart)
+        )
+        assert second_loop_safe(output.store), "a new local output is a LocalStore"
+        claimed.append(output)
+        for item, counters in zip(output.items, stats.items, strict=True):
+            counters.done_before = _finished_tiles(item.plan, item.done)
+        items.open(dict(enumerate(output.items)))
 
     async def fetch() -> None:
         await _run_tiles(job, client, retry, stats, items, stop, stats_ready)
@@ -463,17 +478,21 @@ async def _fetch_while_claiming(
 
 
 def item_stats(items: Iterable[tuple[ItemPlan, Collection[str]]]) -> list[ItemStats]:
-    """Each item's counters at the start of a run, from its plan and the keys finished
-    before: its tiles, and those finished before."""
-    # Parts of split tiles have markers of their own: count the plan's tiles only.
+    """Each item's counters at the start of a run, from its plan and the keys an earlier
+    run finished."""
     return [
         ItemStats(
             label=plan.label,
             total=plan.tiles.n_tiles,
-            done_before=sum(1 for key in done if plan.tiles.has_tile_key(key)),
+            done_before=_finished_tiles(plan, done),
         )
         for plan, done in items
     ]
+
+
+def _finished_tiles(plan: ItemPlan, done: Collection[str]) -> int:
+    # Parts of split tiles have markers of their own: count the plan's tiles only.
+    return sum(1 for key in done if plan.tiles.has_tile_key(key))
 
 
 async def _run_tiles(
@@ -485,22 +504,18 @@ async def _run_tiles(
     stop: asyncio.Event,
     stats_ready: asyncio.Future[RunStats] | None,
 ) -> RunStats:
-    """Every tile of ``items`` not finished before (a new output's items, not yet opened,
-    have none)."""
-    stats.items.extend(
-        item_stats((plan, items.finished_before(i)) for i, plan in items.plans.items())
-    )
+    """Every tile of ``items`` not finished before (``stats.items`` already counts them)."""
     if stats_ready is not None and not stats_ready.done():
         stats_ready.set_result(stats)
     stats.started = time.monotonic()
 
     def work() -> Iterator[TileWork]:
         for index, plan in items.plans.items():
-            finished = items.finished_before(index)
             for tile in plan.tiles.tiles():
                 if stats.items[index].abandoned:
                     break
-                if tile.key not in finished:
+                # Looked up per tile: a new output's claim may still find some finished.
+                if tile.key not in items.finished_before(index):
                     yield TileWork(index, tile)
 
     try:
@@ -542,6 +557,8 @@ async def run_work(
         async def handle(item: TileWork) -> list[TileWork] | None:
             if stop.is_set() or stats.items[item.item].abandoned:
                 await _settle(run, item, finished=False)
+                return None
+            if _finished_elsewhere(item, items.finished_before(item.item)):
                 return None
             return await _process_tile(run, item)
 
@@ -638,6 +655,8 @@ async def _process_tile(run: _Run, work: TileWork) -> list[TileWork] | None:
         return None
     async with held:
         item = await run.items.opened(work.item)  # a new output: made while this was fetched
+        if _finished_elsewhere(work, item.done):
+            return None
         async with run.write_slots:
             checksums = await run.write_loop.run(item.writer.write_tile(tile.window, arrays))
         del arrays
@@ -666,6 +685,8 @@ async def _process_mosaic_tile(run: _Run, work: TileWork) -> None:
         if isinstance(outcome, BaseException):
             raise outcome
     item = await run.items.opened(work.item)
+    if _finished_elsewhere(work, item.done):
+        return
     async with run.write_slots:
         checksums = await run.write_loop.run(
             item.writer.write_tile(tile.window, out, step=tile.step)
@@ -674,6 +695,12 @@ async def _process_mosaic_tile(run: _Run, work: TileWork) -> None:
     run.stats.items[work.item].bytes += sum(o for o in outcomes if isinstance(o, int))
     run.stats.items[work.item].refusals = 0
     await _settle(run, work, finished=True)
+
+
+def _finished_elsewhere(work: TileWork, done: frozenset[str]) -> bool:
+    """Whether another run of the job finished this tile before this one's claim (it made
+    the output first): counted there, so neither written nor counted again here."""
+    return work.parent is None and work.key in done
 
 
 def _split(work: TileWork, exc: RequestTooLarge, chunk: int, n_bands: int) -> list[TileWork]:

@@ -105,9 +105,18 @@ async def gather_all(calls: list[Awaitable[T]]) -> list[T]:
     tasks = [asyncio.ensure_future(call) for call in calls]
     try:
         return list(await asyncio.gather(*tasks))
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
+            # This call was cancelled: gather passed the cancel to every task and ended at
+            # the first one done. Let the others finish their cleanup (a second cancel would
+            # cut it short, a lease's release say).
+            await asyncio.gather(*tasks, return_exceptions=True)
+        raise
     finally:
         for task in tasks:
-            task.cancel()
+            if not task.done():
+                task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
 

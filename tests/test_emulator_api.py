@@ -725,3 +725,43 @@ async def test_client_leaving_mid_body_is_survived(mixed_files: dict[str, Any]) 
             status, _, _ = await post(s, emu.url, SYN, grid_body(0, 0, 4, 4))
         assert status == 200
         assert [r["status"] for r in emu.log] == [200, 200]
+
+
+async def test_a_client_gone_mid_body_is_logged_not_raised(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A client that drops its connection while a large body is being sent: the server
+    logs the call and says nothing else (no "emulator failed" traceback on the user's
+    terminal, as the in-process emulator shares it)."""
+    import socket
+
+    from bulkpix.emulator import EmulatorConfig, SyntheticAsset, run_emulator
+
+    name = "projects/demo/assets/synth"
+    config = EmulatorConfig(synthetic={name: SyntheticAsset(width=4000, height=4000)})
+    body = json.dumps({
+        "fileFormat": "NPY",
+        "grid": {"dimensions": {"width": 1792, "height": 1792},
+                 "affineTransform": {"scaleX": 10, "shearX": 0, "translateX": 600000,
+                                     "shearY": 0, "scaleY": -10, "translateY": 5200000},
+                 "crsCode": "EPSG:32633"},
+    }).encode()
+    async with run_emulator(config) as emu:
+        host, port = emu.url.removeprefix("http://").rsplit(":", 1)
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(
+            f"POST /v1/{name}:getPixels HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+            f"\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body
+        )
+        await writer.drain()
+        assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200")
+        await reader.readexactly(1 << 16)  # a little of the ~29 MB body, then gone
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        writer.close()
+        for _ in range(200):  # until the server has logged the call (bounded by turns)
+            if any(r["op"] == "get_pixels" for r in emu.log):
+                break
+            await asyncio.sleep(0.01)
+    assert [r["op"] for r in emu.log] == ["get_pixels"]
+    assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")]

@@ -93,7 +93,7 @@ async def send_payload(request: web.Request, payload: bytes, content_type: str,
     try:
         await _write_paced(response, body, faults.bandwidth_bps,
                            before_last=lambda: commit(response.status, len(body)))
-    except ConnectionResetError:  # the client went away mid-body: nothing left to do
+    except ConnectionError:  # the client went away mid-body (reset, or "Connection lost")
         commit(response.status, 0)
         return response
     if fault == "truncate" and request.transport is not None:

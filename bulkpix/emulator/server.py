@@ -198,8 +198,9 @@ class Emulator:
                     response = await self._get_pixels(request, name, call)
         except ApiError as error:
             response = status_response(error)
-        except ConnectionResetError:
-            # The client went away (closed or killed) before its answer could be sent:
+        except ConnectionError:
+            # The client went away (closed or killed) before its answer could be sent (a
+            # reset, or aiohttp's "Connection lost" while a body drained):
             # logged as 499, nginx's "client closed request", not as a server error. A
             # response returned (not an exception raised) lets aiohttp drop it quietly,
             # where a raise would print its traceback for every request in flight.
