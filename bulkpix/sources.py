@@ -3,9 +3,9 @@ calls that describe them, concurrently under the quota; and their plans.
 
 Planning and the store (numpy, zarr, rasterio: about half a second of imports on a slow
 machine) are imported where they are used, after the first request is on its way: planning
-and decoding (numpy) load on a thread while the first metadata call is in flight, and the
-store's libraries (zarr) on a thread while a new output's first tiles are requested
-(``import_store_side``).
+and decoding (numpy) load on a thread while the first metadata call is in flight, with the
+store's libraries (zarr) when the output exists (it is inspected before planning), or else
+while a new output's first tiles are requested (``import_store_side``).
 """
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
 from bulkpix.errors import JobError, NotFound, RequestInvalid, printable
 from bulkpix.job import Job, ResolvedItem
+from bulkpix.store.state import OutputState, absent_output
 
 if TYPE_CHECKING:
     from bulkpix.ee.client import EEClient
     from bulkpix.planning import AssetInfo, ItemPlan
-    from bulkpix.store.state import OutputState
 
 __all__ = [
     "Retry",
@@ -42,10 +42,14 @@ T = TypeVar("T")
 Retry: TypeAlias = Callable[[Callable[[], Awaitable[Any]]], Awaitable[Any]]
 
 
-def _import_planning_side() -> None:
-    """Import what planning and decoding need (run on a thread)."""
+def _import_planning_side(store_too: bool) -> None:
+    """Import what planning and decoding need (run on a thread), and the store side too when
+    the output exists (it is inspected before planning)."""
     import bulkpix.ee.decode
     import bulkpix.planning  # noqa: F401
+
+    if store_too:
+        import_store_side()
 
 
 def import_store_side() -> None:
@@ -84,7 +88,8 @@ async def fetch_assets(
         waiting = asyncio.ensure_future(started.wait())
         await asyncio.wait([calls, waiting], return_when=asyncio.FIRST_COMPLETED)
         waiting.cancel()
-    importing = asyncio.ensure_future(asyncio.to_thread(_import_planning_side))
+    store_too = absent_output(job.output) is None
+    importing = asyncio.ensure_future(asyncio.to_thread(_import_planning_side, store_too))
     try:
         answers = await calls
         await importing

@@ -216,3 +216,46 @@ def test_the_crs_module_alone_loads_no_numpy_and_the_package_names_still_resolve
         "print(json.dumps({'early': early, 'missing': missing, 'n': len(g.__all__)}))"
     )
     assert report == {"early": [], "missing": [], "n": 18}
+
+
+def test_the_store_side_loads_with_the_metadata_call_only_for_an_output_that_exists(
+    tmp_path: Path,
+) -> None:
+    """An output that exists is inspected before planning: zarr loads on the thread beside
+    the metadata call. A new output's zarr loads later, beside its first tile requests."""
+    code = """
+import json, sys
+import bulkpix.pipeline
+
+after_metadata = []
+original = bulkpix.pipeline.resolve_sources
+
+async def resolve_sources(*args, **kwargs):
+    sources = await original(*args, **kwargs)
+    after_metadata.append("zarr" in sys.modules)
+    return sources
+
+bulkpix.pipeline.resolve_sources = resolve_sources
+from bulkpix.cli import main
+
+code = main(["run", "--quiet", sys.argv[1]])
+print(json.dumps({"code": code, "zarr_after_metadata": after_metadata[0]}))
+"""
+    output = tmp_path / "out.zarr"
+    reports = []
+    with emulator_thread(synthetic={ASSET: SyntheticAsset(width=300, height=200)}) as emu:
+        job = write_job(
+            tmp_path / "job.yaml", asset=ASSET, bands=["u8"], output=str(output),
+            endpoint=emu.url, credentials="none", chunk=128,
+        )
+        for _ in range(2):  # a new output, then the same output again
+            result = subprocess.run(
+                [sys.executable, "-c", code, str(job)],
+                capture_output=True, text=True, cwd=ROOT, timeout=120,
+            )
+            assert result.returncode == 0, result.stderr
+            reports.append(json.loads(result.stdout.strip().splitlines()[-1]))
+    assert reports == [
+        {"code": 0, "zarr_after_metadata": False},
+        {"code": 0, "zarr_after_metadata": True},
+    ]
