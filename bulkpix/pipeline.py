@@ -388,14 +388,15 @@ async def run_job(
         # The cluster first: an unreachable scheduler is refused before the output is made.
         dask = await stack.enter_async_context(connect(job, dask_client)) if on_cluster else None
         client, retry, stats = await stack.enter_async_context(open_session(job, stop))
+        # A local output that does not exist yet needs no inspecting (nor zarr) first.
+        state = absent_output(job.output)
         try:
-            sources = await resolve_sources(job, client, retry)
+            sources = await resolve_sources(job, client, retry, load_store_side=state is None)
         except RunStopped:  # Ctrl-C while the metadata call waited to be retried
             stats.ended = time.monotonic()
             stats.interrupted = True
             return stats
-        job = sources.job  # a collection with layout items makes it a batch
-        state = absent_output(job.output)
+        job = sources.job  # a collection with layout items makes it a batch (same output)
         if state is None:
             from bulkpix.store.output import inspect_output
 

@@ -20,11 +20,11 @@ from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
 from bulkpix.errors import JobError, NotFound, RequestInvalid, printable
 from bulkpix.job import Job, ResolvedItem
-from bulkpix.store.state import OutputState, absent_output
 
 if TYPE_CHECKING:
     from bulkpix.ee.client import EEClient
     from bulkpix.planning import AssetInfo, ItemPlan
+    from bulkpix.store.state import OutputState
 
 __all__ = [
     "Retry",
@@ -63,12 +63,19 @@ def import_store_side() -> None:
 
 
 async def fetch_assets(
-    job: Job, client: EEClient, retry: Retry, names: list[str] | None = None
+    job: Job,
+    client: EEClient,
+    retry: Retry,
+    names: list[str] | None = None,
+    *,
+    load_store_side: bool = False,
 ) -> dict[str, AssetInfo]:
     """One GET per distinct asset, for band types and the native grid.
 
     The calls run concurrently, at most ``concurrency`` at once, each through the run's
     retry loop and governor (a batch of a thousand scenes must not wait a round trip each).
+    ``load_store_side``: an output that exists will be inspected next, so its libraries
+    load beside the calls too.
     """
     if names is None:
         names = [item.asset for item in job.resolved_items() if item.asset]
@@ -88,8 +95,9 @@ async def fetch_assets(
         waiting = asyncio.ensure_future(started.wait())
         await asyncio.wait([calls, waiting], return_when=asyncio.FIRST_COMPLETED)
         waiting.cancel()
-    store_too = absent_output(job.output) is None
-    importing = asyncio.ensure_future(asyncio.to_thread(_import_planning_side, store_too))
+    importing = asyncio.ensure_future(
+        asyncio.to_thread(_import_planning_side, load_store_side)
+    )
     try:
         answers = await calls
         await importing
@@ -197,8 +205,11 @@ def _image_item_name(spec: ResolvedItem, image_name: str, batch: bool) -> str:
     return f"{spec.name}.{stem}" if batch and spec.name else stem
 
 
-async def resolve_sources(job: Job, client: EEClient, retry: Retry) -> Sources:
-    """List every collection item's images (concurrently), then fetch the assets' metadata."""
+async def resolve_sources(
+    job: Job, client: EEClient, retry: Retry, *, load_store_side: bool = False
+) -> Sources:
+    """List every collection item's images (concurrently), then fetch the assets' metadata
+    (``load_store_side``: see ``fetch_assets``)."""
     specs = job.resolved_items()
     # A `reduce:` composite is listed too: so that a selection without images is refused in
     # one line, and so that its record names the images it was computed from.
@@ -233,7 +244,13 @@ async def resolve_sources(job: Job, client: EEClient, retry: Retry) -> Sources:
         if repeated:
             raise JobError(f"item names repeat once collections are expanded: {repeated[0]}")
         job = _as_batch(job, items)
-    infos = await fetch_assets(job, client, retry, [item.asset for item in items if item.asset])
+    infos = await fetch_assets(
+        job,
+        client,
+        retry,
+        [item.asset for item in items if item.asset],
+        load_store_side=load_store_side,
+    )
     from bulkpix.computed_run import describe_computed
 
     computed = await describe_computed(job, items, client, retry, listings)
