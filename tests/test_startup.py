@@ -8,6 +8,7 @@ wall-clock assertion.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -259,3 +260,136 @@ print(json.dumps({"code": code, "zarr_after_metadata": after_metadata[0]}))
         {"code": 0, "zarr_after_metadata": False},
         {"code": 0, "zarr_after_metadata": True},
     ]
+
+
+# boto3's own modules: loaded only when something uses boto3, not when rasterio imports it.
+BOTO3_LOADED = ("boto3.session", "botocore", "s3transfer")
+
+
+def test_the_command_does_not_load_boto3_when_rasterio_imports_it(tmp_path: Path) -> None:
+    """A whole `bulkpix run` through the command's entry (what `bulkpix` and `python -m
+    bulkpix` call) of a job naming a CRS, so rasterio is imported: rasterio still finds
+    boto3 installed, but none of boto3's code ran."""
+    code = """
+import atexit, json, sys
+
+def report():  # entry() runs the exit handlers before it exits
+    session = sys.modules.get("rasterio.session")
+    print(json.dumps({
+        "rasterio": session is not None,
+        "boto3_found": session is not None and session.boto3 is not None,
+        "loaded": [m for m in BOTO3_LOADED if m in sys.modules],
+    }))
+
+atexit.register(report)
+sys.argv = ["bulkpix", "run", "--quiet", sys.argv[1]]
+from bulkpix.cli import entry
+
+entry()
+""".replace("BOTO3_LOADED", repr(BOTO3_LOADED))
+    with emulator_thread(synthetic={ASSET: SyntheticAsset(width=300, height=200)}) as emu:
+        job = write_job(
+            tmp_path / "job.yaml", asset=ASSET, bands=["u8"], output=str(tmp_path / "out.zarr"),
+            endpoint=emu.url, credentials="none", chunk=128, **CRS_JOBS["crs and scale"],
+        )
+        result = subprocess.run(
+            [sys.executable, "-c", code, str(job)],
+            capture_output=True, text=True, cwd=ROOT, timeout=120,
+        )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report == {"rasterio": True, "boto3_found": True, "loaded": []}
+
+
+def test_rasterios_aws_session_still_loads_boto3_on_first_use(tmp_path: Path) -> None:
+    """With boto3 deferred as the command does it, rasterio's AWS path works: the first
+    use of an attribute runs boto3 for real, in the module rasterio and sys.modules hold."""
+    code = f"""
+import json, os, sys
+from bulkpix.cli import _defer_import
+
+_defer_import("boto3")
+import rasterio.session
+from rasterio.session import AWSSession, Session
+
+before = [m for m in {BOTO3_LOADED!r} if m in sys.modules]
+kind = Session.cls_from_path("s3://bucket/key.tif").__name__  # only asks `boto3 is not None`
+still_before = [m for m in {BOTO3_LOADED!r} if m in sys.modules]
+session = AWSSession(
+    aws_access_key_id="id", aws_secret_access_key="secret", region_name="eu-west-1"
+)
+import boto3
+print(json.dumps({{
+    "before": before, "still_before": still_before, "kind": kind,
+    "after": [m for m in {BOTO3_LOADED!r} if m in sys.modules],
+    "options": session.get_credential_options(),
+    "boto3_session": type(session._session).__module__ + "." + type(session._session).__name__,
+    "same_module": rasterio.session.boto3 is boto3 is sys.modules["boto3"],
+    "plain_module": type(boto3) is type(os),
+}}))
+"""
+    # No profile or config file of this machine's is read.
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("AWS_")},
+        "AWS_CONFIG_FILE": str(tmp_path / "none"),
+        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"),
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report == {
+        "before": [], "still_before": [], "kind": "AWSSession",
+        "after": list(BOTO3_LOADED),
+        "options": {
+            "AWS_ACCESS_KEY_ID": "id", "AWS_SECRET_ACCESS_KEY": "secret",
+            "AWS_REGION": "eu-west-1",
+        },
+        "boto3_session": "boto3.session.Session",
+        "same_module": True,
+        "plain_module": True,
+    }
+
+
+def test_a_deferred_module_runs_once_on_first_use_and_a_broken_one_does_not_stay(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bulkpix.cli import _defer_import
+
+    package = tmp_path / "deferred_pkg"
+    package.mkdir()
+    # Each run of the package's code is counted in a module the test holds.
+    (package / "__init__.py").write_text(
+        "import deferred_counter\n"
+        "deferred_counter.runs += 1\n"
+        "from deferred_pkg.sub import VALUE\n"  # its own submodule, while it loads
+    )
+    (package / "sub.py").write_text("VALUE = 42\n")
+    (tmp_path / "deferred_counter.py").write_text("runs = 0\n")
+    (tmp_path / "deferred_broken.py").write_text("raise ImportError('broken on purpose')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name in ("deferred_pkg", "deferred_pkg.sub", "deferred_counter", "deferred_broken"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    import deferred_counter
+
+    _defer_import("deferred_pkg")
+    _defer_import("not_installed_anywhere")
+    assert "not_installed_anywhere" not in sys.modules
+    import deferred_pkg
+
+    assert deferred_pkg is sys.modules["deferred_pkg"]
+    assert deferred_counter.runs == 0
+    assert deferred_pkg.VALUE == 42
+    assert deferred_counter.runs == 1
+    with pytest.raises(AttributeError, match="no attribute 'missing'"):
+        deferred_pkg.missing  # noqa: B018
+    assert deferred_pkg.VALUE == 42 and deferred_counter.runs == 1
+
+    _defer_import("deferred_broken")
+    import deferred_broken
+
+    with pytest.raises(ImportError, match="broken on purpose"):
+        deferred_broken.anything  # noqa: B018
+    assert "deferred_broken" not in sys.modules
