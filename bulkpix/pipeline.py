@@ -46,6 +46,7 @@ from bulkpix.sources import gather_all, import_store_side, plan_items, resolve_s
 from bulkpix.store.location import check_output_location
 from bulkpix.store.state import absent_output
 from bulkpix.store.write_loop import WriteLoop
+from bulkpix.transfer.array_pool import ArrayPool
 from bulkpix.transfer.budget import ByteBudget
 from bulkpix.transfer.limits import Governor, GovernorLike, GovernorView
 from bulkpix.transfer.pool import run_workers
@@ -306,6 +307,7 @@ class _Run:
     client: EEClient
     retry: _Retry
     budget: ByteBudget
+    arrays: ArrayPool
     write_loop: WriteLoop
     write_slots: asyncio.Semaphore
     stats: RunStats
@@ -541,11 +543,13 @@ async def run_work(
     ``items`` and ``stats.items`` are indexed by item number (``TileWork.item``); a cluster
     worker opens only the items its batch touches.
     """
+    budget = ByteBudget(job.memory_mb * 2**20)
     async with WriteLoop(items.store) as write_loop:
         run = _Run(
             client=client,
             retry=retry,
-            budget=ByteBudget(job.memory_mb * 2**20),
+            budget=budget,
+            arrays=ArrayPool(budget),
             write_loop=write_loop,
             # Two tiles compress at once: more only lengthens stalls on 2 cores.
             write_slots=asyncio.Semaphore(2),
@@ -594,7 +598,7 @@ async def _process_tile(run: _Run, work: TileWork) -> list[TileWork] | None:
     Permanent failures are recorded, not raised. The response body is a unit with its tile:
     budget is held from before the body is read until the tile is written, released once.
     """
-    from bulkpix.ee.decode import decode_pixels, max_payload_bytes
+    from bulkpix.ee.decode import NpyReceiver, decode_pixels, max_payload_bytes
     from bulkpix.planning import request_body
 
     plan = run.items.plans[work.item]
@@ -622,15 +626,19 @@ async def _process_tile(run: _Run, work: TileWork) -> list[TileWork] | None:
             ) as response:
                 # Headers are in: wait for room before reading (the body waits in the socket).
                 await attempt.enter_async_context(run.budget.hold(most))
-                payload = await response.read_pixels()
-            if plan.file_format == "NPY":  # views into the payload, no copy: cheap
-                arrays = decode_pixels(payload, "NPY", band_ids, dtypes, height, width)
-            else:
+                if plan.file_format == "NPY":  # decoded into the bands as it arrives
+                    receiver = NpyReceiver(band_ids, dtypes, height, width, run.arrays.take)
+                    nbytes = await response.read_into(receiver.feed)
+                    arrays = receiver.finish()
+                else:
+                    payload = await response.read_pixels()
+                    nbytes = len(payload)
+            if plan.file_format != "NPY":
                 arrays = await asyncio.to_thread(
                     decode_pixels, payload, plan.file_format, band_ids, dtypes, height, width
                 )
             # The hold goes with the arrays to the write; a failed attempt gives it back here.
-            return attempt.pop_all(), len(payload), arrays
+            return attempt.pop_all(), nbytes, arrays
 
     try:
         held, nbytes, arrays = await run.retry(fetch_and_decode)
@@ -660,7 +668,9 @@ async def _process_tile(run: _Run, work: TileWork) -> list[TileWork] | None:
             return None
         async with run.write_slots:
             checksums = await run.write_loop.run(item.writer.write_tile(tile.window, arrays))
-        del arrays
+    # Every chunk is encoded: the next tile may have the bands (the budget is back first).
+    run.arrays.give_back(arrays.values())
+    del arrays
     # Only now, with every chunk of the tile stored, does the tile count as finished.
     await item.record.mark_done(work.key, checksums)
     run.stats.items[work.item].bytes += nbytes

@@ -6,10 +6,12 @@ import io
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from affine import Affine
 from rasterio.io import MemoryFile
 
-from bulkpix.ee.decode import decode_pixels
+from bulkpix.ee.decode import NpyReceiver, decode_pixels
 from bulkpix.errors import BadPayload, RetryableError
 
 H, W = 6, 5
@@ -227,3 +229,108 @@ def test_geotiff_garbage_or_truncated_is_bad(cut):
 def test_geotiff_cannot_carry_mixed_types():
     with pytest.raises(ValueError, match="one data type"):
         decode_pixels(b"", "GEO_TIFF", IDS, DTYPES, H, W)
+
+
+# --------------------------------------------------------------------------- NPY, as it arrives
+
+
+def receive(payload: bytes, cuts=(), ids=IDS, dtypes=DTYPES, height=H, width=W, allocate=None):
+    """Feed ``payload`` to an NpyReceiver in pieces cut at ``cuts``; its bands."""
+    receiver = (NpyReceiver(ids, dtypes, height, width) if allocate is None
+                else NpyReceiver(ids, dtypes, height, width, allocate))
+    edges = [0, *sorted(c for c in cuts if 0 < c < len(payload)), len(payload)]
+    for start, end in zip(edges, edges[1:], strict=False):
+        receiver.feed(payload[start:end])
+    return receiver.finish()
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    dtypes=st.lists(st.sampled_from(["u1", "<u2", ">u2", "<i4", ">f4", "<f8", "<i8"]),
+                    min_size=1, max_size=5),
+    height=st.integers(1, 7),
+    width=st.integers(1, 9),
+    cuts=st.lists(st.integers(0, 800), max_size=12),
+    seed=st.integers(0, 2**16),
+)
+def test_npy_received_in_any_pieces_equals_the_whole_decode(dtypes, height, width, cuts, seed):
+    ids = [f"b{i}" for i in range(len(dtypes))]
+    record = record_array(ids, [np.dtype(d) for d in dtypes], (height, width), seed)
+    payload = npy_bytes(record)
+    native = [np.dtype(d).newbyteorder("=") for d in dtypes]
+    whole = decode_npy(payload, ids, native, height, width)
+    got = receive(payload, cuts, ids, native, height, width)
+    assert list(got) == ids
+    for band in ids:
+        assert got[band].dtype == whole[band].dtype and got[band].flags.c_contiguous
+        np.testing.assert_array_equal(got[band], whole[band])
+
+
+def test_npy_received_one_byte_at_a_time():
+    payload = npy_bytes(record_array())
+    bands = receive(payload, cuts=range(len(payload)))
+    for band in IDS:
+        np.testing.assert_array_equal(bands[band], record_array()[band])
+
+
+def test_npy_received_into_the_arrays_allocate_gives():
+    given: list[np.ndarray] = []
+
+    def allocate(shape, dtype):
+        given.append(np.full(shape, 77, dtype=dtype))
+        return given[-1]
+
+    bands = receive(npy_bytes(record_array()), cuts=[100, 131], allocate=allocate)
+    assert [id(a) for a in bands.values()] == [id(a) for a in given]
+    for band in IDS:
+        np.testing.assert_array_equal(bands[band], record_array()[band])
+
+
+def test_npy_receiver_refuses_an_allocation_it_cannot_fill():
+    with pytest.raises(ValueError, match="C-contiguous"):
+        receive(npy_bytes(record_array()), allocate=lambda s, d: np.empty(s[::-1], d).T)
+
+
+@pytest.mark.parametrize("cuts", [(), (1,), (64, 65, 200)], ids=["whole", "1", "many"])
+@pytest.mark.parametrize(
+    ("payload_of", "match"),
+    [
+        (lambda p: p[: len(p) - 1], "records"),  # truncated data
+        (lambda p: p[: len(p) - 9], "records"),  # a record short
+        (lambda p: p[:40], "header"),  # truncated inside the header
+        (lambda p: p + b"\0", "past"),  # extra bytes
+        (lambda p: p + b"\0" * 40, "past"),
+        (lambda p: b"garbage" * 20, "NPY"),
+        (lambda p: b"", "header"),
+        (lambda p: b"\x93NUMPY\x09\x00" + p[8:], "version"),
+        (lambda p: p[:8] + (60_000).to_bytes(2, "little") + p[10:], "NPY"),
+        (lambda p: p[:8] + (20).to_bytes(2, "little") + p[10:], "NPY"),
+    ],
+    ids=["truncated", "record-short", "truncated-header", "extra-byte", "extra-record",
+         "garbage", "empty", "bad-version", "header-length-too-long",
+         "header-length-too-short"],
+)
+def test_npy_received_damaged_payloads_are_bad(payload_of, match, cuts):
+    with pytest.raises(BadPayload, match=match):
+        receive(payload_of(npy_bytes(record_array())), cuts)
+
+
+@pytest.mark.parametrize(
+    ("record", "match"),
+    [
+        (record_array(ids=["B4", "NDVI", "QB"]), "fields"),
+        (record_array(ids=IDS[:2], dtypes=DTYPES[:2]), "fields"),
+        (record_array(dtypes=[np.dtype("int16"), DTYPES[1], DTYPES[2]]), "int16"),
+        (record_array(shape=(W, H)), "shape"),
+        (np.zeros((H, W), dtype=np.uint16), "record"),
+        (np.asfortranarray(record_array()), "Fortran"),
+    ],
+    ids=["wrong-name", "missing-band", "wrong-int-type", "transposed", "not-structured",
+         "fortran"],
+)
+def test_npy_received_wrong_content_is_bad_before_any_array_is_made(record, match):
+    made: list[tuple] = []
+    with pytest.raises(BadPayload, match=match):
+        receive(npy_bytes(record), cuts=[3, 70],
+                allocate=lambda s, d: made.append((s, d)) or np.empty(s, d))
+    assert made == []

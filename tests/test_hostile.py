@@ -136,6 +136,38 @@ async def test_a_body_of_no_declared_length_is_cut_at_the_bound(
     assert peak_mib() < (correct_bound() + MARGIN) / MiB
 
 
+@pytest.mark.parametrize(
+    ("mode", "match"),
+    [("huge_length", "declares"), ("gzip_bomb", "expands past"), ("endless", "runs past")],
+)
+async def test_a_body_passed_on_as_it_arrives_is_bounded_alike(
+    server: HostileServer, traced: None, mode: str, match: str
+) -> None:
+    """``read_into`` (the pipeline's NPY path) keeps every bound ``read_pixels`` keeps."""
+    server.pixels = mode
+    passed_on = 0
+
+    def sink(piece: bytes) -> None:
+        nonlocal passed_on
+        passed_on += len(piece)
+
+    async with client_for(server) as client:
+        async with client.stream_pixels(ASSET, pixel_body(), max_bytes=correct_bound()) as body:
+            with pytest.raises(BadPayload, match=match):
+                await body.read_into(sink)
+    assert passed_on <= correct_bound()
+    assert peak_mib() < (correct_bound() + MARGIN) / MiB
+
+
+async def test_a_correct_body_is_passed_on_whole_in_order(server: HostileServer) -> None:
+    async with client_for(server) as client:
+        whole = await client.get_pixels(ASSET, pixel_body(), max_bytes=correct_bound())
+        pieces: list[bytes] = []
+        async with client.stream_pixels(ASSET, pixel_body(), max_bytes=correct_bound()) as body:
+            count = await body.read_into(pieces.append)
+    assert count == len(whole) and b"".join(pieces) == whole
+
+
 async def test_a_huge_error_body_is_read_only_in_part(server: HostileServer, traced: None) -> None:
     server.pixels = "huge_error"
     async with client_for(server) as client:

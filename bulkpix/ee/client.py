@@ -475,7 +475,31 @@ class ResponseBody:
         length is not declared or the body arrives compressed."""
         return await self._read(_uninitialised)
 
+    async def read_into(self, sink: Callable[[bytes], object]) -> int:
+        """Pass the body to ``sink`` as its pieces arrive (a decoder that needs no buffer
+        for the whole body); the number of bytes. Bounded and checked as ``read()``."""
+        coding = self._coding()
+        if coding == "identity":
+            filled = await self._feed_identity(sink)
+        else:
+            body = await self._read_decompressed(coding)
+            sink(bytes(body))
+            filled = len(body)
+        self._complete = True
+        return filled
+
     async def _read(self, allocate: Callable[[int], bytearray | memoryview]) -> Any:
+        coding = self._coding()
+        if coding == "identity":
+            body = await self._read_identity(allocate)
+        else:
+            body = await self._read_decompressed(coding)
+        self._complete = True
+        return body
+
+    def _coding(self) -> str:
+        """The body's Content-Encoding, once checked: a declared length over the bound, or
+        a coding this client cannot undo, is refused before anything is read."""
         headers = self._response.headers
         coding = headers.get("Content-Encoding", "identity").strip().lower() or "identity"
         declared = _declared_length(headers)
@@ -485,17 +509,12 @@ class ResponseBody:
                 f"{self.max_bytes:,} a correct answer can be",
                 status=self.status,
             )
-        if coding == "identity":
-            body = await self._read_identity(declared, allocate)
-        elif coding in _DECOMPRESSORS:
-            body = await self._read_decompressed(coding)
-        else:
+        if coding != "identity" and coding not in _DECOMPRESSORS:
             raise BadPayload(
                 f"{self._where}: unsupported Content-Encoding {printable(coding, limit=40)!r}",
                 status=self.status,
             )
-        self._complete = True
-        return body
+        return coding
 
     async def read_capped(self, limit: int) -> bytes:
         """At most ``limit`` bytes of the body (an error's text): the rest is never read."""
@@ -538,38 +557,49 @@ class ResponseBody:
                 raise problem
             yield piece
 
-    async def _read_identity(
-        self, declared: int | None, allocate: Callable[[int], bytearray | memoryview]
-    ) -> bytearray | memoryview:
-        # One buffer of the declared length (already bounded): response.read() would gather
-        # pieces and join them, briefly taking twice the body's size.
-        buffer = allocate(declared) if declared is not None else bytearray()
-        # Pieces are copied in through a memoryview: assigning bytes to a bytearray slice
-        # first copies them into a temporary bytearray (a second copy of every body).
-        view = memoryview(buffer) if declared is not None else None
+    async def _feed_identity(self, sink: Callable[[bytes], object]) -> int:
+        """Each piece of an identity body to ``sink``, never past the declared length or
+        ``max_bytes``; the number of bytes, which is the declared length if one was."""
+        declared = _declared_length(self._response.headers)
         filled = 0
-        try:
-            async for piece in self._pieces():
-                end = filled + len(piece)
-                if end > self.max_bytes or (declared is not None and end > declared):
-                    raise BadPayload(
-                        f"{self._where}: the response runs past "
-                        f"{min(self.max_bytes, declared or self.max_bytes):,} bytes",
-                        status=self.status,
-                    )
-                if view is None:
-                    assert isinstance(buffer, bytearray)
-                    buffer += piece
-                else:
-                    view[filled:end] = piece
-                filled = end
-        finally:
-            if view is not None:
-                view.release()
+        async for piece in self._pieces():
+            end = filled + len(piece)
+            if end > self.max_bytes or (declared is not None and end > declared):
+                raise BadPayload(
+                    f"{self._where}: the response runs past "
+                    f"{min(self.max_bytes, declared or self.max_bytes):,} bytes",
+                    status=self.status,
+                )
+            sink(piece)
+            filled = end
         if declared is not None and filled < declared:
             raise TransportError(
                 f"{self._where}: body cut short ({filled} of {declared} bytes)", status=200
             )
+        return filled
+
+    async def _read_identity(
+        self, allocate: Callable[[int], bytearray | memoryview]
+    ) -> bytearray | memoryview:
+        # One buffer of the declared length (already bounded): response.read() would gather
+        # pieces and join them, briefly taking twice the body's size.
+        declared = _declared_length(self._response.headers)
+        if declared is None:
+            grown = bytearray()
+            await self._feed_identity(grown.extend)
+            return grown
+        buffer = allocate(declared)
+        # Pieces are copied in through a memoryview: assigning bytes to a bytearray slice
+        # first copies them into a temporary bytearray (a second copy of every body).
+        with memoryview(buffer) as view:
+            filled = 0
+
+            def copy_in(piece: bytes) -> None:
+                nonlocal filled
+                view[filled : filled + len(piece)] = piece
+                filled += len(piece)
+
+            await self._feed_identity(copy_in)
         return buffer
 
     async def _read_decompressed(self, coding: str) -> bytearray:

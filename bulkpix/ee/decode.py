@@ -7,6 +7,10 @@ layer treats as retryable (a cut or mangled response is usually transient).
 NPY payloads are decoded without copying: the returned arrays are field views into the
 payload's buffer, so the caller keeps the payload alive by keeping the arrays. Decoding is
 CPU-light for NPY and GDAL work for GeoTIFF; run it off the event loop (``asyncio.to_thread``).
+
+``NpyReceiver`` decodes an NPY body piece by piece as it arrives, straight into one contiguous
+array per band: no buffer for the whole body, and each record is read while the piece is
+still in the CPU's cache (the copy into each band's array is the one copy the write needs).
 """
 
 from __future__ import annotations
@@ -14,14 +18,14 @@ from __future__ import annotations
 import functools
 import io
 import tokenize
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from numpy.lib import format as npy_format
 
 from bulkpix.errors import BadPayload
 
-__all__ = ["decode_pixels", "max_payload_bytes"]
+__all__ = ["NpyReceiver", "decode_pixels", "max_payload_bytes"]
 
 # An NPY 1.0 header is at most 10 (magic, version, length) + 65535 bytes; 2.0 allows more but
 # the service sends 1.0. Only this prefix is copied into a BytesIO for header parsing.
@@ -126,6 +130,133 @@ def _decode_npy(
         band_id: _native(records[band_id], want)
         for band_id, want in zip(band_ids, expected, strict=True)
     }
+
+
+Allocate = Callable[[tuple[int, int], np.dtype], np.ndarray]
+
+
+def _new_array(shape: tuple[int, int], dtype: np.dtype) -> np.ndarray:
+    return np.empty(shape, dtype=dtype)
+
+
+class NpyReceiver:
+    """An NPY body decoded as its pieces arrive: ``feed`` each piece, then ``finish`` for
+    ``{band_id: (height, width) array}`` in request order, as ``decode_pixels`` returns.
+
+    Every check ``decode_pixels`` makes is made here too (``BadPayload``): the header as soon
+    as it is in, the length as the pieces come (a body running past its pixels is refused at
+    once) and at ``finish``. ``allocate(shape, dtype)`` gives each band's array (uninitialised
+    is fine: every cell is written before ``finish`` returns).
+    """
+
+    def __init__(
+        self,
+        band_ids: Sequence[str],
+        dtypes: Sequence[np.dtype],
+        height: int,
+        width: int,
+        allocate: Allocate = _new_array,
+    ) -> None:
+        if len(band_ids) != len(dtypes):
+            raise ValueError(f"{len(band_ids)} band ids but {len(dtypes)} dtypes")
+        self._band_ids = list(band_ids)
+        self._expected = [np.dtype(d).newbyteorder("=") for d in dtypes]
+        self._height, self._width = height, width
+        self._allocate = allocate
+        self._head = bytearray()  # the header's bytes until it is parsed
+        self._records: np.dtype | None = None
+        self._bands: list[tuple[str, np.ndarray]] = []  # (field, flat view of its array)
+        self._arrays: dict[str, np.ndarray] = {}
+        self._carry = bytearray()  # a record cut between two pieces
+        self._filled = 0  # whole records written
+        self._total = height * width
+
+    def feed(self, piece: bytes | bytearray | memoryview) -> None:
+        data = memoryview(piece).cast("B")
+        if self._records is None:
+            data = self._take_header(data)
+            if self._records is None:
+                return
+        itemsize = self._records.itemsize
+        if self._carry:
+            need = itemsize - len(self._carry)
+            self._carry += data[:need]
+            data = data[need:]
+            if len(self._carry) < itemsize:
+                return
+            self._store(np.frombuffer(bytes(self._carry), dtype=self._records, count=1))
+            self._carry.clear()
+        whole = len(data) // itemsize
+        if whole:
+            self._store(np.frombuffer(data, dtype=self._records, count=whole))
+        if len(data) > whole * itemsize:
+            self._carry += data[whole * itemsize :]
+            if self._filled >= self._total:
+                raise BadPayload(f"NPY payload runs past its {self._total:,} records")
+
+    def finish(self) -> dict[str, np.ndarray]:
+        if self._records is None:
+            raise BadPayload("NPY payload ends inside its header")
+        if self._filled != self._total or self._carry:
+            raise BadPayload(
+                f"NPY payload holds {self._filled:,} records and {len(self._carry)} bytes, "
+                f"expected {self._total:,} records"
+            )
+        return self._arrays
+
+    def _take_header(self, data: memoryview) -> memoryview:
+        """Gather the header; once it is whole, parse and check it and make the arrays.
+        Returns what follows the header in ``data``."""
+        before = len(self._head)
+        self._head += data[: _NPY_HEADER_READ_LIMIT - before]
+        with memoryview(self._head) as head:
+            if len(head) < min(12, _NPY_HEADER_READ_LIMIT):
+                return data[:0]
+            length = _declared_header_length(head)
+            if length is not None and len(head) < min(length, _NPY_HEADER_READ_LIMIT):
+                return data[:0]
+            record_dtype, shape, header_len = _read_npy_header(head)
+        self._check(record_dtype, shape)
+        self._records = record_dtype
+        for band_id, want in zip(self._band_ids, self._expected, strict=True):
+            array = self._allocate((self._height, self._width), want)
+            if array.shape != (self._height, self._width) or not array.flags.c_contiguous:
+                raise ValueError("allocate must give a C-contiguous array of the shape asked")
+            self._arrays[band_id] = array
+            self._bands.append((band_id, array.reshape(-1)))
+        self._head = bytearray()
+        return data[header_len - before :]
+
+    def _check(self, record_dtype: np.dtype, shape: tuple[int, ...]) -> None:
+        if shape != (self._height, self._width):
+            raise BadPayload(f"NPY shape {shape}, expected {(self._height, self._width)}")
+        fields = record_dtype.fields
+        if record_dtype.names is None or fields is None:
+            raise BadPayload(f"NPY is not a record array (dtype {record_dtype})")
+        if list(record_dtype.names) != self._band_ids:
+            raise BadPayload(f"NPY fields {list(record_dtype.names)}, expected {self._band_ids}")
+        for band_id, want in zip(self._band_ids, self._expected, strict=True):
+            got = fields[band_id][0]
+            if not _same_type(got, want):
+                raise BadPayload(f"NPY field {band_id!r} is {got}, expected {want}")
+
+    def _store(self, records: np.ndarray) -> None:
+        start, end = self._filled, self._filled + len(records)
+        if end > self._total:
+            raise BadPayload(f"NPY payload runs past its {self._total:,} records")
+        for field, flat in self._bands:
+            flat[start:end] = records[field]  # converts a big-endian field as it copies
+        self._filled = end
+
+
+def _declared_header_length(head: memoryview) -> int | None:
+    """The header's whole length as its preamble states it; None if the preamble is not an
+    NPY 1.0 or 2.0 one (the parse then says what is wrong)."""
+    if head[6:7] == b"\x01" and len(head) >= 10:
+        return 10 + int.from_bytes(head[8:10], "little")
+    if head[6:7] == b"\x02" and len(head) >= 12:
+        return 12 + int.from_bytes(head[8:12], "little")
+    return None
 
 
 def _read_npy_header(payload: memoryview) -> tuple[np.dtype, tuple[int, ...], int]:
