@@ -517,8 +517,9 @@ class ItemWriter:
         # One write per chunk: given several, zarr first fills a new chunk with the fill
         # value and copies the value in (twice the memory traffic: ~40% of the write's CPU
         # for 2048-px tiles in 1024-px chunks); write_chunk also skips zarr's ~1 ms of
-        # per-chunk machinery. Field views of the NPY record array go in as they are: the
-        # encoder's copy to contiguous bytes, on a worker thread, is the one copy.
+        # per-chunk machinery. A band's slice goes in as it is: a contiguous one (an NPY
+        # tile of one chunk) is encoded without a copy, another is copied to contiguous
+        # bytes by the encoder, on a worker thread.
         await asyncio.gather(
             *(
                 write_chunk(
