@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import io
+import itertools
 
 import numpy as np
 import pytest
+from affine import Affine
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from affine import Affine
 from rasterio.io import MemoryFile
 
 from bulkpix.ee.decode import NpyReceiver, decode_pixels
@@ -239,7 +240,7 @@ def receive(payload: bytes, cuts=(), ids=IDS, dtypes=DTYPES, height=H, width=W, 
     receiver = (NpyReceiver(ids, dtypes, height, width) if allocate is None
                 else NpyReceiver(ids, dtypes, height, width, allocate))
     edges = [0, *sorted(c for c in cuts if 0 < c < len(payload)), len(payload)]
-    for start, end in zip(edges, edges[1:], strict=False):
+    for start, end in itertools.pairwise(edges):
         receiver.feed(payload[start:end])
     return receiver.finish()
 

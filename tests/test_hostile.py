@@ -151,10 +151,12 @@ async def test_a_body_passed_on_as_it_arrives_is_bounded_alike(
         nonlocal passed_on
         passed_on += len(piece)
 
-    async with client_for(server) as client:
-        async with client.stream_pixels(ASSET, pixel_body(), max_bytes=correct_bound()) as body:
-            with pytest.raises(BadPayload, match=match):
-                await body.read_into(sink)
+    async with (
+        client_for(server) as client,
+        client.stream_pixels(ASSET, pixel_body(), max_bytes=correct_bound()) as body,
+    ):
+        with pytest.raises(BadPayload, match=match):
+            await body.read_into(sink)
     assert passed_on <= correct_bound()
     assert peak_mib() < (correct_bound() + MARGIN) / MiB
 

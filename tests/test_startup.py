@@ -306,9 +306,9 @@ def test_rasterios_aws_session_still_loads_boto3_on_first_use(tmp_path: Path) ->
     use of an attribute runs boto3 for real, in the module rasterio and sys.modules hold."""
     code = f"""
 import json, os, sys
-from bulkpix.cli import _defer_import
+from bulkpix.deferred_import import defer_import
 
-_defer_import("boto3")
+defer_import("boto3")
 import rasterio.session
 from rasterio.session import AWSSession, Session
 
@@ -356,7 +356,7 @@ print(json.dumps({{
 def test_a_deferred_module_runs_once_on_first_use_and_a_broken_one_does_not_stay(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from bulkpix.cli import _defer_import
+    from bulkpix.deferred_import import defer_import
 
     package = tmp_path / "deferred_pkg"
     package.mkdir()
@@ -374,8 +374,8 @@ def test_a_deferred_module_runs_once_on_first_use_and_a_broken_one_does_not_stay
         monkeypatch.delitem(sys.modules, name, raising=False)
     import deferred_counter
 
-    _defer_import("deferred_pkg")
-    _defer_import("not_installed_anywhere")
+    defer_import("deferred_pkg")
+    defer_import("not_installed_anywhere")
     assert "not_installed_anywhere" not in sys.modules
     import deferred_pkg
 
@@ -387,7 +387,7 @@ def test_a_deferred_module_runs_once_on_first_use_and_a_broken_one_does_not_stay
         deferred_pkg.missing  # noqa: B018
     assert deferred_pkg.VALUE == 42 and deferred_counter.runs == 1
 
-    _defer_import("deferred_broken")
+    defer_import("deferred_broken")
     import deferred_broken
 
     with pytest.raises(ImportError, match="broken on purpose"):
