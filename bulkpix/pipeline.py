@@ -633,7 +633,7 @@ async def _process_tile(run: _Run, work: TileWork) -> list[TileWork] | None:
                 else:
                     payload = await response.read_pixels()
                     nbytes = len(payload)
-            if plan.file_format != "NPY":
+            if plan.file_format != "NPY":  # decoded once the call's quota slot is free
                 arrays = await asyncio.to_thread(
                     decode_pixels, payload, plan.file_format, band_ids, dtypes, height, width
                 )
@@ -668,8 +668,8 @@ async def _process_tile(run: _Run, work: TileWork) -> list[TileWork] | None:
             return None
         async with run.write_slots:
             checksums = await run.write_loop.run(item.writer.write_tile(tile.window, arrays))
-    # Every chunk is encoded: the next tile may have the bands (the budget is back first).
-    run.arrays.give_back(arrays.values())
+    if item.writer.stores_copies:  # every chunk is in new bytes: the next tile may have them
+        run.arrays.give_back(arrays.values())
     del arrays
     # Only now, with every chunk of the tile stored, does the tile count as finished.
     await item.record.mark_done(work.key, checksums)

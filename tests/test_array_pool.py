@@ -49,7 +49,37 @@ def test_idle_arrays_make_room_for_the_bytes_the_budget_has_out() -> None:
     asyncio.run(scenario())
 
 
-@settings(max_examples=100, deadline=None)
+def test_idle_arrays_give_way_to_a_hold_that_takes_no_array() -> None:
+    """A PNG or mosaic tile holds budget without the pool: idle arrays are freed for it."""
+
+    async def scenario() -> None:
+        budget = ByteBudget(1_000)
+        pool = ArrayPool(budget)
+        pool.give_back([pool.take((400,), np.dtype("uint8")) for _ in range(2)])
+        assert pool.idle_bytes == 800
+        async with budget.hold(700):
+            assert pool.idle_bytes <= 300
+
+    asyncio.run(scenario())
+
+
+def test_a_waiting_hold_frees_idle_arrays_when_it_is_granted() -> None:
+    async def scenario() -> None:
+        budget = ByteBudget(1_000)
+        pool = ArrayPool(budget)
+        first = await budget.acquire(600)
+        waiting = asyncio.ensure_future(budget.acquire(900))
+        await asyncio.sleep(0)
+        pool.give_back([np.empty(400, np.uint8)])  # fits beside the 600 out
+        assert pool.idle_bytes == 400
+        budget.release(first)
+        await waiting
+        assert pool.idle_bytes <= 100
+
+    asyncio.run(scenario())
+
+
+@settings(max_examples=300, deadline=None)
 @given(st.lists(st.tuples(st.booleans(), st.integers(0, 3), st.integers(0, 600)), max_size=40))
 def test_idle_plus_held_never_exceeds_the_capacity(steps) -> None:
     async def scenario() -> None:

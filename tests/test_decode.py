@@ -335,3 +335,48 @@ def test_npy_received_wrong_content_is_bad_before_any_array_is_made(record, matc
         receive(npy_bytes(record), cuts=[3, 70],
                 allocate=lambda s, d: made.append((s, d)) or np.empty(s, d))
     assert made == []
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    bands=st.integers(1, 3),
+    cut_fractions=st.lists(st.floats(0, 1), max_size=20),
+    seed=st.integers(0, 2**16),
+)
+def test_npy_received_in_large_and_small_pieces_equals_the_whole_decode(
+    bands, cut_fractions, seed
+):
+    """Pieces larger than what the receiver gathers (copied straight from the piece) and
+    smaller ones (gathered first), with records cut anywhere."""
+    ids = [f"b{i}" for i in range(bands)]
+    dtypes = [np.dtype(d) for d in ("<u2", "u1", "<f4")[:bands]]
+    record = record_array(ids, dtypes, (150, 301), seed)  # 90 to 315 KB
+    payload = npy_bytes(record)
+    cuts = [int(f * len(payload)) for f in cut_fractions]
+    got = receive(payload, cuts, ids, dtypes, 150, 301)
+    for band in ids:
+        np.testing.assert_array_equal(got[band], record[band])
+
+
+def test_npy_received_with_many_bands_in_pieces():
+    ids = [f"b{i}" for i in range(70)]
+    dtypes = [np.dtype("<i2")] * 70
+    record = record_array(ids, dtypes, (40, 50), seed=3)
+    payload = npy_bytes(record)
+    got = receive(payload, range(0, len(payload), 997), ids, dtypes, 40, 50)
+    for band in ids:
+        np.testing.assert_array_equal(got[band], record[band])
+
+
+@pytest.mark.parametrize("decoder", ["whole", "received"])
+def test_npy_padded_records_are_bad(decoder):
+    """Unnamed padding (numpy hides it from the fields) would let a header make each record,
+    and so the body the receiver gathers, any size."""
+    padded = np.dtype({"names": IDS, "formats": DTYPES, "offsets": [0, 2, 6], "itemsize": 4096})
+    record = np.zeros((H, W), dtype=padded)
+    with pytest.raises(BadPayload, match="records of 4,096 bytes, expected 7"):
+        if decoder == "whole":
+            decode_npy(npy_bytes(record))
+        else:
+            receive(npy_bytes(record), cuts=[50])
+

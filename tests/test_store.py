@@ -252,10 +252,12 @@ async def test_existing_output_needs_overwrite(tmp_path):
 
 
 async def test_uncompressed_option(tmp_path):
-    await new_item(
+    _, writer = await new_item(
         tmp_path, Grid("EPSG:32633", UTM, width=16, height=16), compression="none"
     )
     assert [c["name"] for c in stored_codecs(tmp_path)] == ["bytes"]
+    # A chunk may be stored as a view of the tile's array: the run must not reuse it.
+    assert not writer.stores_copies
 
 
 @pytest.mark.parametrize(
@@ -268,6 +270,7 @@ async def test_every_codec_a_job_may_name_round_trips(tmp_path, compression, lev
         tmp_path, Grid("EPSG:32633", UTM, width=32, height=32), compression=compression,
         compression_level=level,
     )
+    assert writer.stores_copies  # every chunk is compressed into new bytes
     arrays = tile_data(Window(0, 0, 32, 32))
     await writer.write_tile(Window(0, 0, 32, 32), arrays)
     written = stored_codecs(tmp_path)[-1]

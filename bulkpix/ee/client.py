@@ -475,7 +475,7 @@ class ResponseBody:
         length is not declared or the body arrives compressed."""
         return await self._read(_uninitialised)
 
-    async def read_into(self, sink: Callable[[bytes], object]) -> int:
+    async def read_into(self, sink: Callable[[bytes | bytearray], object]) -> int:
         """Pass the body to ``sink`` as its pieces arrive (a decoder that needs no buffer
         for the whole body); the number of bytes. Bounded and checked as ``read()``."""
         coding = self._coding()
@@ -483,7 +483,7 @@ class ResponseBody:
             filled = await self._feed_identity(sink)
         else:
             body = await self._read_decompressed(coding)
-            sink(bytes(body))
+            sink(body)
             filled = len(body)
         self._complete = True
         return filled
@@ -557,7 +557,7 @@ class ResponseBody:
                 raise problem
             yield piece
 
-    async def _feed_identity(self, sink: Callable[[bytes], object]) -> int:
+    async def _feed_identity(self, sink: Callable[[bytes | bytearray], object]) -> int:
         """Each piece of an identity body to ``sink``, never past the declared length or
         ``max_bytes``; the number of bytes, which is the declared length if one was."""
         declared = _declared_length(self._response.headers)
@@ -594,7 +594,7 @@ class ResponseBody:
         with memoryview(buffer) as view:
             filled = 0
 
-            def copy_in(piece: bytes) -> None:
+            def copy_in(piece: bytes | bytearray) -> None:
                 nonlocal filled
                 view[filled : filled + len(piece)] = piece
                 filled += len(piece)

@@ -10,7 +10,7 @@ CPU-light for NPY and GDAL work for GeoTIFF; run it off the event loop (``asynci
 
 ``NpyReceiver`` decodes an NPY body piece by piece as it arrives, straight into one contiguous
 array per band: no buffer for the whole body, and each record is read while the piece is
-still in the CPU's cache (the copy into each band's array is the one copy the write needs).
+still in the CPU's cache (for a tile of one chunk, the only copy before the codec).
 """
 
 from __future__ import annotations
@@ -109,17 +109,7 @@ def _decode_npy(
     width: int,
 ) -> dict[str, np.ndarray]:
     record_dtype, shape, header_len = _read_npy_header(payload)
-    if shape != (height, width):
-        raise BadPayload(f"NPY shape {shape}, expected {(height, width)}")
-    fields = record_dtype.fields
-    if record_dtype.names is None or fields is None:
-        raise BadPayload(f"NPY is not a record array (dtype {record_dtype})")
-    if list(record_dtype.names) != band_ids:
-        raise BadPayload(f"NPY fields {list(record_dtype.names)}, expected {band_ids}")
-    for band_id, want in zip(band_ids, expected, strict=True):
-        got = fields[band_id][0]
-        if not _same_type(got, want):
-            raise BadPayload(f"NPY field {band_id!r} is {got}, expected {want}")
+    _check_npy(record_dtype, shape, band_ids, expected, height, width)
     data_len = height * width * record_dtype.itemsize
     if payload.nbytes != header_len + data_len:
         raise BadPayload(f"NPY payload is {payload.nbytes} bytes, expected {header_len + data_len}")
@@ -133,6 +123,10 @@ def _decode_npy(
 
 
 Allocate = Callable[[tuple[int, int], np.dtype], np.ndarray]
+# An NpyReceiver copies records into the bands in runs of at least this many bytes a band
+# (small pieces are gathered first), and gathers at most this much.
+_GATHERED_PER_BAND = 32 << 10
+_MOST_GATHERED = 4 << 20
 
 
 def _new_array(shape: tuple[int, int], dtype: np.dtype) -> np.ndarray:
@@ -167,7 +161,10 @@ class NpyReceiver:
         self._records: np.dtype | None = None
         self._bands: list[tuple[str, np.ndarray]] = []  # (field, flat view of its array)
         self._arrays: dict[str, np.ndarray] = {}
-        self._carry = bytearray()  # a record cut between two pieces
+        # Bytes not stored yet: a record cut between two pieces, or small pieces gathered
+        # until there are enough records to copy (each copy costs a call per band).
+        self._pending = bytearray()
+        self._batch = min(_MOST_GATHERED, _GATHERED_PER_BAND * len(self._band_ids))
         self._filled = 0  # whole records written
         self._total = height * width
 
@@ -178,45 +175,51 @@ class NpyReceiver:
             if self._records is None:
                 return
         itemsize = self._records.itemsize
-        if self._carry:
-            need = itemsize - len(self._carry)
-            self._carry += data[:need]
+        if len(self._pending) + len(data) < self._batch:
+            self._pending += data
+        elif len(self._pending) >= itemsize:  # gathered pieces: store them with this one
+            self._pending += data
+            with memoryview(self._pending) as pending:
+                used = self._store_whole_records(pending)
+            del self._pending[:used]
+        else:  # at most a cut record: complete it, then store straight from the piece
+            need = min(itemsize - len(self._pending), len(data))
+            self._pending += data[:need]
             data = data[need:]
-            if len(self._carry) < itemsize:
-                return
-            self._store(np.frombuffer(bytes(self._carry), dtype=self._records, count=1))
-            self._carry.clear()
-        whole = len(data) // itemsize
-        if whole:
-            self._store(np.frombuffer(data, dtype=self._records, count=whole))
-        if len(data) > whole * itemsize:
-            self._carry += data[whole * itemsize :]
-            if self._filled >= self._total:
-                raise BadPayload(f"NPY payload runs past its {self._total:,} records")
+            if len(self._pending) == itemsize:
+                self._store_whole_records(memoryview(bytes(self._pending)))
+                self._pending.clear()
+            used = self._store_whole_records(data)
+            self._pending += data[used:]
+        if self._filled * itemsize + len(self._pending) > self._total * itemsize:
+            raise BadPayload(f"NPY payload runs past its {self._total:,} records")
 
     def finish(self) -> dict[str, np.ndarray]:
         if self._records is None:
             raise BadPayload("NPY payload ends inside its header")
-        if self._filled != self._total or self._carry:
+        if self._pending and len(self._pending) >= self._records.itemsize:
+            with memoryview(self._pending) as pending:
+                used = self._store_whole_records(pending)
+            del self._pending[:used]
+        if self._filled != self._total or self._pending:
             raise BadPayload(
-                f"NPY payload holds {self._filled:,} records and {len(self._carry)} bytes, "
+                f"NPY payload holds {self._filled:,} records and {len(self._pending)} bytes, "
                 f"expected {self._total:,} records"
             )
         return self._arrays
 
     def _take_header(self, data: memoryview) -> memoryview:
-        """Gather the header; once it is whole, parse and check it and make the arrays.
-        Returns what follows the header in ``data``."""
-        before = len(self._head)
-        self._head += data[: _NPY_HEADER_READ_LIMIT - before]
-        with memoryview(self._head) as head:
-            if len(head) < min(12, _NPY_HEADER_READ_LIMIT):
-                return data[:0]
-            length = _declared_header_length(head)
-            if length is not None and len(head) < min(length, _NPY_HEADER_READ_LIMIT):
-                return data[:0]
-            record_dtype, shape, header_len = _read_npy_header(head)
-        self._check(record_dtype, shape)
+        """Gather the header (its bytes only); once it is whole, parse and check it and make
+        the arrays. Returns what follows the header in ``data``."""
+        taken = 0
+        while len(self._head) < (wanted := self._header_length_wanted()):
+            more = data[taken : taken + wanted - len(self._head)]
+            if not more:
+                return data[:0]  # the rest comes with the next piece
+            self._head += more
+            taken += len(more)
+        record_dtype, shape, _ = _read_npy_header(memoryview(self._head))
+        _check_npy(record_dtype, shape, self._band_ids, self._expected, self._height, self._width)
         self._records = record_dtype
         for band_id, want in zip(self._band_ids, self._expected, strict=True):
             array = self._allocate((self._height, self._width), want)
@@ -225,28 +228,31 @@ class NpyReceiver:
             self._arrays[band_id] = array
             self._bands.append((band_id, array.reshape(-1)))
         self._head = bytearray()
-        return data[header_len - before :]
+        return data[taken:]
 
-    def _check(self, record_dtype: np.dtype, shape: tuple[int, ...]) -> None:
-        if shape != (self._height, self._width):
-            raise BadPayload(f"NPY shape {shape}, expected {(self._height, self._width)}")
-        fields = record_dtype.fields
-        if record_dtype.names is None or fields is None:
-            raise BadPayload(f"NPY is not a record array (dtype {record_dtype})")
-        if list(record_dtype.names) != self._band_ids:
-            raise BadPayload(f"NPY fields {list(record_dtype.names)}, expected {self._band_ids}")
-        for band_id, want in zip(self._band_ids, self._expected, strict=True):
-            got = fields[band_id][0]
-            if not _same_type(got, want):
-                raise BadPayload(f"NPY field {band_id!r} is {got}, expected {want}")
+    def _header_length_wanted(self) -> int:
+        """How many bytes the header takes, as far as the bytes in so far tell: the preamble
+        first, then the length it states (bounded); what is in, when it is no NPY preamble
+        (the parse then says what is wrong)."""
+        if len(self._head) < 12:
+            return 12
+        length = _declared_header_length(memoryview(self._head))
+        return len(self._head) if length is None else min(length, _NPY_HEADER_READ_LIMIT)
 
-    def _store(self, records: np.ndarray) -> None:
-        start, end = self._filled, self._filled + len(records)
+    def _store_whole_records(self, data: memoryview) -> int:
+        """Copy the whole records at the start of ``data`` into the bands; the bytes used."""
+        assert self._records is not None
+        count = len(data) // self._records.itemsize
+        start, end = self._filled, self._filled + count
         if end > self._total:
             raise BadPayload(f"NPY payload runs past its {self._total:,} records")
-        for field, flat in self._bands:
-            flat[start:end] = records[field]  # converts a big-endian field as it copies
+        if count:
+            records = np.frombuffer(data, dtype=self._records, count=count)
+            for field, flat in self._bands:
+                flat[start:end] = records[field]  # converts a big-endian field as it copies
+            del records  # the view must go before its bytearray may be resized
         self._filled = end
+        return count * self._records.itemsize
 
 
 def _declared_header_length(head: memoryview) -> int | None:
@@ -257,6 +263,33 @@ def _declared_header_length(head: memoryview) -> int | None:
     if head[6:7] == b"\x02" and len(head) >= 12:
         return 12 + int.from_bytes(head[8:12], "little")
     return None
+
+
+def _check_npy(
+    record_dtype: np.dtype,
+    shape: tuple[int, ...],
+    band_ids: list[str],
+    expected: list[np.dtype],
+    height: int,
+    width: int,
+) -> None:
+    """BadPayload unless the header describes exactly the pixels asked for."""
+    if shape != (height, width):
+        raise BadPayload(f"NPY shape {shape}, expected {(height, width)}")
+    fields = record_dtype.fields
+    if record_dtype.names is None or fields is None:
+        raise BadPayload(f"NPY is not a record array (dtype {record_dtype})")
+    if list(record_dtype.names) != band_ids:
+        raise BadPayload(f"NPY fields {list(record_dtype.names)}, expected {band_ids}")
+    for band_id, want in zip(band_ids, expected, strict=True):
+        got = fields[band_id][0]
+        if not _same_type(got, want):
+            raise BadPayload(f"NPY field {band_id!r} is {got}, expected {want}")
+    # The service packs its records; padding (unnamed fields numpy hides) would make each
+    # record, and so the body, any size at all.
+    packed = sum(want.itemsize for want in expected)
+    if record_dtype.itemsize != packed:
+        raise BadPayload(f"NPY records of {record_dtype.itemsize:,} bytes, expected {packed}")
 
 
 def _read_npy_header(payload: memoryview) -> tuple[np.dtype, tuple[int, ...], int]:

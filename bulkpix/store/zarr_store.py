@@ -311,6 +311,17 @@ class ItemWriter:
             name: array.with_config({"write_empty_chunks": True}) for name, array in arrays.items()
         }
 
+    @property
+    def stores_copies(self) -> bool:
+        """Whether a written tile's arrays are free to change once ``write_tile`` returns:
+        every array compresses its chunks into new bytes. Without a compressor a chunk may be
+        stored as a view of the tile's array, which a store that keeps what it is given (an
+        in-memory one) would then see change."""
+        return all(
+            bool(getattr(array.codec_pipeline, "bytes_bytes_codecs", ()))
+            for array in self._arrays.values()
+        )
+
     # ---------------------------------------------------------------- construction
 
     @classmethod

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 __all__ = ["ByteBudget"]
 
@@ -25,6 +25,13 @@ class ByteBudget:
         self.capacity = capacity
         self._held = 0
         self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
+        self._make_room: Callable[[int], None] | None = None
+
+    def keep_within(self, make_room: Callable[[int], None]) -> None:
+        """Memory kept aside beside the budget (a pool of idle arrays) gives way to it:
+        ``make_room(room)`` is called whenever bytes are handed out, to leave at most
+        ``room`` bytes (the capacity less the bytes out) kept aside."""
+        self._make_room = make_room
 
     @property
     def held(self) -> int:
@@ -39,7 +46,7 @@ class ByteBudget:
         nbytes = self.clamp(nbytes)
         # FIFO: nobody overtakes an earlier waiter, so a large body is never starved.
         if not self._waiters and self._held + nbytes <= self.capacity:
-            self._held += nbytes
+            self._grant(nbytes)
             return nbytes
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         entry = (nbytes, future)
@@ -78,5 +85,10 @@ class ByteBudget:
                 return
             self._waiters.popleft()
             if not future.done():
-                self._held += nbytes
+                self._grant(nbytes)
                 future.set_result(None)
+
+    def _grant(self, nbytes: int) -> None:
+        self._held += nbytes
+        if self._make_room is not None:
+            self._make_room(self.capacity - self._held)
