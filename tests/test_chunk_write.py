@@ -141,3 +141,34 @@ def _prototype() -> Any:
 
 def _refuse(*args: object) -> None:
     raise AssertionError("this write should have gone through setitem")
+
+
+@pytest.mark.parametrize("compression", ["none", "lz4"])
+def test_a_strided_chunk_is_encoded_into_bytes_of_its_own(tmp_path: Path,
+                                                          compression: str) -> None:
+    """Strided chunks are copied into the thread's scratch buffer only when a compressor
+    makes new bytes of them: what the encoder returns never changes with the next chunk."""
+
+    async def scenario() -> None:
+        array = await _array(tmp_path, "B", "uint16", (16, 32), (16, 16), compression)
+        pipeline = array.codec_pipeline
+        spec = array.metadata.get_chunk_spec((0, 0), array.config,
+                                             zarr.core.buffer.default_buffer_prototype())
+        tile = np.arange(16 * 32, dtype=np.uint16).reshape(16, 32)
+        first = chunk_write._encode(pipeline, spec, tile[:, :16])  # strided: row stride 32
+        kept = first.to_bytes()
+        second = chunk_write._encode(pipeline, spec, tile[:, 16:])
+        assert first.to_bytes() == kept and second.to_bytes() != kept
+        decoded = await array.codec_pipeline.decode([(first, spec)])
+        np.testing.assert_array_equal(list(decoded)[0].as_numpy_array(), tile[:, :16])
+
+    asyncio.run(scenario())
+
+
+def test_the_scratch_buffer_is_reused_and_bounded() -> None:
+    tile = np.arange(64 * 64, dtype=np.float32).reshape(64, 64)
+    a = chunk_write._contiguous_in_scratch(tile[:, :32])
+    b = chunk_write._contiguous_in_scratch(tile[:, 32:])
+    assert np.shares_memory(a, b)  # the same buffer, chunk after chunk
+    np.testing.assert_array_equal(b, tile[:, 32:])
+    assert chunk_write._MOST_SCRATCH <= 8 << 20

@@ -16,6 +16,7 @@ dtype) goes through ``setitem``.
 from __future__ import annotations
 
 import asyncio
+import threading
 from typing import Any
 
 import numpy as np
@@ -90,6 +91,13 @@ def _whole_chunk(
 
 def _encode(pipeline: BatchedCodecPipeline, spec: Any, chunk: np.ndarray) -> Buffer | None:
     """The chunk's stored bytes, as zarr's pipeline makes them for a new whole chunk."""
+    if (
+        not chunk.flags.c_contiguous
+        and chunk.shape == tuple(spec.shape)
+        and chunk.nbytes <= _MOST_SCRATCH
+        and pipeline.bytes_bytes_codecs  # compressed into new bytes: the scratch is free after
+    ):
+        chunk = _contiguous_in_scratch(chunk)
     if chunk.shape != tuple(spec.shape):
         # A chunk over the array's edge: zarr fills the cells outside with the fill value.
         padded = np.full(spec.shape, fill_value_or_default(spec), dtype=chunk.dtype)
@@ -109,3 +117,23 @@ def _encode(pipeline: BatchedCodecPipeline, spec: Any, chunk: np.ndarray) -> Buf
         encoded = bb_codec._encode_sync(encoded, spec)  # type: ignore[attr-defined]
         spec = bb_codec.resolve_metadata(spec)
     return encoded
+
+
+_scratch = threading.local()
+# Larger chunks are copied into an array of their own (mapped and unmapped whole): a scratch
+# buffer is kept by every encoding thread, so it must stay small.
+_MOST_SCRATCH = 8 << 20
+
+
+def _contiguous_in_scratch(chunk: np.ndarray) -> np.ndarray:
+    """``chunk`` copied into this thread's scratch buffer (kept from chunk to chunk).
+
+    A chunk sliced out of a tile wider than one chunk is strided: zarr would copy it into a
+    new array, and a few MB allocated and freed per chunk in each worker thread grow the
+    allocator's heaps with the run (peak memory then rose with the region's area)."""
+    buffer: np.ndarray | None = getattr(_scratch, "buffer", None)
+    if buffer is None or buffer.nbytes < chunk.nbytes:
+        buffer = _scratch.buffer = np.empty(chunk.nbytes, dtype=np.uint8)
+    contiguous = buffer[: chunk.nbytes].view(chunk.dtype).reshape(chunk.shape)
+    np.copyto(contiguous, chunk)
+    return contiguous

@@ -16,6 +16,8 @@ run's loop: its writes run on the caller's loop instead (``WriteLoop(store)`` de
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import os
 import threading
 from collections.abc import Coroutine
 from types import TracebackType
@@ -72,6 +74,13 @@ class WriteLoop:
 
         def main() -> None:
             loop = asyncio.new_event_loop()
+            # Encoding is CPU work: a thread a core. More only hold more chunks' buffers at
+            # once (each keeps a scratch copy and compresses into a chunk-sized output).
+            loop.set_default_executor(
+                concurrent.futures.ThreadPoolExecutor(
+                    max_workers=max(2, os.cpu_count() or 2), thread_name_prefix="bulkpix-encode"
+                )
+            )
             self._loop = loop
             asyncio.set_event_loop(loop)
             ready.set()
