@@ -160,7 +160,7 @@ def test_a_strided_chunk_is_encoded_into_bytes_of_its_own(tmp_path: Path,
         second = chunk_write._encode(pipeline, spec, tile[:, 16:])
         assert first.to_bytes() == kept and second.to_bytes() != kept
         decoded = await array.codec_pipeline.decode([(first, spec)])
-        np.testing.assert_array_equal(list(decoded)[0].as_numpy_array(), tile[:, :16])
+        np.testing.assert_array_equal(next(iter(decoded)).as_numpy_array(), tile[:, :16])
 
     asyncio.run(scenario())
 
